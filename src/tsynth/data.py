@@ -1,0 +1,750 @@
+"""SeriesSet: the one in-memory form of a time-series data set, with every reader and writer.
+
+Nothing else in tsynth parses data files. Formats:
+
+* long  -- one row per (series, time step): id column, time column, value columns, attribute columns;
+* wide  -- a column per series (index = time) or a row per series (columns = time steps);
+* records -- GluonTS / Hugging Face style rows ``item_id, start, target`` (+ attribute fields),
+  from Parquet/JSONL files or ``datasets.load_dataset``;
+* jsonl arrays -- one JSON array per line (the recipe's ``few_shots.jsonl``), or one object per line
+  with a list per channel (``{"consumption": [...]}``).
+
+Windowing (fixed cut or sliding windows), per-series z-scoring and the train/holdout split by item
+live here too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+log = logging.getLogger("tsynth")
+
+SUPPORTED_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".json")
+_META_KEY = b"tsynth"
+
+
+@dataclass
+class SeriesSet:
+    """A set of (possibly multivariate, possibly ragged) time series.
+
+    ``values`` is float32 of shape (n, length, channels); steps at or beyond ``lengths[i]`` are NaN.
+    ``start`` holds one timestamp per series (``datetime64[ns]``) or is None when the data has no time
+    axis; ``freq`` is a pandas offset alias ("h", "D", "15min") or None. ``attributes`` is a DataFrame
+    of static per-series fields with one row per series.
+    """
+
+    values: np.ndarray
+    lengths: np.ndarray
+    item_id: np.ndarray
+    channels: list[str]
+    start: np.ndarray | None = None
+    freq: str | None = None
+    attributes: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def __post_init__(self) -> None:
+        v = np.asarray(self.values, dtype=np.float32)
+        if v.ndim == 2:
+            v = v[:, :, None]
+        if v.ndim != 3:
+            raise DataError(f"values must have shape (n, length, channels), got {v.shape}")
+        n, length, c = v.shape
+        self.values = v
+        self.lengths = np.asarray(self.lengths, dtype=np.int64).reshape(-1)
+        self.item_id = np.asarray([str(x) for x in np.asarray(self.item_id, dtype=object).reshape(-1)], dtype=object)
+        self.channels = [str(ch) for ch in self.channels]
+        if len(self.lengths) != n or len(self.item_id) != n:
+            raise DataError(f"{n} series but {len(self.lengths)} lengths and {len(self.item_id)} item ids")
+        if len(self.channels) != c:
+            raise DataError(f"{c} channels in values but {len(self.channels)} channel names {self.channels}")
+        if n and (self.lengths.min() < 1 or self.lengths.max() > length):
+            raise DataError(f"series lengths must lie in 1..{length}")
+        if self.start is not None:
+            self.start = np.asarray(pd.to_datetime(np.asarray(self.start).reshape(-1)).to_numpy(), dtype="datetime64[ns]")
+            if len(self.start) != n:
+                raise DataError(f"{n} series but {len(self.start)} start timestamps")
+        attrs = self.attributes if self.attributes is not None else pd.DataFrame()
+        if len(attrs.columns) == 0:
+            attrs = pd.DataFrame(index=range(n))
+        if len(attrs) != n:
+            raise DataError(f"{n} series but {len(attrs)} attribute rows")
+        self.attributes = attrs.reset_index(drop=True)
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def length(self) -> int:
+        """The longest series' length (the padded time dimension)."""
+        return int(self.values.shape[1])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.values.shape[2])
+
+    @property
+    def is_regular(self) -> bool:
+        """True when every series has the full length (no padding)."""
+        return bool(len(self) == 0 or (self.lengths == self.length).all())
+
+    def series(self, i: int) -> np.ndarray:
+        """Series ``i`` without padding, shape (lengths[i], channels)."""
+        return self.values[i, : self.lengths[i]]
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "SeriesSet":
+        """The series at the given positions (or boolean mask), in that order."""
+        idx = np.arange(len(self))[np.asarray(index)]
+        lengths = self.lengths[idx]
+        max_len = int(lengths.max()) if len(idx) else 0
+        return SeriesSet(
+            values=self.values[idx, : max(max_len, 1)],
+            lengths=lengths,
+            item_id=self.item_id[idx],
+            channels=list(self.channels),
+            start=None if self.start is None else self.start[idx],
+            freq=self.freq,
+            attributes=self.attributes.iloc[idx].reset_index(drop=True),
+        )
+
+    def __repr__(self) -> str:
+        span = f"length {self.length}" if self.is_regular else f"lengths {self.lengths.min()}..{self.lengths.max()}"
+        attrs = f", attributes {list(self.attributes.columns)}" if len(self.attributes.columns) else ""
+        return (f"SeriesSet({len(self)} series, {span}, channels {self.channels}, "
+                f"{len(np.unique(self.item_id))} items, freq {self.freq}{attrs})")
+
+    def timestamps(self, i: int) -> pd.DatetimeIndex | None:
+        """Time stamps of series ``i`` (None when the set has no time axis)."""
+        if self.start is None or self.freq is None:
+            return None
+        return pd.date_range(self.start[i], periods=int(self.lengths[i]), freq=self.freq)
+
+    @classmethod
+    def from_arrays(cls, arrays: Iterable[np.ndarray], item_id: Sequence[str] | None = None,
+                    channels: Sequence[str] | None = None, start=None, freq: str | None = None,
+                    attributes: pd.DataFrame | None = None, source: str = "arrays") -> "SeriesSet":
+        """Build a set from a list of arrays, each (length,) or (length, channels); ragged lengths allowed."""
+        arrs = []
+        for i, a in enumerate(arrays):
+            a = np.asarray(a, dtype=np.float64)
+            if a.ndim == 1:
+                a = a[:, None]
+            if a.ndim != 2 or a.shape[0] == 0:
+                raise DataError(f"{source}: series {i} is empty or not a 1-D/2-D array (shape {a.shape})")
+            arrs.append(a)
+        if not arrs:
+            raise DataError(f"{source}: no series found")
+        n_ch = {a.shape[1] for a in arrs}
+        if len(n_ch) != 1:
+            raise DataError(f"{source}: series have different numbers of channels {sorted(n_ch)}")
+        c = n_ch.pop()
+        ids = [str(x) for x in item_id] if item_id is not None else [f"series_{i}" for i in range(len(arrs))]
+        chans = list(channels) if channels is not None else (["value"] if c == 1 else [f"value_{j}" for j in range(c)])
+        for i, a in enumerate(arrs):
+            _check_finite(a, source, ids[i], chans)
+        lengths = np.array([a.shape[0] for a in arrs])
+        vals = np.full((len(arrs), int(lengths.max()), c), np.nan, dtype=np.float32)
+        for i, a in enumerate(arrs):
+            vals[i, : a.shape[0]] = a
+        return cls(vals, lengths, ids, chans, start=start, freq=freq, attributes=attributes)
+
+    # ------------------------------------------------------------------ long format
+    @classmethod
+    def from_long(cls, df: pd.DataFrame, id_col: str | None = "item_id", time_col: str | None = "timestamp",
+                  value_cols: Sequence[str] | None = None, attribute_cols: Sequence[str] | None = None,
+                  freq: str | None = None, sort: bool = False, fill: str | None = None,
+                  source: str = "data frame") -> "SeriesSet":
+        """Read long format: one row per (series, time step).
+
+        ``value_cols`` defaults to every numeric column that is not the id, time or an attribute.
+        Timestamps must be strictly increasing within a series and evenly spaced; ``sort=True`` sorts
+        them instead of failing, ``fill`` ("interpolate", "ffill" or "zero") fills missing steps.
+        """
+        if len(df) == 0:
+            raise DataError(f"{source}: the file holds no rows")
+        attribute_cols = list(attribute_cols or [])
+        _require_columns(df, [c for c in [id_col, time_col] if c] + list(value_cols or []) + attribute_cols, source)
+        if value_cols is None:
+            skip = {id_col, time_col, *attribute_cols}
+            value_cols = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
+            if not value_cols:
+                raise DataError(f"{source}: no numeric value column found; name them with value_cols/--value-cols")
+        value_cols = list(value_cols)
+        for c in value_cols:
+            df = df.assign(**{c: _numeric_column(df[c], c, source)})
+        ids = df[id_col].astype(str) if id_col else pd.Series(["series_0"] * len(df), index=df.index)
+        if time_col:
+            times = pd.to_datetime(df[time_col], errors="coerce")
+            bad = np.flatnonzero(times.isna().to_numpy())
+            if len(bad):
+                raise DataError(f"{source}: row {bad[0] + 2}: column '{time_col}' is not a timestamp: {df[time_col].iloc[bad[0]]!r}")
+            df = df.assign(**{"__t": times})
+        arrays, starts, item_ids, attr_rows, freqs, filled = [], [], [], [], set(), 0
+        for item, g in df.groupby(ids, sort=False):
+            if time_col:
+                t = g["__t"]
+                if not t.is_monotonic_increasing:
+                    if not sort:
+                        pos = int(np.flatnonzero(np.diff(t.to_numpy()) < np.timedelta64(0))[0])
+                        raise DataError(f"{source}: series '{item}': timestamps are not sorted (row {g.index[pos + 1] + 2}: "
+                                        f"{t.iloc[pos + 1]} after {t.iloc[pos]}); pass sort=True / --sort to sort them")
+                    g = g.sort_values("__t", kind="stable")
+                    t = g["__t"]
+                dup = t.duplicated().to_numpy()
+                if dup.any():
+                    j = int(np.flatnonzero(dup)[0])
+                    raise DataError(f"{source}: series '{item}': duplicate timestamp {t.iloc[j]} (row {g.index[j] + 2})")
+                g, f, n_filled = _regularise(g, value_cols, freq, fill, source, item)
+                filled += n_filled
+                if f:
+                    freqs.add(f)
+                starts.append(g["__t"].iloc[0])
+            vals = g[value_cols].to_numpy(dtype=np.float64)
+            _check_finite(vals, source, item, value_cols, rows=g.index.to_numpy() + 2)
+            arrays.append(vals)
+            item_ids.append(item)
+            attr_rows.append(_constant_attributes(g, attribute_cols, source, item))
+        if len(freqs) > 1:
+            raise DataError(f"{source}: series have different frequencies {sorted(freqs)}; pass freq/--freq")
+        if filled:
+            log.warning("%s: filled %d missing time steps with '%s'", source, filled, fill)
+        attrs = pd.DataFrame(attr_rows, columns=attribute_cols) if attribute_cols else None
+        return cls.from_arrays(arrays, item_ids, value_cols, start=starts if time_col else None,
+                               freq=(freqs.pop() if freqs else freq) if time_col else None,
+                               attributes=attrs, source=source)
+
+    def to_long(self, id_col: str = "item_id", time_col: str = "timestamp") -> pd.DataFrame:
+        """Long format: item id, time stamp (or step number), one column per channel, then attributes."""
+        frames = []
+        for i in range(len(self)):
+            n = int(self.lengths[i])
+            ts = self.timestamps(i)
+            frame = {id_col: np.repeat(self.item_id[i], n), time_col: ts if ts is not None else np.arange(n)}
+            for j, ch in enumerate(self.channels):
+                frame[ch] = self.values[i, :n, j]
+            for col in self.attributes.columns:
+                frame[col] = np.repeat(self.attributes[col].iloc[i], n)
+            frames.append(pd.DataFrame(frame))
+        return pd.concat(frames, ignore_index=True)
+
+    # ------------------------------------------------------------------ wide format
+    @classmethod
+    def from_wide(cls, df: pd.DataFrame, orient: str = "columns", time_col: str | None = None,
+                  id_col: str | None = None, freq: str | None = None, source: str = "data frame") -> "SeriesSet":
+        """Read wide format, univariate.
+
+        ``orient="columns"``: one column per series, rows are time steps (optionally a ``time_col``).
+        ``orient="rows"``: one row per series (optionally an ``id_col``), the other columns are steps.
+        Trailing empty cells make a series shorter (ragged); a gap inside a series is an error.
+        """
+        if len(df) == 0 or len(df.columns) == 0:
+            raise DataError(f"{source}: the file holds no data")
+        start = None
+        if orient == "columns":
+            if time_col:
+                _require_columns(df, [time_col], source)
+                times = pd.to_datetime(df[time_col], errors="coerce")
+                if times.isna().any():
+                    r = int(np.flatnonzero(times.isna().to_numpy())[0])
+                    raise DataError(f"{source}: row {r + 2}: column '{time_col}' is not a timestamp")
+                freq = freq or _infer_freq(pd.DatetimeIndex(times), source, "the time column")
+                df = df.drop(columns=[time_col])
+                start = [times.iloc[0]] * len(df.columns)
+            ids = [str(c) for c in df.columns]
+            mat = np.stack([_numeric_column(df[c], c, source).to_numpy(dtype=np.float64) for c in df.columns])
+        elif orient == "rows":
+            if id_col:
+                _require_columns(df, [id_col], source)
+                ids = df[id_col].astype(str).tolist()
+                df = df.drop(columns=[id_col])
+            else:
+                ids = [f"series_{i}" for i in range(len(df))]
+            mat = np.stack([_numeric_column(df[c], c, source).to_numpy(dtype=np.float64) for c in df.columns], axis=1)
+        else:
+            raise DataError(f"orient must be 'columns' or 'rows', got {orient!r}")
+        arrays = []
+        for i, row in enumerate(mat):
+            ok = ~np.isnan(row)
+            n = int(np.flatnonzero(ok)[-1]) + 1 if ok.any() else 0
+            if n == 0:
+                raise DataError(f"{source}: series '{ids[i]}' is empty")
+            if not ok[:n].all():
+                raise DataError(f"{source}: series '{ids[i]}': missing value at step {int(np.flatnonzero(~ok[:n])[0])}")
+            arrays.append(row[:n])
+        return cls.from_arrays(arrays, ids, ["value"], start=start, freq=freq, source=source)
+
+    def to_wide(self, orient: str = "columns") -> pd.DataFrame:
+        """Wide format of a univariate set: a column per series (index = time) or a row per series."""
+        if self.n_channels != 1:
+            raise DataError(f"wide format holds one channel; this set has {self.channels}")
+        ids = _unique_labels(self.item_id)
+        mat = pd.DataFrame(self.values[:, :, 0].T, columns=ids)
+        if self.start is not None and self.freq is not None and len(set(self.start.tolist())) == 1:
+            mat.index = pd.date_range(self.start[0], periods=self.length, freq=self.freq, name="timestamp")
+        if orient == "rows":
+            out = mat.T.reset_index(names="item_id")
+            out.columns = [str(c) for c in out.columns]
+            return out
+        return mat.reset_index() if isinstance(mat.index, pd.DatetimeIndex) else mat
+
+    # ------------------------------------------------------------------ records (GluonTS / HF)
+    @classmethod
+    def from_records(cls, records: pd.DataFrame | Sequence[dict], freq: str | None = None,
+                     target_col: str = "target", id_col: str = "item_id", start_col: str = "start",
+                     channels: Sequence[str] | None = None, source: str = "records") -> "SeriesSet":
+        """Read GluonTS/HF records: ``item_id``, ``start``, ``target`` (a list, or a list of lists for
+        multivariate data as channels x time) plus scalar attribute fields."""
+        df = pd.DataFrame(list(records)) if not isinstance(records, pd.DataFrame) else records
+        if len(df) == 0:
+            raise DataError(f"{source}: no records")
+        _require_columns(df, [target_col], source)
+        arrays = []
+        for i, tgt in enumerate(df[target_col]):
+            try:
+                a = np.asarray(_to_nested_list(tgt), dtype=np.float64)
+            except (TypeError, ValueError):
+                raise DataError(f"{source}: record {i}: '{target_col}' holds non-numeric values") from None
+            arrays.append(a.T if a.ndim == 2 else a)
+        ids = df[id_col].astype(str).tolist() if id_col in df.columns else [f"series_{i}" for i in range(len(df))]
+        start = None
+        if start_col in df.columns:
+            start = pd.to_datetime(df[start_col], errors="coerce")
+            if start.isna().any():
+                raise DataError(f"{source}: record {int(np.flatnonzero(start.isna().to_numpy())[0])}: bad '{start_col}'")
+        attr_cols = [c for c in df.columns if c not in {target_col, id_col, start_col, "feat_static_cat", "feat_dynamic_real"}]
+        attrs = df[attr_cols].reset_index(drop=True) if attr_cols else None
+        return cls.from_arrays(arrays, ids, channels, start=None if start is None else start.to_numpy(),
+                               freq=freq if start is not None else None, attributes=attrs, source=source)
+
+    def to_records(self) -> list[dict]:
+        """GluonTS/HF records: item_id, start (if any), target (list, or channels x time), attributes."""
+        out = []
+        for i in range(len(self)):
+            s = self.series(i)
+            rec: dict[str, Any] = {"item_id": self.item_id[i]}
+            if self.start is not None:
+                rec["start"] = pd.Timestamp(self.start[i])
+            rec["target"] = s[:, 0].tolist() if self.n_channels == 1 else s.T.tolist()
+            for col in self.attributes.columns:
+                rec[col] = _py(self.attributes[col].iloc[i])
+            out.append(rec)
+        return out
+
+    # ------------------------------------------------------------------ preparation
+    def window(self, offset: int = 0, length: int | None = None, drop_short: bool = False) -> "SeriesSet":
+        """Cut the same window (``offset``, ``length``) out of every series, e.g. the first 100 values.
+
+        A series too short for the window is an error, or with ``drop_short=True`` dropped and counted.
+        """
+        length = int(length if length is not None else self.lengths.min() - offset)
+        if offset < 0 or length < 1:
+            raise DataError(f"window offset {offset} and length {length} are not valid")
+        short = self.lengths < offset + length
+        if short.any():
+            if not drop_short:
+                i = int(np.flatnonzero(short)[0])
+                raise DataError(f"series '{self.item_id[i]}' has {self.lengths[i]} steps, shorter than the window "
+                                f"(offset {offset} + length {length}); {int(short.sum())} series are too short "
+                                f"(drop them with drop_short=True / --drop-short)")
+            log.warning("dropped %d of %d series shorter than offset %d + length %d",
+                        int(short.sum()), len(self), offset, length)
+            if short.all():
+                raise DataError("every series is shorter than the window")
+        keep = np.flatnonzero(~short)
+        sub = self.subset(keep)
+        start = None if sub.start is None else _shift(sub.start, offset, sub.freq)
+        return SeriesSet(sub.values[:, offset: offset + length], np.full(len(keep), length), sub.item_id,
+                         sub.channels, start, sub.freq, sub.attributes)
+
+    def sliding_windows(self, length: int, stride: int = 1, drop_short: bool = False) -> "SeriesSet":
+        """All windows of ``length`` steps every ``stride`` steps; each keeps its item id, attributes and
+        its own start time (and a ``window_offset`` attribute)."""
+        if length < 1 or stride < 1:
+            raise DataError(f"window length {length} and stride {stride} must be positive")
+        rows, offsets = [], []
+        for i in range(len(self)):
+            n_win = (int(self.lengths[i]) - length) // stride + 1
+            if n_win < 1:
+                if not drop_short:
+                    raise DataError(f"series '{self.item_id[i]}' has {self.lengths[i]} steps, shorter than the window "
+                                    f"length {length} (drop such series with drop_short=True / --drop-short)")
+                continue
+            rows.extend([i] * n_win)
+            offsets.extend(range(0, n_win * stride, stride))
+        if not rows:
+            raise DataError(f"no series is at least {length} steps long")
+        dropped = len(self) - len(set(rows))
+        if dropped:
+            log.warning("dropped %d of %d series shorter than the window length %d", dropped, len(self), length)
+        rows_a, off_a = np.asarray(rows), np.asarray(offsets)
+        vals = np.stack([self.values[r, o: o + length] for r, o in zip(rows_a, off_a)])
+        start = None if self.start is None else _shift(self.start[rows_a], off_a, self.freq)
+        attrs = self.attributes.iloc[rows_a].reset_index(drop=True).assign(window_offset=off_a)
+        return SeriesSet(vals, np.full(len(rows_a), length), self.item_id[rows_a], self.channels, start, self.freq, attrs)
+
+    def zscore(self) -> "SeriesSet":
+        """Standardise each series and channel over its own steps (ddof 0); a constant one becomes 0."""
+        vals = self.values.astype(np.float64)
+        mask = np.arange(self.length)[None, :, None] < self.lengths[:, None, None]
+        cnt = mask.sum(axis=1, keepdims=True)
+        mean = np.where(mask, vals, 0).sum(axis=1, keepdims=True) / cnt
+        std = np.sqrt(np.where(mask, (vals - mean) ** 2, 0).sum(axis=1, keepdims=True) / cnt)
+        const = std[:, 0, :] == 0
+        if const.any():
+            log.warning("%d constant series/channels were set to 0 by z-scoring", int(const.sum()))
+        z = np.where(std > 0, (vals - mean) / np.where(std > 0, std, 1), 0.0)
+        z = np.where(mask, z, np.nan)
+        return SeriesSet(z.astype(np.float32), self.lengths, self.item_id, self.channels, self.start, self.freq,
+                         self.attributes)
+
+    def split(self, holdout: float = 0.2, seed: int = 0) -> tuple["SeriesSet", "SeriesSet"]:
+        """Split by item: no item lands on both sides. Items are taken in order of first appearance,
+        permuted with ``numpy.random.RandomState(seed)``; the last ``round(holdout * n_items)`` go to
+        the holdout (for 370 items and 0.2: 296 train, 74 holdout)."""
+        items = pd.unique(self.item_id)
+        if len(items) < 2:
+            raise DataError(f"a split needs at least 2 items, found {len(items)}")
+        n_hold = int(round(holdout * len(items)))
+        if not 0 < n_hold < len(items):
+            raise DataError(f"holdout fraction {holdout} leaves no item on one side ({len(items)} items)")
+        perm = np.random.RandomState(seed).permutation(len(items))
+        train_items = set(items[perm[: len(items) - n_hold]])
+        in_train = np.array([i in train_items for i in self.item_id])
+        train_idx = np.concatenate([np.flatnonzero(self.item_id == items[p]) for p in perm[: len(items) - n_hold]])
+        hold_idx = np.concatenate([np.flatnonzero(self.item_id == items[p]) for p in perm[len(items) - n_hold:]])
+        assert in_train[train_idx].all() and not in_train[hold_idx].any()
+        return self.subset(train_idx), self.subset(hold_idx)
+
+    @staticmethod
+    def concat(sets: Sequence["SeriesSet"]) -> "SeriesSet":
+        """Stack sets with the same channels (and frequency) into one."""
+        if not sets:
+            raise DataError("nothing to concatenate")
+        if len({tuple(s.channels) for s in sets}) != 1:
+            raise DataError(f"cannot concatenate sets with different channels {[s.channels for s in sets]}")
+        arrays = [s.series(i) for s in sets for i in range(len(s))]
+        ids = [x for s in sets for x in s.item_id]
+        has_start = all(s.start is not None for s in sets)
+        start = np.concatenate([s.start for s in sets]) if has_start else None
+        attrs = pd.concat([s.attributes for s in sets], ignore_index=True)
+        return SeriesSet.from_arrays(arrays, ids, sets[0].channels, start=start,
+                                     freq=sets[0].freq if has_start else None,
+                                     attributes=attrs if len(attrs.columns) else None)
+
+    # ------------------------------------------------------------------ files
+    @classmethod
+    def read(cls, path: str | os.PathLike, layout: str = "auto", **options: Any) -> "SeriesSet":
+        """Read a data file; see :func:`read_series`."""
+        return read_series(path, layout=layout, **options)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write atomically, format by extension: .parquet (records), .csv (long), .jsonl (records)."""
+        return write_series(self, path)
+
+
+# ---------------------------------------------------------------------- reading files
+def read_series(path: str | os.PathLike, layout: str = "auto", id_col: str | None = None,
+                time_col: str | None = None, value_cols: Sequence[str] | None = None,
+                attribute_cols: Sequence[str] | None = None, freq: str | None = None,
+                sort: bool = False, fill: str | None = None, orient: str = "columns") -> SeriesSet:
+    """Read a SeriesSet from a .parquet, .csv, .jsonl or .json file.
+
+    ``layout`` is "long", "wide", "records", "arrays" or "auto": records when a ``target`` column
+    exists, long when an id or time column is named (or ``item_id`` + ``timestamp`` exist), arrays for
+    JSON lines of lists, else wide (``orient`` "columns": a column per series; "rows": a row per series).
+    """
+    p = Path(path)
+    src = str(p)
+    if not p.exists():
+        raise DataError(f"{src}: no such file")
+    ext = p.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise DataError(f"{src}: unknown extension '{ext}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
+    if p.stat().st_size == 0:
+        raise DataError(f"{src}: the file is empty")
+    meta: dict = {}
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+        try:
+            table = pq.read_table(p)
+        except Exception as e:  # pyarrow raises many types for corrupt files
+            raise DataError(f"{src}: not a readable Parquet file ({e})") from None
+        raw = (table.schema.metadata or {})
+        meta = json.loads(raw.get(_META_KEY, b"{}"))
+        freq = freq or meta.get("freq") or (raw.get(b"freq", b"").decode() or None)
+        df = table.to_pandas()
+    elif ext == ".csv":
+        try:
+            df = pd.read_csv(p)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{src}: the file is empty") from None
+        except pd.errors.ParserError as e:
+            raise DataError(f"{src}: not a readable CSV file ({e})") from None
+    else:
+        return _read_json_lines(p, layout, freq)
+    if layout == "auto":
+        if "target" in df.columns:
+            layout = "records"
+        elif id_col or time_col or {"item_id", "timestamp"} <= set(df.columns):
+            layout = "long"
+        else:
+            layout = "wide"
+    if layout == "records":
+        return SeriesSet.from_records(df, freq=freq, channels=meta.get("channels"), source=src)
+    if layout == "long":
+        return SeriesSet.from_long(df, id_col=id_col or "item_id", time_col=time_col or ("timestamp" if "timestamp" in df.columns else None),
+                                   value_cols=value_cols, attribute_cols=attribute_cols, freq=freq, sort=sort,
+                                   fill=fill, source=src)
+    if layout == "wide":
+        return SeriesSet.from_wide(df, orient=orient, time_col=time_col, id_col=id_col, freq=freq, source=src)
+    raise DataError(f"unknown layout {layout!r} (long, wide, records, arrays or auto)")
+
+
+def _read_json_lines(p: Path, layout: str, freq: str | None) -> SeriesSet:
+    src = str(p)
+    rows = []
+    with open(p, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{src}: line {lineno}: not valid JSON ({e.msg})") from None
+    if p.suffix.lower() == ".json" and len(rows) == 1 and isinstance(rows[0], list) and rows[0] and isinstance(rows[0][0], (dict, list)):
+        rows = rows[0]
+    if not rows:
+        raise DataError(f"{src}: the file holds no series")
+    if all(isinstance(r, dict) and "target" in r for r in rows) and layout in ("auto", "records"):
+        return SeriesSet.from_records(rows, freq=freq, source=src)
+    if all(isinstance(r, list) for r in rows):
+        arrays = []
+        for i, r in enumerate(rows, 1):
+            try:
+                arrays.append(np.asarray(r, dtype=np.float64))
+            except (TypeError, ValueError):
+                raise DataError(f"{src}: line {i}: the array holds non-numeric values") from None
+        return SeriesSet.from_arrays(arrays, source=src)
+    if all(isinstance(r, dict) for r in rows):
+        keys = [k for k, v in rows[0].items() if isinstance(v, list)]
+        if not keys:
+            raise DataError(f"{src}: line 1: no list of values found (expected 'target' or a key per channel)")
+        arrays = []
+        for i, r in enumerate(rows, 1):
+            missing = [k for k in keys if not isinstance(r.get(k), list)]
+            if missing:
+                raise DataError(f"{src}: line {i}: missing channel {missing[0]!r}")
+            lens = {len(r[k]) for k in keys}
+            if len(lens) != 1:
+                raise DataError(f"{src}: line {i}: channels have different lengths {sorted(lens)}")
+            try:
+                arrays.append(np.asarray([r[k] for k in keys], dtype=np.float64).T)
+            except (TypeError, ValueError):
+                raise DataError(f"{src}: line {i}: non-numeric values") from None
+        ids = [str(r.get("item_id", f"series_{i}")) for i, r in enumerate(rows)]
+        return SeriesSet.from_arrays(arrays, ids, keys, source=src)
+    raise DataError(f"{src}: lines must all be JSON arrays or all objects")
+
+
+def load_hf_dataset(name_or_path: str, split: str = "train", freq: str | None = None, **kwargs: Any) -> SeriesSet:
+    """Load GluonTS-style records through ``datasets.load_dataset`` (a hub id, or a local file/folder:
+    .parquet/.jsonl/.csv files are loaded with the matching builder)."""
+    import datasets
+
+    p = Path(name_or_path)
+    if p.exists():
+        files = sorted(str(f) for f in (p.iterdir() if p.is_dir() else [p]) if f.suffix in (".parquet", ".jsonl", ".json", ".csv"))
+        if not files:
+            raise DataError(f"{name_or_path}: no .parquet/.jsonl/.csv files")
+        builder = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}[Path(files[0]).suffix]
+        ds = datasets.load_dataset(builder, data_files={split: files}, split=split, **kwargs)
+    else:
+        ds = datasets.load_dataset(name_or_path, split=split, **kwargs)
+    return SeriesSet.from_records(ds.to_pandas(), freq=freq, source=name_or_path)
+
+
+def load_demo() -> SeriesSet:
+    """ItalyPowerDemand (UCR archive, shipped inside the ``aeon`` package): 1,096 days x 24 hourly
+    readings of Italian electricity demand, with the ``season`` label (winter: Oct-Mar, summer: Apr-Sep)."""
+    from aeon.datasets import load_italy_power_demand
+
+    parts = []
+    for split in ("train", "test"):
+        X, y = load_italy_power_demand(split=split)
+        parts.append((np.asarray(X, dtype=np.float64)[:, 0, :], np.asarray(y).astype(str)))
+    X = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    season = np.where(y == "1", "winter", "summer")
+    ids = [f"day_{i:04d}" for i in range(len(X))]
+    return SeriesSet.from_arrays(list(X), ids, ["demand"], attributes=pd.DataFrame({"season": season}),
+                                 source="ItalyPowerDemand")
+
+
+# ---------------------------------------------------------------------- writing files
+def write_series(data: SeriesSet, path: str | os.PathLike) -> Path:
+    """Write ``data`` atomically (temp file + rename); the format follows the extension:
+    .parquet = records (item_id, start, target, attributes), .csv = long, .jsonl = records."""
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in (".parquet", ".csv", ".jsonl"):
+        raise DataError(f"{p}: unknown output extension '{ext}' (use .parquet, .csv or .jsonl)")
+    if ext == ".csv":
+        return atomic_write(p, lambda f: data.to_long().to_csv(f, index=False))
+    if ext == ".jsonl":
+        def dump(f):
+            with open(f, "w", encoding="utf-8") as fh:
+                for rec in data.to_records():
+                    if "start" in rec:
+                        rec["start"] = rec["start"].isoformat()
+                    fh.write(json.dumps(rec) + "\n")
+        return atomic_write(p, dump)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = pd.DataFrame(data.to_records())
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[_META_KEY] = json.dumps({"freq": data.freq, "channels": data.channels}).encode()
+    if data.freq:
+        meta[b"freq"] = data.freq.encode()
+    table = table.replace_schema_metadata(meta)
+    return atomic_write(p, lambda f: pq.write_table(table, f, compression="zstd"))
+
+
+def atomic_write(path: str | os.PathLike, writer) -> Path:
+    """Call ``writer(tmp_path)`` then rename the temp file onto ``path``; nothing half-written remains."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    try:
+        writer(tmp)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+# ---------------------------------------------------------------------- helpers
+def _require_columns(df: pd.DataFrame, cols: Iterable[str], source: str) -> None:
+    have = [str(c) for c in df.columns]
+    for c in cols:
+        if c not in df.columns:
+            close = difflib.get_close_matches(str(c), have, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (columns: {', '.join(have[:12])})"
+            raise DataError(f"{source}: missing column '{c}'{hint}")
+
+
+def _numeric_column(col: pd.Series, name: Any, source: str) -> pd.Series:
+    num = pd.to_numeric(col, errors="coerce")
+    bad = num.isna() & col.notna()
+    if bad.any():
+        r = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{source}: row {r + 2}: column '{name}' holds a non-numeric value {col.iloc[r]!r}")
+    return num.astype(np.float64)
+
+
+def _check_finite(vals: np.ndarray, source: str, item: str, channels: Sequence[str], rows: np.ndarray | None = None) -> None:
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        t, c = np.argwhere(bad)[0]
+        where = f"row {rows[t]}" if rows is not None else f"step {t}"
+        raise DataError(f"{source}: series '{item}', {where}, channel '{channels[c]}': value {vals[t, c]} is not finite "
+                        "(NaN/inf are not allowed; fill or drop them first)")
+
+
+def _constant_attributes(g: pd.DataFrame, cols: list[str], source: str, item: str) -> list:
+    row = []
+    for c in cols:
+        vals = g[c].dropna().unique()
+        if len(vals) > 1:
+            raise DataError(f"{source}: series '{item}': attribute '{c}' is not constant ({vals[:3].tolist()})")
+        row.append(vals[0] if len(vals) else None)
+    return row
+
+
+def _infer_freq(t: pd.DatetimeIndex, source: str, where: str) -> str | None:
+    if len(t) < 3:
+        return pd.tseries.frequencies.to_offset(t[1] - t[0]).freqstr if len(t) == 2 else None
+    f = pd.infer_freq(t)
+    if f is None:
+        d = np.diff(t.asi8)
+        step = np.median(d)
+        i = int(np.flatnonzero(d != step)[0])
+        raise DataError(f"{source}: {where}: irregular time steps ({t[i]} -> {t[i + 1]} where the usual step is "
+                        f"{pd.Timedelta(int(step))}); pass freq=... and fill=... (--freq, --fill) to fill gaps")
+    return f
+
+
+def _regularise(g: pd.DataFrame, value_cols: list[str], freq: str | None, fill: str | None, source: str,
+                item: str) -> tuple[pd.DataFrame, str | None, int]:
+    t = pd.DatetimeIndex(g["__t"])
+    if len(t) < 2:
+        return g, freq, 0
+    if freq is None and fill is None:
+        return g, _infer_freq(t, source, f"series '{item}'"), 0
+    f = freq or pd.tseries.frequencies.to_offset(pd.Timedelta(int(np.median(np.diff(t.asi8))))).freqstr
+    full = pd.date_range(t[0], t[-1], freq=f)
+    if len(full) == len(t) and (full == t).all():
+        return g, f, 0
+    if not set(t).issubset(set(full)):
+        raise DataError(f"{source}: series '{item}': timestamps do not fall on the {f} grid")
+    if fill is None:
+        missing = full.difference(t)
+        raise DataError(f"{source}: series '{item}': {len(missing)} missing time steps (first {missing[0]}); "
+                        "pass fill='interpolate'|'ffill'|'zero' (--fill) to fill them")
+    if fill not in ("interpolate", "ffill", "zero"):
+        raise DataError(f"unknown fill policy {fill!r} (interpolate, ffill or zero)")
+    g2 = g.set_index("__t").reindex(full)
+    vals = g2[value_cols]
+    vals = vals.interpolate() if fill == "interpolate" else vals.ffill() if fill == "ffill" else vals.fillna(0.0)
+    g2[value_cols] = vals
+    g2 = g2.ffill().rename_axis("__t").reset_index()
+    g2.index = np.arange(len(g2)) - 2  # row numbers no longer map to the file
+    return g2, f, len(full) - len(t)
+
+
+def _shift(start: np.ndarray, offset, freq: str | None) -> np.ndarray:
+    if freq is None:
+        return start
+    step = pd.tseries.frequencies.to_offset(freq)
+    try:
+        delta = pd.to_timedelta(step)
+        return (pd.to_datetime(start) + np.asarray(offset) * delta).to_numpy()
+    except ValueError:  # calendar offsets such as month ends
+        return np.asarray([pd.Timestamp(s) + int(o) * step for s, o in np.broadcast(start, offset)], dtype="datetime64[ns]")
+
+
+def _to_nested_list(x: Any) -> Any:
+    if isinstance(x, np.ndarray) and x.dtype == object:
+        return [_to_nested_list(v) for v in x]
+    return x
+
+
+def _unique_labels(ids: np.ndarray) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for x in ids:
+        k = seen.get(x, 0)
+        out.append(x if k == 0 else f"{x}#{k}")
+        seen[x] = k + 1
+    return out
+
+
+def _py(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
