@@ -32,6 +32,9 @@ from .errors import DataError
 log = logging.getLogger("tsynth")
 
 SUPPORTED_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".json")
+FILL_POLICIES = ("interpolate", "ffill", "zero")
+LAYOUTS = ("auto", "long", "wide", "records", "arrays")
+_HF_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 _META_KEY = b"tsynth"
 
 
@@ -71,9 +74,10 @@ class SeriesSet:
         if n and (self.lengths.min() < 1 or self.lengths.max() > length):
             raise DataError(f"series lengths must lie in 1..{length}")
         if self.start is not None:
-            self.start = np.asarray(pd.to_datetime(np.asarray(self.start).reshape(-1)).to_numpy(), dtype="datetime64[ns]")
-            if len(self.start) != n:
-                raise DataError(f"{n} series but {len(self.start)} start timestamps")
+            start = _datetimes(np.asarray(self.start, dtype=object).reshape(-1))
+            if len(start) != n or start.isna().any():
+                raise DataError(f"{n} series need {n} valid start timestamps, got {start.tolist()[:3]}...")
+            self.start = start.to_numpy()
         attrs = self.attributes if self.attributes is not None else pd.DataFrame()
         if len(attrs.columns) == 0:
             attrs = pd.DataFrame(index=range(n))
@@ -135,26 +139,24 @@ class SeriesSet:
                     channels: Sequence[str] | None = None, start=None, freq: str | None = None,
                     attributes: pd.DataFrame | None = None, source: str = "arrays") -> "SeriesSet":
         """Build a set from a list of arrays, each (length,) or (length, channels); ragged lengths allowed."""
-        arrs = []
-        for i, a in enumerate(arrays):
-            a = np.asarray(a, dtype=np.float64)
-            if a.ndim == 1:
-                a = a[:, None]
-            if a.ndim != 2 or a.shape[0] == 0:
-                raise DataError(f"{source}: series {i} is empty or not a 1-D/2-D array (shape {a.shape})")
-            arrs.append(a)
+        arrs = [np.asarray(a, dtype=np.float64) for a in arrays]
+        arrs = [a[:, None] if a.ndim == 1 else a for a in arrs]
         if not arrs:
             raise DataError(f"{source}: no series found")
+        ids = [str(x) for x in item_id] if item_id is not None else [f"series_{i}" for i in range(len(arrs))]
+        if len(ids) != len(arrs):
+            raise DataError(f"{source}: {len(arrs)} series but {len(ids)} item ids")
+        for i, a in enumerate(arrs):
+            if a.ndim != 2 or a.shape[0] == 0:
+                raise DataError(f"{source}: series '{ids[i]}' is empty or not a 1-D/2-D array (shape {a.shape})")
         n_ch = {a.shape[1] for a in arrs}
         if len(n_ch) != 1:
             raise DataError(f"{source}: series have different numbers of channels {sorted(n_ch)}")
-        c = n_ch.pop()
-        ids = [str(x) for x in item_id] if item_id is not None else [f"series_{i}" for i in range(len(arrs))]
-        chans = list(channels) if channels is not None else (["value"] if c == 1 else [f"value_{j}" for j in range(c)])
+        chans = list(channels) if channels is not None else _default_channels(n_ch.pop())
         for i, a in enumerate(arrs):
-            _check_finite(a, source, ids[i], chans)
+            _check_finite(a, source, f"series '{ids[i]}'", chans)
         lengths = np.array([a.shape[0] for a in arrs])
-        vals = np.full((len(arrs), int(lengths.max()), c), np.nan, dtype=np.float32)
+        vals = np.full((len(arrs), int(lengths.max()), arrs[0].shape[1]), np.nan, dtype=np.float32)
         for i, a in enumerate(arrs):
             vals[i, : a.shape[0]] = a
         return cls(vals, lengths, ids, chans, start=start, freq=freq, attributes=attributes)
@@ -167,61 +169,54 @@ class SeriesSet:
                   source: str = "data frame") -> "SeriesSet":
         """Read long format: one row per (series, time step).
 
-        ``value_cols`` defaults to every numeric column that is not the id, time or an attribute.
+        ``value_cols`` defaults to every column that is not the id, time or an attribute (each must be numeric).
         Timestamps must be strictly increasing within a series and evenly spaced; ``sort=True`` sorts
-        them instead of failing, ``fill`` ("interpolate", "ffill" or "zero") fills missing steps.
+        them instead of failing, ``fill`` ("interpolate", "ffill" or "zero") fills missing steps and
+        empty cells. An integer time column holds step numbers (no start time). Row numbers in
+        messages count the header as row 1, as in a CSV file.
         """
         if len(df) == 0:
             raise DataError(f"{source}: the file holds no rows")
+        if fill not in (None, *FILL_POLICIES):
+            raise DataError(f"unknown fill policy {fill!r} ({', '.join(FILL_POLICIES)})")
         attribute_cols = list(attribute_cols or [])
         _require_columns(df, [c for c in [id_col, time_col] if c] + list(value_cols or []) + attribute_cols, source)
+        hint = ""
         if value_cols is None:
-            skip = {id_col, time_col, *attribute_cols}
-            value_cols = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
+            value_cols = [c for c in df.columns if c not in {id_col, time_col, *attribute_cols}]
+            hint = "; name value columns with value_cols/--value-cols, static ones with attribute_cols/--attribute-cols"
             if not value_cols:
-                raise DataError(f"{source}: no numeric value column found; name them with value_cols/--value-cols")
+                raise DataError(f"{source}: no value column found{hint}")
         value_cols = list(value_cols)
-        for c in value_cols:
-            df = df.assign(**{c: _numeric_column(df[c], c, source)})
+        df = df.assign(**{c: _numeric_column(df[c], c, source, hint) for c in value_cols})
         ids = df[id_col].astype(str) if id_col else pd.Series(["series_0"] * len(df), index=df.index)
+        steps = bool(time_col) and pd.api.types.is_integer_dtype(df[time_col])
         if time_col:
-            times = pd.to_datetime(df[time_col], errors="coerce")
-            bad = np.flatnonzero(times.isna().to_numpy())
-            if len(bad):
-                raise DataError(f"{source}: row {bad[0] + 2}: column '{time_col}' is not a timestamp: {df[time_col].iloc[bad[0]]!r}")
-            df = df.assign(**{"__t": times})
-        arrays, starts, item_ids, attr_rows, freqs, filled = [], [], [], [], set(), 0
+            df = df.assign(**{"__t": df[time_col] if steps else _parse_times(df[time_col], source, time_col)})
+        timed = bool(time_col) and not steps
+        arrays, starts, item_ids, attr_rows, freqs, filled = [], [], [], [], set(), {}
         for item, g in df.groupby(ids, sort=False):
-            if time_col:
-                t = g["__t"]
-                if not t.is_monotonic_increasing:
-                    if not sort:
-                        pos = int(np.flatnonzero(np.diff(t.to_numpy()) < np.timedelta64(0))[0])
-                        raise DataError(f"{source}: series '{item}': timestamps are not sorted (row {g.index[pos + 1] + 2}: "
-                                        f"{t.iloc[pos + 1]} after {t.iloc[pos]}); pass sort=True / --sort to sort them")
-                    g = g.sort_values("__t", kind="stable")
-                    t = g["__t"]
-                dup = t.duplicated().to_numpy()
-                if dup.any():
-                    j = int(np.flatnonzero(dup)[0])
-                    raise DataError(f"{source}: series '{item}': duplicate timestamp {t.iloc[j]} (row {g.index[j] + 2})")
-                g, f, n_filled = _regularise(g, value_cols, freq, fill, source, item)
-                filled += n_filled
-                if f:
-                    freqs.add(f)
+            who = f"series '{item}'"
+            g = _in_order(g, sort, source, who, steps) if time_col else g
+            _check_finite(g[value_cols].to_numpy(np.float64), source, who, value_cols, g.index.to_numpy() + 2,
+                          allow_nan=timed and fill is not None)
+            if timed:
+                g, f, filled[item] = _regularise(g, value_cols, freq, fill, source, who)
+                freqs.add(f)
                 starts.append(g["__t"].iloc[0])
-            vals = g[value_cols].to_numpy(dtype=np.float64)
-            _check_finite(vals, source, item, value_cols, rows=g.index.to_numpy() + 2)
-            arrays.append(vals)
+            arrays.append(g[value_cols].to_numpy(dtype=np.float64))
             item_ids.append(item)
             attr_rows.append(_constant_attributes(g, attribute_cols, source, item))
+        freqs.discard(None)
         if len(freqs) > 1:
             raise DataError(f"{source}: series have different frequencies {sorted(freqs)}; pass freq/--freq")
-        if filled:
-            log.warning("%s: filled %d missing time steps with '%s'", source, filled, fill)
+        touched = {k: v for k, v in filled.items() if v}
+        if touched:
+            log.warning("%s: filled %d missing values in %d series with '%s'", source, sum(touched.values()),
+                        len(touched), fill)
         attrs = pd.DataFrame(attr_rows, columns=attribute_cols) if attribute_cols else None
-        return cls.from_arrays(arrays, item_ids, value_cols, start=starts if time_col else None,
-                               freq=(freqs.pop() if freqs else freq) if time_col else None,
+        return cls.from_arrays(arrays, item_ids, value_cols, start=starts if timed else None,
+                               freq=(freqs.pop() if freqs else freq) if timed else None,
                                attributes=attrs, source=source)
 
     def to_long(self, id_col: str = "item_id", time_col: str = "timestamp") -> pd.DataFrame:
@@ -245,7 +240,8 @@ class SeriesSet:
         """Read wide format, univariate.
 
         ``orient="columns"``: one column per series, rows are time steps (optionally a ``time_col``).
-        ``orient="rows"``: one row per series (optionally an ``id_col``), the other columns are steps.
+        ``orient="rows"``: one row per series (optionally an ``id_col``), the other columns are steps
+        (when every column header is a time stamp, they give the start and frequency).
         Trailing empty cells make a series shorter (ragged); a gap inside a series is an error.
         """
         if len(df) == 0 or len(df.columns) == 0:
@@ -254,11 +250,9 @@ class SeriesSet:
         if orient == "columns":
             if time_col:
                 _require_columns(df, [time_col], source)
-                times = pd.to_datetime(df[time_col], errors="coerce")
-                if times.isna().any():
-                    r = int(np.flatnonzero(times.isna().to_numpy())[0])
-                    raise DataError(f"{source}: row {r + 2}: column '{time_col}' is not a timestamp")
-                freq = freq or _infer_freq(pd.DatetimeIndex(times), source, "the time column")
+                times = _parse_times(df[time_col], source, time_col)
+                t = _in_order(pd.DataFrame({"__t": times}), False, source, f"time column '{time_col}'")
+                freq = _regularise(t, [], freq, None, source, f"time column '{time_col}'")[1]
                 df = df.drop(columns=[time_col])
                 start = [times.iloc[0]] * len(df.columns)
             ids = [str(c) for c in df.columns]
@@ -270,6 +264,10 @@ class SeriesSet:
                 df = df.drop(columns=[id_col])
             else:
                 ids = [f"series_{i}" for i in range(len(df))]
+            times = _header_times(df.columns)
+            if times is not None:
+                freq = _regularise(pd.DataFrame({"__t": times}), [], freq, None, source, "the column headers")[1]
+                start = [times.iloc[0]] * len(df)
             mat = np.stack([_numeric_column(df[c], c, source).to_numpy(dtype=np.float64) for c in df.columns], axis=1)
         else:
             raise DataError(f"orient must be 'columns' or 'rows', got {orient!r}")
@@ -304,25 +302,31 @@ class SeriesSet:
                      target_col: str = "target", id_col: str = "item_id", start_col: str = "start",
                      channels: Sequence[str] | None = None, source: str = "records") -> "SeriesSet":
         """Read GluonTS/HF records: ``item_id``, ``start``, ``target`` (a list, or a list of lists for
-        multivariate data as channels x time) plus scalar attribute fields."""
+        multivariate data as channels x time) plus scalar attribute fields; a ``freq`` field (as the
+        .jsonl writer adds) gives the frequency when ``freq`` is None."""
         df = pd.DataFrame(list(records)) if not isinstance(records, pd.DataFrame) else records
         if len(df) == 0:
             raise DataError(f"{source}: no records")
         _require_columns(df, [target_col], source)
+        ids = df[id_col].astype(str).tolist() if id_col in df.columns else [f"series_{i}" for i in range(len(df))]
         arrays = []
         for i, tgt in enumerate(df[target_col]):
             try:
                 a = np.asarray(_to_nested_list(tgt), dtype=np.float64)
             except (TypeError, ValueError):
-                raise DataError(f"{source}: record {i}: '{target_col}' holds non-numeric values") from None
+                raise DataError(f"{source}: record {i} (item '{ids[i]}'): '{target_col}' is not a list of numbers "
+                                "(or, for several channels, of equally long lists of numbers)") from None
             arrays.append(a.T if a.ndim == 2 else a)
-        ids = df[id_col].astype(str).tolist() if id_col in df.columns else [f"series_{i}" for i in range(len(df))]
         start = None
         if start_col in df.columns:
-            start = pd.to_datetime(df[start_col], errors="coerce")
+            start = _datetimes(df[start_col])
             if start.isna().any():
-                raise DataError(f"{source}: record {int(np.flatnonzero(start.isna().to_numpy())[0])}: bad '{start_col}'")
-        attr_cols = [c for c in df.columns if c not in {target_col, id_col, start_col, "feat_static_cat", "feat_dynamic_real"}]
+                i = int(np.flatnonzero(start.isna().to_numpy())[0])
+                raise DataError(f"{source}: record {i} (item '{ids[i]}'): '{start_col}' is not a time stamp: "
+                                f"{df[start_col].iloc[i]!r}")
+        freq = freq or _record_freq(df, source)
+        skip = {target_col, id_col, start_col, "freq", "feat_static_cat", "feat_dynamic_real"}
+        attr_cols = [c for c in df.columns if c not in skip]
         attrs = df[attr_cols].reset_index(drop=True) if attr_cols else None
         return cls.from_arrays(arrays, ids, channels, start=None if start is None else start.to_numpy(),
                                freq=freq if start is not None else None, attributes=attrs, source=source)
@@ -360,12 +364,11 @@ class SeriesSet:
             log.warning("dropped %d of %d series shorter than offset %d + length %d",
                         int(short.sum()), len(self), offset, length)
             if short.all():
-                raise DataError("every series is shorter than the window")
+                raise DataError(f"every series is shorter than the window (offset {offset} + length {length})")
         keep = np.flatnonzero(~short)
         sub = self.subset(keep)
-        start = None if sub.start is None else _shift(sub.start, offset, sub.freq)
         return SeriesSet(sub.values[:, offset: offset + length], np.full(len(keep), length), sub.item_id,
-                         sub.channels, start, sub.freq, sub.attributes)
+                         sub.channels, _shift(sub.start, offset, sub.freq), sub.freq, sub.attributes)
 
     def sliding_windows(self, length: int, stride: int = 1, drop_short: bool = False) -> "SeriesSet":
         """All windows of ``length`` steps every ``stride`` steps; each keeps its item id, attributes and
@@ -389,7 +392,7 @@ class SeriesSet:
             log.warning("dropped %d of %d series shorter than the window length %d", dropped, len(self), length)
         rows_a, off_a = np.asarray(rows), np.asarray(offsets)
         vals = np.stack([self.values[r, o: o + length] for r, o in zip(rows_a, off_a)])
-        start = None if self.start is None else _shift(self.start[rows_a], off_a, self.freq)
+        start = _shift(None if self.start is None else self.start[rows_a], off_a, self.freq)
         attrs = self.attributes.iloc[rows_a].reset_index(drop=True).assign(window_offset=off_a)
         return SeriesSet(vals, np.full(len(rows_a), length), self.item_id[rows_a], self.channels, start, self.freq, attrs)
 
@@ -400,10 +403,10 @@ class SeriesSet:
         cnt = mask.sum(axis=1, keepdims=True)
         mean = np.where(mask, vals, 0).sum(axis=1, keepdims=True) / cnt
         std = np.sqrt(np.where(mask, (vals - mean) ** 2, 0).sum(axis=1, keepdims=True) / cnt)
-        const = std[:, 0, :] == 0
+        const = np.nanmax(vals, axis=1, keepdims=True) == np.nanmin(vals, axis=1, keepdims=True)
         if const.any():
             log.warning("%d constant series/channels were set to 0 by z-scoring", int(const.sum()))
-        z = np.where(std > 0, (vals - mean) / np.where(std > 0, std, 1), 0.0)
+        z = np.where(const, 0.0, (vals - mean) / np.where(const, 1.0, std))
         z = np.where(mask, z, np.nan)
         return SeriesSet(z.astype(np.float32), self.lengths, self.item_id, self.channels, self.start, self.freq,
                          self.attributes)
@@ -412,19 +415,18 @@ class SeriesSet:
         """Split by item: no item lands on both sides. Items are taken in order of first appearance,
         permuted with ``numpy.random.RandomState(seed)``; the last ``round(holdout * n_items)`` go to
         the holdout (for 370 items and 0.2: 296 train, 74 holdout)."""
-        items = pd.unique(self.item_id)
-        if len(items) < 2:
-            raise DataError(f"a split needs at least 2 items, found {len(items)}")
-        n_hold = int(round(holdout * len(items)))
-        if not 0 < n_hold < len(items):
-            raise DataError(f"holdout fraction {holdout} leaves no item on one side ({len(items)} items)")
-        perm = np.random.RandomState(seed).permutation(len(items))
-        train_items = set(items[perm[: len(items) - n_hold]])
-        in_train = np.array([i in train_items for i in self.item_id])
-        train_idx = np.concatenate([np.flatnonzero(self.item_id == items[p]) for p in perm[: len(items) - n_hold]])
-        hold_idx = np.concatenate([np.flatnonzero(self.item_id == items[p]) for p in perm[len(items) - n_hold:]])
-        assert in_train[train_idx].all() and not in_train[hold_idx].any()
-        return self.subset(train_idx), self.subset(hold_idx)
+        codes, items = pd.factorize(self.item_id)
+        n_items = len(items)
+        if n_items < 2:
+            raise DataError(f"a split needs at least 2 items, found {n_items}")
+        n_hold = int(round(holdout * n_items))
+        if not 0 < n_hold < n_items:
+            raise DataError(f"holdout fraction {holdout} leaves no item on one side ({n_items} items)")
+        rank = np.empty(n_items, dtype=np.int64)
+        rank[np.random.RandomState(seed).permutation(n_items)] = np.arange(n_items)
+        order = np.argsort(rank[codes], kind="stable")  # series grouped by item, items in permuted order
+        n_train = int((rank[codes] < n_items - n_hold).sum())
+        return self.subset(order[:n_train]), self.subset(order[n_train:])
 
     @staticmethod
     def concat(sets: Sequence["SeriesSet"]) -> "SeriesSet":
@@ -436,6 +438,8 @@ class SeriesSet:
         arrays = [s.series(i) for s in sets for i in range(len(s))]
         ids = [x for s in sets for x in s.item_id]
         has_start = all(s.start is not None for s in sets)
+        if has_start and len({s.freq for s in sets}) != 1:
+            raise DataError(f"cannot concatenate sets with different frequencies {[s.freq for s in sets]}")
         start = np.concatenate([s.start for s in sets]) if has_start else None
         attrs = pd.concat([s.attributes for s in sets], ignore_index=True)
         return SeriesSet.from_arrays(arrays, ids, sets[0].channels, start=start,
@@ -462,10 +466,13 @@ def read_series(path: str | os.PathLike, layout: str = "auto", id_col: str | Non
 
     ``layout`` is "long", "wide", "records", "arrays" or "auto": records when a ``target`` column
     exists, long when an id or time column is named (or ``item_id`` + ``timestamp`` exist), arrays for
-    JSON lines of lists, else wide (``orient`` "columns": a column per series; "rows": a row per series).
+    JSON lines of lists, else wide (``orient`` "columns": a column per series, with a ``timestamp``
+    column if there is one; "rows": a row per series, with an ``item_id`` column if there is one).
     """
     p = Path(path)
     src = str(p)
+    if layout not in LAYOUTS:
+        raise DataError(f"{src}: unknown layout {layout!r} ({', '.join(LAYOUTS)})")
     if not p.exists():
         raise DataError(f"{src}: no such file")
     ext = p.suffix.lower()
@@ -473,47 +480,50 @@ def read_series(path: str | os.PathLike, layout: str = "auto", id_col: str | Non
         raise DataError(f"{src}: unknown extension '{ext}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
     if p.stat().st_size == 0:
         raise DataError(f"{src}: the file is empty")
-    meta: dict = {}
-    if ext == ".parquet":
-        import pyarrow.parquet as pq
-        try:
-            table = pq.read_table(p)
-        except Exception as e:  # pyarrow raises many types for corrupt files
-            raise DataError(f"{src}: not a readable Parquet file ({e})") from None
-        raw = (table.schema.metadata or {})
-        meta = json.loads(raw.get(_META_KEY, b"{}"))
-        freq = freq or meta.get("freq") or (raw.get(b"freq", b"").decode() or None)
-        df = table.to_pandas()
-    elif ext == ".csv":
-        try:
-            df = pd.read_csv(p)
-        except pd.errors.EmptyDataError:
-            raise DataError(f"{src}: the file is empty") from None
-        except pd.errors.ParserError as e:
-            raise DataError(f"{src}: not a readable CSV file ({e})") from None
-    else:
+    if ext in (".jsonl", ".json"):
         return _read_json_lines(p, layout, freq)
+    df, meta = _read_table(p, id_col or "item_id")
+    freq = freq or meta.get("freq")
+    cols = set(df.columns)
     if layout == "auto":
-        if "target" in df.columns:
-            layout = "records"
-        elif id_col or time_col or {"item_id", "timestamp"} <= set(df.columns):
-            layout = "long"
-        else:
-            layout = "wide"
+        records, long = "target" in cols, id_col or time_col or {"item_id", "timestamp"} <= cols
+        layout = "records" if records else "long" if long else "wide"
     if layout == "records":
         return SeriesSet.from_records(df, freq=freq, channels=meta.get("channels"), source=src)
     if layout == "long":
-        return SeriesSet.from_long(df, id_col=id_col or "item_id", time_col=time_col or ("timestamp" if "timestamp" in df.columns else None),
+        return SeriesSet.from_long(df, id_col=id_col or "item_id", time_col=time_col or ("timestamp" if "timestamp" in cols else None),
                                    value_cols=value_cols, attribute_cols=attribute_cols, freq=freq, sort=sort,
                                    fill=fill, source=src)
     if layout == "wide":
+        time_col = time_col or ("timestamp" if orient == "columns" and "timestamp" in cols else None)
+        id_col = id_col or ("item_id" if orient == "rows" and "item_id" in cols else None)
         return SeriesSet.from_wide(df, orient=orient, time_col=time_col, id_col=id_col, freq=freq, source=src)
-    raise DataError(f"unknown layout {layout!r} (long, wide, records, arrays or auto)")
+    raise DataError(f"{src}: layout 'arrays' needs a .jsonl file")
+
+
+def _read_table(p: Path, id_col: str) -> tuple[pd.DataFrame, dict]:
+    """A .parquet or .csv file as a data frame (ids kept as text), with tsynth's Parquet metadata."""
+    if p.suffix.lower() == ".csv":
+        try:
+            return pd.read_csv(p, dtype={id_col: str}), {}
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{p}: the file is empty") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise DataError(f"{p}: not a readable CSV file ({e})") from None
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(p)
+    except Exception as e:  # pyarrow raises many types for corrupt files
+        raise DataError(f"{p}: not a readable Parquet file ({e})") from None
+    return table.to_pandas(), json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
 
 
 def _read_json_lines(p: Path, layout: str, freq: str | None) -> SeriesSet:
     src = str(p)
-    rows = []
+    if layout in ("long", "wide"):
+        raise DataError(f"{src}: JSON lines hold records or arrays, not the {layout} layout")
+    rows, linenos = [], []
     with open(p, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -522,39 +532,44 @@ def _read_json_lines(p: Path, layout: str, freq: str | None) -> SeriesSet:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"{src}: line {lineno}: not valid JSON ({e.msg})") from None
+            linenos.append(lineno)
     if p.suffix.lower() == ".json" and len(rows) == 1 and isinstance(rows[0], list) and rows[0] and isinstance(rows[0][0], (dict, list)):
-        rows = rows[0]
+        rows, linenos = rows[0], list(range(1, len(rows[0]) + 1))
     if not rows:
         raise DataError(f"{src}: the file holds no series")
     if all(isinstance(r, dict) and "target" in r for r in rows) and layout in ("auto", "records"):
         return SeriesSet.from_records(rows, freq=freq, source=src)
     if all(isinstance(r, list) for r in rows):
-        arrays = []
-        for i, r in enumerate(rows, 1):
-            try:
-                arrays.append(np.asarray(r, dtype=np.float64))
-            except (TypeError, ValueError):
-                raise DataError(f"{src}: line {i}: the array holds non-numeric values") from None
-        return SeriesSet.from_arrays(arrays, source=src)
+        return SeriesSet.from_arrays([_json_array(r, src, n, None) for r, n in zip(rows, linenos)], source=src)
     if all(isinstance(r, dict) for r in rows):
         keys = [k for k, v in rows[0].items() if isinstance(v, list)]
         if not keys:
-            raise DataError(f"{src}: line 1: no list of values found (expected 'target' or a key per channel)")
+            raise DataError(f"{src}: line {linenos[0]}: no list of values found (expected 'target' or a key per channel)")
         arrays = []
-        for i, r in enumerate(rows, 1):
+        for r, n in zip(rows, linenos):
             missing = [k for k in keys if not isinstance(r.get(k), list)]
             if missing:
-                raise DataError(f"{src}: line {i}: missing channel {missing[0]!r}")
+                raise DataError(f"{src}: line {n}: missing channel {missing[0]!r}")
             lens = {len(r[k]) for k in keys}
             if len(lens) != 1:
-                raise DataError(f"{src}: line {i}: channels have different lengths {sorted(lens)}")
-            try:
-                arrays.append(np.asarray([r[k] for k in keys], dtype=np.float64).T)
-            except (TypeError, ValueError):
-                raise DataError(f"{src}: line {i}: non-numeric values") from None
+                raise DataError(f"{src}: line {n}: channels have different lengths {sorted(lens)}")
+            arrays.append(np.hstack([_json_array(r[k], src, n, [k]) for k in keys]))
         ids = [str(r.get("item_id", f"series_{i}")) for i, r in enumerate(rows)]
         return SeriesSet.from_arrays(arrays, ids, keys, source=src)
     raise DataError(f"{src}: lines must all be JSON arrays or all objects")
+
+
+def _json_array(x: Any, src: str, lineno: int, channels: list[str] | None) -> np.ndarray:
+    """One JSON list of numbers as a (length, channels) array, or an error naming the line."""
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{src}: line {lineno}: the array holds non-numeric values") from None
+    a = a[:, None] if a.ndim == 1 else a
+    if a.ndim != 2 or len(a) == 0:
+        raise DataError(f"{src}: line {lineno}: expected a non-empty list of numbers (or of equally long lists)")
+    _check_finite(a, src, f"line {lineno}", channels or _default_channels(a.shape[1]))
+    return a
 
 
 def load_hf_dataset(name_or_path: str, split: str = "train", freq: str | None = None, **kwargs: Any) -> SeriesSet:
@@ -564,11 +579,12 @@ def load_hf_dataset(name_or_path: str, split: str = "train", freq: str | None = 
 
     p = Path(name_or_path)
     if p.exists():
-        files = sorted(str(f) for f in (p.iterdir() if p.is_dir() else [p]) if f.suffix in (".parquet", ".jsonl", ".json", ".csv"))
-        if not files:
-            raise DataError(f"{name_or_path}: no .parquet/.jsonl/.csv files")
-        builder = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}[Path(files[0]).suffix]
-        ds = datasets.load_dataset(builder, data_files={split: files}, split=split, **kwargs)
+        files = sorted(f for f in (p.iterdir() if p.is_dir() else [p]) if f.suffix.lower() in _HF_BUILDERS)
+        builders = {_HF_BUILDERS[f.suffix.lower()] for f in files}
+        if len(builders) != 1:
+            raise DataError(f"{name_or_path}: expected .parquet, .jsonl or .csv files of one kind, found "
+                            f"{sorted({f.suffix for f in files}) or 'none'}")
+        ds = datasets.load_dataset(builders.pop(), data_files={split: [str(f) for f in files]}, split=split, **kwargs)
     else:
         ds = datasets.load_dataset(name_or_path, split=split, **kwargs)
     return SeriesSet.from_records(ds.to_pandas(), freq=freq, source=name_or_path)
@@ -594,7 +610,8 @@ def load_demo() -> SeriesSet:
 # ---------------------------------------------------------------------- writing files
 def write_series(data: SeriesSet, path: str | os.PathLike) -> Path:
     """Write ``data`` atomically (temp file + rename); the format follows the extension:
-    .parquet = records (item_id, start, target, attributes), .csv = long, .jsonl = records."""
+    .parquet = records (item_id, start, target, attributes; frequency and channel names in the file's
+    metadata), .csv = long, .jsonl = records (with a ``freq`` field)."""
     p = Path(path)
     ext = p.suffix.lower()
     if ext not in (".parquet", ".csv", ".jsonl"):
@@ -607,6 +624,8 @@ def write_series(data: SeriesSet, path: str | os.PathLike) -> Path:
                 for rec in data.to_records():
                     if "start" in rec:
                         rec["start"] = rec["start"].isoformat()
+                        if data.freq:
+                            rec["freq"] = data.freq
                     fh.write(json.dumps(rec) + "\n")
         return atomic_write(p, dump)
     import pyarrow as pa
@@ -616,8 +635,6 @@ def write_series(data: SeriesSet, path: str | os.PathLike) -> Path:
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[_META_KEY] = json.dumps({"freq": data.freq, "channels": data.channels}).encode()
-    if data.freq:
-        meta[b"freq"] = data.freq.encode()
     table = table.replace_schema_metadata(meta)
     return atomic_write(p, lambda f: pq.write_table(table, f, compression="zstd"))
 
@@ -646,22 +663,79 @@ def _require_columns(df: pd.DataFrame, cols: Iterable[str], source: str) -> None
             raise DataError(f"{source}: missing column '{c}'{hint}")
 
 
-def _numeric_column(col: pd.Series, name: Any, source: str) -> pd.Series:
+def _numeric_column(col: pd.Series, name: Any, source: str, hint: str = "") -> pd.Series:
     num = pd.to_numeric(col, errors="coerce")
     bad = num.isna() & col.notna()
     if bad.any():
         r = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{source}: row {r + 2}: column '{name}' holds a non-numeric value {col.iloc[r]!r}")
+        raise DataError(f"{source}: row {r + 2}: column '{name}' holds a non-numeric value {col.iloc[r]!r}{hint}")
     return num.astype(np.float64)
 
 
-def _check_finite(vals: np.ndarray, source: str, item: str, channels: Sequence[str], rows: np.ndarray | None = None) -> None:
-    bad = ~np.isfinite(vals)
+def _check_finite(vals: np.ndarray, source: str, who: str, channels: Sequence[str], rows: np.ndarray | None = None,
+                  allow_nan: bool = False) -> None:
+    bad = np.isinf(vals) if allow_nan else ~np.isfinite(vals)
     if bad.any():
         t, c = np.argwhere(bad)[0]
         where = f"row {rows[t]}" if rows is not None else f"step {t}"
-        raise DataError(f"{source}: series '{item}', {where}, channel '{channels[c]}': value {vals[t, c]} is not finite "
+        raise DataError(f"{source}: {who}, {where}, channel '{channels[c]}': value {vals[t, c]} is not finite "
                         "(NaN/inf are not allowed; fill or drop them first)")
+
+
+def _default_channels(c: int) -> list[str]:
+    return ["value"] if c == 1 else [f"value_{j}" for j in range(c)]
+
+
+def _datetimes(x: Any) -> pd.Series:
+    """Time stamps as naive nanosecond datetimes (time zones converted to UTC); NaT where unparseable."""
+    t = pd.to_datetime(x if isinstance(x, pd.Series) else pd.Series(x), errors="coerce", utc=True)
+    return t.dt.tz_convert(None).dt.as_unit("ns")
+
+
+def _parse_times(col: pd.Series, source: str, name: str) -> pd.Series:
+    times = _datetimes(col)
+    bad = np.flatnonzero(times.isna().to_numpy())
+    if len(bad):
+        raise DataError(f"{source}: row {bad[0] + 2}: column '{name}' is not a timestamp: {col.iloc[bad[0]]!r}")
+    return times
+
+
+def _header_times(cols: pd.Index) -> pd.Series | None:
+    """The column headers as time stamps when every one is an ISO date/time (wide rows layout), else None."""
+    if pd.api.types.is_numeric_dtype(cols):
+        return None
+    times = pd.Series(pd.to_datetime(cols.astype(str), errors="coerce", format="ISO8601"))
+    return None if times.isna().any() else _datetimes(times)
+
+
+def _record_freq(df: pd.DataFrame, source: str) -> str | None:
+    """The frequency from a records table's ``freq`` field (one value for all), or None."""
+    if "freq" not in df.columns:
+        return None
+    freqs = sorted({str(f) for f in df["freq"].dropna()})
+    if len(freqs) > 1:
+        raise DataError(f"{source}: records have different frequencies {freqs}")
+    return freqs[0] if freqs else None
+
+
+def _in_order(g: pd.DataFrame, sort: bool, source: str, who: str, steps: bool = False) -> pd.DataFrame:
+    """``g`` ordered by its time column ``__t`` (sorted when ``sort``), or an error naming the first bad row."""
+    t = g["__t"].to_numpy()
+    back = np.flatnonzero(t[1:] < t[:-1]) + 1
+    if len(back) and not sort:
+        j = back[0]
+        raise DataError(f"{source}: {who}: timestamps are not sorted (row {g.index[j] + 2}: {g['__t'].iloc[j]} after "
+                        f"{g['__t'].iloc[j - 1]}); pass sort=True / --sort to sort them")
+    g = g.sort_values("__t", kind="stable") if len(back) else g
+    t = g["__t"].to_numpy()
+    dup = np.flatnonzero(t[1:] == t[:-1]) + 1
+    if len(dup):
+        raise DataError(f"{source}: {who}: duplicate timestamp {g['__t'].iloc[dup[0]]} (row {g.index[dup[0]] + 2})")
+    gap = np.flatnonzero(np.diff(t) != 1) + 1 if steps else []
+    if len(gap):
+        raise DataError(f"{source}: {who}: step numbers jump from {t[gap[0] - 1]} to {t[gap[0]]} "
+                        f"(row {g.index[gap[0]] + 2})")
+    return g
 
 
 def _constant_attributes(g: pd.DataFrame, cols: list[str], source: str, item: str) -> list:
@@ -674,50 +748,56 @@ def _constant_attributes(g: pd.DataFrame, cols: list[str], source: str, item: st
     return row
 
 
-def _infer_freq(t: pd.DatetimeIndex, source: str, where: str) -> str | None:
+def _smallest_step(t: pd.DatetimeIndex) -> str:
+    """The smallest step between sorted time stamps as a frequency: the grid that gaps are missing from."""
+    return pd.tseries.frequencies.to_offset(pd.Timedelta(int(np.diff(t.as_unit("ns").asi8).min()), unit="ns")).freqstr
+
+
+def _infer_freq(t: pd.DatetimeIndex, source: str, who: str) -> str | None:
     if len(t) < 3:
-        return pd.tseries.frequencies.to_offset(t[1] - t[0]).freqstr if len(t) == 2 else None
+        return _smallest_step(t) if len(t) == 2 else None
     f = pd.infer_freq(t)
     if f is None:
-        d = np.diff(t.asi8)
-        step = np.median(d)
+        d = np.diff(t.as_unit("ns").asi8)
+        steps, counts = np.unique(d, return_counts=True)
+        step = steps[counts.argmax()]  # the most common step
         i = int(np.flatnonzero(d != step)[0])
-        raise DataError(f"{source}: {where}: irregular time steps ({t[i]} -> {t[i + 1]} where the usual step is "
-                        f"{pd.Timedelta(int(step))}); pass freq=... and fill=... (--freq, --fill) to fill gaps")
+        raise DataError(f"{source}: {who}: irregular time steps ({t[i]} -> {t[i + 1]} where the usual step is "
+                        f"{pd.Timedelta(step, unit='ns')}); pass freq=... and fill=... (--freq, --fill) to fill gaps")
     return f
 
 
 def _regularise(g: pd.DataFrame, value_cols: list[str], freq: str | None, fill: str | None, source: str,
-                item: str) -> tuple[pd.DataFrame, str | None, int]:
+                who: str) -> tuple[pd.DataFrame, str | None, int]:
+    """Check that ``g`` lies on a regular time grid, filling missing steps and empty cells with ``fill``.
+    Returns the frame, its frequency and how many values were filled."""
     t = pd.DatetimeIndex(g["__t"])
-    if len(t) < 2:
-        return g, freq, 0
     if freq is None and fill is None:
-        return g, _infer_freq(t, source, f"series '{item}'"), 0
-    f = freq or pd.tseries.frequencies.to_offset(pd.Timedelta(int(np.median(np.diff(t.asi8))))).freqstr
-    full = pd.date_range(t[0], t[-1], freq=f)
-    if len(full) == len(t) and (full == t).all():
-        return g, f, 0
-    if not set(t).issubset(set(full)):
-        raise DataError(f"{source}: series '{item}': timestamps do not fall on the {f} grid")
+        return g, _infer_freq(t, source, who), 0
+    f = freq or (_smallest_step(t) if len(t) > 1 else None)
+    full = pd.date_range(t[0], t[-1], freq=f) if f else t
+    if not t.isin(full).all():
+        raise DataError(f"{source}: {who}: timestamps do not fall on the {f} grid")
     if fill is None:
-        missing = full.difference(t)
-        raise DataError(f"{source}: series '{item}': {len(missing)} missing time steps (first {missing[0]}); "
-                        "pass fill='interpolate'|'ffill'|'zero' (--fill) to fill them")
-    if fill not in ("interpolate", "ffill", "zero"):
-        raise DataError(f"unknown fill policy {fill!r} (interpolate, ffill or zero)")
+        if len(full) > len(t):
+            missing = full.difference(t)
+            raise DataError(f"{source}: {who}: {len(missing)} missing time steps (first {missing[0]}); "
+                            f"pass fill={'|'.join(FILL_POLICIES)} (--fill) to fill them")
+        return g, f, 0
     g2 = g.set_index("__t").reindex(full)
     vals = g2[value_cols]
-    vals = vals.interpolate() if fill == "interpolate" else vals.ffill() if fill == "ffill" else vals.fillna(0.0)
-    g2[value_cols] = vals
-    g2 = g2.ffill().rename_axis("__t").reset_index()
-    g2.index = np.arange(len(g2)) - 2  # row numbers no longer map to the file
-    return g2, f, len(full) - len(t)
+    n_filled = int(vals.isna().to_numpy().sum())
+    g2[value_cols] = vals.interpolate() if fill == "interpolate" else vals.ffill() if fill == "ffill" else vals.fillna(0.0)
+    return g2.ffill().rename_axis("__t").reset_index(), f, n_filled
 
 
-def _shift(start: np.ndarray, offset, freq: str | None) -> np.ndarray:
-    if freq is None:
+def _shift(start: np.ndarray | None, offset, freq: str | None) -> np.ndarray | None:
+    """``start`` moved on by ``offset`` steps of ``freq``; None (logged) when it cannot be moved without a frequency."""
+    if start is None or not np.any(offset):
         return start
+    if freq is None:
+        log.warning("window start times dropped: the data has no frequency (pass freq/--freq when reading)")
+        return None
     step = pd.tseries.frequencies.to_offset(freq)
     try:
         delta = pd.to_timedelta(step)

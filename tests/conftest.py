@@ -1,0 +1,29 @@
+"""Shared fixtures: small in-memory data sets (no test reads /work/shared/data)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tsynth import SeriesSet
+
+
+@pytest.fixture
+def hourly() -> SeriesSet:
+    """Three hourly electricity series, ragged (48, 48, 30 steps), with a text and a numeric attribute."""
+    rng = np.random.default_rng(0)
+    return SeriesSet.from_arrays(
+        [rng.gamma(2.0, 50.0, size=n) for n in (48, 48, 30)],
+        item_id=["MT_001", "MT_002", "MT_003"], channels=["consumption"],
+        start=["2014-01-01 00:00", "2014-01-01 00:00", "2014-03-01 12:00"], freq="h",
+        attributes=pd.DataFrame({"region": ["north", "south", "north"], "capacity": [10, 20, 30]}),
+    )
+
+
+@pytest.fixture
+def electricity_records():
+    """GluonTS/HF-style records like ``LeoTungAnh/electricity_hourly``: item_id MT_001.., start, target."""
+    def make(n_items: int = 4, length: int = 24) -> list[dict]:
+        rng = np.random.default_rng(1)
+        return [{"item_id": f"MT_{i:03d}", "start": "2012-01-01 00:00:00", "feat_static_cat": [i - 1],
+                 "target": rng.normal(size=length).round(4).tolist()} for i in range(1, n_items + 1)]
+    return make
