@@ -1,0 +1,68 @@
+"""Generators compared by the benchmark. Each takes (task, seed, smoke) and returns the synthetic set
+plus fit and sample seconds; the harness measures memory and evaluates."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from tsynth import SeriesSet
+from tsynth.synthesizer import Synthesizer
+
+from .tasks import Task
+
+
+def _like(task: Task, values: np.ndarray, prefix: str) -> SeriesSet:
+    n = len(values)
+    return SeriesSet(values.astype(np.float32), np.full(n, values.shape[1]), [f"{prefix}_{i}" for i in range(n)],
+                     task.train.channels)
+
+
+def holdout(task: Task, seed: int, smoke: bool) -> tuple[SeriesSet, float, float, dict]:
+    """Real unseen data scored as if synthetic: the floor a perfect generator reaches."""
+    return task.holdout, 0.0, 0.0, {}
+
+
+def copy(task: Task, seed: int, smoke: bool) -> tuple[SeriesSet, float, float, dict]:
+    """A verbatim copy of train: the fidelity ceiling and the privacy failure."""
+    return task.train, 0.0, 0.0, {}
+
+
+def gaussian(task: Task, seed: int, smoke: bool) -> tuple[SeriesSet, float, float, dict]:
+    """A multivariate Gaussian over the flattened window (mean + full covariance)."""
+    t0 = time.time()
+    x = task.train.values.reshape(len(task.train), -1).astype(np.float64)
+    mean, cov = x.mean(0), np.cov(x, rowvar=False)
+    fit_s = time.time() - t0
+    t0 = time.time()
+    draws = np.random.default_rng(seed).multivariate_normal(mean, cov, size=len(task.train), method="eigh")
+    return _like(task, draws.reshape(-1, *task.train.values.shape[1:]), "gaussian"), fit_s, time.time() - t0, {}
+
+
+def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesSet, float, float, dict]:
+    """tsynth's local backend with its default settings (smoke: 2 epochs)."""
+    opts = {"seed": seed, **options, **({"epochs": 2} if smoke else {})}
+    t0 = time.time()
+    syn = Synthesizer("local", **opts).fit(task.train, progress=False)
+    fit_s = time.time() - t0
+    t0 = time.time()
+    synthetic = syn.sample(len(task.train), seed=seed)
+    sample_s = time.time() - t0
+    t0 = time.time()
+    syn.sample(1000, seed=seed + 1)
+    members = syn.info["training"]["members"]
+    extra = {"sample_1000_s": time.time() - t0, "epochs": [m["epochs_run"] for m in members],
+             "best_epoch": [m["best_epoch"] for m in members],
+             "valid_loss": [min(m["valid_loss"]) if m["valid_loss"] else None for m in members],
+             "parameters": syn.info["training"]["parameters"]}
+    return synthetic, fit_s, sample_s, extra
+
+
+GENERATORS: dict[str, Callable] = {
+    "holdout": holdout,
+    "copy": copy,
+    "gaussian": gaussian,
+    "tsynth": tsynth_local,
+}

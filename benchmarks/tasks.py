@@ -1,0 +1,85 @@
+"""Benchmark tasks, built exactly as ../shared/reference/baselines.md defines them.
+
+The real data is read from ``$TSYNTH_DATA`` (default ``../shared/data`` beside the repository); it is never
+copied into the repository. ``italy24`` is the bundled demo set (ItalyPowerDemand from aeon).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tsynth import SeriesSet
+from tsynth.data import load_demo
+
+DATA_DIR = Path(os.environ.get("TSYNTH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@dataclass
+class Task:
+    """A train/holdout pair plus what the evaluation needs to know about it."""
+
+    name: str
+    train: SeriesSet
+    holdout: SeriesSet
+    description: str
+    label: str | None = None
+
+
+def _electricity(file: str, name: str, what: str) -> Task:
+    data = SeriesSet.read(DATA_DIR / file).window(0, 100)
+    train, holdout = data.split(0.2, seed=0)  # RandomState(0).permutation(370): 296 train, 74 holdout
+    return Task(name, train, holdout, f"{what}: first 100 hours of 370 clients, clients split 296/74 by RandomState(0)")
+
+
+def _timegan(file: str, name: str, blocked: bool) -> Task:
+    """TimeGAN protocol: min-max over the table, windows of 24 stride 1, RandomState(0) permutation, 80/20.
+
+    ``blocked``: the holdout is instead every window inside the last 20% of time (no overlap with train),
+    which is what privacy figures need: shuffled overlapping windows put near-copies on both sides.
+    """
+    df = pd.read_parquet(DATA_DIR / file).select_dtypes("number")
+    x = df.to_numpy(dtype=np.float64)
+    x = (x - x.min(0)) / (x.max(0) - x.min(0) + 1e-7)
+    n_win = len(x) - 24 + 1
+    windows = np.stack([x[i: i + 24] for i in range(n_win)]).astype(np.float32)
+    if blocked:
+        cut = int(0.8 * len(x))
+        train_idx = np.arange(0, cut - 24 + 1)
+        hold_idx = np.arange(cut, n_win)
+    else:
+        perm = np.random.RandomState(0).permutation(n_win)
+        train_idx, hold_idx = perm[: int(0.8 * n_win)], perm[int(0.8 * n_win):]
+
+    def subset(idx):
+        return SeriesSet(windows[idx], np.full(len(idx), 24), [f"w{i}" for i in idx], list(df.columns))
+
+    split = "blocked holdout: last 20% of time" if blocked else "shuffled 80/20 windows"
+    return Task(name, subset(train_idx), subset(hold_idx), f"TimeGAN protocol on {file}, {split}")
+
+
+def _italy() -> Task:
+    train, holdout = load_demo().split(0.2, seed=0)
+    return Task("italy24", train, holdout, "ItalyPowerDemand (aeon), days split 80/20 by item", label="season")
+
+
+TASKS = {
+    "electricity100": lambda: _electricity("electricity_hourly_std.parquet", "electricity100", "z-scored kW"),
+    "electricity-raw": lambda: _electricity("electricity_hourly_raw.parquet", "electricity-raw", "raw kW"),
+    "stocks24": lambda: _timegan("stock_data.parquet", "stocks24", blocked=False),
+    "stocks24-blocked": lambda: _timegan("stock_data.parquet", "stocks24-blocked", blocked=True),
+    "energy24": lambda: _timegan("energy_data.parquet", "energy24", blocked=False),
+    "energy24-blocked": lambda: _timegan("energy_data.parquet", "energy24-blocked", blocked=True),
+    "italy24": _italy,
+}
+
+
+def load_task(name: str) -> Task:
+    """Build a task by name (see ``TASKS``)."""
+    if name not in TASKS:
+        raise SystemExit(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    return TASKS[name]()

@@ -1,0 +1,352 @@
+"""The ``tsynth`` command line: demo, fit, sample, evaluate, prepare, serve.
+
+Every command has ``--help`` with examples. Errors in the user's input print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import TsynthError
+
+log = logging.getLogger("tsynth")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=34)
+
+
+# ---------------------------------------------------------------------- data options
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """Options that say how to read DATA and how to cut it into windows."""
+    g = p.add_argument_group("reading DATA (.parquet, .csv, .jsonl; or hf:NAME_OR_PATH for datasets.load_dataset)")
+    g.add_argument("--layout", default="auto", choices=["auto", "long", "wide", "records", "arrays"])
+    g.add_argument("--id-col", help="long format: the series id column")
+    g.add_argument("--time-col", help="long/wide format: the time stamp column")
+    g.add_argument("--value-cols", help="comma-separated value columns (channels)")
+    g.add_argument("--attribute-cols", help="comma-separated static attribute columns")
+    g.add_argument("--orient", default="columns", choices=["columns", "rows"], help="wide format: a column or a row per series")
+    g.add_argument("--freq", help="frequency alias (h, D, 15min) when it cannot be inferred")
+    g.add_argument("--sort", action="store_true", help="sort unsorted time stamps instead of failing")
+    g.add_argument("--fill", choices=["interpolate", "ffill", "zero"], help="fill missing time steps (reported)")
+    g = p.add_argument_group("preparing series")
+    g.add_argument("--offset", type=int, default=0, help="start of the fixed window (default 0)")
+    g.add_argument("--length", type=int, help="cut a fixed window of this many steps (e.g. 100: the recipe's first 100 values)")
+    g.add_argument("--stride", type=int, help="with --length: sliding windows every STRIDE steps instead of one window")
+    g.add_argument("--drop-short", action="store_true", help="drop series shorter than the window (reported) instead of failing")
+    g.add_argument("--zscore", action="store_true", help="standardise each series over its own steps")
+
+
+def load_data(args: argparse.Namespace, path: str | None = None) -> "SeriesSet":
+    """Read DATA with the command's data options and cut the requested windows."""
+    from .data import SeriesSet, load_hf_dataset
+
+    path = path or args.data
+    split_list = lambda s: [x.strip() for x in s.split(",")] if s else None  # noqa: E731
+    if path.startswith("hf:"):
+        data = load_hf_dataset(path[3:], freq=args.freq)
+    else:
+        data = SeriesSet.read(path, layout=args.layout, id_col=args.id_col, time_col=args.time_col,
+                              value_cols=split_list(args.value_cols), attribute_cols=split_list(args.attribute_cols),
+                              freq=args.freq, sort=args.sort, fill=args.fill, orient=args.orient)
+    if args.length and args.stride:
+        data = data.sliding_windows(args.length, args.stride, drop_short=args.drop_short)
+    elif args.length or args.offset:
+        data = data.window(args.offset, args.length, drop_short=args.drop_short)
+    if args.zscore:
+        data = data.zscore()
+    return data
+
+
+def add_local_options(p: argparse.ArgumentParser) -> None:
+    """Options of the local backend's model and training."""
+    g = p.add_argument_group("local backend")
+    g.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"], help="model size (default tiny)")
+    g.add_argument("--epochs", type=int, help="maximum epochs (early stopping on a validation split of the items)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--learning-rate", type=float)
+    g.add_argument("--n-bins", type=int, help="value bins (default 256)")
+    g.add_argument("--binning", choices=["quantile", "uniform"])
+    g.add_argument("--scaling", choices=["auto", "global", "series", "none"],
+                   help="global standardisation, or per-series scale with a level token (auto: by the data)")
+    g.add_argument("--conditions", help="comma-separated condition fields (item_id, attributes, hour, dayofweek, month); "
+                                        "'none' for none; default: attributes and varying calendar fields")
+    g.add_argument("--ensemble", type=int, help="train N models with different seeds and average them when sampling")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def local_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The local backend keywords set on the command line."""
+    names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "scaling", "ensemble", "seed"]
+    opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if getattr(args, "conditions", None):
+        opts["conditions"] = [] if args.conditions == "none" else [c.strip() for c in args.conditions.split(",")]
+    return opts
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole flow on ItalyPowerDemand: load, split, fit, sample, evaluate, report."""
+    from .data import load_demo
+    from .evaluate import evaluate_to_dir
+    from .synthesizer import Synthesizer
+
+    out = Path(args.output)
+    t0 = time.time()
+    data = load_demo()
+    train, holdout = data.split(0.2, seed=args.seed)
+    print(f"[1/5] loaded ItalyPowerDemand (aeon): {data}")
+    print(f"[2/5] split by item: {len(train)} train, {len(holdout)} holdout days")
+    opts = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
+    syn = Synthesizer("local", **opts).fit(train, progress=not args.quiet)
+    model_dir = syn.save(out / "model")
+    tr = syn.info["training"]
+    print(f"[3/5] trained the local model ({tr['parameters']:,} parameters, "
+          f"{sum(m['epochs_run'] for m in tr['members'])} epochs, {tr['seconds']:.0f} s) -> {model_dir}")
+    synthetic = syn.sample(args.n or len(train), seed=args.seed, progress=not args.quiet)
+    synthetic_path = synthetic.write(out / "synthetic.parquet")
+    print(f"[4/5] sampled {len(synthetic)} synthetic days -> {synthetic_path}")
+    ev = evaluate_to_dir(train, synthetic, holdout, out, label="season", seed=args.seed,
+                         title="tsynth demo: ItalyPowerDemand", fast=args.quick)
+    print(f"[5/5] evaluated -> {out / 'metrics.json'} and {out / 'report.html'}")
+    print_verdict(ev)
+    print(f"done in {time.time() - t0:.0f} s. Open {out / 'report.html'} in a browser.")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a backend on DATA and write a model directory."""
+    from .synthesizer import Synthesizer
+
+    data = load_data(args)
+    print(f"data: {data}")
+    if args.backend == "local":
+        syn = Synthesizer("local", **local_options(args))
+        ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else Path(args.output).with_name(Path(args.output).name + ".checkpoints")
+        syn.fit(data, checkpoint_dir=ckpt, resume=args.resume, progress=True)
+    else:
+        from .backends.openai import fit_from_cli
+
+        syn = fit_from_cli(args, data)
+    path = syn.save(args.output)
+    print(f"model written to {path}")
+    tr = syn.info.get("training") or {}
+    if tr.get("members"):
+        for k, m in enumerate(tr["members"]):
+            vl = min(m["valid_loss"]) if m["valid_loss"] else float("nan")
+            print(f"  member {k}: {m['epochs_run']} epochs (best {m['best_epoch']}), best validation loss {vl:.4f}, {m['seconds']:.0f} s")
+    return 0
+
+
+def parse_conditions(items: Sequence[str] | None) -> dict[str, str] | None:
+    """``["item_id=MT_010", "season=winter"]`` -> dict; a malformed item is an error."""
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise TsynthError(f"--condition expects FIELD=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample series from a model directory and write them."""
+    from .synthesizer import Synthesizer
+
+    if args.backend == "fewshot":
+        from .backends.fewshot import sample_from_cli
+
+        synthetic, stats = sample_from_cli(args)
+    else:
+        from .backends.openai import SampleError, keep_partial
+
+        syn = Synthesizer.load(args.model_dir)
+        try:
+            synthetic = syn.sample(args.n, conditions=parse_conditions(args.condition), temperature=args.temperature,
+                                   top_p=args.top_p, seed=args.seed, progress=True)
+        except SampleError as e:  # openai backend: the API failed part-way; keep what it produced
+            keep_partial(e, args.output)
+            raise
+        stats = getattr(syn.backend, "last_sample_stats", None)
+    path = synthetic.write(args.output)
+    print(f"wrote {len(synthetic)} series to {path}")
+    if stats:
+        print("validity: " + json.dumps(stats))
+        Path(str(path) + ".validity.json").write_text(json.dumps(stats, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate synthetic series against train (and a holdout) and write metrics.json + report.html."""
+    from .evaluate import evaluate_to_dir
+
+    train = load_data(args, args.train)
+    synthetic = load_data(args, args.synthetic)
+    holdout = load_data(args, args.holdout) if args.holdout else None
+    validity = json.loads(Path(args.validity).read_text()) if args.validity else None
+    ev = evaluate_to_dir(train, synthetic, holdout, args.output, validity=validity, label=args.label, seed=args.seed)
+    print_verdict(ev)
+    print(f"wrote {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'report.html'}")
+    return 0
+
+
+def print_verdict(ev) -> None:
+    """The evaluation's verdict table, one figure a line."""
+    rows = ev.to_dict()["summary"].get("verdict", [])
+    for r in rows:
+        mark = {"pass": "ok  ", "warn": "WARN"}.get(r["status"], "    ")
+        value = r.get("value")
+        value = f"{value:.3f}" if isinstance(value, float) else str(value)
+        yard = r.get("holdout")
+        yard = f"{yard:.3f}" if isinstance(yard, float) else "-"
+        print(f"  {mark} {r['figure']:<34} {value:>9}  (ideal {r.get('ideal')}, holdout {yard})")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Write OpenAI chat-format training files (train.jsonl, validation.jsonl)."""
+    from .backends.openai import prepare_from_cli
+
+    return prepare_from_cli(args, load_data(args))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the OpenAI-compatible local server."""
+    from .server.app import serve_from_cli
+
+    return serve_from_cli(args)
+
+
+# ---------------------------------------------------------------------- parser
+EXAMPLES = {
+    "demo": """examples:
+  tsynth demo                       # ItalyPowerDemand: fit, sample, evaluate; outputs in ./tsynth-demo
+  tsynth demo -o /tmp/demo --epochs 20""",
+    "fit": """examples:
+  tsynth fit electricity.parquet --length 100 -o model            # the recipe's first 100 hours per client
+  tsynth fit meters.csv --id-col meter --time-col ts --value-cols kwh -o model --preset small
+  tsynth fit stocks.csv --layout wide --length 24 --stride 1 -o model
+  tsynth fit data.parquet --length 100 -o model --backend openai --model gpt-4o-mini-2024-07-18 \\
+      --n-epochs 10 --batch-size 2 --learning-rate-multiplier 2 --suffix elec""",
+    "sample": """examples:
+  tsynth sample model -n 1000 -o synthetic.parquet
+  tsynth sample model -n 10 -o mt010.csv --condition item_id=MT_010 --temperature 1.1
+  tsynth sample --backend fewshot --model gpt-4o-mini --shots 10 data.parquet -n 50 -o fewshot.jsonl""",
+    "evaluate": """examples:
+  tsynth evaluate --train train.parquet --synthetic synthetic.parquet --holdout holdout.parquet -o report/
+  tsynth evaluate --train train.csv --synthetic syn.csv --id-col item_id --time-col timestamp -o report/""",
+    "prepare": """examples:
+  tsynth prepare electricity.parquet --length 100 -o openai_files/
+  tsynth prepare data.parquet -o files/ --series-key load --decimals 2 --user-fields item_id,region""",
+    "serve": """examples:
+  tsynth serve                                   # http://127.0.0.1:8000/v1, state in ./tsynth-server
+  tsynth serve --port 9000 --data-dir /srv/tsynth --api-key secret""",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="tsynth", description=__doc__, formatter_class=_formatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name], formatter_class=_formatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("demo", cmd_demo, "Run the whole flow on the bundled real data set (ItalyPowerDemand)")
+    p.add_argument("-o", "--output", default="tsynth-demo", help="output directory (default ./tsynth-demo)")
+    p.add_argument("--epochs", type=int, help="cap the training epochs (smaller = faster, worse)")
+    p.add_argument("-n", type=int, help="synthetic days to sample (default: as many as train)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="skip the slow evaluation parts (for smoke tests)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = command("fit", cmd_fit, "Fit a generator on DATA and write a model directory")
+    p.add_argument("data", help="data file or hf:NAME_OR_PATH")
+    p.add_argument("-o", "--output", required=True, help="model directory to write")
+    p.add_argument("--backend", default="local", choices=["local", "openai"])
+    p.add_argument("--checkpoint-dir", help="where per-epoch checkpoints go (default OUTPUT.checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last checkpoint")
+    add_data_options(p)
+    add_local_options(p)
+    g = p.add_argument_group("openai backend")
+    g.add_argument("--model", help="base model to fine-tune")
+    g.add_argument("--n-epochs", help="epochs or auto")
+    g.add_argument("--learning-rate-multiplier", help="multiplier or auto")
+    g.add_argument("--suffix", help="suffix of the fine-tuned model name")
+    g.add_argument("--job-id", help="re-attach to a running fine-tuning job")
+    g.add_argument("--base-url", help="API base URL (default $OPENAI_BASE_URL or OpenAI)")
+    g.add_argument("--api-key", help="API key (default $OPENAI_API_KEY)")
+
+    p = command("sample", cmd_sample, "Sample synthetic series from a model directory")
+    p.add_argument("model_dir", help="model directory (or, with --backend fewshot, the DATA file of examples)")
+    p.add_argument("-n", type=int, required=True, help="number of series")
+    p.add_argument("-o", "--output", required=True, help="output file (.parquet, .csv, .jsonl)")
+    p.add_argument("--condition", action="append", help="FIELD=VALUE, repeatable (e.g. item_id=MT_010)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the model's)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=["model", "fewshot"], default="model",
+                   help="fewshot: prompt MODEL with example rows from the DATA file instead of a fine-tuned model")
+    p.add_argument("--model", help="fewshot: the chat model")
+    p.add_argument("--shots", type=int, default=10, help="fewshot: example rows per prompt")
+    p.add_argument("--base-url")
+    p.add_argument("--api-key")
+    add_data_options(p)
+
+    p = command("evaluate", cmd_evaluate, "Evaluate synthetic data: fidelity, utility, privacy; writes metrics.json + report.html")
+    p.add_argument("--train", required=True)
+    p.add_argument("--synthetic", required=True)
+    p.add_argument("--holdout", help="real series not used in training (enables the privacy figures)")
+    p.add_argument("--validity", help="validity counts JSON written by `tsynth sample` for text backends")
+    p.add_argument("--label", help="attribute to use for the classification utility")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(data=None)
+    add_data_options(p)
+
+    p = command("prepare", cmd_prepare, "Write OpenAI chat-format fine-tuning files from DATA")
+    p.add_argument("data")
+    p.add_argument("-o", "--output", required=True, help="output directory for train.jsonl and validation.jsonl")
+    p.add_argument("--system-prompt")
+    p.add_argument("--series-key", default="consumption")
+    p.add_argument("--decimals", type=int, default=3)
+    p.add_argument("--user-fields", default="item_id", help="comma-separated fields of the user turn")
+    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--model", default="gpt-4o-mini-2024-07-18", help="for the token limit and cost estimate")
+    p.add_argument("--seed", type=int, default=0)
+    add_data_options(p)
+
+    p = command("serve", cmd_serve, "Run the local OpenAI-compatible fine-tuning and chat server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", default="tsynth-server")
+    p.add_argument("--api-key", help="require this bearer key (default $TSYNTH_API_KEY)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tsynth`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="tsynth: %(message)s")
+    try:
+        return args.func(args)
+    except TsynthError as e:
+        print(f"tsynth: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tsynth: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Value-token codec for the local language model.
+
+A series becomes one token sequence::
+
+    <bos> <cond tokens ...> [<level_k> per channel] <v_k> ... (one per step and channel) <eos>
+
+* values are scaled (a global per-channel standardisation, or per-series mean-absolute scaling whose
+  log-level becomes a level token, so levels that differ by orders of magnitude are reproduced), then
+  quantised into ``n_bins`` bins (uniform over the range, or equal-mass quantile bins); decoding draws
+  uniformly inside the bin so marginals stay continuous;
+* conditions are one token per field: item id, categorical attributes, numeric attributes (binned),
+  calendar position of the window start (hour, day of week, month). Each field also has an unknown
+  token ``<field=?>`` used for unseen values and, during training, for condition dropout, so the model
+  learns the unconditional distribution too.
+
+The vocabulary is saved as a standard Hugging Face tokenizer (``AutoTokenizer`` loads it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data import SeriesSet
+from ..errors import ConfigError, DataError
+
+log = logging.getLogger("tsynth")
+
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]
+PAD, BOS, EOS = 0, 1, 2
+CALENDAR_FIELDS = {"hour": "hour", "dayofweek": "dayofweek", "month": "month"}
+N_LEVEL_BINS = 64
+N_NUMERIC_ATTRIBUTE_BINS = 8
+
+
+@dataclass
+class ConditionField:
+    """One conditioning field and its token values (strings; numeric fields keep bin edges)."""
+
+    name: str
+    values: list[str]
+    edges: list[float] | None = None  # numeric attribute: bin edges, values are bin labels
+
+    def token(self, value: Any) -> str:
+        return f"<{self.name}={value}>"
+
+    def tokens(self) -> list[str]:
+        return [self.token("?")] + [self.token(v) for v in self.values]
+
+    def label(self, raw: Any) -> str | None:
+        """The token value for a raw value, or None when it was never seen in training."""
+        if raw is None or (isinstance(raw, float) and np.isnan(raw)):
+            return None
+        if self.edges is not None:
+            try:
+                x = float(raw)
+            except (TypeError, ValueError):
+                return None
+            k = int(np.clip(np.searchsorted(self.edges, x, side="right") - 1, 0, len(self.values) - 1))
+            return self.values[k]
+        s = str(raw)
+        return s if s in self.values else None
+
+    def raw(self, label: str, rng: np.random.Generator) -> Any:
+        """A raw value for a token value: the label itself, or a draw inside a numeric bin."""
+        if self.edges is None:
+            return label
+        k = self.values.index(label)
+        return float(rng.uniform(self.edges[k], self.edges[k + 1]))
+
+
+@dataclass
+class ValueCodec:
+    """Scaler + quantisation bins + condition vocabulary; see the module docstring."""
+
+    n_bins: int = 256
+    binning: str = "quantile"
+    scaling: str = "auto"
+    conditions: Sequence[str] | str = "auto"
+    channels: list[str] = field(default_factory=list)
+    length: int | None = None
+    freq: str | None = None
+    loc: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    edges: list[float] = field(default_factory=list)
+    level_edges: list[float] = field(default_factory=list)
+    fields: list[ConditionField] = field(default_factory=list)
+    value_range: tuple[float, float] | None = None
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, data: SeriesSet) -> "ValueCodec":
+        """Fit scaler, bins and condition vocabulary on the training set."""
+        if len(data) == 0:
+            raise DataError("cannot fit a codec on an empty data set")
+        if self.binning not in ("quantile", "uniform"):
+            raise ConfigError(f"binning must be 'quantile' or 'uniform', got {self.binning!r}")
+        if self.n_bins < 2:
+            raise ConfigError("n_bins must be at least 2")
+        self.channels = list(data.channels)
+        self.freq = data.freq
+        self.length = data.length if data.is_regular else None
+        if self.scaling == "auto":
+            self.scaling = _choose_scaling(data)
+        if self.scaling not in ("global", "series", "none"):
+            raise ConfigError(f"scaling must be 'auto', 'global', 'series' or 'none', got {self.scaling!r}")
+        vals = data.values.astype(np.float64)
+        mask = ~np.isnan(vals)
+        if self.scaling == "global":
+            self.loc = [float(np.nanmean(vals[..., c])) for c in range(data.n_channels)]
+            self.scale = [float(np.nanstd(vals[..., c])) or 1.0 for c in range(data.n_channels)]
+        else:
+            self.loc = [0.0] * data.n_channels
+            self.scale = [1.0] * data.n_channels
+        if self.scaling == "series":
+            levels = self._levels(vals)
+            finite = levels[np.isfinite(levels)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            pad = max(0.05 * (hi - lo), 1e-3)
+            self.level_edges = np.linspace(lo - pad, hi + pad, N_LEVEL_BINS + 1).tolist()
+        scaled = self._scale(vals)
+        flat = scaled[mask]
+        if self.value_range is not None:
+            lo, hi = map(float, self.value_range)
+        else:
+            lo, hi = float(flat.min()), float(flat.max())
+            pad = max(0.02 * (hi - lo), 1e-6)
+            lo, hi = lo - pad, hi + pad
+        if self.binning == "uniform" or self.value_range is not None:
+            edges = np.linspace(lo, hi, self.n_bins + 1)
+        else:
+            inner = np.quantile(flat, np.linspace(0, 1, self.n_bins + 1)[1:-1])
+            edges = np.unique(np.concatenate([[lo], inner, [hi]]))
+            if len(edges) - 1 < self.n_bins:
+                log.info("quantile binning: %d distinct bins instead of %d (repeated values)", len(edges) - 1, self.n_bins)
+        self.edges = edges.tolist()
+        self.fields = self._fit_conditions(data)
+        return self
+
+    def _fit_conditions(self, data: SeriesSet) -> list[ConditionField]:
+        requested = self.conditions
+        if requested == "auto":
+            requested = [c for c in data.attributes.columns if c != "window_offset" and data.attributes[c].nunique() > 1]
+            if data.start is not None:
+                requested += [c for c in CALENDAR_FIELDS if len(np.unique(self._calendar(data, c))) > 1]
+        fields = []
+        for name in requested:
+            if name == "item_id":
+                raw = pd.Series(data.item_id)
+            elif name in data.attributes.columns:
+                raw = data.attributes[name]
+            elif name in CALENDAR_FIELDS:
+                cal = self._calendar(data, name)
+                if cal is None:
+                    raise ConfigError(f"condition '{name}' needs start timestamps and a frequency; this data has none")
+                raw = pd.Series(cal)
+            else:
+                raise ConfigError(f"unknown condition '{name}': not 'item_id', an attribute "
+                                  f"({list(data.attributes.columns)}) or a calendar field ({list(CALENDAR_FIELDS)})")
+            if pd.api.types.is_float_dtype(raw) and raw.nunique() > N_NUMERIC_ATTRIBUTE_BINS:
+                edges = np.unique(np.quantile(raw.dropna(), np.linspace(0, 1, N_NUMERIC_ATTRIBUTE_BINS + 1)))
+                fields.append(ConditionField(name, [f"bin{k}" for k in range(len(edges) - 1)], edges.tolist()))
+            else:
+                fields.append(ConditionField(name, sorted(raw.dropna().astype(str).unique().tolist())))
+        return fields
+
+    @staticmethod
+    def _calendar(data: SeriesSet, name: str) -> np.ndarray | None:
+        if data.start is None:
+            return None
+        return getattr(pd.DatetimeIndex(data.start), CALENDAR_FIELDS[name]).to_numpy()
+
+    # ------------------------------------------------------------------ vocabulary
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def value_offset(self) -> int:
+        return len(SPECIAL_TOKENS)
+
+    @property
+    def n_value_tokens(self) -> int:
+        return len(self.edges) - 1
+
+    @property
+    def level_offset(self) -> int:
+        return self.value_offset + self.n_value_tokens
+
+    @property
+    def n_level_tokens(self) -> int:
+        return N_LEVEL_BINS if self.scaling == "series" else 0
+
+    def field_offset(self, k: int) -> int:
+        """Id of field k's unknown token; its values follow."""
+        off = self.level_offset + self.n_level_tokens
+        for f in self.fields[:k]:
+            off += len(f.values) + 1
+        return off
+
+    @property
+    def vocab(self) -> list[str]:
+        toks = list(SPECIAL_TOKENS) + [f"<v_{k}>" for k in range(self.n_value_tokens)]
+        toks += [f"<level_{k}>" for k in range(self.n_level_tokens)]
+        for f in self.fields:
+            toks += f.tokens()
+        return toks
+
+    @property
+    def prefix_length(self) -> int:
+        """Tokens before the first value: bos, one per condition field, one level token per channel."""
+        return 1 + len(self.fields) + (self.n_channels if self.scaling == "series" else 0)
+
+    def sequence_length(self, steps: int) -> int:
+        return self.prefix_length + steps * self.n_channels + 1
+
+    # ------------------------------------------------------------------ encoding
+    def _levels(self, vals: np.ndarray) -> np.ndarray:
+        """log10 of each series' mean absolute value per channel, shape (n, channels)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = np.nanmean(np.abs(vals), axis=1)
+        floor = max(float(np.nanmedian(m)) * 1e-4, 1e-12) if self.level_edges == [] else 10 ** self.level_edges[0]
+        return np.log10(np.maximum(m, floor))
+
+    def _scale(self, vals: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+        loc = np.asarray(self.loc)
+        scale = np.asarray(self.scale)
+        out = (vals - loc) / scale
+        if self.scaling == "series":
+            lv = self._levels(vals) if levels is None else levels
+            out = out / (10 ** lv)[:, None, :]
+        return out
+
+    def condition_ids(self, conditions: dict[str, Any], rng: np.random.Generator | None = None) -> list[int]:
+        """Token ids of the condition fields for one series; unseen values map to the unknown token."""
+        ids = []
+        for k, f in enumerate(self.fields):
+            label = f.label(conditions.get(f.name)) if f.name in conditions else None
+            if f.name in conditions and label is None:
+                log.warning("condition %s=%r was never seen in training: sampling it unconditionally",
+                            f.name, conditions[f.name])
+            ids.append(self.field_offset(k) + (0 if label is None else 1 + f.values.index(label)))
+        return ids
+
+    def series_conditions(self, data: SeriesSet) -> list[dict[str, Any]]:
+        """The raw condition values of every series in ``data``."""
+        out = [dict() for _ in range(len(data))]
+        for f in self.fields:
+            if f.name == "item_id":
+                col = list(data.item_id)
+            elif f.name in CALENDAR_FIELDS:
+                cal = self._calendar(data, f.name)
+                col = [None] * len(data) if cal is None else list(cal)
+            elif f.name in data.attributes.columns:
+                col = list(data.attributes[f.name])
+            else:
+                col = [None] * len(data)
+            for d, v in zip(out, col):
+                d[f.name] = v
+        return out
+
+    def encode(self, data: SeriesSet) -> np.ndarray:
+        """Token ids, shape (n, max sequence length), padded with <pad> after <eos>."""
+        if list(data.channels) != self.channels:
+            raise DataError(f"data has channels {data.channels}, the codec was fitted on {self.channels}")
+        vals = data.values.astype(np.float64)
+        levels = self._levels(vals) if self.scaling == "series" else None
+        scaled = self._scale(vals, levels)
+        edges = np.asarray(self.edges)
+        finite = ~np.isnan(scaled)
+        outside = finite & ((scaled < edges[0]) | (scaled > edges[-1]))
+        if outside.any():
+            log.warning("%d values (%.2f%%) fall outside the codec's range [%.3g, %.3g] and were put in the edge bins",
+                        int(outside.sum()), 100 * outside.sum() / finite.sum(), edges[0], edges[-1])
+        bins = np.clip(np.searchsorted(edges, np.where(finite, scaled, 0.0), side="right") - 1, 0, len(edges) - 2)
+        conds = self.series_conditions(data)
+        out = np.full((len(data), self.sequence_length(data.length)), PAD, dtype=np.int64)
+        for i in range(len(data)):
+            seq = [BOS] + self.condition_ids(conds[i])
+            if levels is not None:
+                lb = np.clip(np.searchsorted(self.level_edges, levels[i], side="right") - 1, 0, N_LEVEL_BINS - 1)
+                seq += (self.level_offset + lb).tolist()
+            n = int(data.lengths[i])
+            seq += (self.value_offset + bins[i, :n].reshape(-1)).tolist() + [EOS]
+            out[i, : len(seq)] = seq
+        return out
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, prefix: np.ndarray, value_ids: np.ndarray, lengths: np.ndarray,
+               rng: np.random.Generator, item_id: Sequence[str] | None = None,
+               start=None) -> SeriesSet:
+        """Series from generated tokens: ``prefix`` (n, prefix_length) and ``value_ids`` (n, steps*channels)."""
+        n = len(value_ids)
+        steps = value_ids.shape[1] // self.n_channels
+        edges = np.asarray(self.edges)
+        k = value_ids.reshape(n, steps, self.n_channels) - self.value_offset
+        k = np.clip(k, 0, len(edges) - 2)
+        scaled = rng.uniform(edges[k], edges[k + 1])
+        if self.scaling == "series":
+            lv_ids = prefix[:, 1 + len(self.fields):] - self.level_offset
+            le = np.asarray(self.level_edges)
+            levels = rng.uniform(le[lv_ids], le[lv_ids + 1])
+            scaled = scaled * (10 ** levels)[:, None, :]
+        vals = scaled * np.asarray(self.scale) + np.asarray(self.loc)
+        vals = np.where(np.arange(steps)[None, :, None] < lengths[:, None, None], vals, np.nan)
+        attrs = {}
+        ids = list(item_id) if item_id is not None else [f"synthetic_{i}" for i in range(n)]
+        for j, f in enumerate(self.fields):
+            tok = prefix[:, 1 + j] - self.field_offset(j)
+            labels = [None if t == 0 else f.values[t - 1] for t in tok]
+            raw = [None if lab is None else f.raw(lab, rng) for lab in labels]
+            if f.name == "item_id":
+                ids = [r if r is not None else ids[i] for i, r in enumerate(raw)]
+            elif f.name not in CALENDAR_FIELDS:
+                attrs[f.name] = raw
+        return SeriesSet(vals.astype(np.float32), lengths, ids, self.channels, start=start,
+                         freq=self.freq if start is not None else None,
+                         attributes=pd.DataFrame(attrs) if attrs else None)
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        return {
+            "n_bins": self.n_bins, "binning": self.binning, "scaling": self.scaling,
+            "channels": self.channels, "length": self.length, "freq": self.freq,
+            "loc": self.loc, "scale": self.scale, "edges": self.edges, "level_edges": self.level_edges,
+            "value_range": list(self.value_range) if self.value_range else None,
+            "fields": [{"name": f.name, "values": f.values, "edges": f.edges} for f in self.fields],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ValueCodec":
+        fields = [ConditionField(**f) for f in d["fields"]]
+        vr = tuple(d["value_range"]) if d.get("value_range") else None
+        return cls(n_bins=d["n_bins"], binning=d["binning"], scaling=d["scaling"],
+                   conditions=[f.name for f in fields], channels=d["channels"], length=d["length"],
+                   freq=d["freq"], loc=d["loc"], scale=d["scale"], edges=d["edges"],
+                   level_edges=d["level_edges"], fields=fields, value_range=vr)
+
+    def hf_tokenizer(self):
+        """The vocabulary as a Hugging Face fast tokenizer (word level, whitespace separated)."""
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(self.vocab)}, unk_token="<pad>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                       pad_token="<pad>", model_max_length=self.sequence_length(self.length or 0))
+
+
+def _choose_scaling(data: SeriesSet) -> str:
+    """'series' when per-series levels span more than a factor of 20 (5th to 95th percentile), else 'global'."""
+    with np.errstate(invalid="ignore"):
+        m = np.nanmean(np.abs(data.values.astype(np.float64)), axis=1)
+    for c in range(data.n_channels):
+        lo, hi = np.nanpercentile(m[:, c], [5, 95])
+        if hi > 0 and (lo <= 0 or hi / lo > 20):
+            return "series"
+    return "global"

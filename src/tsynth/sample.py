@@ -1,0 +1,123 @@
+"""Constrained, batched, seeded sampling from the local value-token LM (one model or an ensemble).
+
+At every position only the tokens that may stand there can be drawn: a field's values at its condition
+slot (or the given condition, forced), level tokens at level slots, value tokens where values belong.
+A fixed-length codec therefore always yields exactly the asked length; a variable-length one may end a
+series with <eos> at a time-step boundary. An ensemble averages the members' next-token probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .codecs.values import BOS, EOS, ValueCodec
+from .data import SeriesSet
+from .errors import ConfigError
+
+
+def _position_ranges(codec: ValueCodec) -> list[tuple[int, int]]:
+    """Allowed token id range [lo, hi) of each prefix slot after <bos> (field values exclude '?')."""
+    ranges = [(codec.field_offset(k) + 1, codec.field_offset(k) + 1 + len(f.values)) for k, f in enumerate(codec.fields)]
+    if codec.scaling == "series":
+        ranges += [(codec.level_offset, codec.level_offset + codec.n_level_tokens)] * codec.n_channels
+    return ranges
+
+
+def _draw(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        sorted_p = sorted_p * keep
+        choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=gen)
+        return order.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Sequence[dict] | None = None,
+             length: int | None = None, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 0,
+             batch_size: int = 512, progress: bool = False) -> SeriesSet:
+    """Draw ``n`` series. ``conditions`` is one dict per series (missing fields are sampled)."""
+    if n <= 0:
+        raise ConfigError(f"the number of series to sample must be positive, got {n}")
+    if temperature <= 0 or not 0 < top_p <= 1:
+        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
+    steps = int(length or codec.length or 0)
+    if steps < 1:
+        raise ConfigError("this model was trained on variable-length series: pass length=")
+    max_pos = min(m.config.n_positions for m in models)
+    if codec.sequence_length(steps) - 1 > max_pos:
+        raise ConfigError(f"length {steps} needs {codec.sequence_length(steps)} positions; the model has {max_pos}")
+    conds = list(conditions) if conditions is not None else [{}] * n
+    if len(conds) != n:
+        raise ConfigError(f"{len(conds)} condition rows for {n} series")
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    device = next(models[0].parameters()).device
+    prefixes, values, lengths = [], [], []
+    from tqdm.auto import tqdm
+
+    for lo in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress, leave=False):
+        batch_conds = conds[lo: lo + batch_size]
+        p, v, ln = _generate_batch(models, codec, batch_conds, steps, temperature, top_p, gen, device)
+        prefixes.append(p)
+        values.append(v)
+        lengths.append(ln)
+    item_ids = [str(c.get("item_id", f"synthetic_{i}")) for i, c in enumerate(conds)]
+    return codec.decode(np.concatenate(prefixes), np.concatenate(values), np.concatenate(lengths), rng,
+                        item_id=item_ids, start=_starts(conds, n))
+
+
+def _generate_batch(models, codec: ValueCodec, conds: list[dict], steps: int, temperature: float,
+                    top_p: float, gen: torch.Generator, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    b = len(conds)
+    forced = torch.tensor([codec.condition_ids(c) for c in conds], dtype=torch.long).reshape(b, len(codec.fields))
+    given = torch.tensor([[f.name in c for f in codec.fields] for c in conds], dtype=torch.bool).reshape(b, len(codec.fields))
+    ranges = _position_ranges(codec)
+    n_values = steps * codec.n_channels
+    total = 1 + len(ranges) + n_values
+    tokens = torch.full((b, total), BOS, dtype=torch.long)
+    caches = [None] * len(models)
+    ended = torch.zeros(b, dtype=torch.bool)
+    lengths = torch.full((b,), steps, dtype=torch.long)
+    for pos in range(1, total):
+        probs = None
+        for j, m in enumerate(models):
+            inp = tokens[:, pos - 1: pos].to(device) if caches[j] is not None else tokens[:, :pos].to(device)
+            out = m(input_ids=inp, cache=caches[j], use_cache=True)
+            caches[j] = out.cache
+            p = torch.softmax(out.logits[:, -1].float().cpu() / temperature, dim=-1)
+            probs = p if probs is None else probs + p
+        slot = pos - 1
+        if slot < len(ranges):
+            lo, hi = ranges[slot]
+        else:
+            lo, hi = codec.value_offset, codec.value_offset + codec.n_value_tokens
+        allowed = torch.zeros_like(probs)
+        allowed[:, lo:hi] = probs[:, lo:hi]
+        value_idx = slot - len(ranges)
+        may_end = codec.length is None and value_idx > 0 and value_idx % codec.n_channels == 0
+        if may_end:
+            allowed[:, EOS] = probs[:, EOS]
+        allowed[allowed.sum(-1) <= 0, lo:hi] = 1.0  # a model that puts no mass on allowed tokens
+        draw = _draw(allowed / allowed.sum(-1, keepdim=True), top_p, gen)
+        if slot < len(codec.fields):  # a given condition (or its unknown token) is forced, others drawn
+            draw = torch.where(given[:, slot], forced[:, slot], draw)
+        if may_end:
+            newly = (draw == EOS) & ~ended
+            lengths[newly] = value_idx // codec.n_channels
+            ended |= newly
+            draw = torch.where(ended, torch.full_like(draw, codec.value_offset), draw)
+        tokens[:, pos] = draw
+    prefix = tokens[:, : 1 + len(ranges)].numpy()
+    return prefix, tokens[:, 1 + len(ranges):].numpy(), lengths.numpy()
+
+
+def _starts(conds: list[dict], n: int):
+    starts = [c.get("start") for c in conds]
+    if all(s is not None for s in starts) and n:
+        return np.asarray(starts, dtype="datetime64[ns]")
+    return None

@@ -1,0 +1,78 @@
+"""``Synthesizer``: the fit / sample / save / load surface over every backend."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from .artifact import read_manifest, write_artifact
+from .data import SeriesSet
+from .errors import ConfigError
+
+BACKENDS = {
+    "local": "tsynth.backends.local:LocalBackend",
+    "openai": "tsynth.backends.openai:OpenAIBackend",
+    "fewshot": "tsynth.backends.fewshot:FewShotBackend",
+}
+
+
+def backend_class(name: str):
+    """The backend class registered under ``name``."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+class Synthesizer:
+    """Fit a generator on a SeriesSet, sample new series, save and load it.
+
+    >>> syn = Synthesizer(backend="local", preset="tiny").fit(train)   # doctest: +SKIP
+    >>> synthetic = syn.sample(100, temperature=1.0, seed=0)           # doctest: +SKIP
+    >>> syn.save("model_dir"); Synthesizer.load("model_dir")           # doctest: +SKIP
+    """
+
+    def __init__(self, backend: str = "local", **options: Any) -> None:
+        self.backend_name = backend
+        self.backend = backend_class(backend)(**options)
+        self.fitted = False
+
+    def fit(self, data: SeriesSet, **kwargs: Any) -> "Synthesizer":
+        """Train on ``data`` (backend-specific keywords: callback, checkpoint_dir, resume, progress)."""
+        if not isinstance(data, SeriesSet):
+            raise ConfigError(f"fit expects a SeriesSet, got {type(data).__name__}")
+        self.backend.fit(data, **kwargs)
+        self.fitted = True
+        return self
+
+    def sample(self, n: int, conditions: dict | Sequence[dict] | None = None, temperature: float | None = None,
+               top_p: float = 1.0, seed: int | None = 0, **kwargs: Any) -> SeriesSet:
+        """Draw ``n`` series. ``conditions``: one dict for all, or one per series."""
+        if not self.fitted:
+            raise ConfigError("call fit() or Synthesizer.load() before sample()")
+        if isinstance(conditions, dict):
+            conditions = [dict(conditions) for _ in range(n)] if n > 0 else []
+        return self.backend.sample(n, conditions=conditions, temperature=temperature, top_p=top_p, seed=seed, **kwargs)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The backend's recorded state (codec, training figures, schema...)."""
+        return self.backend.state()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model directory atomically."""
+        if not self.fitted:
+            raise ConfigError("nothing to save: the synthesizer is not fitted")
+        return write_artifact(path, {"backend": self.backend_name, **self.backend.state()}, self.backend.save)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Synthesizer":
+        """Load a model directory written by :meth:`save`."""
+        doc = read_manifest(path)
+        self = cls.__new__(cls)
+        self.backend_name = doc["backend"]
+        self.backend = backend_class(doc["backend"]).load(Path(path), doc)
+        self.fitted = True
+        return self

@@ -1,0 +1,265 @@
+"""The one training loop of the local backend, built on ``accelerate``.
+
+It trains a Hugging Face causal LM on token sequences from the value codec: AdamW, linear warm-up then
+cosine decay, a loss that spreads each value target over neighbouring bins (a Gaussian of
+``smoothing`` bins, so predicting bin 101 for 100 is nearly right), condition dropout, a validation
+split of the training items with early stopping, a checkpoint at the end of every epoch and resume.
+``accelerate launch`` runs the same loop on several GPUs or nodes; optional DP-SGD plugs in through
+``dp`` (see :mod:`tsynth.privacy`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+PRESETS = {
+    "tiny": dict(n_layer=2, n_embd=64, n_head=4),
+    "small": dict(n_layer=4, n_embd=128, n_head=4),
+    "base": dict(n_layer=6, n_embd=256, n_head=8),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all recorded in ``tsynth.json``)."""
+
+    preset: str = "tiny"
+    epochs: int = 150
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 3
+    dropout: float = 0.1
+    smoothing: float = 2.0
+    condition_dropout: float = 0.1
+    patience: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown model preset {self.preset!r} (choose from {', '.join(PRESETS)})")
+        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ConfigError("epochs, batch_size and learning_rate must be positive")
+
+
+@dataclass
+class TrainResult:
+    """What a run did: figures that go into the artifact."""
+
+    epochs_run: int = 0
+    best_epoch: int = 0
+    steps: int = 0
+    tokens: int = 0
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def build_model(vocab_size: int, n_positions: int, preset: str, dropout: float = 0.1):
+    """A GPT-2 style causal LM from a config (learned absolute positions suit fixed-length windows)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, resid_pdrop=dropout, embd_pdrop=dropout,
+                     attn_pdrop=dropout, bos_token_id=1, eos_token_id=2, pad_token_id=0, **PRESETS[preset])
+    return GPT2LMHeadModel(cfg)
+
+
+def smoothed_kernel(n_values: int, sigma: float) -> torch.Tensor:
+    """Row k: the target distribution over value bins for true bin k (a discretised Gaussian)."""
+    k = torch.arange(n_values, dtype=torch.float32)
+    if sigma <= 0:
+        return torch.eye(n_values)
+    w = torch.exp(-0.5 * ((k[None, :] - k[:, None]) / sigma) ** 2)
+    return w / w.sum(1, keepdim=True)
+
+
+def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, value_lo: int, value_hi: int,
+                  kernel: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token loss: cross-entropy on non-value targets, smoothed cross-entropy on value targets.
+
+    ``targets`` holds -100 where nothing is predicted. With ``reduction="none"`` it returns the mean loss
+    of each sequence (used for per-example gradients and likelihood audits).
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    valid = targets != -100
+    is_value = valid & (targets >= value_lo) & (targets < value_hi)
+    safe = torch.where(valid, targets, torch.zeros_like(targets))
+    nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    soft = kernel.to(logp.device)[(safe - value_lo).clamp(0, value_hi - value_lo - 1)]
+    smooth = -(soft * logp[..., value_lo:value_hi]).sum(-1)
+    per_tok = torch.where(is_value, smooth, nll) * valid
+    if reduction == "none":
+        return per_tok.sum(1) / valid.sum(1).clamp(min=1)
+    return per_tok.sum() / valid.sum().clamp(min=1)
+
+
+def shift(tokens: torch.Tensor, prefix_free: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets; <pad> targets and the first ``prefix_free`` targets are ignored."""
+    inputs = tokens[:, :-1]
+    targets = tokens[:, 1:].clone()
+    targets[targets == 0] = -100
+    targets[:, :prefix_free] = -100
+    return inputs, targets
+
+
+def drop_conditions(tokens: torch.Tensor, field_slots: list[tuple[int, int]], p: float,
+                    gen: torch.Generator) -> torch.Tensor:
+    """Replace each condition token by its field's unknown token with probability ``p``."""
+    if p <= 0 or not field_slots:
+        return tokens
+    tokens = tokens.clone()
+    for pos, unknown_id in field_slots:
+        hit = torch.rand(tokens.shape[0], generator=gen) < p
+        tokens[hit, pos] = unknown_id
+    return tokens
+
+
+def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, value_range: tuple[int, int],
+             field_slots: list[tuple[int, int]], cfg: TrainConfig, checkpoint_dir: Path | None = None,
+             resume: bool = False, callback: Callable[[dict], None] | None = None, dp=None,
+             progress: bool = True) -> tuple[object, TrainResult]:
+    """Train ``model`` on token arrays; returns the best model (lowest validation loss) and the figures.
+
+    ``callback(event)`` gets ``{"type": "epoch", ...}`` after every epoch (raise to stop the run; the
+    checkpoint of the last finished epoch stays). ``dp`` is a :class:`tsynth.privacy.DPEngine` or None.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    set_seed(cfg.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = torch.as_tensor(train_tokens)
+    n = len(data)
+    batch = min(cfg.batch_size, n)
+    steps_per_epoch = max(1, math.ceil(n / batch))
+    total = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, 0.95))
+    warm = max(1, cfg.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    if dp is not None:
+        model, optimizer, batch = dp.attach(model, optimizer, n, batch, cfg.epochs, steps_per_epoch)
+    model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
+    kernel = smoothed_kernel(value_range[1] - value_range[0], cfg.smoothing)
+    result = TrainResult()
+    best_state, best_loss, bad_epochs, start_epoch = None, math.inf, 0, 0
+    t0 = time.time()
+    state_file = checkpoint_dir / "progress.json" if checkpoint_dir else None
+    if resume and state_file is not None and state_file.exists():
+        accelerator.load_state(str(checkpoint_dir / "last"))
+        saved = json.loads(state_file.read_text())
+        result = TrainResult(**saved["result"])
+        start_epoch, best_loss, bad_epochs = saved["epoch"], saved["best_loss"], saved["bad_epochs"]
+        gen.set_state(torch.load(checkpoint_dir / "generator.pt"))
+        best_state = torch.load(checkpoint_dir / "best.pt") if (checkpoint_dir / "best.pt").exists() else None
+    bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="training", unit="epoch", disable=not progress,
+               leave=False)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        losses = []
+        if dp is not None:
+            batches = dp.batches(n, gen)
+        else:
+            perm = torch.randperm(n, generator=gen)
+            batches = [perm[i: i + batch] for i in range(0, n, batch)]
+        for idx in batches:
+            tokens = drop_conditions(data[idx], field_slots, cfg.condition_dropout, gen).to(accelerator.device)
+            inputs, targets = shift(tokens, 0)
+            if dp is not None:
+                loss = dp.step(model, optimizer, inputs, targets, value_range, kernel)
+            else:
+                loss = sequence_loss(model(input_ids=inputs).logits, targets, *value_range, kernel)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            sched.step()
+            losses.append(float(loss.detach()))
+            result.steps += 1
+            result.tokens += int((tokens != 0).sum())
+        result.epochs_run = epoch + 1
+        result.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
+        vloss = evaluate_loss(model, valid_tokens, value_range, kernel, accelerator.device) if valid_tokens is not None else None
+        if vloss is not None:
+            result.valid_loss.append(vloss)
+        score = vloss if vloss is not None else result.train_loss[-1]
+        if score < best_loss - 1e-4:
+            best_loss, bad_epochs, result.best_epoch = score, 0, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        else:
+            bad_epochs += 1
+        result.seconds = time.time() - t0
+        stop = valid_tokens is not None and bad_epochs >= cfg.patience
+        if checkpoint_dir is not None:
+            _save_checkpoint(accelerator, checkpoint_dir, gen, best_state, epoch + 1, best_loss, bad_epochs, result)
+        bar.set_postfix(train=f"{result.train_loss[-1]:.3f}", valid="-" if vloss is None else f"{vloss:.3f}")
+        bar.update(1)
+        if callback is not None:
+            callback({"type": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "step": result.steps,
+                      "train_loss": result.train_loss[-1], "valid_loss": vloss, "tokens": result.tokens,
+                      "checkpoint": str(checkpoint_dir / "last") if checkpoint_dir else None})
+        if stop:
+            result.stopped_early = True
+            break
+    bar.close()
+    final = accelerator.unwrap_model(model)
+    if dp is not None:
+        final = dp.detach(final)
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    final.eval()
+    return final, result
+
+
+@torch.no_grad()
+def evaluate_loss(model, tokens: np.ndarray, value_range: tuple[int, int], kernel: torch.Tensor,
+                  device, batch: int = 256) -> float:
+    """Mean next-token loss over ``tokens`` (conditions kept, no dropout)."""
+    model.eval()
+    total, count = 0.0, 0
+    data = torch.as_tensor(tokens)
+    for i in range(0, len(data), batch):
+        inputs, targets = shift(data[i: i + batch].to(device), 0)
+        per_seq = sequence_loss(model(input_ids=inputs).logits, targets, *value_range, kernel, reduction="none")
+        total += float(per_seq.sum())
+        count += len(per_seq)
+    model.train()
+    return total / max(count, 1)
+
+
+def _save_checkpoint(accelerator, directory: Path, gen: torch.Generator, best_state, epoch: int,
+                     best_loss: float, bad_epochs: int, result: TrainResult) -> None:
+    """Write the resumable state of a finished epoch; the previous one is replaced only once complete."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "last.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.save_state(str(tmp))
+    torch.save(gen.get_state(), directory / "generator.pt.tmp")
+    if best_state is not None:
+        torch.save(best_state, directory / "best.pt.tmp")
+        os.replace(directory / "best.pt.tmp", directory / "best.pt")
+    if (directory / "last").exists():
+        shutil.rmtree(directory / "last")
+    os.replace(tmp, directory / "last")
+    os.replace(directory / "generator.pt.tmp", directory / "generator.pt")
+    progress = {"epoch": epoch, "best_loss": best_loss, "bad_epochs": bad_epochs, "result": asdict(result)}
+    (directory / "progress.json.tmp").write_text(json.dumps(progress))
+    os.replace(directory / "progress.json.tmp", directory / "progress.json")

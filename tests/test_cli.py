@@ -1,0 +1,103 @@
+"""The tsynth command line: help, the local fit -> sample -> evaluate flow, bad input, the demo, CI wiring."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tsynth import SeriesSet
+from tsynth.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("command", ["demo", "fit", "sample", "evaluate", "prepare", "serve"])
+def test_every_command_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"tsynth {command}" in out
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "tsynth.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "demo" in out.stdout and "serve" in out.stdout
+
+
+@pytest.fixture
+def long_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        t = pd.date_range("2024-01-01", periods=30, freq="h")
+        v = np.sin(np.arange(30) / 4 + i) + 0.1 * rng.normal(size=30)
+        rows.append(pd.DataFrame({"meter": f"M{i:02d}", "ts": t, "kwh": v}))
+    path = tmp_path / "meters.csv"
+    pd.concat(rows).to_csv(path, index=False)
+    return path
+
+
+def test_fit_sample_evaluate_flow(long_csv, tmp_path, capsys):
+    model = tmp_path / "model"
+    common = ["--id-col", "meter", "--time-col", "ts", "--value-cols", "kwh"]
+    assert main(["fit", str(long_csv), "-o", str(model), "--length", "24", "--epochs", "2", "--n-bins", "32", *common]) == 0
+    assert (model / "tsynth.json").exists() and (model / "model" / "config.json").exists()
+    assert (tmp_path / "model.checkpoints" / "member_0" / "progress.json").exists()
+    out = tmp_path / "syn.csv"
+    assert main(["sample", str(model), "-n", "12", "-o", str(out), "--seed", "1"]) == 0
+    syn = SeriesSet.read(out, id_col="item_id", time_col="timestamp")
+    assert len(syn) == 12 and syn.length == 24
+    data = SeriesSet.read(long_csv, id_col="meter", time_col="ts", value_cols=["kwh"]).window(0, 24)
+    train, hold = data.split(0.3, seed=0)
+    train.write(tmp_path / "train.parquet")
+    hold.write(tmp_path / "hold.parquet")
+    syn_pq = tmp_path / "syn.parquet"
+    assert main(["sample", str(model), "-n", "20", "-o", str(syn_pq)]) == 0
+    assert main(["evaluate", "--train", str(tmp_path / "train.parquet"), "--synthetic", str(syn_pq),
+                 "--holdout", str(tmp_path / "hold.parquet"), "-o", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["fidelity"]["discriminative"]["auc"] is not None
+    assert (tmp_path / "ev" / "report.html").stat().st_size > 1000
+
+
+def test_bad_input_exits_2_and_writes_nothing(long_csv, tmp_path, capsys):
+    model = tmp_path / "model"
+    code = main(["fit", str(long_csv), "-o", str(model), "--id-col", "metre", "--time-col", "ts"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "meters.csv" in err and "missing column 'metre'" in err and "did you mean 'meter'" in err
+    assert not model.exists()
+    code = main(["fit", str(long_csv), "-o", str(model), "--id-col", "meter", "--time-col", "ts", "--length", "99"])
+    assert code == 2 and "shorter than the window" in capsys.readouterr().err
+    assert not model.exists()
+    assert main(["sample", str(tmp_path / "nope"), "-n", "3", "-o", str(tmp_path / "x.csv")]) == 2
+    assert "not a tsynth model directory" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_demo_end_to_end_reduced_budget(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--epochs", "2", "--quick", "--quiet", "-n", "200"]) == 0
+    text = capsys.readouterr().out
+    assert "[5/5]" in text and "report.html" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fidelity"]["discriminative"]["auc"] is not None
+    assert metrics["utility"]["classification"] is not None        # season label used
+    assert (out / "model" / "tsynth.json").exists()
+    assert len(SeriesSet.read(out / "synthetic.parquet")) == 200
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    assert readme[0].startswith("# tsynth")
+    block = readme[readme.index("```bash") + 1: readme.index("```bash") + 5]
+    assert block[0].startswith("# 1.") and "tsynth demo" in block[1]
+    assert block[2].startswith("# 2. run the tests") and "pytest" in block[3]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"# 2\\\.", ci) or "# 2\\. run the tests" in ci

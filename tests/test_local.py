@@ -1,0 +1,186 @@
+"""The local backend: value codec, training loop, constrained sampling, artifact round trip."""
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tsynth import SeriesSet
+from tsynth.artifact import FORMAT_VERSION
+from tsynth.codecs.values import ValueCodec
+from tsynth.errors import ArtifactError, ConfigError, DataError
+from tsynth.synthesizer import Synthesizer
+
+FAST = dict(epochs=3, preset="tiny", n_bins=32)
+
+
+def daily_profiles(n=40, length=24, seed=0, levels=None):
+    """Noisy daily curves with a season attribute, hourly time stamps."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    season = rng.choice(["winter", "summer"], size=n)
+    phase = np.where(season == "winter", 0.0, 1.5)
+    vals = np.sin(2 * np.pi * t[None] / 24 + phase[:, None]) + 0.2 * rng.normal(size=(n, length))
+    if levels is not None:
+        vals = levels[:, None] * (2.0 + vals)
+    start = pd.Timestamp("2024-01-01 00:00") + pd.to_timedelta(rng.integers(0, 3, size=n) * 24, unit="h")
+    return SeriesSet.from_arrays(list(vals), [f"MT_{i:03d}" for i in range(n)], ["load"], start=start.to_numpy(),
+                                 freq="h", attributes=pd.DataFrame({"season": season}))
+
+
+def test_codec_roundtrip_stays_within_bins():
+    data = daily_profiles()
+    codec = ValueCodec(n_bins=64).fit(data)
+    tokens = codec.encode(data)
+    assert tokens.shape == (40, codec.sequence_length(24))
+    p = codec.prefix_length
+    values = tokens[:, p: p + 24]
+    back = codec.decode(tokens[:, :p], values, np.full(40, 24), np.random.default_rng(0))
+    width = np.diff(codec.edges).max() * codec.scale[0]
+    assert np.abs(back.values - data.values).max() <= width + 1e-6
+    assert codec.scaling == "global"
+
+
+def test_codec_series_scaling_reproduces_levels():
+    levels = 10.0 ** np.linspace(0, 4, 40)  # levels over four orders of magnitude
+    data = daily_profiles(levels=levels)
+    codec = ValueCodec(n_bins=64).fit(data)
+    assert codec.scaling == "series"
+    tokens = codec.encode(data)
+    p = codec.prefix_length
+    back = codec.decode(tokens[:, :p], tokens[:, p: p + 24], np.full(40, 24), np.random.default_rng(0))
+    ratio = back.values.mean(axis=(1, 2)) / data.values.mean(axis=(1, 2))
+    assert np.all((ratio > 0.8) & (ratio < 1.25)), ratio
+
+
+def test_codec_conditions_and_unknown_fallback(caplog):
+    data = daily_profiles()
+    codec = ValueCodec(n_bins=16, conditions="auto").fit(data)
+    assert [f.name for f in codec.fields] == ["season", "dayofweek"]
+    unknown = codec.field_offset(0)
+    with caplog.at_level(logging.WARNING, logger="tsynth"):
+        ids = codec.condition_ids({"season": "autumn"})
+    assert ids[0] == unknown and "never seen" in caplog.text
+    with pytest.raises(ConfigError, match="unknown condition 'colour'"):
+        ValueCodec(conditions=["colour"]).fit(data)
+
+
+def test_codec_saved_as_hf_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    codec = ValueCodec(n_bins=16).fit(daily_profiles())
+    codec.hf_tokenizer().save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    ids = tok("<bos> <v_3> <v_0> <eos>", add_special_tokens=False)["input_ids"]
+    assert ids == [1, codec.value_offset + 3, codec.value_offset, 2]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.set_num_threads(1)
+    data = daily_profiles(n=60)
+    syn = Synthesizer("local", conditions=["item_id", "season"], **FAST).fit(data, progress=False)
+    return data, syn
+
+
+def test_fit_records_training_figures(fitted):
+    _, syn = fitted
+    tr = syn.info["training"]
+    assert tr["train_series"] + tr["valid_series"] == 60 and tr["valid_series"] > 0
+    m = tr["members"][0]
+    assert m["epochs_run"] == 3 and len(m["train_loss"]) == 3 and len(m["valid_loss"]) == 3
+    assert m["train_loss"][-1] < m["train_loss"][0]
+
+
+def test_sample_exact_length_seeded_and_conditioned(fitted):
+    data, syn = fitted
+    a = syn.sample(20, seed=1, temperature=1.0)
+    b = syn.sample(20, seed=1, temperature=1.0)
+    c = syn.sample(20, seed=2, temperature=1.0)
+    assert a.values.shape == (20, 24, 1) and (a.lengths == 24).all() and np.isfinite(a.values).all()
+    np.testing.assert_array_equal(a.values, b.values)
+    assert not np.array_equal(a.values, c.values)
+    assert set(a.item_id) <= set(data.item_id)            # unconditional: ids drawn from training ids
+    assert set(a.attributes["season"]) <= {"winter", "summer"}
+    cond = syn.sample(5, conditions={"item_id": "MT_007", "season": "summer"}, seed=0)
+    assert list(cond.item_id) == ["MT_007"] * 5 and list(cond.attributes["season"]) == ["summer"] * 5
+
+
+def test_sample_bad_requests(fitted):
+    _, syn = fitted
+    with pytest.raises(ConfigError, match="positive"):
+        syn.sample(0)
+    with pytest.raises(ConfigError, match="temperature"):
+        syn.sample(3, temperature=0)
+
+
+def test_save_load_same_samples_and_plain_hf_loading(fitted, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, syn = fitted
+    path = syn.save(tmp_path / "m")
+    doc = json.loads((path / "tsynth.json").read_text())
+    assert doc["format_version"] == FORMAT_VERSION and doc["backend"] == "local"
+    again = Synthesizer.load(path)
+    np.testing.assert_allclose(again.sample(8, seed=3).values, syn.sample(8, seed=3).values)
+    model = AutoModelForCausalLM.from_pretrained(path / "model")
+    tok = AutoTokenizer.from_pretrained(path / "model")
+    assert model.config.vocab_size == len(tok)
+
+
+def test_load_rejects_other_format_version(fitted, tmp_path):
+    _, syn = fitted
+    path = syn.save(tmp_path / "m")
+    doc = json.loads((path / "tsynth.json").read_text())
+    doc["format_version"] = FORMAT_VERSION + 1
+    (path / "tsynth.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="format version"):
+        Synthesizer.load(path)
+
+
+def test_too_few_series():
+    with pytest.raises(DataError, match="too few"):
+        Synthesizer("local", **FAST).fit(daily_profiles(n=5), progress=False)
+
+
+def test_unknown_option():
+    with pytest.raises(ConfigError, match="unknown option"):
+        Synthesizer("local", colour="blue")
+
+
+def test_interrupted_fit_resumes_from_checkpoint(tmp_path):
+    torch.set_num_threads(1)
+    data = daily_profiles(n=30)
+    ckpt = tmp_path / "ckpt"
+
+    def stop_after_two(event):
+        if event["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Synthesizer("local", **{**FAST, "epochs": 4}).fit(data, checkpoint_dir=ckpt, callback=stop_after_two,
+                                                         progress=False)
+    progress = json.loads((ckpt / "member_0" / "progress.json").read_text())
+    assert progress["epoch"] == 2
+    epochs = []
+    syn = Synthesizer("local", **{**FAST, "epochs": 4}).fit(data, checkpoint_dir=ckpt, resume=True, progress=False,
+                                                           callback=lambda e: epochs.append(e["epoch"]))
+    assert epochs == [3, 4]
+    assert syn.info["training"]["members"][0]["epochs_run"] == 4
+    full = Synthesizer("local", **{**FAST, "epochs": 4}).fit(data, progress=False)
+    np.testing.assert_allclose(syn.info["training"]["members"][0]["train_loss"],
+                               full.info["training"]["members"][0]["train_loss"], rtol=1e-4)
+
+
+def test_variable_length_training_samples_variable_lengths():
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    arrays = [np.sin(np.arange(n) / 3) + 0.1 * rng.normal(size=n) for n in rng.integers(10, 21, size=30)]
+    data = SeriesSet.from_arrays(arrays)
+    syn = Synthesizer("local", **{**FAST, "epochs": 6}).fit(data, progress=False)
+    out = syn.sample(30, length=20, seed=0)
+    assert out.lengths.max() <= 20 and out.lengths.min() >= 1
+    assert all(np.isfinite(out.series(i)).all() for i in range(30))
