@@ -27,3 +27,13 @@ def electricity_records():
         return [{"item_id": f"MT_{i:03d}", "start": "2012-01-01 00:00:00", "feat_static_cat": [i - 1],
                  "target": rng.normal(size=length).round(4).tolist()} for i in range(1, n_items + 1)]
     return make
+
+
+@pytest.fixture(scope="session")
+def tsynth_server(tmp_path_factory):
+    """One ``tsynth serve`` (uvicorn in a thread + its worker process) on loopback for the whole session."""
+    from server_helpers import ThreadServer
+
+    server = ThreadServer(tmp_path_factory.mktemp("tsynth-serve"))
+    yield server
+    server.stop()
