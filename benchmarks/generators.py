@@ -41,6 +41,19 @@ def gaussian(task: Task, seed: int, smoke: bool) -> tuple[SeriesSet, float, floa
     return _like(task, draws.reshape(-1, *task.train.values.shape[1:]), "gaussian"), fit_s, time.time() - t0, {}
 
 
+def dp_gaussian(task: Task, seed: int, smoke: bool, epsilon: float = 8.0) -> tuple[SeriesSet, float, float, dict]:
+    """The DP baseline: a Gaussian whose mean and covariance are released with the Gaussian mechanism."""
+    from tsynth.privacy import dp_gaussian as fit_dp_gaussian
+
+    t0 = time.time()
+    x = task.train.values.reshape(len(task.train), -1)
+    mean, cov, acct = fit_dp_gaussian(x, epsilon, delta=min(1e-5, 0.1 / len(x)), seed=seed)
+    fit_s = time.time() - t0
+    t0 = time.time()
+    draws = np.random.default_rng(seed).multivariate_normal(mean, cov, size=len(task.train), method="eigh")
+    return _like(task, draws.reshape(-1, *task.train.values.shape[1:]), "dpgauss"), fit_s, time.time() - t0, {"privacy": acct}
+
+
 def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesSet, float, float, dict]:
     """tsynth's local backend with its default settings (smoke: 2 epochs)."""
     opts = {"seed": seed, **options, **({"epochs": 2} if smoke else {})}
@@ -53,7 +66,7 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
     t0 = time.time()
     syn.sample(1000, seed=seed + 1)
     members = syn.info["training"]["members"]
-    extra = {"sample_1000_s": time.time() - t0, "epochs": [m["epochs_run"] for m in members],
+    extra = {"privacy": syn.info.get("privacy"),"sample_1000_s": time.time() - t0, "epochs": [m["epochs_run"] for m in members],
              "best_epoch": [m["best_epoch"] for m in members],
              "valid_loss": [min(m["valid_loss"]) if m["valid_loss"] else None for m in members],
              "parameters": syn.info["training"]["parameters"]}
@@ -65,4 +78,6 @@ GENERATORS: dict[str, Callable] = {
     "copy": copy,
     "gaussian": gaussian,
     "tsynth": tsynth_local,
+    "dp-gaussian": dp_gaussian,
+    "tsynth-dp": lambda task, seed, smoke: tsynth_local(task, seed, smoke, dp_epsilon=8.0),
 }

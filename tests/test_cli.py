@@ -46,7 +46,7 @@ def long_csv(tmp_path):
 def test_fit_sample_evaluate_flow(long_csv, tmp_path, capsys):
     model = tmp_path / "model"
     common = ["--id-col", "meter", "--time-col", "ts", "--value-cols", "kwh"]
-    assert main(["fit", str(long_csv), "-o", str(model), "--length", "24", "--epochs", "2", "--n-bins", "32", *common]) == 0
+    assert main(["fit", str(long_csv), "-o", str(model), "--length", "24", "--epochs", "2", "--n-bins", "32", "--ensemble", "1", *common]) == 0
     assert (model / "tsynth.json").exists() and (model / "model" / "config.json").exists()
     assert (tmp_path / "model.checkpoints" / "member_0" / "progress.json").exists()
     out = tmp_path / "syn.csv"
@@ -83,7 +83,7 @@ def test_bad_input_exits_2_and_writes_nothing(long_csv, tmp_path, capsys):
 
 def test_demo_end_to_end_reduced_budget(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "--epochs", "2", "--quick", "--quiet", "-n", "200"]) == 0
+    assert main(["demo", "-o", str(out), "--epochs", "2", "--ensemble", "2", "--quick", "--quiet", "-n", "200"]) == 0
     text = capsys.readouterr().out
     assert "[5/5]" in text and "report.html" in text
     metrics = json.loads((out / "metrics.json").read_text())

@@ -14,7 +14,7 @@ from tsynth.codecs.values import ValueCodec
 from tsynth.errors import ArtifactError, ConfigError, DataError
 from tsynth.synthesizer import Synthesizer
 
-FAST = dict(epochs=3, preset="tiny", n_bins=32)
+FAST = dict(epochs=3, preset="tiny", n_bins=32, ensemble=1)
 
 
 def daily_profiles(n=40, length=24, seed=0, levels=None):
@@ -184,3 +184,17 @@ def test_variable_length_training_samples_variable_lengths():
     out = syn.sample(30, length=20, seed=0)
     assert out.lengths.max() <= 20 and out.lengths.min() >= 1
     assert all(np.isfinite(out.series(i)).all() for i in range(30))
+
+
+def test_ensemble_members_train_in_parallel_processes_deterministically():
+    torch.set_num_threads(1)
+    data = daily_profiles(n=30)
+    events = []
+    opts = {**FAST, "ensemble": 2, "epochs": 2}
+    par = Synthesizer("local", **opts, workers=2).fit(data, progress=False, callback=events.append)
+    seq = Synthesizer("local", **opts, workers=1).fit(data, progress=False)
+    assert sorted((e["member"], e["epoch"]) for e in events) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert len(par.backend.models) == 2
+    for a, b in zip(par.info["training"]["members"], seq.info["training"]["members"]):
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(par.sample(4, seed=0).values, seq.sample(4, seed=0).values, atol=1e-5)

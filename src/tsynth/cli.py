@@ -79,12 +79,25 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
                                         "'none' for none; default: attributes and varying calendar fields")
     g.add_argument("--ensemble", type=int, help="train N models with different seeds and average them when sampling")
     g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("local backend, pretrained mode: LoRA fine-tuning of a chat LM on the chat text")
+    g.add_argument("--base-model", help="Hugging Face id, model directory or .gguf file of a causal LM with a chat template")
+    g.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
+    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 16)")
+    g.add_argument("--target-modules", help="comma-separated linear layers to adapt (default all-linear)")
+    g.add_argument("--merge", action="store_true", help="save merged weights instead of the adapter")
 
 
 def local_options(args: argparse.Namespace) -> dict[str, Any]:
     """The local backend keywords set on the command line."""
-    names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "scaling", "ensemble", "seed"]
+    names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "scaling", "ensemble", "seed",
+             "dp_epsilon", "dp_delta", "dp_max_grad_norm"]
     opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if getattr(args, "value_range", None):
+        try:
+            lo, hi = (float(x) for x in args.value_range.split(","))
+        except ValueError:
+            raise TsynthError(f"--value-range expects LO,HI, got {args.value_range!r}") from None
+        opts["value_range"] = (lo, hi)
     if getattr(args, "conditions", None):
         opts["conditions"] = [] if args.conditions == "none" else [c.strip() for c in args.conditions.split(",")]
     return opts
@@ -103,7 +116,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train, holdout = data.split(0.2, seed=args.seed)
     print(f"[1/5] loaded ItalyPowerDemand (aeon): {data}")
     print(f"[2/5] split by item: {len(train)} train, {len(holdout)} holdout days")
-    opts = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
+    opts = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {}),
+            **({"ensemble": args.ensemble} if args.ensemble else {})}
     syn = Synthesizer("local", **opts).fit(train, progress=not args.quiet)
     model_dir = syn.save(out / "model")
     tr = syn.info["training"]
@@ -113,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     synthetic_path = synthetic.write(out / "synthetic.parquet")
     print(f"[4/5] sampled {len(synthetic)} synthetic days -> {synthetic_path}")
     ev = evaluate_to_dir(train, synthetic, holdout, out, label="season", seed=args.seed,
-                         title="tsynth demo: ItalyPowerDemand", fast=args.quick)
+                         title="tsynth demo: ItalyPowerDemand", fast=args.quick, extra=model_details(model_dir))
     print(f"[5/5] evaluated -> {out / 'metrics.json'} and {out / 'report.html'}")
     print_verdict(ev)
     print(f"done in {time.time() - t0:.0f} s. Open {out / 'report.html'} in a browser.")
@@ -127,7 +141,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     data = load_data(args)
     print(f"data: {data}")
     if args.backend == "local":
-        syn = Synthesizer("local", **local_options(args))
+        if args.base_model:
+            lora = {k: getattr(args, k) for k in ("lora_rank", "lora_alpha", "target_modules") if getattr(args, k)}
+            opts = {k: v for k, v in local_options(args).items() if k in ("epochs", "batch_size", "learning_rate", "seed")}
+            syn = Synthesizer("pretrained", base_model=args.base_model, merge=args.merge, **lora, **opts)
+        else:
+            syn = Synthesizer("local", **local_options(args))
         ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else Path(args.output).with_name(Path(args.output).name + ".checkpoints")
         syn.fit(data, checkpoint_dir=ckpt, resume=args.resume, progress=True)
     else:
@@ -137,6 +156,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = syn.save(args.output)
     print(f"model written to {path}")
     tr = syn.info.get("training") or {}
+    if syn.info.get("privacy"):
+        print("privacy: " + syn.info["privacy"]["guarantee"])
     if tr.get("members"):
         for k, m in enumerate(tr["members"]):
             vl = min(m["valid_loss"]) if m["valid_loss"] else float("nan")
@@ -192,10 +213,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     synthetic = load_data(args, args.synthetic)
     holdout = load_data(args, args.holdout) if args.holdout else None
     validity = json.loads(Path(args.validity).read_text()) if args.validity else None
-    ev = evaluate_to_dir(train, synthetic, holdout, args.output, validity=validity, label=args.label, seed=args.seed)
+    extra = model_details(args.model) if args.model else None
+    ev = evaluate_to_dir(train, synthetic, holdout, args.output, validity=validity, label=args.label, seed=args.seed,
+                         extra=extra)
     print_verdict(ev)
     print(f"wrote {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'report.html'}")
     return 0
+
+
+def model_details(model_dir: str | Path) -> dict[str, Any]:
+    """What the report says about the model: backend, training figures and the privacy guarantee."""
+    from .artifact import read_manifest
+
+    doc = read_manifest(model_dir)
+    training = doc.get("training") or {}
+    privacy = doc.get("privacy")
+    return {
+        "model directory": str(model_dir), "backend": doc["backend"],
+        "ensemble members": doc.get("members"), "parameters per member": training.get("parameters"),
+        "training seconds": training.get("seconds"),
+        "differential privacy": privacy["guarantee"] if privacy else
+        "none: no formal guarantee; the distance and membership-inference figures are the only privacy evidence",
+    }
 
 
 def print_verdict(ev) -> None:
@@ -233,6 +272,8 @@ EXAMPLES = {
   tsynth fit electricity.parquet --length 100 -o model            # the recipe's first 100 hours per client
   tsynth fit meters.csv --id-col meter --time-col ts --value-cols kwh -o model --preset small
   tsynth fit stocks.csv --layout wide --length 24 --stride 1 -o model
+  tsynth fit electricity.parquet --length 100 --zscore -o model --dp-epsilon 8    # item-level DP-SGD
+  tsynth fit data.parquet --length 24 -o model --base-model HuggingFaceTB/SmolLM2-135M-Instruct --lora-rank 8
   tsynth fit data.parquet --length 100 -o model --backend openai --model gpt-4o-mini-2024-07-18 \\
       --n-epochs 10 --batch-size 2 --learning-rate-multiplier 2 --suffix elec""",
     "sample": """examples:
@@ -265,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", cmd_demo, "Run the whole flow on the bundled real data set (ItalyPowerDemand)")
     p.add_argument("-o", "--output", default="tsynth-demo", help="output directory (default ./tsynth-demo)")
     p.add_argument("--epochs", type=int, help="cap the training epochs (smaller = faster, worse)")
+    p.add_argument("--ensemble", type=int, help="models in the ensemble (default 4; 1 = fastest)")
     p.add_argument("-n", type=int, help="synthetic days to sample (default: as many as train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="skip the slow evaluation parts (for smoke tests)")
@@ -309,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", help="real series not used in training (enables the privacy figures)")
     p.add_argument("--validity", help="validity counts JSON written by `tsynth sample` for text backends")
     p.add_argument("--label", help="attribute to use for the classification utility")
+    p.add_argument("--model", help="the model directory that made SYNTHETIC (its privacy accounting goes into the report)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(data=None)

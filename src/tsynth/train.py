@@ -107,13 +107,26 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, value_lo: int, va
     return per_tok.sum() / valid.sum().clamp(min=1)
 
 
-def shift(tokens: torch.Tensor, prefix_free: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets; <pad> targets and the first ``prefix_free`` targets are ignored."""
+def shift(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets; <pad> targets are ignored."""
     inputs = tokens[:, :-1]
     targets = tokens[:, 1:].clone()
     targets[targets == 0] = -100
-    targets[:, :prefix_free] = -100
     return inputs, targets
+
+
+def value_token_loss(value_range: tuple[int, int], smoothing: float) -> Callable:
+    """``loss(model, tokens, reduction)`` for value-token sequences (smoothed on value targets)."""
+    kernel = smoothed_kernel(value_range[1] - value_range[0], smoothing)
+
+    def loss(model, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        inputs, targets = shift(tokens)
+        # explicit per-row positions: per-example gradients (DP-SGD) need a batch dimension everywhere
+        positions = torch.arange(inputs.shape[1], device=inputs.device).expand_as(inputs)
+        logits = model(input_ids=inputs, position_ids=positions).logits
+        return sequence_loss(logits, targets, *value_range, kernel.to(tokens.device), reduction)
+
+    return loss
 
 
 def drop_conditions(tokens: torch.Tensor, field_slots: list[tuple[int, int]], p: float,
@@ -128,13 +141,14 @@ def drop_conditions(tokens: torch.Tensor, field_slots: list[tuple[int, int]], p:
     return tokens
 
 
-def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, value_range: tuple[int, int],
+def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, loss_fn: Callable,
              field_slots: list[tuple[int, int]], cfg: TrainConfig, checkpoint_dir: Path | None = None,
              resume: bool = False, callback: Callable[[dict], None] | None = None, dp=None,
              progress: bool = True) -> tuple[object, TrainResult]:
     """Train ``model`` on token arrays; returns the best model (lowest validation loss) and the figures.
 
-    ``callback(event)`` gets ``{"type": "epoch", ...}`` after every epoch (raise to stop the run; the
+    ``loss_fn(model, batch, reduction)`` computes the loss of a batch of rows of the token arrays
+    (:func:`value_token_loss` for value tokens; other modes pass their own). ``callback(event)`` gets ``{"type": "epoch", ...}`` after every epoch (raise to stop the run; the
     checkpoint of the last finished epoch stays). ``dp`` is a :class:`tsynth.privacy.DPEngine` or None.
     """
     from accelerate import Accelerator
@@ -157,7 +171,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, v
     if dp is not None:
         model, optimizer, batch = dp.attach(model, optimizer, n, batch, cfg.epochs, steps_per_epoch)
     model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
-    kernel = smoothed_kernel(value_range[1] - value_range[0], cfg.smoothing)
+    plain = accelerator.unwrap_model(model)
+    plain = dp.detach(plain) if dp is not None else plain  # the HF model inside every wrapper
     result = TrainResult()
     best_state, best_loss, bad_epochs, start_epoch = None, math.inf, 0, 0
     t0 = time.time()
@@ -181,11 +196,10 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, v
             batches = [perm[i: i + batch] for i in range(0, n, batch)]
         for idx in batches:
             tokens = drop_conditions(data[idx], field_slots, cfg.condition_dropout, gen).to(accelerator.device)
-            inputs, targets = shift(tokens, 0)
             if dp is not None:
-                loss = dp.step(model, optimizer, inputs, targets, value_range, kernel)
+                loss = dp.step(model, optimizer, tokens, loss_fn)
             else:
-                loss = sequence_loss(model(input_ids=inputs).logits, targets, *value_range, kernel)
+                loss = loss_fn(model, tokens)
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -196,13 +210,13 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, v
             result.tokens += int((tokens != 0).sum())
         result.epochs_run = epoch + 1
         result.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
-        vloss = evaluate_loss(model, valid_tokens, value_range, kernel, accelerator.device) if valid_tokens is not None else None
+        vloss = evaluate_loss(model, valid_tokens, loss_fn, accelerator.device) if valid_tokens is not None else None
         if vloss is not None:
             result.valid_loss.append(vloss)
         score = vloss if vloss is not None else result.train_loss[-1]
         if score < best_loss - 1e-4:
             best_loss, bad_epochs, result.best_epoch = score, 0, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in plain.state_dict().items()}
         else:
             bad_epochs += 1
         result.seconds = time.time() - t0
@@ -219,25 +233,22 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, v
             result.stopped_early = True
             break
     bar.close()
-    final = accelerator.unwrap_model(model)
     if dp is not None:
-        final = dp.detach(final)
+        dp.close(model)
     if best_state is not None:
-        final.load_state_dict(best_state)
-    final.eval()
-    return final, result
+        plain.load_state_dict(best_state)
+    plain.eval()
+    return plain, result
 
 
 @torch.no_grad()
-def evaluate_loss(model, tokens: np.ndarray, value_range: tuple[int, int], kernel: torch.Tensor,
-                  device, batch: int = 256) -> float:
-    """Mean next-token loss over ``tokens`` (conditions kept, no dropout)."""
+def evaluate_loss(model, tokens: np.ndarray, loss_fn: Callable, device, batch: int = 256) -> float:
+    """Mean per-sequence loss over ``tokens`` (conditions kept, no dropout)."""
     model.eval()
     total, count = 0.0, 0
     data = torch.as_tensor(tokens)
     for i in range(0, len(data), batch):
-        inputs, targets = shift(data[i: i + batch].to(device), 0)
-        per_seq = sequence_loss(model(input_ids=inputs).logits, targets, *value_range, kernel, reduction="none")
+        per_seq = loss_fn(model, data[i: i + batch].to(device), reduction="none")
         total += float(per_seq.sum())
         count += len(per_seq)
     model.train()
