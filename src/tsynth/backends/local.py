@@ -175,6 +175,7 @@ class LocalBackend:
 
     def save(self, directory: Path) -> None:
         """Write each member as a Hugging Face model directory with the codec's tokenizer."""
+        _quiet_transformers()
         tok = self.codec.hf_tokenizer()
         for k, m in enumerate(self.models):
             d = directory / ("model" if k == 0 else f"model_{k}")
@@ -183,8 +184,10 @@ class LocalBackend:
 
     @classmethod
     def load(cls, directory: Path, state: dict[str, Any]) -> "LocalBackend":
+        """Rebuild the backend from its model directory and ``tsynth.json`` state."""
         from transformers import AutoModelForCausalLM
 
+        _quiet_transformers()
         opts = dict(state["options"])
         train_opts = opts.pop("train")
         self = cls(**opts, **train_opts)
@@ -283,6 +286,13 @@ def _member_main(job_path: str) -> None:
     out = train_member(job, lambda e: print(json.dumps(e), flush=True), progress=False)
     torch.save({"weights": out["model"].state_dict(), "result": out["result"], "privacy": out["privacy"]},
                Path(job_path).with_suffix(".out"))
+
+
+def _quiet_transformers() -> None:
+    """No per-file progress bars from transformers when saving or loading these tiny models."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _schema(data: SeriesSet) -> dict[str, Any]:
