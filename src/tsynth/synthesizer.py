@@ -15,6 +15,7 @@ BACKENDS = {
     "local": "tsynth.backends.local:LocalBackend",
     "openai": "tsynth.backends.openai:OpenAIBackend",
     "fewshot": "tsynth.backends.fewshot:FewShotBackend",
+    "pretrained": "tsynth.backends.pretrained:PretrainedLoRABackend",
 }
 
 

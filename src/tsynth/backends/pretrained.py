@@ -1,0 +1,398 @@
+"""Backend "pretrained": fine-tune a pretrained Hugging Face causal LM on the recipe's chat text with LoRA.
+
+``base_model`` is a hub id, a local model directory or a ``.gguf`` file (loaded through transformers'
+GGUF support, which needs the ``gguf`` package: ``pip install tsynth[pretrained]``); its tokenizer must
+have a chat template. Each series becomes one conversation of the
+:class:`~tsynth.codecs.chat.ChatCodec` (system prompt, user turn of conditions, assistant turn of
+values) rendered with that template; the loss covers the assistant turn and its end-of-turn token
+only. LoRA adapters (``peft``: ``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``target_modules``)
+are trained by the one training loop (:func:`tsynth.train.train_lm`: ``accelerate``, a validation
+split of other items with early stopping, a checkpoint every epoch, resume). On a GPU the base
+weights are loaded in bfloat16 (float16 where bfloat16 is unsupported), on a CPU in float32.
+
+Sampling is batched and seeded and always valid: a :class:`~tsynth.codecs.grammar.TokenConstraint`
+allows only tokens that keep the answer a prefix of ``{"<key>": [n1, ..., nL]}`` with exactly L finite
+numbers, then the end-of-turn token. ``save`` writes ``model/``: the adapter (or, with ``merge=True``,
+the merged weights, loadable with ``AutoModelForCausalLM`` alone) and the tokenizer; an adapter is
+loaded back onto ``base_model`` as recorded in ``tsynth.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..codecs.chat import DEFAULT_SYSTEM_PROMPT, ChatCodec
+from ..codecs.grammar import AnswerGrammar, TokenConstraint
+from ..data import SeriesSet
+from ..errors import ConfigError, DataError
+from ..sample import _draw
+from ..train import TrainConfig, train_lm
+from .local import MIN_ITEMS_FOR_VALIDATION, _schema
+from .openai import _series_set
+
+log = logging.getLogger("tsynth")
+
+MODEL_DIR = "model"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# training settings of TrainConfig that apply here, with LoRA defaults
+TRAIN_DEFAULTS = dict(epochs=3, batch_size=8, learning_rate=2e-4, weight_decay=0.0, warmup_epochs=1, patience=2)
+TRAIN_FIELDS = (*TRAIN_DEFAULTS, "seed")
+
+
+@dataclass
+class PretrainedOptions:
+    """Base model, LoRA, chat codec, sampling and training settings (all recorded in ``tsynth.json``)."""
+
+    base_model: str = ""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    merge: bool = False
+    dtype: str = "auto"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    user_fields: list[str] = field(default_factory=lambda: ["item_id"])
+    series_key: str = "consumption"
+    decimals: int = 3
+    validation_fraction: float = 0.1
+    temperature: float = 1.0
+    sample_batch_size: int = 16
+    train: TrainConfig = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if not self.base_model:
+            raise ConfigError("the pretrained backend needs base_model (a Hugging Face id, a model directory or "
+                              "a .gguf file)")
+        if Path(self.base_model).exists():  # recorded absolute, so the model directory loads from anywhere
+            self.base_model = str(Path(self.base_model).resolve())
+        if self.lora_rank < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError("lora_rank must be >= 1, lora_alpha > 0 and lora_dropout in [0, 1)")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.sample_batch_size < 1:
+            raise ConfigError("sample_batch_size must be at least 1")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
+        self.user_fields = list(self.user_fields)
+
+    @classmethod
+    def from_kwargs(cls, **kw: Any) -> "PretrainedOptions":
+        own = {f.name for f in fields(cls)} - {"train"}
+        unknown = set(kw) - own - set(TRAIN_FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown option(s) for the pretrained backend: {', '.join(sorted(unknown))}")
+        opts = cls(**{k: v for k, v in kw.items() if k in own})
+        opts.train = TrainConfig(**{**TRAIN_DEFAULTS, **{k: v for k, v in kw.items() if k in TRAIN_FIELDS}})
+        return opts
+
+    def chat_codec(self) -> ChatCodec:
+        return ChatCodec(system_prompt=self.system_prompt, user_fields=list(self.user_fields),
+                         series_key=self.series_key, decimals=self.decimals)
+
+
+class PretrainedLoRABackend:
+    """See the module docstring."""
+
+    name = "pretrained"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = PretrainedOptions.from_kwargs(**options)
+        self.codec: ChatCodec | None = None
+        self.model = None
+        self.tokenizer = None
+        self.end_id: int | None = None
+        self.int_digits = 15
+        self.conditions: list[dict[str, Any]] = []
+        self.training: dict[str, Any] = {}
+        self.schema: dict[str, Any] = {}
+        self.last_sample_stats: dict[str, int] | None = None
+        self._texts: list[str] | None = None
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train: SeriesSet, callback: Callable[[dict], None] | None = None,
+            checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> None:
+        """Render ``train`` as chat text and train LoRA adapters on the assistant turns."""
+        if len(train) == 0:
+            raise DataError("no series to train on")
+        o, cfg = self.options, self.options.train
+        self.codec = o.chat_codec().fit(train)
+        conds = self.codec.conditions(train)
+        self.tokenizer = load_tokenizer(o.base_model)
+        self.end_id = end_of_turn(self.tokenizer, self.codec, conds[0], train.series(0))
+        model = load_model(o.base_model, o.dtype)
+        validate = len(pd.unique(train.item_id)) >= MIN_ITEMS_FOR_VALIDATION and o.validation_fraction > 0
+        if not validate:
+            log.warning("fewer than %d items: no validation split, training for a fixed %d epochs",
+                        MIN_ITEMS_FOR_VALIDATION, cfg.epochs)
+        fit_set, valid_set = train.split(o.validation_fraction, seed=cfg.seed) if validate else (train, None)
+        rows = encode_chats(self.tokenizer, self.codec, fit_set, self.end_id)
+        valid_rows = encode_chats(self.tokenizer, self.codec, valid_set, self.end_id) if valid_set is not None else None
+        longest = max(rows.shape[1], 0 if valid_rows is None else valid_rows.shape[1])
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit and longest > limit:
+            raise DataError(f"a conversation takes {longest} tokens but {o.base_model} reads at most {limit}: "
+                            "cut shorter windows (--length) or use fewer decimals")
+        torch.manual_seed(cfg.seed)
+        model = add_lora(model, o)
+        model, result = train_lm(model, rows, valid_rows, chat_loss(cfg.batch_size), [], cfg,
+                                 Path(checkpoint_dir) if checkpoint_dir else None, resume, callback, progress=progress)
+        self.training = {
+            "train_series": len(fit_set), "valid_series": 0 if valid_set is None else len(valid_set),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            "seconds": result.seconds, "members": [asdict(result)],
+        }
+        self.model = model.merge_and_unload() if o.merge else model
+        finite = np.abs(train.values[np.isfinite(train.values)])
+        self.int_digits = len(str(int(finite.max()))) + 1 if finite.size else 1  # room for 10x the largest value
+        self.conditions = list({json.dumps(c, sort_keys=True): c for c in conds}.values())
+        self.schema = _schema(train)
+
+    # ------------------------------------------------------------------ sample
+    def sample(self, n: int, conditions: Sequence[dict] | None = None, temperature: float | None = None,
+               top_p: float = 1.0, seed: int | None = 0, length: int | None = None, progress: bool = False) -> SeriesSet:
+        """Draw ``n`` series; without ``conditions`` the user turns are drawn from the training ones."""
+        from tqdm.auto import tqdm
+
+        if self.model is None or self.codec is None:
+            raise ConfigError("the model is not fitted")
+        if n <= 0:
+            raise ConfigError(f"the number of series to sample must be positive, got {n}")
+        temperature = self.options.temperature if temperature is None else temperature
+        if temperature <= 0 or not 0 < top_p <= 1:
+            raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
+        length = length or self.codec.length
+        if not length:
+            raise ConfigError("this model was trained on variable-length series: pass length=")
+        rng = np.random.default_rng(seed)
+        if conditions is None:
+            conds = [self.conditions[k] for k in rng.integers(len(self.conditions), size=n)]
+        else:
+            conds = [dict(c) for c in conditions]
+            if len(conds) != n:
+                raise ConfigError(f"{len(conds)} condition rows for {n} series")
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        if self._texts is None:
+            self._texts = token_texts(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+        grammar = AnswerGrammar(self.codec.keys, length, self.codec.decimals, self.int_digits)
+        constraint = TokenConstraint(grammar, self._texts, self.end_id)
+        prompts = [prompt_ids(self.tokenizer, self.codec, c) for c in conds]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
+        step = self.options.sample_batch_size
+        answers: list[str] = []
+        for lo in tqdm(range(0, n, step), desc="sampling", disable=not progress, leave=False):
+            answers += generate_answers(self.model, prompts[lo: lo + step], constraint, pad, temperature, top_p, gen)
+        arrays = [self.codec.parse(a, length) for a in answers]
+        self.last_sample_stats = {"requested": n, "parsed": n, "right_length": n, "retried": 0, "dropped": 0}
+        return _series_set(arrays, conds, self.codec.channels)
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> dict[str, Any]:
+        """What ``tsynth.json`` records: options (with the base model), codec, training figures."""
+        return {"options": asdict(self.options), "codec": self.codec.to_dict() if self.codec else None,
+                "end_id": self.end_id, "int_digits": self.int_digits, "conditions": self.conditions,
+                "training": self.training, "schema": self.schema}
+
+    def save(self, directory: Path) -> None:
+        """``model/``: the LoRA adapter (merged weights with ``merge``) and the tokenizer."""
+        self.model.save_pretrained(directory / MODEL_DIR)
+        self.tokenizer.save_pretrained(directory / MODEL_DIR)
+
+    @classmethod
+    def load(cls, directory: Path, state: dict[str, Any]) -> "PretrainedLoRABackend":
+        from transformers import AutoModelForCausalLM
+
+        opts = dict(state["options"])
+        train = opts.pop("train")
+        self = cls(**opts, **{k: train[k] for k in TRAIN_FIELDS})
+        d = directory / MODEL_DIR
+        self.codec = ChatCodec.from_dict(state["codec"])
+        self.end_id, self.int_digits, self.conditions = state["end_id"], state["int_digits"], state["conditions"]
+        self.training, self.schema = state.get("training", {}), state.get("schema", {})
+        self.tokenizer = load_tokenizer(str(d))
+        if self.options.merge:
+            model = AutoModelForCausalLM.from_pretrained(d, dtype=_dtype(self.options.dtype))
+        else:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(load_model(self.options.base_model, self.options.dtype), d)
+        self.model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        return self
+
+
+# ---------------------------------------------------------------------- base model and LoRA
+def _dtype(name: str) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _source(name: str) -> tuple[str, dict[str, Any]]:
+    """``from_pretrained`` arguments: a ``.gguf`` file loads from its folder with ``gguf_file``."""
+    p = Path(name)
+    return (str(p.parent), {"gguf_file": p.name}) if p.suffix == ".gguf" else (name, {})
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of ``name``; it must have a chat template."""
+    from transformers import AutoTokenizer
+
+    src, kw = _source(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load the tokenizer of {name!r}: {e}") from None
+    if not tok.chat_template:
+        raise ConfigError(f"{name}: the tokenizer has no chat template; use an instruct/chat model (or set "
+                          "chat_template in its tokenizer_config.json)")
+    return tok
+
+
+def load_model(name: str, dtype: str):
+    """The causal LM ``name`` in ``dtype`` ("auto": bfloat16/float16 on a GPU, float32 on a CPU)."""
+    from transformers import AutoModelForCausalLM
+
+    src, kw = _source(name)
+    try:
+        return AutoModelForCausalLM.from_pretrained(src, dtype=_dtype(dtype), **kw)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load the causal LM {name!r}: {e}") from None
+
+
+def add_lora(model, o: PretrainedOptions):
+    """``model`` wrapped with fresh LoRA adapters on ``o.target_modules`` (names of linear layers)."""
+    from peft import LoraConfig, get_peft_model
+
+    if o.target_modules != "all-linear":
+        linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        unknown = [t for t in o.target_modules if not any(n == t or n.endswith("." + t) for n in linear)]
+        if unknown or not o.target_modules:
+            raise ConfigError(f"target module(s) {unknown} are not linear layers of {o.base_model} "
+                              f"(its linear layers: {', '.join(sorted({n.split('.')[-1] for n in linear}))})")
+    config = LoraConfig(r=o.lora_rank, lora_alpha=o.lora_alpha, lora_dropout=o.lora_dropout,
+                        target_modules=o.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+# ---------------------------------------------------------------------- chat text <-> token rows
+def prompt_ids(tok, codec: ChatCodec, conditions: dict[str, Any]) -> list[int]:
+    """Token ids of the system and user turns up to the opening of the assistant turn."""
+    text = tok.apply_chat_template(codec.prompt(conditions), add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def end_of_turn(tok, codec: ChatCodec, conditions: dict[str, Any], values: np.ndarray) -> int:
+    """The token the chat template closes the assistant turn with (the end-of-sequence token otherwise)."""
+    prompt = tok.apply_chat_template(codec.prompt(conditions), add_generation_prompt=True, tokenize=False)
+    answer = codec.render(values)
+    full = tok.apply_chat_template(codec.prompt(conditions) + [{"role": "assistant", "content": answer}],
+                                   tokenize=False)
+    if not full.startswith(prompt + answer):
+        raise ConfigError("the chat template does not render the assistant turn after the generation prompt "
+                          "as it is; tsynth cannot tell the answer's tokens")
+    special = set(tok.all_special_ids)
+    tail = [t for t in tok(full[len(prompt + answer):], add_special_tokens=False)["input_ids"] if t in special]
+    end = tail[0] if tail else tok.eos_token_id
+    if end is None:
+        raise ConfigError("the tokenizer has neither an end-of-turn token in its chat template nor an eos token")
+    return int(end)
+
+
+def encode_chats(tok, codec: ChatCodec, data: SeriesSet, end_id: int) -> np.ndarray:
+    """One row per series: token ``i`` stored as ``i + 1`` where the loss applies (the answer and the end
+    token), ``-(i + 1)`` in the prompt, ``0`` as right padding."""
+    rows = []
+    for k, cond in enumerate(codec.conditions(data)):
+        answer = tok(codec.render(data.series(k)), add_special_tokens=False)["input_ids"] + [end_id]
+        rows.append([-(i + 1) for i in prompt_ids(tok, codec, cond)] + [i + 1 for i in answer])
+    out = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
+    for k, r in enumerate(rows):
+        out[k, : len(r)] = r
+    return out
+
+
+def chat_loss(micro_batch: int) -> Callable:
+    """``loss(model, rows, reduction)``: next-token cross-entropy on the answer tokens of rows of
+    :func:`encode_chats`; with ``reduction="none"`` the mean of each row, computed ``micro_batch`` rows
+    at a time."""
+
+    def loss(model, rows: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if reduction == "none":
+            return torch.cat([_row_losses(model, part) for part in rows.split(micro_batch)])
+        nll, mask = _token_losses(model, rows)
+        return nll.sum() / mask.sum().clamp(min=1)
+
+    return loss
+
+
+def _token_losses(model, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = rows[:, : int((rows != 0).sum(1).max())]
+    ids = (rows.abs() - 1).clamp(min=0)
+    logits = model(input_ids=ids[:, :-1], attention_mask=(rows[:, :-1] != 0).long()).logits
+    trained = rows[:, 1:] > 0
+    targets = torch.where(trained, ids[:, 1:], torch.full_like(ids[:, 1:], -100))
+    return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none"), trained
+
+
+def _row_losses(model, rows: torch.Tensor) -> torch.Tensor:
+    nll, mask = _token_losses(model, rows)
+    return nll.sum(1) / mask.sum(1).clamp(min=1)
+
+
+# ---------------------------------------------------------------------- constrained generation
+def token_texts(tok, vocab_size: int) -> list[str]:
+    """The text each token id adds after other text ("" for special tokens and ids past the tokenizer).
+
+    Each token is decoded after a fixed one, so tokenizers that drop a leading space at the start of a
+    text (SentencePiece) still give the token's space."""
+    head_ids = tok("0", add_special_tokens=False)["input_ids"]
+    head = tok.decode(head_ids, clean_up_tokenization_spaces=False)
+    n = min(len(tok), vocab_size)
+    decoded = tok.batch_decode([head_ids + [i] for i in range(n)], clean_up_tokenization_spaces=False)
+    special = set(tok.all_special_ids)
+    texts = ["" if i in special or not t.startswith(head) else t[len(head):] for i, t in enumerate(decoded)]
+    return texts + [""] * (vocab_size - n)
+
+
+@torch.no_grad()
+def generate_answers(model, prompts: list[list[int]], constraint: TokenConstraint, pad_id: int,
+                     temperature: float, top_p: float, gen: torch.Generator) -> list[str]:
+    """The answers to a batch of prompts (left-padded), each drawn under ``constraint`` until its end token."""
+    device = next(model.parameters()).device
+    b, width = len(prompts), max(map(len, prompts))
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    states = [constraint.grammar.start] * b
+    texts, done = [""] * b, [False] * b
+    cache, step = None, ids
+    while not all(done):
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1]:]
+        out = model(input_ids=step.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        logits = out.logits[:, -1].float().cpu()
+        logits = logits.masked_fill(~constraint.mask(states, logits.shape[-1]), float("-inf"))
+        draw = _draw(torch.softmax(logits / temperature, dim=-1), top_p, gen)
+        for i, t in enumerate(draw.tolist()):
+            if t == constraint.end_id:
+                done[i] = True
+            elif not done[i]:
+                states[i] = constraint.advance(states[i], t)
+                texts[i] += constraint.texts[t]
+        step = draw[:, None]
+        mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
+    return texts
