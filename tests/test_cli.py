@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from tsynth import SeriesSet
-from tsynth.cli import build_parser, main
+from tsynth.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,12 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import TsynthError
+
+if TYPE_CHECKING:
+    from .data import SeriesSet
 
 log = logging.getLogger("tsynth")
 

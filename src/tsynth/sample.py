@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .backends.common import check_sample_request
 from .codecs.values import BOS, EOS, ValueCodec
 from .data import SeriesSet
 from .errors import ConfigError
@@ -26,7 +27,8 @@ def _position_ranges(codec: ValueCodec) -> list[tuple[int, int]]:
     return ranges
 
 
-def _draw(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
+def draw_tokens(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    """One token per row from ``probs`` (rows sum to 1), restricted to the top-p nucleus."""
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < top_p
@@ -41,10 +43,7 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
              length: int | None = None, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 0,
              batch_size: int = 512, progress: bool = False) -> SeriesSet:
     """Draw ``n`` series. ``conditions`` is one dict per series (missing fields are sampled)."""
-    if n <= 0:
-        raise ConfigError(f"the number of series to sample must be positive, got {n}")
-    if temperature <= 0 or not 0 < top_p <= 1:
-        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
+    check_sample_request(n, temperature, top_p)
     steps = int(length or codec.length or 0)
     if steps < 1:
         raise ConfigError("this model was trained on variable-length series: pass length=")
@@ -103,7 +102,7 @@ def _generate_batch(models, codec: ValueCodec, conds: list[dict], steps: int, te
         if may_end:
             allowed[:, EOS] = probs[:, EOS]
         allowed[allowed.sum(-1) <= 0, lo:hi] = 1.0  # a model that puts no mass on allowed tokens
-        draw = _draw(allowed / allowed.sum(-1, keepdim=True), top_p, gen)
+        draw = draw_tokens(allowed / allowed.sum(-1, keepdim=True), top_p, gen)
         if slot < len(codec.fields):  # a given condition (or its unknown token) is forced, others drawn
             draw = torch.where(given[:, slot], forced[:, slot], draw)
         if may_end:

@@ -29,6 +29,7 @@ import numpy as np
 from ..codecs.chat import round_values
 from ..data import SeriesSet, atomic_write
 from ..errors import ConfigError, DataError
+from .common import check_sample_request
 from .openai import SampleError, keep_partial, make_client, run_requests
 
 log = logging.getLogger("tsynth")
@@ -100,8 +101,7 @@ class FewShotBackend:
             raise ConfigError("call fit() with the example series first")
         if conditions is not None:
             raise ConfigError("the few-shot baseline takes no conditions")
-        if n <= 0:
-            raise ConfigError(f"the number of series to sample must be positive, got {n}")
+        check_sample_request(n)
         length = length or self.length
         if not length:
             raise ConfigError("the examples have different lengths: pass length=")

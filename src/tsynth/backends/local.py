@@ -30,12 +30,12 @@ from ..data import SeriesSet
 from ..errors import ConfigError, DataError
 from ..privacy import DPEngine, DPSettings
 from ..sample import generate
+from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
 from ..train import TrainConfig, build_model, train_lm, value_token_loss
 
 log = logging.getLogger("tsynth")
 
 MIN_SERIES = 8
-MIN_ITEMS_FOR_VALIDATION = 20
 DEFAULT_ENSEMBLE = 4  # measured on electricity100: 3-4 members halve the seed-to-seed spread of disc_gbm
 
 
@@ -122,8 +122,6 @@ class LocalBackend:
         self.codec = ValueCodec(n_bins=opts.n_bins, binning=opts.binning, scaling=opts.scaling,
                                 conditions=opts.conditions, value_range=opts.value_range).fit(train)
         codec = self.codec
-        value_ids = (codec.value_offset, codec.value_offset + codec.n_value_tokens)
-        slots = [(1 + k, codec.field_offset(k)) for k in range(len(codec.fields))]
         jobs = []
         for member in range(opts.ensemble):
             cfg = TrainConfig(**{**asdict(opts.train), "seed": opts.train.seed + member})
@@ -148,7 +146,7 @@ class LocalBackend:
             "parameters": int(sum(p.numel() for p in self.models[0].parameters())),
             "seconds": float(sum(r["seconds"] for r in runs)), "members": runs,
         }
-        self.schema = _schema(train)
+        self.schema = data_schema(train)
 
     # ------------------------------------------------------------------ sample
     def sample(self, n: int, conditions: Sequence[dict] | None = None, temperature: float | None = None,
@@ -293,14 +291,6 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-def _schema(data: SeriesSet) -> dict[str, Any]:
-    starts = None if data.start is None else np.unique(data.start)
-    return {"channels": data.channels, "length": data.length if data.is_regular else None,
-            "freq": data.freq, "n_series": len(data), "n_items": int(len(pd.unique(data.item_id))),
-            "attributes": list(data.attributes.columns),
-            "start": str(starts[0]) if starts is not None and len(starts) == 1 else None}
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .common import check_sample_request, sample_conditions, series_from_answers
 from ..codecs.chat import AnswerError, ChatCodec, chat_tokens, check_example
 from ..data import SeriesSet, atomic_write
 from ..errors import ConfigError, DataError, TsynthError
@@ -234,13 +235,6 @@ def run_requests(calls: Sequence[Callable[[], Any]], concurrency: int, desc: str
     return results, failure
 
 
-def _series_set(arrays: list[np.ndarray], conds: list[dict], channels: list[str]) -> SeriesSet:
-    ids = [str(c.get("item_id", f"synthetic_{i}")) for i, c in enumerate(conds)]
-    attrs = pd.DataFrame([{k: v for k, v in c.items() if k != "item_id"} for c in conds])
-    return SeriesSet.from_arrays(arrays, ids, channels, attributes=attrs if len(attrs.columns) else None,
-                                 source="answers")
-
-
 @dataclass
 class OpenAIOptions:
     """Fine-tuning and sampling settings (all recorded in ``tsynth.json``)."""
@@ -400,18 +394,12 @@ class OpenAIBackend:
         """Draw ``n`` series through chat completions (see the module docstring)."""
         if self.model_id is None or self.codec is None:
             raise ConfigError("the model is not fitted")
-        if n <= 0:
-            raise ConfigError(f"the number of series to sample must be positive, got {n}")
+        check_sample_request(n, temperature, top_p)
         length = length or self.codec.length
         if not length:
             raise ConfigError("this model was trained on variable-length series: pass length=")
         rng = np.random.default_rng(seed)
-        if conditions is None:
-            conds = [self.conditions[k] for k in rng.integers(len(self.conditions), size=n)]
-        else:
-            conds = [dict(c) for c in conditions]
-            if len(conds) != n:
-                raise ConfigError(f"{len(conds)} condition rows for {n} series")
+        conds = sample_conditions(n, conditions, self.conditions, rng)
         client = self.client()
         temperature = self.options.temperature if temperature is None else temperature
         groups: dict[str, list[int]] = {}
@@ -443,7 +431,7 @@ class OpenAIBackend:
         stats["dropped"] = n - len(got)
         self.last_sample_stats = stats
         order = sorted(got)
-        out = _series_set([got[i] for i in order], [conds[i] for i in order], self.codec.channels) if got else None
+        out = series_from_answers([got[i] for i in order], [conds[i] for i in order], self.codec.channels) if got else None
         if failure is not None:
             raise SampleError(f"the API failed ({failure}); {len(got)} of {n} series were produced", out, stats)
         if out is None:

@@ -34,10 +34,9 @@ from ..codecs.chat import DEFAULT_SYSTEM_PROMPT, ChatCodec
 from ..codecs.grammar import AnswerGrammar, TokenConstraint
 from ..data import SeriesSet
 from ..errors import ConfigError, DataError
-from ..sample import _draw
+from ..sample import draw_tokens
 from ..train import TrainConfig, train_lm
-from .local import MIN_ITEMS_FOR_VALIDATION, _schema
-from .openai import _series_set
+from .common import MIN_ITEMS_FOR_VALIDATION, check_sample_request, data_schema, sample_conditions, series_from_answers
 
 log = logging.getLogger("tsynth")
 
@@ -155,7 +154,7 @@ class PretrainedLoRABackend:
         finite = np.abs(train.values[np.isfinite(train.values)])
         self.int_digits = len(str(int(finite.max()))) + 1 if finite.size else 1  # room for 10x the largest value
         self.conditions = list({json.dumps(c, sort_keys=True): c for c in conds}.values())
-        self.schema = _schema(train)
+        self.schema = data_schema(train)
 
     # ------------------------------------------------------------------ sample
     def sample(self, n: int, conditions: Sequence[dict] | None = None, temperature: float | None = None,
@@ -165,21 +164,13 @@ class PretrainedLoRABackend:
 
         if self.model is None or self.codec is None:
             raise ConfigError("the model is not fitted")
-        if n <= 0:
-            raise ConfigError(f"the number of series to sample must be positive, got {n}")
         temperature = self.options.temperature if temperature is None else temperature
-        if temperature <= 0 or not 0 < top_p <= 1:
-            raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
+        check_sample_request(n, temperature, top_p)
         length = length or self.codec.length
         if not length:
             raise ConfigError("this model was trained on variable-length series: pass length=")
         rng = np.random.default_rng(seed)
-        if conditions is None:
-            conds = [self.conditions[k] for k in rng.integers(len(self.conditions), size=n)]
-        else:
-            conds = [dict(c) for c in conditions]
-            if len(conds) != n:
-                raise ConfigError(f"{len(conds)} condition rows for {n} series")
+        conds = sample_conditions(n, conditions, self.conditions, rng)
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         if self._texts is None:
             self._texts = token_texts(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
@@ -193,7 +184,7 @@ class PretrainedLoRABackend:
             answers += generate_answers(self.model, prompts[lo: lo + step], constraint, pad, temperature, top_p, gen)
         arrays = [self.codec.parse(a, length) for a in answers]
         self.last_sample_stats = {"requested": n, "parsed": n, "right_length": n, "retried": 0, "dropped": 0}
-        return _series_set(arrays, conds, self.codec.channels)
+        return series_from_answers(arrays, conds, self.codec.channels)
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
@@ -386,7 +377,7 @@ def generate_answers(model, prompts: list[list[int]], constraint: TokenConstrain
         cache = out.cache
         logits = out.logits[:, -1].float().cpu()
         logits = logits.masked_fill(~constraint.mask(states, logits.shape[-1]), float("-inf"))
-        draw = _draw(torch.softmax(logits / temperature, dim=-1), top_p, gen)
+        draw = draw_tokens(torch.softmax(logits / temperature, dim=-1), top_p, gen)
         for i, t in enumerate(draw.tolist()):
             if t == constraint.end_id:
                 done[i] = True

@@ -1,0 +1,49 @@
+"""Pieces every backend shares: request checks, condition rows, the data schema, answers -> SeriesSet."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data import SeriesSet
+from ..errors import ConfigError
+
+MIN_ITEMS_FOR_VALIDATION = 20  # fewer items: no validation split, a fixed number of epochs
+
+
+def check_sample_request(n: int, temperature: float | None = None, top_p: float = 1.0) -> None:
+    """Refuse ``n <= 0``, a non-positive temperature and a top_p outside (0, 1]."""
+    if n <= 0:
+        raise ConfigError(f"the number of series to sample must be positive, got {n}")
+    if (temperature is not None and temperature <= 0) or not 0 < top_p <= 1:
+        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
+
+
+def sample_conditions(n: int, conditions: Sequence[dict] | None, pool: Sequence[dict],
+                      rng: np.random.Generator) -> list[dict]:
+    """One condition dict per series: the given ones, or ``n`` draws from the training ``pool``."""
+    if conditions is None:
+        return [dict(pool[k]) for k in rng.integers(len(pool), size=n)]
+    conds = [dict(c) for c in conditions]
+    if len(conds) != n:
+        raise ConfigError(f"{len(conds)} condition rows for {n} series")
+    return conds
+
+
+def data_schema(data: SeriesSet) -> dict[str, Any]:
+    """The shape of the training data recorded in ``tsynth.json``."""
+    starts = None if data.start is None else np.unique(data.start)
+    return {"channels": data.channels, "length": data.length if data.is_regular else None,
+            "freq": data.freq, "n_series": len(data), "n_items": int(len(pd.unique(data.item_id))),
+            "attributes": list(data.attributes.columns),
+            "start": str(starts[0]) if starts is not None and len(starts) == 1 else None}
+
+
+def series_from_answers(arrays: list[np.ndarray], conds: list[dict], channels: list[str]) -> SeriesSet:
+    """Parsed answers of a text backend as a SeriesSet; item ids and attributes from their conditions."""
+    ids = [str(c.get("item_id", f"synthetic_{i}")) for i, c in enumerate(conds)]
+    attrs = pd.DataFrame([{k: v for k, v in c.items() if k != "item_id"} for c in conds])
+    return SeriesSet.from_arrays(arrays, ids, channels, attributes=attrs if len(attrs.columns) else None,
+                                 source="answers")

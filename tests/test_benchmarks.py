@@ -1,0 +1,79 @@
+"""The benchmark harness in smoke mode on tiny stand-in files (the real ../shared/data is never read)."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks import run
+from benchmarks.tasks import TASKS
+from benchmarks.timegan_metrics import discriminative_score_gru, timegan_scores
+
+ENERGY = (["Appliances", "lights"] + [f"{k}_{i}" if k == "RH" else f"T{i}" for i in range(1, 10) for k in ("T", "RH")]
+          + ["T_out", "Press_mm_hg", "RH_out", "Windspeed", "Visibility", "Tdewpoint", "rv1", "rv2"])
+
+
+@pytest.fixture
+def stand_in_data(tmp_path, monkeypatch):
+    """Files with the schemas of ../shared/data/README.md, far smaller, in ``tmp_path``; TSYNTH_DATA points there."""
+    rng = np.random.default_rng(0)
+    for kind in ("std", "raw"):
+        records = pd.DataFrame({"item_id": [f"MT_{i:03d}" for i in range(1, 41)],
+                                "start": pd.Timestamp("2014-03-24 01:00").as_unit("us"),
+                                "target": [rng.gamma(2.0, 1.0, 336).astype(np.float32) for _ in range(40)]})
+        table = pa.Table.from_pandas(records, preserve_index=False).replace_schema_metadata({"freq": "h"})
+        pq.write_table(table, tmp_path / f"electricity_hourly_{kind}.parquet")
+    stocks = pd.DataFrame(rng.uniform(50, 60, (150, 5)).cumsum(0), columns=["Open", "High", "Low", "Close", "Adj_Close"])
+    stocks["Volume"] = rng.integers(10**6, 10**7, 150)
+    stocks.to_parquet(tmp_path / "stock_data.parquet")
+    energy = pd.DataFrame(rng.normal(size=(130, len(ENERGY))), columns=ENERGY)
+    energy[["Appliances", "lights"]] = rng.integers(0, 70, (130, 2))
+    energy.to_parquet(tmp_path / "energy_data.parquet")
+    monkeypatch.setenv("TSYNTH_DATA", str(tmp_path))
+    return tmp_path
+
+
+def test_smoke_every_task(stand_in_data):
+    out = stand_in_data / "results"
+    assert run.main(["--smoke", "--out", str(out), "--generators", "holdout,gaussian,tsynth"]) == 0
+    for task in TASKS:
+        rows = json.loads((out / f"{task}-smoke.json").read_text())["rows"]
+        assert {r["generator"] for r in rows} == {"holdout", "gaussian", "tsynth"}
+        for r in rows:
+            assert math.isfinite(r["disc_gbm"]) and r["fit_s"] >= 0 and r["peak_mb"] > 0
+            if task.startswith(("stocks", "energy")):   # multivariate: the TimeGAN GRU scores too
+                assert math.isfinite(r["disc_gru"]) and 0 <= r["disc_gru"] <= 0.5
+                assert math.isfinite(r["pred"]) and math.isfinite(r["pred_real"])
+
+
+def test_peers_recorded_and_rendered(stand_in_data):
+    """A peer runs or is recorded as unavailable with the install command; BENCHMARKS.md shows either,
+    beside the published figures."""
+    out = stand_in_data / "results"
+    assert run.main(["stocks24", "--smoke", "--out", str(out), "--generators", "dgan,par"]) == 0
+    doc = json.loads((out / "stocks24-smoke.json").read_text())
+    for r in doc["rows"]:
+        if r.get("status") == "unavailable":
+            assert "requirements-peers.txt" in r["reason"]
+        else:
+            assert math.isfinite(r["disc_gru"])
+    (out / "stocks24.json").write_text(json.dumps(doc))   # render_markdown reads full-mode files only
+    md = run.render_markdown(out)
+    assert "## stocks24" in md and "disc_gru" in md and "not measured" in md
+    for r in doc["rows"]:
+        assert f"| {r['generator']} |" in md
+        assert r.get("status") != "unavailable" or r["reason"] in md
+
+
+def test_timegan_scores_tell_apart_and_match():
+    rng = np.random.default_rng(0)
+    real = rng.uniform(size=(200, 24, 4))
+    same = timegan_scores(real[:100], real[100:180], real[180:], iterations=30, repeats=2)
+    assert 0 <= same["disc_gru"] <= 0.5 and len(same["disc_gru_runs"]) == 2
+    assert same["pred"] > 0 and same["pred_real"] > 0
+    shifted = discriminative_score_gru(real, real * 0.2, iterations=400, repeats=1)
+    assert shifted["disc_gru"] > 0.3
