@@ -3,9 +3,12 @@
     python -m benchmarks.run electricity100 italy24 --generators tsynth,gaussian,holdout,copy --seeds 0,1,2
     python -m benchmarks.run --smoke                      # every task, tiny budget (used by the tests)
 
-Each (task, generator, seed) runs in a fresh process (so its peak memory is its own) on one torch thread.
+Each (task, generator, seed) runs in a fresh process (so its peak memory is its own; smoke mode runs a
+task's runs in one) on one torch thread.
 Results go to ``benchmarks/results/<task>.json`` (merged with earlier runs, keyed by generator and seed)
-and the table ``BENCHMARKS.md`` is rebuilt from every results file.
+and the table ``BENCHMARKS.md`` is rebuilt from every results file (``--render``: only that). A peer whose
+package is missing is recorded as ``{"generator": ..., "status": "unavailable", "reason": ...}``.
+Multivariate tasks also get the TimeGAN GRU scores (``disc_gru``, ``pred``, ``pred_real``).
 """
 
 from __future__ import annotations
@@ -19,11 +22,22 @@ import resource
 import sys
 import time
 from pathlib import Path
+from queue import Empty
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 HEADLINE = ["disc_gbm", "auc", "mean_err", "pct_err", "acf_err", "dcr_ratio", "share_closer_to_train",
             "exact_copies", "mia_auc", "tstr_mae", "trtr_mae"]
+TIMEGAN = ["disc_gru", "pred", "pred_real"]
+DIGITS = {"pred": 4, "pred_real": 4}
+SMOKE_GRU_ITERATIONS = 20
+# (source, figure, stocks, energy) as quoted in ../shared/reference/baselines.md
+PUBLISHED = [
+    ("Diffusion-TS (Yuan & Qiao, ICLR 2024)", "disc (GRU)", 0.067, 0.122),
+    ("TimeGAN (Yoon et al., NeurIPS 2019)", "disc (GRU)", 0.102, 0.236),
+    ("TimeGAN (Yoon et al., NeurIPS 2019)", "pred, GRU trained on the real data", 0.036, 0.250),
+]
 
 
 def headline(ev: dict) -> dict:
@@ -39,41 +53,65 @@ def headline(ev: dict) -> dict:
     }
 
 
-def _one(task_name: str, generator: str, seed: int, smoke: bool, queue) -> None:
+def _one(task, generator: str, seed: int, smoke: bool) -> dict:
+    import numpy as np
+
+    from tsynth.evaluate import evaluate
+
+    from .generators import GENERATORS
+    from .peers import PeerUnavailable
+    from .timegan_metrics import REPEATS, timegan_scores
+
+    try:
+        synthetic, fit_s, sample_s, extra = GENERATORS[generator](task, seed, smoke)
+    except PeerUnavailable as e:
+        return {"generator": generator, "status": "unavailable", "reason": str(e)}
+    label = task.label if task.label in synthetic.attributes.columns else None   # e.g. the Gaussian has none
+    ev = evaluate(task.train, synthetic, task.holdout, label=label, seed=0, fast=smoke).to_dict()
+    # the largest process: this one, or a training child (ensemble members train in child processes)
+    peak_mb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+    row = {"generator": generator, "seed": seed, "fit_s": fit_s, "sample_s": sample_s, "peak_mb": peak_mb,
+           "n_synthetic": len(synthetic), **headline(ev), "extra": extra, "evaluation": ev}
+    if task.train.n_channels > 1:
+        t0 = time.time()
+        syn = synthetic.values[np.isfinite(synthetic.values).all(axis=(1, 2))]
+        row.update(timegan_scores(task.train.values, syn, task.holdout.values, repeats=1 if smoke else REPEATS,
+                                  iterations=SMOKE_GRU_ITERATIONS if smoke else None), timegan_s=time.time() - t0)
+    return row
+
+
+def _work(task_name: str, jobs: list, smoke: bool, queue) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
-    from tsynth.evaluate import evaluate
-
-    from .generators import GENERATORS
     from .tasks import load_task
 
     task = load_task(task_name)
-    synthetic, fit_s, sample_s, extra = GENERATORS[generator](task, seed, smoke)
-    ev = evaluate(task.train, synthetic, task.holdout, label=task.label, seed=0, fast=smoke).to_dict()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"generator": generator, "seed": seed, "fit_s": fit_s, "sample_s": sample_s, "peak_mb": peak_mb,
-               "n_synthetic": len(synthetic), **headline(ev), "extra": extra, "evaluation": ev})
+    for generator, seed in jobs:
+        queue.put(_one(task, generator, seed, smoke))
 
 
-def run_one(task_name: str, generator: str, seed: int, smoke: bool) -> dict:
-    """Run and evaluate one generator in a fresh process; returns its result row."""
+def run_jobs(task_name: str, jobs: list[tuple[str, int]], smoke: bool) -> Iterator[dict]:
+    """Run and evaluate (generator, seed) jobs one after another in one fresh process; yields each result row.
+    The full mode gives every job its own process, so that its peak memory is its own."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_one, args=(task_name, generator, seed, smoke, queue))
+    proc = ctx.Process(target=_work, args=(task_name, jobs, smoke, queue))
     proc.start()
-    row = None
-    while proc.is_alive() or not queue.empty():
-        try:
-            row = queue.get(timeout=1.0)
-            break
-        except Exception:  # queue.Empty: keep waiting while the process lives
-            continue
-    proc.join()
-    if row is None:
-        raise RuntimeError(f"{task_name}/{generator}/seed {seed} failed (exit code {proc.exitcode})")
-    return row
+    try:
+        for generator, seed in jobs:
+            row = None
+            while row is None and (proc.is_alive() or not queue.empty()):
+                try:
+                    row = queue.get(timeout=1.0)
+                except Empty:  # keep waiting while the process lives
+                    continue
+            if row is None:
+                raise RuntimeError(f"{task_name}/{generator}/seed {seed} failed (exit code {proc.exitcode})")
+            yield row
+    finally:
+        proc.join()
 
 
 def machine() -> dict:
@@ -94,19 +132,25 @@ def save(task_name: str, rows: list[dict], smoke: bool, out_dir: Path = RESULTS)
 
     path = out_dir / f"{task_name}{'-smoke' if smoke else ''}.json"
     old = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    keep = [r for r in old["rows"] if (r["generator"], r["seed"]) not in {(x["generator"], x["seed"]) for x in rows}]
+    new = {(x["generator"], x.get("seed")) for x in rows}
+    rerun = {x["generator"] for x in rows}
+    keep = [r for r in old["rows"] if (r["generator"], r.get("seed")) not in new
+            and not (r.get("status") == "unavailable" and r["generator"] in rerun)]
     doc = {"task": task_name, "machine": machine(), "rows": keep + rows}
     return atomic_write(path, lambda f: Path(f).write_text(json.dumps(doc, indent=1)))
 
 
 def render_markdown(out_dir: Path = RESULTS) -> str:
-    """BENCHMARKS.md from every full-mode results file."""
+    """BENCHMARKS.md from every full-mode results file, then the published TimeGAN-protocol figures."""
     lines = ["# Benchmarks", "", "Written by `python -m benchmarks.run` from `benchmarks/results/*.json`; every row is "
              "one training seed (none is picked). Metrics as `../shared/reference/baselines.md` defines them: "
              "disc_gbm = |AUC - 0.5| of a gradient-boosting classifier, real train vs synthetic (0 ideal); "
              "mean/pct err vs train (the holdout row is the floor); dcr_ratio = median distance to the closest "
              "train series over the holdout's (>= 0.95 wanted); mia_auc = distance-based membership inference "
-             "(0.5 ideal). Fit/sample seconds on one torch thread.", ""]
+             "(0.5 ideal). Multivariate tasks add the TimeGAN scores (mean of 3 repeats): disc_gru = |accuracy - 0.5| "
+             "of a one-layer GRU classifier, real train vs synthetic; pred = next-step MAE on the holdout of a GRU "
+             "trained on synthetic, pred_real = the same GRU trained on real train. Fit/sample seconds on one "
+             "torch thread.", ""]
     for path in sorted(out_dir.glob("*.json")):
         if path.stem.endswith("-smoke") or path.stem.startswith(("evaluate_", "server_")):
             continue
@@ -114,24 +158,46 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
         if "rows" not in doc:
             continue
         m = doc["machine"]
+        cols = HEADLINE + (TIMEGAN if any("disc_gru" in r for r in doc["rows"]) else [])
         lines += [f"## {doc['task']}", "", f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, "
                   f"tsynth {m['tsynth']}, {m['date']}", "",
-                  "| generator | seed | " + " | ".join(HEADLINE) + " | fit s | sample s | peak MB |",
-                  "|---" * (len(HEADLINE) + 5) + "|"]
-        for r in sorted(doc["rows"], key=lambda r: (r["generator"], r["seed"])):
-            cells = [_fmt(r.get(k)) for k in HEADLINE]
+                  "| generator | seed | " + " | ".join(cols) + " | fit s | sample s | peak MB |",
+                  "|---" * (len(cols) + 5) + "|"]
+        unavailable = []
+        for r in sorted(doc["rows"], key=lambda r: (r["generator"], r.get("seed", -1))):
+            if r.get("status") == "unavailable":
+                unavailable.append(f"- {r['generator']} is unavailable here: {r['reason']}")
+                lines.append(f"| {r['generator']} | unavailable |" + " - |" * (len(cols) + 3))
+                continue
+            cells = [_fmt(r.get(k), DIGITS.get(k, 3)) for k in cols]
             lines.append(f"| {r['generator']} | {r['seed']} | " + " | ".join(cells) +
                          f" | {r['fit_s']:.1f} | {r['sample_s']:.1f} | {r['peak_mb']:.0f} |")
-        lines.append("")
+        lines += ["", *unavailable, *([""] if unavailable else [])]
+    lines += ["## Published figures (TimeGAN protocol): quoted from the papers, not measured here", "",
+              "As quoted in `../shared/reference/baselines.md`. The papers train on all windows and score on the "
+              "same windows, so their figures are not exactly comparable with the stocks24 / energy24 rows above "
+              "(80/20 split, scored against the holdout).", "",
+              "| source | figure | stocks | energy |", "|---|---|---|---|",
+              *[f"| {src} | {fig} | {s:.3f} | {e:.3f} |" for src, fig, s, e in PUBLISHED], ""]
     return "\n".join(lines)
 
 
-def _fmt(v) -> str:
+def _fmt(v, digits: int = 3) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.3f}"
+        return f"{v:.{digits}f}"
     return str(v)
+
+
+def _report(task: str, row: dict) -> None:
+    if row.get("status") == "unavailable":
+        print(f"{task:18s} {row['generator']:10s} unavailable: {row['reason']}", flush=True)
+        return
+    figures = " ".join(f"{k} {_fmt(row[k])}" for k in ("disc_gbm", "mean_err", "pct_err", "dcr_ratio", "exact_copies",
+                                                       *TIMEGAN) if k in row)
+    print(f"{task:18s} {row['generator']:10s} seed {row['seed']}: {figures} fit {row['fit_s']:.1f}s "
+          f"sample {row['sample_s']:.1f}s", flush=True)
 
 
 def main(argv=None) -> int:
@@ -142,24 +208,31 @@ def main(argv=None) -> int:
     ap.add_argument("tasks", nargs="*", help=f"tasks (default: all): {', '.join(TASKS)}")
     ap.add_argument("--generators", default="holdout,copy,gaussian,tsynth", help=f"comma-separated: {', '.join(GENERATORS)}")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--smoke", action="store_true", help="tiny budget: checks that everything runs, figures meaningless")
+    ap.add_argument("--smoke", action="store_true", help="tiny budget, every run of a task in one process: checks "
+                    "that everything runs; figures (peak memory included) meaningless")
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
+    ap.add_argument("--render", action="store_true", help="only rebuild BENCHMARKS.md from the results files")
     args = ap.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = args.tasks or list(TASKS)
+    tasks = [] if args.render else args.tasks or list(TASKS)
     seeds = [int(s) for s in args.seeds.split(",")] if not args.smoke else [0]
+    generators = args.generators.split(",")
+    unknown = [g for g in generators if g not in GENERATORS]
+    if unknown:
+        raise SystemExit(f"unknown generator(s) {', '.join(unknown)}; choose from {', '.join(GENERATORS)}")
     for task in tasks:
-        rows = []
-        for gen in args.generators.split(","):
-            if gen not in GENERATORS:
-                raise SystemExit(f"unknown generator {gen!r}; choose from {', '.join(GENERATORS)}")
-            for seed in (seeds if gen not in ("holdout", "copy") else [0]):
-                row = run_one(task, gen, seed, args.smoke)
+        jobs = [(gen, seed) for gen in generators for seed in (seeds if gen not in ("holdout", "copy") else [0])]
+        rows, unavailable = [], set()
+        for group in ([jobs] if args.smoke else [[job] for job in jobs]):   # smoke: one process per task
+            group = [job for job in group if job[0] not in unavailable]   # a missing peer: reported once
+            if not group:
+                continue
+            for row in run_jobs(task, group, args.smoke):
                 rows.append(row)
-                print(f"{task:18s} {gen:10s} seed {seed}: " +
-                      " ".join(f"{k} {_fmt(row.get(k))}" for k in ("disc_gbm", "mean_err", "pct_err", "dcr_ratio", "exact_copies")) +
-                      f" fit {row['fit_s']:.1f}s sample {row['sample_s']:.1f}s", flush=True)
+                _report(task, row)
+                if row.get("status") == "unavailable":
+                    unavailable.add(row["generator"])
         print(f"wrote {save(task, rows, args.smoke, out_dir)}")
     if not args.smoke:
         from tsynth.data import atomic_write

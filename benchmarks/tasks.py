@@ -16,7 +16,10 @@ import pandas as pd
 from tsynth import SeriesSet
 from tsynth.data import load_demo
 
-DATA_DIR = Path(os.environ.get("TSYNTH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+def data_dir() -> Path:
+    """``$TSYNTH_DATA`` as it is now, else ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("TSYNTH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @dataclass
@@ -31,7 +34,7 @@ class Task:
 
 
 def _electricity(file: str, name: str, what: str) -> Task:
-    data = SeriesSet.read(DATA_DIR / file).window(0, 100)
+    data = SeriesSet.read(data_dir() / file).window(0, 100)
     train, holdout = data.split(0.2, seed=0)  # RandomState(0).permutation(370): 296 train, 74 holdout
     return Task(name, train, holdout, f"{what}: first 100 hours of 370 clients, clients split 296/74 by RandomState(0)")
 
@@ -42,7 +45,7 @@ def _timegan(file: str, name: str, blocked: bool) -> Task:
     ``blocked``: the holdout is instead every window inside the last 20% of time (no overlap with train),
     which is what privacy figures need: shuffled overlapping windows put near-copies on both sides.
     """
-    df = pd.read_parquet(DATA_DIR / file).select_dtypes("number")
+    df = pd.read_parquet(data_dir() / file).select_dtypes("number")
     x = df.to_numpy(dtype=np.float64)
     x = (x - x.min(0)) / (x.max(0) - x.min(0) + 1e-7)
     n_win = len(x) - 24 + 1

@@ -22,16 +22,16 @@ def stand_in_data(tmp_path, monkeypatch):
     """Files with the schemas of ../shared/data/README.md, far smaller, in ``tmp_path``; TSYNTH_DATA points there."""
     rng = np.random.default_rng(0)
     for kind in ("std", "raw"):
-        records = pd.DataFrame({"item_id": [f"MT_{i:03d}" for i in range(1, 41)],
+        records = pd.DataFrame({"item_id": [f"MT_{i:03d}" for i in range(1, 21)],
                                 "start": pd.Timestamp("2014-03-24 01:00").as_unit("us"),
-                                "target": [rng.gamma(2.0, 1.0, 336).astype(np.float32) for _ in range(40)]})
+                                "target": [rng.gamma(2.0, 1.0, 336).astype(np.float32) for _ in range(20)]})
         table = pa.Table.from_pandas(records, preserve_index=False).replace_schema_metadata({"freq": "h"})
         pq.write_table(table, tmp_path / f"electricity_hourly_{kind}.parquet")
     stocks = pd.DataFrame(rng.uniform(50, 60, (150, 5)).cumsum(0), columns=["Open", "High", "Low", "Close", "Adj_Close"])
     stocks["Volume"] = rng.integers(10**6, 10**7, 150)
     stocks.to_parquet(tmp_path / "stock_data.parquet")
-    energy = pd.DataFrame(rng.normal(size=(130, len(ENERGY))), columns=ENERGY)
-    energy[["Appliances", "lights"]] = rng.integers(0, 70, (130, 2))
+    energy = pd.DataFrame(rng.normal(size=(125, len(ENERGY))), columns=ENERGY)   # 125: the blocked holdout gets 2 windows
+    energy[["Appliances", "lights"]] = rng.integers(0, 70, (125, 2))
     energy.to_parquet(tmp_path / "energy_data.parquet")
     monkeypatch.setenv("TSYNTH_DATA", str(tmp_path))
     return tmp_path
