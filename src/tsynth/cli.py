@@ -245,11 +245,13 @@ def print_verdict(ev) -> None:
     rows = ev.to_dict()["summary"].get("verdict", [])
     for r in rows:
         mark = {"pass": "ok  ", "warn": "WARN"}.get(r["status"], "    ")
-        value = r.get("value")
-        value = f"{value:.3f}" if isinstance(value, float) else str(value)
-        yard = r.get("holdout")
-        yard = f"{yard:.3f}" if isinstance(yard, float) else "-"
-        print(f"  {mark} {r['figure']:<34} {value:>9}  (ideal {r.get('ideal')}, holdout {yard})")
+        value, ideal, yard = (_short(r.get(k)) for k in ("value", "ideal", "holdout"))
+        print(f"  {mark} {r['figure']:<34} {value:>9}  (ideal {ideal}, holdout {yard})")
+
+
+def _short(v: Any) -> str:
+    """A figure for the terminal: floats to 3 decimals, None as '-'."""
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -261,6 +261,11 @@ def load_model(name: str, dtype: str):
         raise ConfigError(f"cannot load the causal LM {name!r}: {e}") from None
 
 
+def adapter_weight(name: str) -> bool:
+    """Whether a state-dict key of the LoRA-wrapped model is an adapter weight (the only ones trained)."""
+    return "lora_" in name
+
+
 def add_lora(model, o: PretrainedOptions):
     """``model`` wrapped with fresh LoRA adapters on ``o.target_modules`` (names of linear layers)."""
     from peft import LoraConfig, get_peft_model

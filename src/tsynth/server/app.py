@@ -1,5 +1,5 @@
 """``tsynth serve``: an OpenAI-compatible HTTP API whose fine-tuning jobs and chat completions run the
-local backend. The official ``openai`` SDK works against it unchanged::
+local backend, or LoRA on a pretrained model. The official ``openai`` SDK works against it unchanged::
 
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="anything-or-your-key")
 
@@ -20,7 +20,9 @@ Behaviour worth knowing:
   object made by the first attempt instead of a duplicate. An ``Idempotency-Key`` header is honoured
   for 24 hours.
 * Base models (``tsynth-tiny`` / ``-small`` / ``-base``, and OpenAI model names, trained as the tiny
-  preset) can be fine-tuned but cannot generate: a completion on one is a 400 that says so.
+  preset) can be fine-tuned but cannot generate: a completion on one is a 400 that says so. A job whose
+  ``model`` is a local Hugging Face model directory, a ``.gguf`` file or a hub id fine-tunes that model
+  with LoRA (the pretrained backend).
 * Tokens in ``usage`` and ``max_tokens`` are counted with :func:`tsynth.codecs.chat.approx_tokens`
   (there is no text tokenizer: the model works on value tokens).
 * Jobs, restarts and hyperparameters: see :mod:`tsynth.server.worker`; completions: see
@@ -51,7 +53,7 @@ from ..errors import TsynthError
 from . import schemas as S
 from .engine import LoadedModel, ModelPool
 from .store import Store, new_id, now
-from .worker import BASE_MODELS, preset_for, recover, start_workers, stop_workers, validate_job
+from .worker import BASE_MODELS, can_fine_tune, preset_for, recover, start_workers, stop_workers, validate_job
 
 log = logging.getLogger("tsynth.server")
 
@@ -249,9 +251,10 @@ def create_app(data_dir: str | os.PathLike, api_key: str | None = None, workers:
             raise APIError(400, f"Continuing training from a fine-tuned model ({body.model}) is not supported by "
                                 f"tsynth serve; start from a base model ({', '.join(BASE_MODELS)}).",
                            "model", "model_not_available")
-        if preset_for(body.model) is None:
+        if not can_fine_tune(body.model):
             raise APIError(400, f"Model {body.model} is not available for fine-tuning: use one of "
-                                f"{', '.join(BASE_MODELS)} or an OpenAI model name (trained as tsynth-tiny).",
+                                f"{', '.join(BASE_MODELS)}, an OpenAI model name (trained as tsynth-tiny), or a "
+                                "Hugging Face model (a local directory, a .gguf file or a hub id).",
                            "model", "model_not_available")
         if body.method is not None and body.method.type != "supervised":
             raise APIError(400, f"Fine-tuning method '{body.method.type}' is not supported; use 'supervised'.",

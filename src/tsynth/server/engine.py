@@ -1,7 +1,8 @@
 """Chat completions of ``tsynth serve``: fine-tuned models loaded on demand, sampled, rendered as text.
 
 A completion reads the last user message as the JSON object of conditions (``{"item_id": "MT_001"}``;
-``{}`` samples unconditionally), draws ``n`` series from the local model with the request's
+``{}`` samples unconditionally), draws ``n`` series from the model's synthesizer (the local backend, or
+the pretrained backend's LoRA model with its always-valid constrained decoding) with the request's
 temperature, top_p and seed, and renders each with the model's chat codec (the format of its training
 file). The system prompt is not interpreted; ``temperature=0`` and ``top_p=0`` mean near-greedy (the
 sampler needs them positive), and without a ``seed`` each request draws a fresh one. Torch runs on one
@@ -23,7 +24,7 @@ from .store import Store
 
 @dataclass
 class LoadedModel:
-    """A local synthesizer, the chat codec of its training file and its longest training series."""
+    """A fitted synthesizer, the chat codec of its training file and its longest training series."""
 
     synthesizer: Any
     codec: ChatCodec
@@ -69,7 +70,8 @@ class ModelPool:
 
 
 def _load(store: Store, info: dict[str, Any]) -> LoadedModel:
-    """A model directory, with a checkpoint's weights in place of the final ones where given."""
+    """A model directory, with a checkpoint's weights in place of the final ones where given (a pretrained
+    model's checkpoint holds its LoRA adapter weights only)."""
     import torch
     from safetensors.torch import load_file
     from transformers.utils import logging as hf_logging
@@ -80,7 +82,14 @@ def _load(store: Store, info: dict[str, Any]) -> LoadedModel:
     hf_logging.disable_progress_bar()
     syn = Synthesizer.load(store.root / info["path"])
     if info.get("weights"):
-        missing, unexpected = syn.backend.models[0].load_state_dict(load_file(store.root / info["weights"]), strict=False)
-        if unexpected or set(missing) - {"lm_head.weight"}:  # the tied output layer is not stored
-            raise RuntimeError(f"checkpoint {info['weights']} does not fit its model ({missing[:3]}, {unexpected[:3]})")
+        if syn.backend_name == "pretrained":
+            from ..backends.pretrained import adapter_weight
+
+            net, stored = syn.backend.model, adapter_weight
+        else:
+            net, stored = syn.backend.models[0], lambda k: k != "lm_head.weight"  # the tied output layer is not stored
+        missing, unexpected = net.load_state_dict(load_file(store.root / info["weights"]), strict=False)
+        misfits = [k for k in missing if stored(k)] + unexpected
+        if misfits:
+            raise RuntimeError(f"checkpoint {info['weights']} does not fit its model ({misfits[:3]})")
     return LoadedModel(syn, ChatCodec.from_dict(info["codec"]), info["max_length"])

@@ -20,12 +20,15 @@ on 2 busy cores).
 
 Base models: ``tsynth-tiny``, ``tsynth-small``, ``tsynth-base`` are the local backend's presets;
 an OpenAI model name (``gpt-4o-mini-2024-07-18``, ``gpt-3.5-turbo``, ``davinci-002``...) is accepted
-and trained as :data:`DEFAULT_PRESET`. Hyperparameters: ``n_epochs`` -> epochs ("auto": OpenAI's
-cookbook rule -- 3, more for small files, fewer for huge ones -- capped at :data:`AUTO_EPOCH_CAP` for
-CPU training); ``batch_size`` -> batch size ("auto": the local default, at most the number of
-examples); ``learning_rate_multiplier`` multiplies the local default learning rate ("auto": 1).
-The local backend keeps its best epoch by the loss on a validation split of the *training* items;
-a job's ``validation_file`` is checked like the training file but does not take part in training.
+and trained as :data:`DEFAULT_PRESET`. A local Hugging Face model directory, a ``.gguf`` file or a hub
+id (``org/name``) is fine-tuned with LoRA by the pretrained backend, in the training file's chat format
+(system prompt, user fields, series key, decimals); a checkpoint snapshot then holds the adapter weights
+only. Hyperparameters: ``n_epochs`` -> epochs ("auto": OpenAI's cookbook rule -- 3, more for small
+files, fewer for huge ones -- capped at :data:`AUTO_EPOCH_CAP` for CPU training); ``batch_size`` ->
+batch size ("auto": the backend's default, at most the number of examples);
+``learning_rate_multiplier`` multiplies the backend's default learning rate ("auto": 1). Both backends
+keep their best epoch by the loss on a validation split of the *training* items; a job's
+``validation_file`` is checked like the training file but does not take part in training.
 """
 
 from __future__ import annotations
@@ -34,17 +37,19 @@ import csv
 import io
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..backends.openai import cookbook_epochs
 from ..codecs.chat import ChatCodec, chat_tokens
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .store import Store, new_id, now
 
 log = logging.getLogger("tsynth.server")
@@ -56,6 +61,7 @@ AUTO_EPOCH_CAP = 10
 MIN_EXAMPLES = 10
 KEEP_CHECKPOINTS = 3
 POLL_SECONDS = 0.3
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class Cancelled(Exception):
@@ -69,17 +75,51 @@ def preset_for(model: str) -> str | None:
     return DEFAULT_PRESET if model.startswith(OPENAI_MODEL_PREFIXES) else None
 
 
-def resolve_hyperparameters(hp: dict[str, Any], n_examples: int) -> dict[str, Any]:
-    """Numbers for every "auto" hyperparameter (see the module docstring)."""
-    from ..train import TrainConfig
+def can_fine_tune(model: str) -> bool:
+    """Whether ``model`` is a base model: a preset or OpenAI name, or a pretrained model (a local model
+    directory, a ``.gguf`` file or a Hugging Face hub id)."""
+    if preset_for(model) is not None or HUB_ID.fullmatch(model):
+        return True
+    path = Path(model)
+    return bool(model) and (path.is_dir() or (path.suffix == ".gguf" and path.is_file()))
 
+
+@dataclass
+class Plan:
+    """How a job trains: backend and options, default batch size and learning rate, and which weights a
+    checkpoint snapshot keeps (None: all)."""
+
+    backend: str
+    options: dict[str, Any]
+    batch_size: int
+    learning_rate: float
+    snapshot_keeps: Callable[[str], bool] | None = None
+
+
+def plan_for(model: str, codec: ChatCodec) -> Plan:
+    """The plan for base model ``model`` on a training file read as ``codec`` (see the module docstring)."""
+    preset = preset_for(model)
+    if preset is not None:
+        from ..train import TrainConfig
+
+        return Plan("local", {"preset": preset, "conditions": list(codec.user_fields)}, TrainConfig.batch_size,
+                    TrainConfig.learning_rate)
+    from ..backends.pretrained import TRAIN_DEFAULTS, adapter_weight
+
+    options = {"base_model": model, "system_prompt": codec.system_prompt, "user_fields": list(codec.user_fields),
+               "series_key": codec.series_key, "decimals": codec.decimals}
+    return Plan("pretrained", options, TRAIN_DEFAULTS["batch_size"], TRAIN_DEFAULTS["learning_rate"], adapter_weight)
+
+
+def resolve_hyperparameters(hp: dict[str, Any], n_examples: int, default_batch: int) -> dict[str, Any]:
+    """Numbers for every "auto" hyperparameter (see the module docstring)."""
     epochs = hp.get("n_epochs", "auto")
     if epochs == "auto":
         epochs = min(cookbook_epochs(n_examples), AUTO_EPOCH_CAP)
     batch = hp.get("batch_size", "auto")
     lr = hp.get("learning_rate_multiplier", "auto")
     return {"n_epochs": int(epochs),
-            "batch_size": min(TrainConfig.batch_size, n_examples) if batch == "auto" else int(batch),
+            "batch_size": min(default_batch, n_examples) if batch == "auto" else int(batch),
             "learning_rate_multiplier": 1.0 if lr == "auto" else float(lr)}
 
 
@@ -142,7 +182,6 @@ def recover(store: Store) -> list[str]:
 def run_job(store: Store, job: dict[str, Any]) -> None:
     """Train one claimed job to its end state."""
     from ..synthesizer import Synthesizer
-    from ..train import TrainConfig
 
     job_id = job["id"]
     job_dir = store.jobs_dir / job_id
@@ -151,23 +190,27 @@ def run_job(store: Store, job: dict[str, Any]) -> None:
     except (DataError, UnicodeDecodeError) as e:
         fail_job(store, job_id, "invalid_training_file", str(e), "training_file")
         return
-    hp = resolve_hyperparameters(job["hyperparameters"], len(series))
+    plan = plan_for(job["model"], codec)
+    hp = resolve_hyperparameters(job["hyperparameters"], len(series), plan.batch_size)
     job = store.update_job(job_id, only_if=("running",), hyperparameters=hp,
                            method={"type": "supervised", "supervised": {"hyperparameters": hp}})
     if job is None:
         return
     store.add_event(job_id, "Fine-tuning job started")
-    syn = Synthesizer("local", preset=preset_for(job["model"]) or DEFAULT_PRESET, epochs=hp["n_epochs"],
-                      batch_size=hp["batch_size"], learning_rate=TrainConfig.learning_rate * hp["learning_rate_multiplier"],
-                      seed=job["seed"], conditions=list(codec.user_fields))
+    syn = Synthesizer(plan.backend, **plan.options, epochs=hp["n_epochs"], batch_size=hp["batch_size"],
+                      learning_rate=plan.learning_rate * hp["learning_rate_multiplier"], seed=job["seed"])
     tokens_per_epoch = sum(chat_tokens(m["messages"]) for m in codec.examples(series))
+    progress = _Progress(store, job_id, job_dir, hp["n_epochs"], plan.snapshot_keeps)
     try:
-        syn.fit(series, callback=_Progress(store, job_id, job_dir, hp["n_epochs"]), checkpoint_dir=job_dir / "train",
-                resume=True, progress=False)
+        syn.fit(series, callback=progress, checkpoint_dir=job_dir / "train", resume=True, progress=False)
         epochs_run = syn.info["training"]["members"][0]["epochs_run"]
         _finish(store, job, syn, codec, series.length, job_dir, tokens_per_epoch * epochs_run)
     except Cancelled:
         pass
+    except ConfigError as e:  # the base model cannot be loaded or used (not found, offline, no chat template)
+        fail_job(store, job_id, "model_not_available", f"Training failed: {e}", "model")
+    except DataError as e:  # the series do not fit the model (e.g. conversations longer than its context)
+        fail_job(store, job_id, "invalid_training_file", f"Training failed: {e}", "training_file")
     except Exception as e:  # noqa: BLE001 -- any training failure ends the job, with its reason
         log.exception("job %s failed", job_id)
         fail_job(store, job_id, "server_error", f"Training failed: {type(e).__name__}: {e}")
@@ -175,10 +218,13 @@ def run_job(store: Store, job: dict[str, Any]) -> None:
 
 
 class _Progress:
-    """The training callback: metrics event, weights snapshot, cancellation check per epoch."""
+    """The training callback: metrics event, weights snapshot (the weights ``keeps`` selects; None: all),
+    cancellation check per epoch."""
 
-    def __init__(self, store: Store, job_id: str, job_dir: Path, epochs: int) -> None:
+    def __init__(self, store: Store, job_id: str, job_dir: Path, epochs: int,
+                 keeps: Callable[[str], bool] | None) -> None:
         self.store, self.job_id, self.snap_dir, self.epochs = store, job_id, job_dir / "snapshots", epochs
+        self.keeps = keeps
         self.t0, self.first_epoch = time.time(), None
 
     def __call__(self, ev: dict[str, Any]) -> None:
@@ -197,13 +243,24 @@ class _Progress:
         if ev.get("checkpoint"):
             self.snap_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.snap_dir / f".step-{step}.tmp"
-            shutil.copyfile(Path(ev["checkpoint"]) / "model.safetensors", tmp)
+            self._snapshot(Path(ev["checkpoint"]) / "model.safetensors", tmp)
             os.replace(tmp, self.snap_dir / f"step-{step}.safetensors")
             for _, old in sorted(_snapshots(self.snap_dir.parent))[:-KEEP_CHECKPOINTS]:
                 old.unlink()
         per_epoch = (time.time() - self.t0) / (epoch - self.first_epoch + 1)
         self.store.update_job(self.job_id, only_if=("running",),
                               estimated_finish=int(time.time() + per_epoch * (self.epochs - epoch)))
+
+    def _snapshot(self, weights: Path, dest: Path) -> None:
+        """Copy the epoch's weights (only those ``keeps`` selects, where given) to ``dest``."""
+        if self.keeps is None:
+            shutil.copyfile(weights, dest)
+            return
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        with safe_open(weights, "pt") as f:
+            save_file({k: f.get_tensor(k) for k in f.keys() if self.keeps(k)}, dest)
 
 
 def _snapshots(job_dir: Path) -> list[tuple[int, Path]]:
@@ -213,7 +270,8 @@ def _snapshots(job_dir: Path) -> list[tuple[int, Path]]:
 def _finish(store: Store, job: dict[str, Any], syn, codec: ChatCodec, max_length: int, job_dir: Path,
             trained_tokens: int) -> None:
     """Save the model, register it and its checkpoints, write the result file, mark the job succeeded."""
-    job_id, base, suffix = job["id"], job["model"], job.get("user_provided_suffix") or ""
+    job_id, suffix = job["id"], job.get("user_provided_suffix") or ""
+    base = Path(job["model"]).name.removesuffix(".gguf")  # a model directory or hub id: its last part
     model_dir = syn.save(store.models_dir / job_id)
     info = {"path": str(model_dir.relative_to(store.root)), "weights": None, "codec": codec.to_dict(),
             "max_length": max_length}
