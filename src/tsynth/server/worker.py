@@ -102,8 +102,9 @@ def plan_for(model: str, codec: ChatCodec) -> Plan:
     if preset is not None:
         from ..train import TrainConfig
 
-        return Plan("local", {"preset": preset, "conditions": list(codec.user_fields)}, TrainConfig.batch_size,
-                    TrainConfig.learning_rate)
+        # one model per job (no ensemble): its epochs, steps and checkpoints are the job's, as OpenAI shapes them
+        return Plan("local", {"preset": preset, "conditions": list(codec.user_fields), "ensemble": 1},
+                    TrainConfig.batch_size, TrainConfig.learning_rate)
     from ..backends.pretrained import TRAIN_DEFAULTS, adapter_weight
 
     options = {"base_model": model, "system_prompt": codec.system_prompt, "user_fields": list(codec.user_fields),
