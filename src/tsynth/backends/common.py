@@ -32,6 +32,19 @@ def sample_conditions(n: int, conditions: Sequence[dict] | None, pool: Sequence[
     return conds
 
 
+def text_sample_inputs(codec, n: int, conditions: Sequence[dict] | None, pool: Sequence[dict],
+                       temperature: float | None, top_p: float, seed: int | None,
+                       length: int | None) -> tuple[int, np.random.Generator, list[dict]]:
+    """What a text backend's ``sample`` starts from: the checked request, the series length, a seeded
+    generator and one condition row per series."""
+    check_sample_request(n, temperature, top_p)
+    length = length or codec.length
+    if not length:
+        raise ConfigError("this model was trained on variable-length series: pass length=")
+    rng = np.random.default_rng(seed)
+    return length, rng, sample_conditions(n, conditions, pool, rng)
+
+
 def data_schema(data: SeriesSet) -> dict[str, Any]:
     """The shape of the training data recorded in ``tsynth.json``."""
     starts = None if data.start is None else np.unique(data.start)

@@ -49,7 +49,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .common import check_sample_request, sample_conditions, series_from_answers
+from .common import series_from_answers, text_sample_inputs
 from ..codecs.chat import AnswerError, ChatCodec, chat_tokens, check_example
 from ..data import SeriesSet, atomic_write
 from ..errors import ConfigError, DataError, TsynthError
@@ -394,14 +394,10 @@ class OpenAIBackend:
         """Draw ``n`` series through chat completions (see the module docstring)."""
         if self.model_id is None or self.codec is None:
             raise ConfigError("the model is not fitted")
-        check_sample_request(n, temperature, top_p)
-        length = length or self.codec.length
-        if not length:
-            raise ConfigError("this model was trained on variable-length series: pass length=")
-        rng = np.random.default_rng(seed)
-        conds = sample_conditions(n, conditions, self.conditions, rng)
-        client = self.client()
         temperature = self.options.temperature if temperature is None else temperature
+        length, rng, conds = text_sample_inputs(self.codec, n, conditions, self.conditions, temperature, top_p, seed,
+                                                length)
+        client = self.client()
         groups: dict[str, list[int]] = {}
         for i, c in enumerate(conds):
             groups.setdefault(json.dumps(c, sort_keys=True), []).append(i)

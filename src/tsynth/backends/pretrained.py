@@ -36,7 +36,7 @@ from ..data import SeriesSet
 from ..errors import ConfigError, DataError
 from ..sample import draw_tokens
 from ..train import TrainConfig, train_lm
-from .common import MIN_ITEMS_FOR_VALIDATION, check_sample_request, data_schema, sample_conditions, series_from_answers
+from .common import MIN_ITEMS_FOR_VALIDATION, data_schema, series_from_answers, text_sample_inputs
 
 log = logging.getLogger("tsynth")
 
@@ -165,12 +165,8 @@ class PretrainedLoRABackend:
         if self.model is None or self.codec is None:
             raise ConfigError("the model is not fitted")
         temperature = self.options.temperature if temperature is None else temperature
-        check_sample_request(n, temperature, top_p)
-        length = length or self.codec.length
-        if not length:
-            raise ConfigError("this model was trained on variable-length series: pass length=")
-        rng = np.random.default_rng(seed)
-        conds = sample_conditions(n, conditions, self.conditions, rng)
+        length, rng, conds = text_sample_inputs(self.codec, n, conditions, self.conditions, temperature, top_p, seed,
+                                                length)
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         if self._texts is None:
             self._texts = token_texts(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
