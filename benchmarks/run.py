@@ -28,7 +28,7 @@ from typing import Iterator
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 HEADLINE = ["disc_gbm", "auc", "mean_err", "pct_err", "acf_err", "dcr_ratio", "share_closer_to_train",
-            "exact_copies", "mia_auc", "tstr_mae", "trtr_mae"]
+            "exact_copies", "mia_auc", "tstr_mae", "trtr_mae", "level_ks"]
 TIMEGAN = ["disc_gru", "pred", "pred_real"]
 DIGITS = {"pred": 4, "pred_real": 4}
 SMOKE_GRU_ITERATIONS = 20
@@ -53,6 +53,18 @@ def headline(ev: dict) -> dict:
     }
 
 
+def level_ks(train, synthetic) -> float:
+    """Kolmogorov-Smirnov distance between the per-series mean levels of train and synthetic (0 ideal): on
+    raw data whose clients differ by orders of magnitude, it says whether the levels are reproduced."""
+    import numpy as np
+    from scipy.stats import ks_2samp
+
+    def levels(s):
+        return np.nanmean(s.values.astype(np.float64), axis=(1, 2))
+
+    return float(ks_2samp(levels(train), levels(synthetic)).statistic)
+
+
 def _one(task, generator: str, seed: int, smoke: bool) -> dict:
     import numpy as np
 
@@ -71,7 +83,8 @@ def _one(task, generator: str, seed: int, smoke: bool) -> dict:
     # the largest process: this one, or a training child (ensemble members train in child processes)
     peak_mb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
     row = {"generator": generator, "seed": seed, "fit_s": fit_s, "sample_s": sample_s, "peak_mb": peak_mb,
-           "n_synthetic": len(synthetic), **headline(ev), "extra": extra, "evaluation": ev}
+           "n_synthetic": len(synthetic), **headline(ev), "level_ks": level_ks(task.train, synthetic),
+           "extra": extra, "evaluation": ev}
     if task.train.n_channels > 1:
         t0 = time.time()
         syn = synthetic.values[np.isfinite(synthetic.values).all(axis=(1, 2))]
