@@ -162,8 +162,10 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "train series over the holdout's (>= 0.95 wanted); mia_auc = distance-based membership inference "
              "(0.5 ideal). Multivariate tasks add the TimeGAN scores (mean of 3 repeats): disc_gru = |accuracy - 0.5| "
              "of a one-layer GRU classifier, real train vs synthetic; pred = next-step MAE on the holdout of a GRU "
-             "trained on synthetic, pred_real = the same GRU trained on real train. Fit/sample seconds on one "
-             "torch thread.", ""]
+             "trained on synthetic, pred_real = the same GRU trained on real train. Fit/sample seconds with one "
+             "torch thread per process (tsynth trains its ensemble members two processes at a time on 2 cores); "
+             "peak MB is the largest single process; 'sample s' times n = len(train) series (the JSON also has "
+             "sample_1000_s).", ""]
     for path in sorted(out_dir.glob("*.json")):
         if path.stem.endswith("-smoke") or path.stem.startswith(("evaluate_", "server_")):
             continue

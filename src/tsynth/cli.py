@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", cmd_demo, "Run the whole flow on the bundled real data set (ItalyPowerDemand)")
     p.add_argument("-o", "--output", default="tsynth-demo", help="output directory (default ./tsynth-demo)")
     p.add_argument("--epochs", type=int, help="cap the training epochs (smaller = faster, worse)")
-    p.add_argument("--ensemble", type=int, help="models in the ensemble (default 4; 1 = fastest)")
+    p.add_argument("--ensemble", type=int, help="models in the ensemble (default 6; 1 = fastest)")
     p.add_argument("-n", type=int, help="synthetic days to sample (default: as many as train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="skip the slow evaluation parts (for smoke tests)")
