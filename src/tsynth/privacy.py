@@ -58,13 +58,14 @@ class DPEngine:
         self.settings = settings
         self.item_index = np.asarray(item_index)
         self.items = np.unique(self.item_index)
+        self.rows_of = [np.flatnonzero(self.item_index == it) for it in self.items]  # windows of each item
         self.delta = settings.check(len(self.items))
         self.noise_multiplier = None
         self.sample_rate = None
         self.accountant = None
         self.steps = 0
 
-    def attach(self, model, optimizer, n: int, batch: int, epochs: int, steps_per_epoch: int):
+    def attach(self, model, optimizer, batch: int, epochs: int, steps_per_epoch: int):
         """Wrap model and optimizer; the noise is calibrated for ``epochs * steps_per_epoch`` steps."""
         from opacus import GradSampleModule
         from opacus.accountants import create_accountant
@@ -86,18 +87,17 @@ class DPEngine:
                              expected_batch_size=max(1, round(self.sample_rate * n_items)), loss_reduction="mean")
         log.info("DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps, target epsilon %.2f at delta %.1e",
                  self.noise_multiplier, self.sample_rate, total_steps, self.settings.epsilon, self.delta)
-        return wrapped, dp_opt, batch
+        return wrapped, dp_opt
 
-    def batches(self, n: int, gen: torch.Generator) -> list[torch.Tensor]:
+    def batches(self, gen: torch.Generator) -> list[torch.Tensor]:
         """One epoch of Poisson-sampled batches: each item joins with probability q, with one random window."""
         steps = max(1, round(1 / self.sample_rate))
-        rows_of = {it: np.flatnonzero(self.item_index == it) for it in self.items}
         out = []
         for _ in range(steps):
             take = torch.rand(len(self.items), generator=gen) < self.sample_rate
             rows = []
-            for it in self.items[take.numpy()]:
-                cand = rows_of[it]
+            for k in np.flatnonzero(take.numpy()):
+                cand = self.rows_of[k]
                 rows.append(int(cand[torch.randint(len(cand), (1,), generator=gen)]))
             out.append(torch.as_tensor(rows, dtype=torch.long))
         return out

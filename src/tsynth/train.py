@@ -148,8 +148,9 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     """Train ``model`` on token arrays; returns the best model (lowest validation loss) and the figures.
 
     ``loss_fn(model, batch, reduction)`` computes the loss of a batch of rows of the token arrays
-    (:func:`value_token_loss` for value tokens; other modes pass their own). ``callback(event)`` gets ``{"type": "epoch", ...}`` after every epoch (raise to stop the run; the
-    checkpoint of the last finished epoch stays). ``dp`` is a :class:`tsynth.privacy.DPEngine` or None.
+    (:func:`value_token_loss` for value tokens; other modes pass their own). ``callback(event)`` gets
+    ``{"type": "epoch", ...}`` after every epoch (raise to stop the run; the checkpoint of the last finished
+    epoch stays). ``dp`` is a :class:`tsynth.privacy.DPEngine` or None.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -169,7 +170,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
     if dp is not None:
-        model, optimizer, batch = dp.attach(model, optimizer, n, batch, cfg.epochs, steps_per_epoch)
+        model, optimizer = dp.attach(model, optimizer, batch, cfg.epochs, steps_per_epoch)
     model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
     plain = accelerator.unwrap_model(model)
     plain = dp.detach(plain) if dp is not None else plain  # the HF model inside every wrapper
@@ -190,7 +191,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         model.train()
         losses = []
         if dp is not None:
-            batches = dp.batches(n, gen)
+            batches = dp.batches(gen)
         else:
             perm = torch.randperm(n, generator=gen)
             batches = [perm[i: i + batch] for i in range(0, n, batch)]
