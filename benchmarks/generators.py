@@ -4,11 +4,14 @@ plus fit and sample seconds; the harness measures memory and evaluates."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable
 
 import numpy as np
 
 from tsynth import SeriesSet
+from tsynth.prior import Prior, resolve_prior
+from tsynth.privacy import likelihood_mia
 from tsynth.synthesizer import Synthesizer
 
 from .peers import dgan, par
@@ -64,10 +67,23 @@ def dp_gaussian(task: Task, seed: int, smoke: bool, epsilon: float = 8.0) -> tup
     return _like(task, draws.reshape(-1, *task.train.values.shape[1:]), "dpgauss"), fit_s, time.time() - t0, {"privacy": acct}
 
 
+def check_no_leak(task: Task, prior: Prior | None) -> None:
+    """Refuse to score a task with a prior whose corpus mentions the task's data (name, description, origin)."""
+    if prior is None:
+        return
+    for src in prior.doc["corpus"]["sources"]:
+        text = " ".join(str(src.get(k, "")) for k in ("name", "description", "origin")).lower()
+        hits = [n for n in task.data_names if n.lower() in text]
+        if hits:
+            raise SystemExit(f"{task.name}: the prior at {prior.path} saw {src['name']!r}, which mentions {hits}: "
+                             "scoring with it would leak the task's data")
+
+
 def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesSet, float, float, dict]:
     """tsynth's local backend with its default settings (smoke: 2 epochs of one model, not an ensemble,
     and 20 extra draws instead of 1000)."""
     opts = {"seed": seed, **options, **({"epochs": 2, "ensemble": 1} if smoke else {})}
+    check_no_leak(task, resolve_prior(opts.get("prior", "auto"), "dp_epsilon" in opts))
     t0 = time.time()
     syn = Synthesizer("local", **opts).fit(task.train, progress=False)
     fit_s = time.time() - t0
@@ -77,20 +93,26 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
     t0 = time.time()
     more = syn.sample(20 if smoke else 1000, seed=seed + 1)
     members = syn.info["training"]["members"]
-    extra = {"privacy": syn.info.get("privacy"), **step_errors(task.train.values, more.values, "_1000"),"sample_1000_s": time.time() - t0, "epochs": [m["epochs_run"] for m in members],
+    extra = {"privacy": syn.info.get("privacy"), **step_errors(task.train.values, more.values, "_1000"),
+             "sample_1000_s": time.time() - t0, "epochs": [m["epochs_run"] for m in members],
+             "mia_likelihood_auc": likelihood_mia(syn, task.train, task.holdout, seed=seed)["auc"],
+             "prior": (syn.info.get("prior") or {}).get("sources"),
              "best_epoch": [m["best_epoch"] for m in members],
              "valid_loss": [min(m["valid_loss"]) if m["valid_loss"] else None for m in members],
              "parameters": syn.info["training"]["parameters"]}
     return synthetic, fit_s, sample_s, extra
 
 
+DP_EPSILONS = (1.0, 3.0, 8.0)
 GENERATORS: dict[str, Callable] = {
     "holdout": holdout,
     "copy": copy,
     "gaussian": gaussian,
     "tsynth": tsynth_local,
-    "dp-gaussian": dp_gaussian,
-    "tsynth-dp": lambda task, seed, smoke: tsynth_local(task, seed, smoke, dp_epsilon=8.0),
+    "tsynth-prior": lambda task, seed, smoke: tsynth_local(task, seed, smoke, prior="default"),
+    **{f"dp-gaussian-eps{e:g}": partial(dp_gaussian, epsilon=e) for e in DP_EPSILONS},
+    **{f"tsynth-dp-eps{e:g}": partial(tsynth_local, dp_epsilon=e) for e in DP_EPSILONS},
+    "tsynth-dp-eps8-noprior": partial(tsynth_local, dp_epsilon=8.0, prior="none"),
     "dgan": dgan,
     "par": par,
 }

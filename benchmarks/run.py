@@ -30,6 +30,10 @@ RESULTS = HERE / "results"
 HEADLINE = ["disc_gbm", "auc", "mean_err", "pct_err", "acf_err", "dcr_ratio", "share_closer_to_train",
             "exact_copies", "mia_auc", "tstr_mae", "trtr_mae", "level_ks"]
 TIMEGAN = ["disc_gru", "pred", "pred_real"]
+# from a generator's own extras (tsynth): errors of 1,000 draws, the likelihood audit, the spent epsilon
+EXTRAS = ["mean_err_1000", "pct_err_1000", "mia_likelihood_auc", "epsilon"]
+SUMMARY = ["disc_gbm", "mean_err", "pct_err", "mean_err_1000", "pct_err_1000", "tstr_mae", "mia_auc",
+           "mia_likelihood_auc", "epsilon", "fit_s"]
 DIGITS = {"pred": 4, "pred_real": 4}
 SMOKE_GRU_ITERATIONS = 20
 # (source, figure, stocks, energy) as quoted in ../shared/reference/baselines.md
@@ -173,13 +177,15 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
         if "rows" not in doc:
             continue
         m = doc["machine"]
-        cols = HEADLINE + (TIMEGAN if any("disc_gru" in r for r in doc["rows"]) else [])
+        rows = [{**r, **_extras(r)} for r in doc["rows"]]
+        cols = HEADLINE + (TIMEGAN if any("disc_gru" in r for r in rows) else [])
+        cols += [k for k in EXTRAS if any(r.get(k) is not None for r in rows)]
         lines += [f"## {doc['task']}", "", f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, "
                   f"tsynth {m['tsynth']}, {m['date']}", "",
                   "| generator | seed | " + " | ".join(cols) + " | fit s | sample s | peak MB |",
                   "|---" * (len(cols) + 5) + "|"]
         unavailable = []
-        for r in sorted(doc["rows"], key=lambda r: (r["generator"], r.get("seed", -1))):
+        for r in sorted(rows, key=lambda r: (r["generator"], r.get("seed", -1))):
             if r.get("status") == "unavailable":
                 unavailable.append(f"- {r['generator']} is unavailable here: {r['reason']}")
                 lines.append(f"| {r['generator']} | unavailable |" + " - |" * (len(cols) + 3))
@@ -187,7 +193,7 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
             cells = [_fmt(r.get(k), DIGITS.get(k, 3)) for k in cols]
             lines.append(f"| {r['generator']} | {r['seed']} | " + " | ".join(cells) +
                          f" | {r['fit_s']:.1f} | {r['sample_s']:.1f} | {r['peak_mb']:.0f} |")
-        lines += ["", *unavailable, *([""] if unavailable else [])]
+        lines += ["", *unavailable, *([""] if unavailable else []), *_summary(rows)]
     lines += ["## Published figures (TimeGAN protocol): quoted from the papers, not measured here", "",
               "As quoted in `../shared/reference/baselines.md`. The papers train on all windows and score on the "
               "same windows, so their figures are not exactly comparable with the stocks24 / energy24 rows above "
@@ -195,6 +201,32 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
               "| source | figure | stocks | energy |", "|---|---|---|---|",
               *[f"| {src} | {fig} | {s:.3f} | {e:.3f} |" for src, fig, s, e in PUBLISHED], ""]
     return "\n".join(lines)
+
+
+def _extras(row: dict) -> dict:
+    """The EXTRAS figures of a row, from its generator's extras."""
+    extra = row.get("extra") or {}
+    return {k: extra.get(k) for k in EXTRAS[:-1]} | {"epsilon": (extra.get("privacy") or {}).get("epsilon")}
+
+
+def _summary(rows: list[dict]) -> list[str]:
+    """Per generator: the mean over seeds of the SUMMARY figures, with the min-max range."""
+    gens = sorted({r["generator"] for r in rows if r.get("status") != "unavailable"})
+    cols = [k for k in SUMMARY if any(r.get(k) is not None for r in rows)]
+    if not gens or all(sum(r["generator"] == g for r in rows) < 2 for g in gens):
+        return []
+    out = ["Across seeds: mean (min-max).", "", "| generator | seeds | " + " | ".join(cols) + " |",
+           "|---" * (len(cols) + 2) + "|"]
+    for g in gens:
+        mine = [r for r in rows if r["generator"] == g]
+        cells = []
+        for k in cols:
+            v = [r[k] for r in mine if r.get(k) is not None]
+            digits = 1 if k == "fit_s" else 3
+            cells.append("-" if not v else f"{_fmt(sum(v) / len(v), digits)} ({_fmt(min(v), digits)}-{_fmt(max(v), digits)})"
+                         if len(v) > 1 else _fmt(v[0], digits))
+        out.append(f"| {g} | {len(mine)} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def _fmt(v, digits: int = 3) -> str:

@@ -31,12 +31,14 @@ class Task:
     holdout: SeriesSet
     description: str
     label: str | None = None
+    data_names: tuple[str, ...] = ()  # names the task's data goes by: a prior whose corpus mentions one is refused
 
 
 def _electricity(file: str, name: str, what: str) -> Task:
     data = SeriesSet.read(data_dir() / file).window(0, 100)
     train, holdout = data.split(0.2, seed=0)  # RandomState(0).permutation(370): 296 train, 74 holdout
-    return Task(name, train, holdout, f"{what}: first 100 hours of 370 clients, clients split 296/74 by RandomState(0)")
+    return Task(name, train, holdout, f"{what}: first 100 hours of 370 clients, clients split 296/74 by RandomState(0)",
+                data_names=("electricity_hourly", "ElectricityLoadDiagrams", "LD2011_2014"))
 
 
 def _timegan(file: str, name: str, blocked: bool) -> Task:
@@ -62,12 +64,14 @@ def _timegan(file: str, name: str, blocked: bool) -> Task:
         return SeriesSet(windows[idx], np.full(len(idx), 24), [f"w{i}" for i in idx], list(df.columns))
 
     split = "blocked holdout: last 20% of time" if blocked else "shuffled 80/20 windows"
-    return Task(name, subset(train_idx), subset(hold_idx), f"TimeGAN protocol on {file}, {split}")
+    names = ("stock_data", "GOOG", "Google") if "stock" in file else ("energy_data", "appliances energy")
+    return Task(name, subset(train_idx), subset(hold_idx), f"TimeGAN protocol on {file}, {split}", data_names=names)
 
 
 def _italy() -> Task:
     train, holdout = load_demo().split(0.2, seed=0)
-    return Task("italy24", train, holdout, "ItalyPowerDemand (aeon), days split 80/20 by item", label="season")
+    return Task("italy24", train, holdout, "ItalyPowerDemand (aeon), days split 80/20 by item", label="season",
+                data_names=("ItalyPowerDemand", "Italy"))
 
 
 TASKS = {

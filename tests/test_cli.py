@@ -16,7 +16,7 @@ from tsynth.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("command", ["demo", "fit", "sample", "evaluate", "prepare", "serve"])
+@pytest.mark.parametrize("command", ["demo", "fit", "sample", "evaluate", "prepare", "pretrain", "serve"])
 def test_every_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
@@ -60,10 +60,33 @@ def test_fit_sample_evaluate_flow(long_csv, tmp_path, capsys):
     syn_pq = tmp_path / "syn.parquet"
     assert main(["sample", str(model), "-n", "20", "-o", str(syn_pq)]) == 0
     assert main(["evaluate", "--train", str(tmp_path / "train.parquet"), "--synthetic", str(syn_pq),
-                 "--holdout", str(tmp_path / "hold.parquet"), "-o", str(tmp_path / "ev")]) == 0
+                 "--holdout", str(tmp_path / "hold.parquet"), "-o", str(tmp_path / "ev"), "--model", str(model)]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["fidelity"]["discriminative"]["auc"] is not None
+    assert 0 <= metrics["extra"]["membership inference, model likelihood (AUC, 0.5 ideal)"] <= 1
+    guarded = tmp_path / "guarded.parquet"
+    capsys.readouterr()
+    assert main(["sample", str(model), "-n", "15", "-o", str(guarded), "--guard", str(tmp_path / "train.parquet"),
+                 "--guard-holdout", str(tmp_path / "hold.parquet")]) == 0
+    assert "memorization guard: dropped" in capsys.readouterr().out and len(SeriesSet.read(guarded)) == 15
     assert (tmp_path / "ev" / "report.html").stat().st_size > 1000
+
+
+def test_pretrain_writes_a_prior_and_fit_starts_from_it(long_csv, tmp_path, capsys):
+    corpus = tmp_path / "public.csv"
+    rng = np.random.default_rng(3)
+    pd.DataFrame(np.sin(np.arange(300)[:, None] / 4 + rng.uniform(0, 6, 6)) + 0.1 * rng.normal(size=(300, 6)),
+                 columns=[f"s{i}" for i in range(6)]).to_csv(corpus, index=False)
+    prior = tmp_path / "prior"
+    assert main(["pretrain", "--corpus", str(corpus), "-o", str(prior), "--lengths", "24,48", "--epochs", "1",
+                 "--max-windows", "60", "--quiet"]) == 0
+    assert "public.csv" in capsys.readouterr().out and (prior / "corpus.json").exists()
+    model = tmp_path / "model"
+    assert main(["fit", str(long_csv), "-o", str(model), "--length", "24", "--epochs", "1", "--ensemble", "1",
+                 "--id-col", "meter", "--time-col", "ts", "--prior", str(prior)]) == 0
+    assert json.loads((model / "tsynth.json").read_text())["prior"]["path"] == str(prior.resolve())
+    assert main(["pretrain", "--corpus", "no_such_source", "-o", str(tmp_path / "p2")]) == 2
+    assert "no_such_source" in capsys.readouterr().err and not (tmp_path / "p2").exists()
 
 
 def test_bad_input_exits_2_and_writes_nothing(long_csv, tmp_path, capsys):

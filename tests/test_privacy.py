@@ -49,3 +49,36 @@ def test_dp_refusals(kwargs, message):
 def test_dp_needs_enough_items():
     with pytest.raises(ConfigError, match="too few"):
         Synthesizer("local", dp_epsilon=8, epochs=1).fit(items(n=30), progress=False)
+
+
+def walks(n, length=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return SeriesSet.from_arrays(list(np.cumsum(rng.normal(size=(n, length)), axis=1)), [f"w{seed}_{i}" for i in range(n)])
+
+
+def test_memorization_guard_drops_near_copies_and_counts_them():
+    from tsynth.privacy import memorization_guard
+
+    train, holdout, fresh = walks(40, seed=1), walks(40, seed=2), walks(30, seed=3)
+    near = train.values[:5] + 1e-3
+    synthetic = SeriesSet.concat([fresh, SeriesSet(near, np.full(5, 24), [f"c{i}" for i in range(5)], train.channels)])
+    kept, report = memorization_guard(synthetic, train, holdout, percentile=5)
+    assert report["dropped"] >= 5 and report["kept"] == len(kept) == 35 - report["dropped"]
+    assert not any(i.startswith("c") for i in kept.item_id)
+    assert report["dropped"] <= 5 + 4  # fresh series fall below the holdout's 5th percentile about 5% of the time
+    _, loo = memorization_guard(synthetic, train, None)
+    assert loo["threshold_source"].startswith("5th percentile of train leave-one-out")
+    with pytest.raises(ConfigError, match="percentile"):
+        memorization_guard(synthetic, train, holdout, percentile=0)
+
+
+def test_likelihood_audit_detects_a_memorising_model():
+    from tsynth.privacy import likelihood_mia
+
+    torch.set_num_threads(1)
+    train, holdout = walks(16, seed=4), walks(16, seed=5)
+    syn = Synthesizer("local", prior="none", ensemble=1, epochs=60, n_bins=64, dropout=0.0,
+                      learning_rate=1e-2).fit(train, progress=False)  # 16 items: no validation, it memorises
+    audit = likelihood_mia(syn, train, holdout)
+    assert audit["auc"] > 0.8 and audit["mean_loss_members"] < audit["mean_loss_nonmembers"]
+    assert likelihood_mia(syn, holdout, holdout)["auc"] == 0.5

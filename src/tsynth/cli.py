@@ -1,4 +1,4 @@
-"""The ``tsynth`` command line: demo, fit, sample, evaluate, prepare, serve.
+"""The ``tsynth`` command line: demo, fit, sample, evaluate, prepare, pretrain, serve.
 
 Every command has ``--help`` with examples. Errors in the user's input print one line and exit 2.
 """
@@ -82,6 +82,17 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
                                         "'none' for none; default: attributes and varying calendar fields")
     g.add_argument("--ensemble", type=int, help="train N models with different seeds and average them when sampling")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--prior", help="start from a public prior: 'default' (the one shipped with tsynth), a directory "
+                                   "written by `tsynth pretrain`, 'none', or 'auto' (default: the shipped prior under "
+                                   "DP only)")
+    g.add_argument("--trainable", choices=["all", "bitfit", "bitfit+positions", "bitfit+positions+embeddings"],
+                   help="which parameters to train (default all; bitfit = biases and LayerNorm only)")
+    g = p.add_argument_group("differential privacy (local backend; the unit of privacy is the item)")
+    g.add_argument("--dp-epsilon", type=float, help="train with DP-SGD to this epsilon (e.g. 8)")
+    g.add_argument("--dp-delta", type=float, help="delta (default min(1e-5, 0.1/number of items))")
+    g.add_argument("--dp-max-grad-norm", type=float, help="per-item gradient clipping norm (default 1.0)")
+    g.add_argument("--value-range", help="LO,HI: public bounds of the values under DP (default -5,5; values "
+                                         "outside are clipped and counted)")
     g = p.add_argument_group("local backend, pretrained mode: LoRA fine-tuning of a chat LM on the chat text")
     g.add_argument("--base-model", help="Hugging Face id, model directory or .gguf file of a causal LM with a chat template")
     g.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
@@ -93,7 +104,7 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
 def local_options(args: argparse.Namespace) -> dict[str, Any]:
     """The local backend keywords set on the command line."""
     names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "scaling", "ensemble", "seed",
-             "dp_epsilon", "dp_delta", "dp_max_grad_norm"]
+             "dp_epsilon", "dp_delta", "dp_max_grad_norm", "prior", "trainable"]
     opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "value_range", None):
         try:
@@ -200,12 +211,41 @@ def cmd_sample(args: argparse.Namespace) -> int:
             keep_partial(e, args.output)
             raise
         stats = getattr(syn.backend, "last_sample_stats", None)
+        if args.guard:
+            synthetic = guarded_sample(syn, synthetic, args)
     path = synthetic.write(args.output)
     print(f"wrote {len(synthetic)} series to {path}")
     if stats:
         print("validity: " + json.dumps(stats))
         Path(str(path) + ".validity.json").write_text(json.dumps(stats, indent=2))
     return 0
+
+
+GUARD_ROUNDS = 5
+
+
+def guarded_sample(syn, synthetic: "SeriesSet", args: argparse.Namespace) -> "SeriesSet":
+    """Apply the memorization guard and draw again (new seeds) for the dropped series, up to GUARD_ROUNDS."""
+    from .data import SeriesSet
+    from .privacy import memorization_guard
+
+    train = load_data(args, args.guard)
+    holdout = load_data(args, args.guard_holdout) if args.guard_holdout else None
+    kept, report = memorization_guard(synthetic, train, holdout, args.guard_percentile)
+    parts, dropped = [kept], report["dropped"]
+    for k in range(1, GUARD_ROUNDS + 1):
+        missing = args.n - sum(len(p) for p in parts)
+        if missing <= 0:
+            break
+        more = syn.sample(missing, conditions=parse_conditions(args.condition), temperature=args.temperature,
+                          top_p=args.top_p, seed=args.seed + 1000 * k)
+        more, r = memorization_guard(more, train, holdout, args.guard_percentile)
+        parts.append(more)
+        dropped += r["dropped"]
+    out = SeriesSet.concat(parts)
+    print(f"memorization guard: dropped {dropped} series closer than {report['threshold']:.4g} to a training series "
+          f"({report['threshold_source']}); kept {len(out)} of {args.n} asked. {report['caveat']}.")
+    return out
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -217,6 +257,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     holdout = load_data(args, args.holdout) if args.holdout else None
     validity = json.loads(Path(args.validity).read_text()) if args.validity else None
     extra = model_details(args.model) if args.model else None
+    if args.model and holdout is not None and extra["backend"] == "local":
+        from .privacy import likelihood_mia
+        from .synthesizer import Synthesizer
+
+        audit = likelihood_mia(Synthesizer.load(args.model), train, holdout, seed=args.seed)
+        extra["membership inference, model likelihood (AUC, 0.5 ideal)"] = round(audit["auc"], 3)
     ev = evaluate_to_dir(train, synthetic, holdout, args.output, validity=validity, label=args.label, seed=args.seed,
                          extra=extra)
     print_verdict(ev)
@@ -261,6 +307,26 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return prepare_from_cli(args, load_data(args))
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain a prior on public corpora and write it as a model directory with its corpus manifest."""
+    from .prior import pretrain
+
+    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
+    opts = {k: getattr(args, k) for k in ("preset", "epochs", "batch_size", "learning_rate")
+            if getattr(args, k, None) is not None}
+    out = pretrain(args.corpus, args.output, **({"lengths": lengths} if lengths else {}), max_windows=args.max_windows,
+                   seed=args.seed, progress=not args.quiet, **opts)
+    doc = json.loads((out / "tsynth.json").read_text())
+    corpus, tr = doc["corpus"], doc["training"]
+    for src in corpus["sources"]:
+        print(f"  {src['name']:<14} {src['windows']:>6} windows from {src['series']:>5} series  ({src['licence']})")
+    best = tr["members"][0]
+    print(f"pretrained on {corpus['windows']} windows of {corpus['lengths']} steps: {tr['parameters']:,} parameters, "
+          f"{best['epochs_run']} epochs, best validation loss {min(best['valid_loss'] or [float('nan')]):.3f}, "
+          f"{tr['seconds']:.0f} s -> {out}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the OpenAI-compatible local server."""
     from .server.app import serve_from_cli
@@ -284,6 +350,7 @@ EXAMPLES = {
     "sample": """examples:
   tsynth sample model -n 1000 -o synthetic.parquet
   tsynth sample model -n 10 -o mt010.csv --condition item_id=MT_010 --temperature 1.1
+  tsynth sample model -n 1000 -o synthetic.parquet --guard train.parquet --guard-holdout holdout.parquet
   tsynth sample --backend fewshot --model gpt-4o-mini --shots 10 data.parquet -n 50 -o fewshot.jsonl""",
     "evaluate": """examples:
   tsynth evaluate --train train.parquet --synthetic synthetic.parquet --holdout holdout.parquet -o report/
@@ -291,6 +358,10 @@ EXAMPLES = {
     "prepare": """examples:
   tsynth prepare electricity.parquet --length 100 -o openai_files/
   tsynth prepare data.parquet -o files/ --series-key load --decimals 2 --user-fields item_id,region""",
+    "pretrain": """examples:
+  tsynth pretrain --corpus acsf1 tmy weather taylor kernelsynth -o my-prior      # the shipped prior's sources
+  tsynth pretrain --corpus kernelsynth public_load.parquet -o prior --lengths 24,96 --epochs 10
+  tsynth fit data.parquet --length 100 -o model --prior my-prior --dp-epsilon 8""",
     "serve": """examples:
   tsynth serve                                   # http://127.0.0.1:8000/v1, state in ./tsynth-server
   tsynth serve --port 9000 --data-dir /srv/tsynth --api-key secret""",
@@ -348,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=10, help="fewshot: example rows per prompt")
     p.add_argument("--base-url")
     p.add_argument("--api-key")
+    g = p.add_argument_group("memorization guard (a heuristic, not a guarantee)")
+    g.add_argument("--guard", metavar="TRAIN", help="drop series closer to a series of TRAIN (the training data) than "
+                                                    "the holdout's --guard-percentile distance, and draw replacements")
+    g.add_argument("--guard-holdout", metavar="HOLDOUT", help="real series the model never saw (sets the threshold; "
+                                                              "default: train's leave-one-out distances)")
+    g.add_argument("--guard-percentile", type=float, default=5.0, help="percentile of the reference distances (default 5)")
     add_data_options(p)
 
     p = command("evaluate", cmd_evaluate, "Evaluate synthetic data: fidelity, utility, privacy; writes metrics.json + report.html")
@@ -373,6 +450,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="gpt-4o-mini-2024-07-18", help="for the token limit and cost estimate")
     p.add_argument("--seed", type=int, default=0)
     add_data_options(p)
+
+    p = command("pretrain", cmd_pretrain, "Pretrain a public prior for the local backend on public corpora")
+    p.add_argument("--corpus", nargs="+", required=True,
+                   help="source names (see tsynth.corpus.SOURCES: acsf1, tmy, weather, taylor, kernelsynth...) or data files")
+    p.add_argument("-o", "--output", required=True, help="prior directory to write")
+    p.add_argument("--lengths", help="comma-separated window lengths (default 24,48,96,168)")
+    p.add_argument("--max-windows", type=int, default=20000, help="windows in all, shared equally by the sources")
+    p.add_argument("--preset", choices=["tiny", "small", "base"], help="model size (default tiny: the local default)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 30, early stopping)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = command("serve", cmd_serve, "Run the local OpenAI-compatible fine-tuning and chat server")
     p.add_argument("--host", default="127.0.0.1")

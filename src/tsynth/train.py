@@ -78,6 +78,25 @@ def build_model(vocab_size: int, n_positions: int, preset: str, dropout: float =
     return GPT2LMHeadModel(cfg)
 
 
+TRAINABLE = ("all", "bitfit", "bitfit+positions", "bitfit+positions+embeddings")
+
+
+def select_trainable(model, which: str) -> int:
+    """Freeze all but ``which`` of ``model``'s parameters; returns how many values stay trainable.
+
+    ``bitfit``: biases and LayerNorm weights (Ben Zaken et al. 2022); ``+positions``: the position
+    embeddings too; ``+embeddings``: the token embeddings (tied with the output layer) too. Fewer trainable
+    values mean less DP-SGD noise in all (its norm grows with the square root of their number).
+    """
+    if which not in TRAINABLE:
+        raise ConfigError(f"trainable must be one of {', '.join(TRAINABLE)}, got {which!r}")
+    for name, p in model.named_parameters():
+        keep = (which == "all" or name.endswith(".bias") or ".ln_" in name or "ln_f" in name
+                or ("positions" in which and "wpe" in name) or ("embeddings" in which and "wte" in name))
+        p.requires_grad_(keep)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def smoothed_kernel(n_values: int, sigma: float) -> torch.Tensor:
     """Row k: the target distribution over value bins for true bin k (a discretised Gaussian)."""
     k = torch.arange(n_values, dtype=torch.float32)
@@ -164,7 +183,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     batch = min(cfg.batch_size, n)
     steps_per_epoch = max(1, math.ceil(n / batch))
     total = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.95))
     warm = max(1, cfg.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(

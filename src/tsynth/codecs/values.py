@@ -90,10 +90,13 @@ class ValueCodec:
     level_edges: list[float] = field(default_factory=list)
     fields: list[ConditionField] = field(default_factory=list)
     value_range: tuple[float, float] | None = None
+    profile: list[list[float]] | None = None  # per-step offset (steps x channels) removed after scaling (DP release)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, data: SeriesSet) -> "ValueCodec":
-        """Fit scaler, bins and condition vocabulary on the training set."""
+    def fit(self, data: SeriesSet, edges: Sequence[float] | None = None) -> "ValueCodec":
+        """Fit scaler, bins and condition vocabulary on the training set. ``edges``: fixed bin edges (a
+        prior's, in scaled units) instead of bins fitted to ``data``; with scaling 'none' and a
+        ``value_range``, that range is mapped linearly onto the edges' range."""
         if len(data) == 0:
             raise DataError("cannot fit a codec on an empty data set")
         if self.binning not in ("quantile", "uniform"):
@@ -104,7 +107,7 @@ class ValueCodec:
         self.freq = data.freq
         self.length = data.length if data.is_regular else None
         if self.scaling == "auto":
-            self.scaling = _choose_scaling(data)
+            self.scaling = choose_scaling(data)
         if self.scaling not in ("global", "series", "none"):
             raise ConfigError(f"scaling must be 'auto', 'global', 'series' or 'none', got {self.scaling!r}")
         vals = data.values.astype(np.float64)
@@ -115,13 +118,21 @@ class ValueCodec:
         else:
             self.loc = [0.0] * data.n_channels
             self.scale = [1.0] * data.n_channels
+        if edges is not None and self.scaling == "none" and self.value_range is not None:
+            lo, hi = map(float, self.value_range)
+            s = (hi - lo) / (edges[-1] - edges[0])
+            self.loc, self.scale = [lo - edges[0] * s] * data.n_channels, [s] * data.n_channels
         if self.scaling == "series":
             levels = self._levels(vals)
             finite = levels[np.isfinite(levels)]
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
             pad = max(0.05 * (hi - lo), 1e-3)
             self.level_edges = np.linspace(lo - pad, hi + pad, N_LEVEL_BINS + 1).tolist()
-        scaled = self._scale(vals)
+        self.fields = self._fit_conditions(data)
+        if edges is not None:
+            self.edges = [float(e) for e in edges]
+            return self
+        scaled = self.to_units(vals)
         flat = scaled[mask]
         if self.value_range is not None:
             lo, hi = map(float, self.value_range)
@@ -129,15 +140,14 @@ class ValueCodec:
             lo, hi = float(flat.min()), float(flat.max())
             pad = max(0.02 * (hi - lo), 1e-6)
             lo, hi = lo - pad, hi + pad
-        if self.binning == "uniform" or self.value_range is not None:
+        if self.binning == "uniform":
             edges = np.linspace(lo, hi, self.n_bins + 1)
-        else:
-            inner = np.quantile(flat, np.linspace(0, 1, self.n_bins + 1)[1:-1])
+        else:  # equal-mass bins of the values inside [lo, hi]
+            inner = np.quantile(np.clip(flat, lo, hi), np.linspace(0, 1, self.n_bins + 1)[1:-1])
             edges = np.unique(np.concatenate([[lo], inner, [hi]]))
             if len(edges) - 1 < self.n_bins:
                 log.info("quantile binning: %d distinct bins instead of %d (repeated values)", len(edges) - 1, self.n_bins)
         self.edges = edges.tolist()
-        self.fields = self._fit_conditions(data)
         return self
 
     def _fit_conditions(self, data: SeriesSet) -> list[ConditionField]:
@@ -225,14 +235,23 @@ class ValueCodec:
         floor = max(float(np.nanmedian(m)) * 1e-4, 1e-12) if self.level_edges == [] else 10 ** self.level_edges[0]
         return np.log10(np.maximum(m, floor))
 
-    def _scale(self, vals: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+    def to_units(self, vals: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+        """Values (n, steps, channels) in the codec's units: scaled, less the per-step profile."""
         loc = np.asarray(self.loc)
         scale = np.asarray(self.scale)
         out = (vals - loc) / scale
         if self.scaling == "series":
             lv = self._levels(vals) if levels is None else levels
             out = out / (10 ** lv)[:, None, :]
-        return out
+        return out - self._profile(out.shape[1])
+
+    def _profile(self, steps: int) -> np.ndarray:
+        """The per-step offset for ``steps`` steps (zeros without a profile)."""
+        if self.profile is None:
+            return np.zeros((steps, self.n_channels))
+        if steps > len(self.profile):
+            raise ConfigError(f"this model's per-step profile covers {len(self.profile)} steps; {steps} were asked")
+        return np.asarray(self.profile)[:steps]
 
     def condition_ids(self, conditions: dict[str, Any], rng: np.random.Generator | None = None) -> list[int]:
         """Token ids of the condition fields for one series; unseen values map to the unknown token."""
@@ -268,7 +287,7 @@ class ValueCodec:
             raise DataError(f"data has channels {data.channels}, the codec was fitted on {self.channels}")
         vals = data.values.astype(np.float64)
         levels = self._levels(vals) if self.scaling == "series" else None
-        scaled = self._scale(vals, levels)
+        scaled = self.to_units(vals, levels)
         edges = np.asarray(self.edges)
         finite = ~np.isnan(scaled)
         outside = finite & ((scaled < edges[0]) | (scaled > edges[-1]))
@@ -298,7 +317,7 @@ class ValueCodec:
         edges = np.asarray(self.edges)
         k = value_ids.reshape(n, steps, self.n_channels) - self.value_offset
         k = np.clip(k, 0, len(edges) - 2)
-        scaled = rng.uniform(edges[k], edges[k + 1])
+        scaled = rng.uniform(edges[k], edges[k + 1]) + self._profile(steps)
         if self.scaling == "series":
             lv_ids = prefix[:, 1 + len(self.fields):] - self.level_offset
             le = np.asarray(self.level_edges)
@@ -326,7 +345,7 @@ class ValueCodec:
             "n_bins": self.n_bins, "binning": self.binning, "scaling": self.scaling,
             "channels": self.channels, "length": self.length, "freq": self.freq,
             "loc": self.loc, "scale": self.scale, "edges": self.edges, "level_edges": self.level_edges,
-            "value_range": list(self.value_range) if self.value_range else None,
+            "value_range": list(self.value_range) if self.value_range else None, "profile": self.profile,
             "fields": [{"name": f.name, "values": f.values, "edges": f.edges} for f in self.fields],
         }
 
@@ -337,7 +356,7 @@ class ValueCodec:
         return cls(n_bins=d["n_bins"], binning=d["binning"], scaling=d["scaling"],
                    conditions=[f.name for f in fields], channels=d["channels"], length=d["length"],
                    freq=d["freq"], loc=d["loc"], scale=d["scale"], edges=d["edges"],
-                   level_edges=d["level_edges"], fields=fields, value_range=vr)
+                   level_edges=d["level_edges"], fields=fields, value_range=vr, profile=d.get("profile"))
 
     def hf_tokenizer(self):
         """The vocabulary as a Hugging Face fast tokenizer (word level, whitespace separated)."""
@@ -350,7 +369,7 @@ class ValueCodec:
                                        pad_token="<pad>", model_max_length=self.sequence_length(self.length or 0))
 
 
-def _choose_scaling(data: SeriesSet) -> str:
+def choose_scaling(data: SeriesSet) -> str:
     """'series' when per-series levels span more than a factor of 20 (5th to 95th percentile), else 'global'."""
     with np.errstate(invalid="ignore"):
         m = np.nanmean(np.abs(data.values.astype(np.float64)), axis=1)

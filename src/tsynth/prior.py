@@ -1,0 +1,223 @@
+"""The public prior: the compact local model, pretrained on public time series only.
+
+A prior is a normal local-backend model artifact (``tsynth.json`` + ``model/``) whose ``tsynth.json`` also
+holds ``corpus``: every source it saw, with its package, origin, licence and counts (``corpus.json`` in
+the directory repeats it). Fine-tuning from a prior (``Synthesizer("local", prior=...)``, ``tsynth fit
+--prior``) keeps the prior's value bins, so the private data's tokens mean what the prior learnt:
+
+* the bins are equal-mass bins of the *public* windows, fixed in units of standard deviations over
+  ``PRIOR_RANGE``; without DP the private data is standardised with its own mean and scale (``global``
+  scaling) before binning; under DP nothing is fitted to it: the user's public ``value_range`` is mapped
+  linearly onto ``PRIOR_RANGE`` (the default [-5, 5] maps to itself);
+* the vocabulary grows by the private condition tokens (new embedding rows), the model keeps the
+  prior's architecture and context, so a series longer than the prior's longest window is refused.
+
+Corpus windows are cut at several lengths (``PRIOR_LENGTHS``) and each is standardised by the mean and
+standard deviation of its surrounding context (up to ``CONTEXT_FACTOR`` times the window), so windows keep
+realistic offsets and spreads rather than all being exactly zero-mean, unit-variance.
+
+``DEFAULT_PRIOR`` ships inside the package; it is rebuilt by ``tsynth pretrain`` with the command in its
+``tsynth.json`` (``pretraining.command``). No data set of the benchmarks and not the demo set (see
+:data:`tsynth.corpus.EXCLUDED`) is in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .artifact import FORMAT_VERSION, read_manifest
+from .codecs.values import ValueCodec
+from .data import SeriesSet
+from .errors import ArtifactError, ConfigError, DataError
+
+log = logging.getLogger("tsynth")
+
+DEFAULT_PRIOR = Path(__file__).resolve().parent / "priors" / "default"
+PRIOR_LENGTHS = (24, 48, 96, 168)
+PRIOR_RANGE = (-5.0, 5.0)
+PRIOR_BINS = 256
+CONTEXT_FACTOR = 8
+CORPUS_FILE = "corpus.json"
+WINDOW_STRIDE_DIVISOR = 16  # candidate windows start every length/16 steps: small sources fill their share too
+
+
+def corpus_windows(series: Sequence[np.ndarray], groups: Sequence[str], lengths: Sequence[int] = PRIOR_LENGTHS,
+                   max_windows: int = 20000, seed: int = 0) -> tuple[SeriesSet, dict]:
+    """Cut public series into context-standardised windows; returns them and per-group counts.
+
+    ``groups`` names the source of each series; each source gets an equal share of ``max_windows``
+    (windows are drawn at random among all its candidate windows, which start every length /
+    ``WINDOW_STRIDE_DIVISOR`` steps). Windows whose
+    context is constant are skipped; values beyond ``PRIOR_RANGE`` are clipped and counted.
+    """
+    if len(series) != len(groups):
+        raise ConfigError("one group name per series is needed")
+    rng = np.random.default_rng(seed)
+    names = list(dict.fromkeys(groups))
+    share = max(1, max_windows // max(1, len(names)))
+    arrays, ids, stats = [], [], {}
+    for name in names:
+        members = [i for i, g in enumerate(groups) if g == name]
+        cands = [(i, L, s) for i in members for L in lengths
+                 for s in range(0, len(series[i]) - L + 1, max(1, L // WINDOW_STRIDE_DIVISOR))]
+        if not cands:
+            raise DataError(f"corpus source {name!r}: no series is as long as the shortest window ({min(lengths)} steps)")
+        pick = rng.choice(len(cands), size=min(share, len(cands)), replace=False)
+        kept = clipped = skipped = 0
+        for k in sorted(pick):
+            i, L, s = cands[k]
+            x = np.asarray(series[i], dtype=np.float64)
+            c = min(len(x), CONTEXT_FACTOR * L)
+            c0 = int(np.clip(s + L // 2 - c // 2, 0, len(x) - c))
+            ctx = x[c0: c0 + c]
+            sd = float(ctx.std())
+            if not np.isfinite(sd) or sd < 1e-8 * max(1.0, float(np.abs(ctx).max())):
+                skipped += 1
+                continue
+            z = (x[s: s + L] - float(ctx.mean())) / sd
+            out = (z < PRIOR_RANGE[0]) | (z > PRIOR_RANGE[1])
+            clipped += int(out.sum())
+            arrays.append(np.clip(z, *PRIOR_RANGE))
+            ids.append(f"{name}:{i}")
+            kept += 1
+        stats[name] = {"windows": kept, "candidate_windows": len(cands), "skipped_constant": skipped,
+                       "clipped_values": clipped}
+    if not arrays:
+        raise DataError("the corpus gave no usable window")
+    return SeriesSet.from_arrays(arrays, ids, ["value"], source="corpus"), stats
+
+
+def pretrain(specs: Sequence[str], output: str | os.PathLike, lengths: Sequence[int] = PRIOR_LENGTHS,
+             max_windows: int = 20000, seed: int = 0, progress: bool = True, **train_options: Any) -> Path:
+    """Pretrain a prior on public corpora (names from :data:`tsynth.corpus.SOURCES` or data files) and
+    write it as a model artifact with its corpus manifest. ``train_options``: local-backend training
+    options (preset, epochs, batch_size, learning_rate, ensemble...)."""
+    from .corpus import load_corpus
+    from .synthesizer import Synthesizer
+
+    if not specs:
+        raise ConfigError("pretrain needs at least one corpus (a source name or a data file)")
+    lengths = sorted({int(L) for L in lengths})
+    if lengths[0] < 8:
+        raise ConfigError(f"prior window lengths must be at least 8 steps, got {lengths}")
+    series, sources = load_corpus(specs, seed=seed)
+    groups = [src["name"] for src in sources for _ in range(src["series"])]
+    windows, stats = corpus_windows(series, groups, lengths, max_windows, seed)
+    for src in sources:
+        src.update(stats[src["name"]])
+    log.info("corpus: %d windows of %s steps from %d sources", len(windows), lengths, len(sources))
+    options = {"ensemble": 1, "epochs": 30, "batch_size": 64, "patience": 5, "validation_fraction": 0.05,
+               **train_options, "prior": "none", "n_bins": PRIOR_BINS, "binning": "quantile", "scaling": "none",
+               "conditions": [], "value_range": PRIOR_RANGE, "seed": seed}
+    syn = Synthesizer("local", **options)
+    syn.backend.corpus = {
+        "sources": sources, "lengths": lengths, "windows": len(windows), "seed": seed,
+        "scaling": f"each window standardised by the mean and std of its context (up to {CONTEXT_FACTOR}x the "
+                   f"window), clipped to {list(PRIOR_RANGE)}",
+        "command": _command_line(),
+    }
+    syn.fit(windows, progress=progress)
+    return syn.save(output)
+
+
+def _command_line() -> str | None:
+    """The ``tsynth pretrain ...`` command this process runs, if it is one (recorded for rebuilding)."""
+    argv = sys.argv[1:]
+    return "tsynth " + shlex.join(argv[argv.index("pretrain"):]) if "pretrain" in argv else None
+
+
+@dataclass
+class Prior:
+    """A loaded prior: its codec, its manifest and where it lives."""
+
+    path: Path
+    codec: ValueCodec
+    doc: dict
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Prior":
+        """Read and check a prior directory (format version, backend, codec kind)."""
+        p = Path(path)
+        try:
+            doc = read_manifest(p)
+        except ArtifactError as e:
+            raise ArtifactError(f"prior {p}: {e}") from None
+        if doc.get("backend") != "local" or "corpus" not in doc:
+            raise ArtifactError(f"{p}: not a prior (a local-backend model directory written by `tsynth pretrain`)")
+        codec = ValueCodec.from_dict(doc["codec"])
+        if codec.scaling != "none" or codec.fields or codec.channels != ["value"]:
+            raise ArtifactError(f"{p}: the prior was built with another codec (scaling {codec.scaling!r}, "
+                                f"{len(codec.fields)} condition fields); rebuild it with `tsynth pretrain`")
+        return cls(p, codec, doc)
+
+    @property
+    def n_positions(self) -> int:
+        return int(json.loads((self.path / "model" / "config.json").read_text())["n_positions"])
+
+    @property
+    def lengths(self) -> list[int]:
+        return list(self.doc["corpus"]["lengths"])
+
+    @property
+    def preset(self) -> str:
+        return self.doc["options"]["train"]["preset"]
+
+    def summary(self) -> dict:
+        """What a fine-tuned model records about its prior."""
+        weights = self.path / "model" / "model.safetensors"
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.exists() else None
+        return {"path": str(self.path.resolve()), "weights_sha256": digest, "lengths": self.lengths,
+                "sources": [s["name"] for s in self.doc["corpus"]["sources"]], "format_version": FORMAT_VERSION}
+
+    def codec_for(self, data: SeriesSet, conditions: Sequence[str] | str, dp: bool,
+                  value_range: tuple[float, float] | None) -> ValueCodec:
+        """A codec for ``data`` that keeps the prior's bins (see the module docstring)."""
+        steps = int(data.lengths.max()) * data.n_channels
+        if steps > self.lengths[-1] or int(data.lengths.min()) * data.n_channels < self.lengths[0]:
+            raise ConfigError(f"the prior at {self.path} was pretrained on series of {self.lengths[0]}-{self.lengths[-1]} "
+                              f"steps; this data has {int(data.lengths.min())}-{int(data.lengths.max())} steps x "
+                              f"{data.n_channels} channels: pass --prior none (or pretrain a prior for this length)")
+        codec = ValueCodec(n_bins=self.codec.n_bins, binning="quantile", scaling="none" if dp else "global",
+                           conditions=conditions, value_range=value_range if dp else None)
+        codec.fit(data, edges=self.codec.edges)
+        if codec.sequence_length(int(data.lengths.max())) > self.n_positions:
+            raise ConfigError(f"the prior's context holds {self.n_positions} tokens; {len(codec.fields)} condition "
+                              f"fields plus {steps} values do not fit: pass fewer --conditions or --prior none")
+        return codec
+
+    def initial_weights(self, vocab_size: int) -> dict:
+        """The prior's weights with the embedding grown to ``vocab_size`` (new rows drawn around the mean
+        embedding, with the old rows' covariance)."""
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        model = AutoModelForCausalLM.from_pretrained(self.path / "model")
+        hf_logging.set_verbosity_error()  # its note on how new rows are initialised
+        if vocab_size < model.config.vocab_size:
+            raise ConfigError(f"prior {self.path}: the vocabulary shrank ({vocab_size} < {model.config.vocab_size})")
+        model.resize_token_embeddings(vocab_size, mean_resizing=True)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def resolve_prior(choice: str | os.PathLike | None, dp: bool) -> Prior | None:
+    """``"none"``/None: no prior; ``"default"``: the shipped one; ``"auto"``: the shipped one under DP only;
+    else a prior directory."""
+    if choice is None or str(choice) == "none":
+        return None
+    if str(choice) == "auto":
+        return Prior.load(DEFAULT_PRIOR) if dp else None
+    path = DEFAULT_PRIOR if str(choice) == "default" else Path(choice)
+    if not path.exists():
+        raise ConfigError(f"prior {path}: no such directory (use 'default', 'auto', 'none' or a directory written by "
+                          "`tsynth pretrain`)")
+    return Prior.load(path)

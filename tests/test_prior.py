@@ -1,0 +1,148 @@
+"""The public prior: pretraining on a corpus, fine-tuning from it, the shipped default, refusals."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tsynth import SeriesSet
+from tsynth.artifact import FORMAT_VERSION
+from tsynth.corpus import EXCLUDED
+from tsynth.errors import ArtifactError, ConfigError
+from tsynth.prior import DEFAULT_PRIOR, PRIOR_RANGE, Prior, corpus_windows, pretrain
+from tsynth.synthesizer import Synthesizer
+
+
+def daily(n, length, seed, level=0.0):
+    """Noisy daily cycles with random phase and amplitude."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)[None]
+    x = level + rng.uniform(0.5, 2, (n, 1)) * np.sin(2 * np.pi * t / 24 + rng.uniform(0, 6, (n, 1)))
+    return x + 0.2 * rng.normal(size=(n, length))
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory):
+    """A small prior pretrained on a public-corpus file (wide CSV, one column per series)."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("prior")
+    corpus = tmp / "public_load.csv"
+    pd.DataFrame(daily(12, 400, seed=1).T, columns=[f"s{i}" for i in range(12)]).to_csv(corpus, index=False)
+    return pretrain([str(corpus)], tmp / "prior", lengths=(24, 48), max_windows=300, epochs=2, progress=False)
+
+
+def test_corpus_windows_context_scaled_and_counted():
+    series = [np.r_[np.zeros(100), np.ones(100)], daily(1, 500, 0)[0] * 100 + 7, np.full(300, 3.0)]
+    series[1][250] = 1e6  # a spike far outside the range: clipped and counted
+    w, stats = corpus_windows(series, ["a", "b", "c"], lengths=(24, 48), max_windows=3000, seed=0)
+    assert stats["c"]["windows"] == 0 and stats["c"]["skipped_constant"] == stats["c"]["candidate_windows"]
+    assert stats["b"]["clipped_values"] >= 1
+    assert np.nanmin(w.values) >= PRIOR_RANGE[0] and np.nanmax(w.values) <= PRIOR_RANGE[1]
+    assert set(w.lengths) == {24, 48}
+    # context scaling: the windows of a long series are not all exactly zero-mean
+    means = [np.nanmean(w.values[i]) for i in range(len(w)) if w.item_id[i].startswith("b:")]
+    assert np.std(means) > 0.05
+
+
+def test_pretrain_writes_a_prior_with_its_corpus_manifest(prior_dir):
+    doc = json.loads((prior_dir / "tsynth.json").read_text())
+    src = doc["corpus"]["sources"][0]
+    assert src["name"] == "public_load.csv" and src["series"] == 12 and src["windows"] > 0
+    assert "licence" in src and doc["corpus"]["lengths"] == [24, 48]
+    assert json.loads((prior_dir / "corpus.json").read_text()) == doc["corpus"]
+    prior = Prior.load(prior_dir)
+    assert prior.lengths == [24, 48] and prior.n_positions == 50 and prior.codec.n_value_tokens == 256
+    # a prior is a normal model directory: it samples on its own
+    out = Synthesizer.load(prior_dir).sample(3, seed=0, length=48)
+    assert out.values.shape == (3, 48, 1)
+
+
+def test_fine_tuning_keeps_the_prior_bins_and_grows_the_vocabulary(prior_dir):
+    torch.set_num_threads(1)
+    start = pd.date_range("2014-01-06", periods=40, freq="D")
+    data = SeriesSet(daily(40, 24, seed=2, level=50.0)[..., None].astype(np.float32), np.full(40, 24),
+                     [f"m{i}" for i in range(40)], ["load"], start=start.to_numpy(), freq="h")
+    syn = Synthesizer("local", prior=str(prior_dir), ensemble=1, epochs=2, conditions=["dayofweek"]).fit(
+        data, progress=False)
+    prior = Prior.load(prior_dir)
+    codec = syn.backend.codec
+    assert codec.edges == prior.codec.edges and codec.scaling == "global" and abs(codec.loc[0] - 50) < 1
+    assert [f.name for f in codec.fields] == ["dayofweek"]
+    assert len(codec.vocab) == len(prior.codec.vocab) + 8  # unknown + 7 days
+    assert syn.info["prior"]["path"] == str(prior_dir.resolve()) and syn.info["prior"]["weights_sha256"]
+    init = prior.initial_weights(len(codec.vocab))
+    wte = init["transformer.wte.weight"]
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(prior_dir / "model").state_dict()["transformer.wte.weight"]
+    assert torch.equal(wte[: len(original)], original) and wte.shape[0] == len(codec.vocab)
+    out = syn.sample(5, seed=0)
+    assert out.values.shape == (5, 24, 1) and abs(float(np.nanmean(out.values)) - 50) < 3
+
+
+def test_dp_fine_tuning_from_a_prior_uses_no_data_fitted_scaler(prior_dir):
+    torch.set_num_threads(1)
+    data = SeriesSet.from_arrays(list(daily(60, 24, seed=3) * 10), [f"u{i}" for i in range(60)])
+    syn = Synthesizer("local", prior=str(prior_dir), dp_epsilon=8.0, epochs=1, value_range=(-20.0, 20.0)).fit(
+        data, progress=False)
+    codec = syn.info["codec"]
+    assert codec["scaling"] == "none" and codec["edges"] == Prior.load(prior_dir).codec.edges
+    assert codec["loc"] == [0.0] and codec["scale"] == [4.0]  # [-20, 20] mapped onto the prior's [-5, 5]
+    assert syn.info["privacy"]["epsilon"] <= 8.0 * 1.05 and syn.info["prior"] is not None
+
+
+def test_refusals_write_nothing(prior_dir, tmp_path):
+    long = SeriesSet.from_arrays(list(daily(30, 60, 4)), [f"u{i}" for i in range(30)])
+    with pytest.raises(ConfigError, match="24-48 steps"):
+        Synthesizer("local", prior=str(prior_dir), epochs=1).fit(long, progress=False)
+    short = SeriesSet.from_arrays(list(daily(30, 12, 4)), [f"u{i}" for i in range(30)])
+    with pytest.raises(ConfigError, match="24-48 steps"):
+        Synthesizer("local", prior=str(prior_dir), epochs=1).fit(short, progress=False)
+    levels = SeriesSet.from_arrays([x * 10 ** (i % 4) + 10 ** (i % 4) * 3 for i, x in enumerate(daily(30, 24, 5))],
+                                   [f"u{i}" for i in range(30)])
+    with pytest.raises(ConfigError, match="orders of magnitude"):
+        Synthesizer("local", prior=str(prior_dir), epochs=1).fit(levels, progress=False)
+    with pytest.raises(ConfigError, match="no such directory"):
+        Synthesizer("local", prior=str(tmp_path / "missing"), epochs=1).fit(long, progress=False)
+    with pytest.raises(ConfigError, match="corpus"):
+        pretrain(["no_such_corpus"], tmp_path / "out", epochs=1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_format_and_other_codec_are_refused(prior_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "old"
+    shutil.copytree(prior_dir, bad)
+    doc = json.loads((bad / "tsynth.json").read_text())
+    (bad / "tsynth.json").write_text(json.dumps({**doc, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(ArtifactError, match="format version"):
+        Prior.load(bad)
+    (bad / "tsynth.json").write_text(json.dumps({**doc, "codec": {**doc["codec"], "scaling": "global"}}))
+    with pytest.raises(ArtifactError, match="another codec"):
+        Prior.load(bad)
+    (bad / "tsynth.json").write_text(json.dumps({k: v for k, v in doc.items() if k != "corpus"}))
+    with pytest.raises(ArtifactError, match="not a prior"):
+        Prior.load(bad)
+
+
+def test_auto_prior_falls_back_when_the_data_does_not_fit(caplog):
+    torch.set_num_threads(1)
+    data = SeriesSet.from_arrays(list(daily(60, 12, 6)), [f"u{i}" for i in range(60)])
+    syn = Synthesizer("local", dp_epsilon=8.0, epochs=1).fit(data, progress=False)
+    assert syn.info["prior"] is None and "not starting from the default prior" in caplog.text
+
+
+def test_shipped_default_prior_is_small_public_and_documented():
+    prior = Prior.load(DEFAULT_PRIOR)
+    size = sum(f.stat().st_size for f in DEFAULT_PRIOR.rglob("*") if f.is_file())
+    assert size < 5e6
+    corpus = prior.doc["corpus"]
+    names = {s["name"] for s in corpus["sources"]}
+    assert names and not names & {e.lower() for e in EXCLUDED}
+    for s in corpus["sources"]:
+        assert s["licence"] and s["package"] and s["windows"] > 0
+    assert corpus["command"].startswith("tsynth pretrain")
+    assert prior.lengths[0] <= 24 and prior.lengths[-1] >= 100  # covers the demo (24) and the recipe (100)
