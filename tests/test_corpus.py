@@ -34,7 +34,6 @@ EXPECTED = {
     "weather": (2, 8759),
     "seattle_daily": (4, 1461),
     "taylor": (1, 4032),
-    "taylor_hourly": (1, 2016),
     "kernelsynth": (2000, 512),
 }
 

@@ -7,16 +7,23 @@ one window of each drawn item, clips each item's gradient to ``max_grad_norm`` a
 calibrated by opacus' accountant (PRV by default) for the requested epsilon over all planned steps.
 Bounding every item to one window per step is what makes the per-example analysis an item-level one.
 
-Data-dependent preprocessing is kept public: under DP the codec uses user-given value bounds
-(``value_range``, default [-5, 5] in units of the data after the optional per-series z-score), uniform
-bins and no data-fitted scaler; values outside the bounds are clipped and counted. Conditions are off by
-default and item-id conditioning is refused (an id token per item would let the model memorise it).
+Data-dependent preprocessing is kept public or made private: under DP the codec uses user-given value
+bounds (``value_range``, default [-5, 5] in units of the data after the optional per-series z-score) and
+no data-fitted scaler; the bins are the public prior's (or uniform without a prior); values outside the
+bounds are clipped and counted. The per-step mean profile is released with the Gaussian mechanism
+(:func:`dp_profile`) and composed with DP-SGD by the same accountant. Conditions are off by default and
+item-id conditioning is refused (an id token per item would let the model memorise it). Noise and
+sampling use a secret seed from the OS, never the recorded training seed.
+
+Also here: the DP Gaussian baseline (:func:`dp_gaussian`), the memorization guard for non-DP models
+(:func:`memorization_guard`) and the likelihood membership-inference audit (:func:`likelihood_mia`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -77,8 +84,12 @@ class DPEngine:
         self.accountant = None
         self.steps = 0
         self.releases: list[dict] = []  # Gaussian releases before training (the profile), composed with DP-SGD
+        # noise and item sampling must not be predictable from the artifact (tsynth.json records the training
+        # seed): they draw from a seed taken from the OS, so DP runs are not bit-reproducible
+        self.secret_seed = secrets.randbits(63)
+        self.rng = torch.Generator().manual_seed(self.secret_seed)
 
-    def release_profile(self, scaled: np.ndarray, seed: int = 0) -> np.ndarray:
+    def release_profile(self, scaled: np.ndarray) -> np.ndarray:
         """Release the per-step mean of the items' series (codec units, shape (steps, channels)) with the
         Gaussian mechanism, low-pass in a Fourier basis, for ``profile_share`` of epsilon; the release is
         composed with DP-SGD by the accountant."""
@@ -87,7 +98,7 @@ class DPEngine:
         share = self.settings.profile_share
         sigma = get_noise_multiplier(target_epsilon=share * self.settings.epsilon, target_delta=self.delta,
                                      sample_rate=1.0, steps=1, accountant=self.settings.accountant)
-        profile, info = dp_profile(scaled, self.item_index, sigma, seed)
+        profile, info = dp_profile(scaled, self.item_index, sigma, np.random.default_rng(self.secret_seed + 1))
         self.releases.append({"what": "per-step mean profile", "noise_multiplier": sigma, **info})
         return profile
 
@@ -115,13 +126,15 @@ class DPEngine:
             warnings.simplefilter("ignore")
             wrapped = GradSampleModule(model, loss_reduction="mean", strict=False)
         dp_opt = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.settings.max_grad_norm,
-                             expected_batch_size=max(1, round(self.sample_rate * n_items)), loss_reduction="mean")
+                             expected_batch_size=max(1, round(self.sample_rate * n_items)), loss_reduction="mean",
+                             generator=self.rng)
         log.info("DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps, target epsilon %.2f at delta %.1e",
                  self.noise_multiplier, self.sample_rate, total_steps, self.settings.epsilon, self.delta)
         return wrapped, dp_opt
 
-    def batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+    def batches(self) -> list[torch.Tensor]:
         """One epoch of Poisson-sampled batches: each item joins with probability q, with one random window."""
+        gen = self.rng
         steps = max(1, round(1 / self.sample_rate))
         out = []
         for _ in range(steps):
@@ -193,7 +206,8 @@ def _calibrate(settings: DPSettings, delta: float, pre: list[tuple], sample_rate
     return hi
 
 
-def dp_profile(scaled: np.ndarray, item_index: np.ndarray, sigma: float, seed: int = 0) -> tuple[np.ndarray, dict]:
+def dp_profile(scaled: np.ndarray, item_index: np.ndarray, sigma: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """The Gaussian-mechanism release of the mean series, item level, in a low-frequency Fourier basis.
 
     Each item's windows are averaged into one series (steps x channels), projected on the orthonormal
@@ -215,7 +229,6 @@ def dp_profile(scaled: np.ndarray, item_index: np.ndarray, sigma: float, seed: i
     clip = float(np.sqrt(n_steps * n_ch))
     norms = np.linalg.norm(coef, axis=1)
     coef = coef * np.minimum(1.0, clip / np.maximum(norms, 1e-12))[:, None]
-    rng = np.random.default_rng(seed)
     noisy = (coef.sum(0) + rng.normal(0, sigma * clip, coef.shape[1])) / len(items)
     profile = basis @ noisy.reshape(basis.shape[1], n_ch)
     return profile, {"clip": clip, "basis_size": int(basis.shape[1]), "clipped_items": int((norms > clip).sum())}

@@ -210,7 +210,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         model.train()
         losses = []
         if dp is not None:
-            batches = dp.batches(gen)
+            batches = dp.batches()
         else:
             perm = torch.randperm(n, generator=gen)
             batches = [perm[i: i + batch] for i in range(0, n, batch)]

@@ -152,7 +152,7 @@ class LocalBackend:
         dp = DPEngine(dp_settings, pd.factorize(train.item_id)[0]) if dp_settings is not None else None
         if dp is not None and dp_settings.profile_share > 0:
             if train.is_regular:
-                codec.profile = dp.release_profile(codec.to_units(train.values.astype(np.float64)), opts.train.seed).tolist()
+                codec.profile = dp.release_profile(codec.to_units(train.values.astype(np.float64))).tolist()
             else:
                 log.warning("DP: series of different lengths, so no per-step profile is released")
         jobs = []
