@@ -85,6 +85,10 @@ def test_pretrain_writes_a_prior_and_fit_starts_from_it(long_csv, tmp_path, caps
     assert main(["fit", str(long_csv), "-o", str(model), "--length", "24", "--epochs", "1", "--ensemble", "1",
                  "--id-col", "meter", "--time-col", "ts", "--prior", str(prior)]) == 0
     assert json.loads((model / "tsynth.json").read_text())["prior"]["path"] == str(prior.resolve())
+    dp_model = tmp_path / "dp"
+    assert main(["fit", str(long_csv), "-o", str(dp_model), "--length", "24", "--id-col", "meter", "--time-col", "ts",
+                 "--dp-epsilon", "8", "--value-range=-3,3"]) == 2   # the DP flags reach the backend: 30 meters
+    assert "too few for a meaningful DP guarantee" in capsys.readouterr().err and not dp_model.exists()
     assert main(["pretrain", "--corpus", "no_such_source", "-o", str(tmp_path / "p2")]) == 2
     assert "no_such_source" in capsys.readouterr().err and not (tmp_path / "p2").exists()
 

@@ -91,8 +91,8 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp-epsilon", type=float, help="train with DP-SGD to this epsilon (e.g. 8)")
     g.add_argument("--dp-delta", type=float, help="delta (default min(1e-5, 0.1/number of items))")
     g.add_argument("--dp-max-grad-norm", type=float, help="per-item gradient clipping norm (default 1.0)")
-    g.add_argument("--value-range", help="LO,HI: public bounds of the values under DP (default -5,5; values "
-                                         "outside are clipped and counted)")
+    g.add_argument("--value-range", help="LO,HI: public bounds of the values under DP, written --value-range=-5,5 "
+                                         "(the default; values outside are clipped and counted)")
     g = p.add_argument_group("local backend, pretrained mode: LoRA fine-tuning of a chat LM on the chat text")
     g.add_argument("--base-model", help="Hugging Face id, model directory or .gguf file of a causal LM with a chat template")
     g.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
