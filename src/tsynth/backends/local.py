@@ -191,7 +191,7 @@ class LocalBackend:
         scaling = opts.scaling
         if scaling == "auto" and not dp:
             scaling = choose_scaling(train)
-        if not dp and scaling not in ("global", "auto"):
+        if not dp and scaling != "global":
             raise ConfigError(f"scaling {scaling!r} cannot start from a prior (it needs standardised values: "
                               f"'global'){'; these series differ in level by orders of magnitude' if scaling == 'series' else ''}"
                               ": pass --prior none")
