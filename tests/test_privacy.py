@@ -46,6 +46,12 @@ def test_dp_refusals(kwargs, message):
         Synthesizer("local", epochs=1, **kwargs).fit(items(), progress=False)
 
 
+def test_dp_fit_refuses_to_resume(tmp_path):
+    with pytest.raises(ConfigError, match="cannot resume"):
+        Synthesizer("local", dp_epsilon=8, epochs=1, prior="none").fit(items(), checkpoint_dir=tmp_path, resume=True,
+                                                                          progress=False)
+
+
 def test_dp_needs_enough_items():
     with pytest.raises(ConfigError, match="too few"):
         Synthesizer("local", dp_epsilon=8, epochs=1).fit(items(n=30), progress=False)

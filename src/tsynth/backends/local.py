@@ -127,6 +127,9 @@ class LocalBackend:
                                   profile_share=opts.dp_profile_share) if opts.dp_epsilon is not None else None)
         if dp_settings is not None:
             dp_settings.check(len(items))
+            if resume:
+                raise ConfigError("a DP fit cannot resume: the accountant would not count the steps taken before the "
+                                  "interruption, so the reported epsilon would be too small; start the fit again")
         validate = len(items) >= MIN_ITEMS_FOR_VALIDATION and opts.validation_fraction > 0 and dp_settings is None
         if not validate:
             log.warning("%s: no validation split, training for a fixed %d epochs",
