@@ -218,8 +218,10 @@ def dp_profile(scaled: np.ndarray, item_index: np.ndarray, sigma: float,
     """
     x = np.nan_to_num(np.asarray(scaled, dtype=np.float64))
     n_steps, n_ch = x.shape[1], x.shape[2]
-    items = np.unique(item_index)
-    per_item = np.stack([x[item_index == it].mean(0) for it in items])  # (items, steps, channels)
+    items, index = np.unique(item_index, return_inverse=True)
+    per_item = np.zeros((len(items), n_steps, n_ch))
+    np.add.at(per_item, index, x)
+    per_item /= np.bincount(index)[:, None, None]  # each item's mean window, (items, steps, channels)
     t = np.arange(n_steps) / n_steps
     cols = [np.ones(n_steps)]
     for f in range(1, max(1, n_steps // PROFILE_FREQUENCY_DIVISOR) + 1):
