@@ -17,7 +17,7 @@ standard deviation of its surrounding context (up to ``CONTEXT_FACTOR`` times th
 realistic offsets and spreads rather than all being exactly zero-mean, unit-variance.
 
 ``DEFAULT_PRIOR`` ships inside the package; it is rebuilt by ``tsynth pretrain`` with the command in its
-``tsynth.json`` (``pretraining.command``). No data set of the benchmarks and not the demo set (see
+``tsynth.json`` (``corpus.command``). No data set of the benchmarks and not the demo set (see
 :data:`tsynth.corpus.EXCLUDED`) is in it.
 """
 
