@@ -151,6 +151,32 @@ def test_unknown_option():
         Synthesizer("local", colour="blue")
 
 
+def test_time_limit_plans_the_epochs_that_fit():
+    from tsynth.train import TrainConfig, TrainResult, _apply_time_limit
+
+    cfg = TrainConfig(epochs=100, time_limit_s=10.0)
+    result = TrainResult(epochs_planned=100)
+    assert not _apply_time_limit(cfg, result, 1, 3.0, 1)     # 3 s per epoch: 3 epochs fit in 10 s
+    assert result.epochs_planned == 3 and result.time_limited
+    assert not _apply_time_limit(cfg, result, 2, 6.0, 2)
+    assert _apply_time_limit(cfg, result, 3, 9.0, 3)         # the 4th would end past the limit
+    roomy = TrainResult(epochs_planned=100)
+    assert not _apply_time_limit(TrainConfig(epochs=100, time_limit_s=1e6), roomy, 1, 3.0, 1)
+    assert roomy.epochs_planned == 100 and not roomy.time_limited
+    with pytest.raises(ConfigError, match="time_limit_s"):
+        TrainConfig(time_limit_s=0)
+
+
+def test_fit_with_time_limit_stops_and_records_it():
+    torch.set_num_threads(1)
+    syn = Synthesizer("local", **{**FAST, "epochs": 50}, time_limit_s=1e-3).fit(daily_profiles(n=30), progress=False)
+    member = syn.info["training"]["members"][0]
+    assert member["epochs_run"] == 1 and member["epochs_planned"] == 1 and member["time_limited"]
+    assert syn.sample(3, seed=0).values.shape == (3, 24, 1)
+    with pytest.raises(ConfigError, match="time limit is not supported with differential privacy"):
+        Synthesizer("local", dp_epsilon=8.0, time_limit_s=60)
+
+
 def test_interrupted_fit_resumes_from_checkpoint(tmp_path):
     torch.set_num_threads(1)
     data = daily_profiles(n=30)

@@ -11,6 +11,7 @@ split of the training items with early stopping, a checkpoint at the end of ever
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PRESETS = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=4),
@@ -47,12 +50,15 @@ class TrainConfig:
     condition_dropout: float = 0.1
     patience: int = 20
     seed: int = 0
+    time_limit_s: float | None = None  # per model: fewer epochs (and a shorter lr schedule) when they would not fit
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown model preset {self.preset!r} (choose from {', '.join(PRESETS)})")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ConfigError("epochs, batch_size and learning_rate must be positive")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ConfigError(f"time_limit_s must be positive, got {self.time_limit_s}")
 
 
 @dataclass
@@ -67,6 +73,8 @@ class TrainResult:
     valid_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    epochs_planned: int = 0  # cfg.epochs, or fewer where the time limit cut the plan
+    time_limited: bool = False
 
 
 def build_model(vocab_size: int, n_positions: int, preset: str, dropout: float = 0.1):
@@ -186,27 +194,30 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.95))
     warm = max(1, cfg.warmup_epochs * steps_per_epoch)
+    plan = {"total": total}  # the time limit may shorten the schedule after the first epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+        optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan["total"]))))
     if dp is not None:
         model, optimizer = dp.attach(model, optimizer, batch, cfg.epochs, steps_per_epoch)
     model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
     plain = accelerator.unwrap_model(model)
     plain = dp.detach(plain) if dp is not None else plain  # the HF model inside every wrapper
-    result = TrainResult()
+    result = TrainResult(epochs_planned=cfg.epochs)
     best_state, best_loss, bad_epochs, start_epoch = None, math.inf, 0, 0
     t0 = time.time()
     state_file = checkpoint_dir / "progress.json" if checkpoint_dir else None
     if resume and state_file is not None and state_file.exists():
         accelerator.load_state(str(checkpoint_dir / "last"))
         saved = json.loads(state_file.read_text())
-        result = TrainResult(**saved["result"])
+        result = TrainResult(**{"epochs_planned": cfg.epochs, **saved["result"]})
         start_epoch, best_loss, bad_epochs = saved["epoch"], saved["best_loss"], saved["bad_epochs"]
         gen.set_state(torch.load(checkpoint_dir / "generator.pt"))
         best_state = torch.load(checkpoint_dir / "best.pt") if (checkpoint_dir / "best.pt").exists() else None
-    bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="training", unit="epoch", disable=not progress,
+    plan["total"] = steps_per_epoch * result.epochs_planned
+    bar = tqdm(total=result.epochs_planned, initial=start_epoch, desc="training", unit="epoch", disable=not progress,
                leave=False)
-    for epoch in range(start_epoch, cfg.epochs):
+    run_t0, epoch = time.time(), start_epoch
+    while epoch < result.epochs_planned:
         model.train()
         losses = []
         if dp is not None:
@@ -241,6 +252,10 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
             bad_epochs += 1
         result.seconds = time.time() - t0
         stop = valid_tokens is not None and bad_epochs >= cfg.patience
+        if cfg.time_limit_s is not None:
+            stop = stop or _apply_time_limit(cfg, result, epoch + 1 - start_epoch, time.time() - run_t0, epoch + 1)
+            plan["total"] = steps_per_epoch * result.epochs_planned
+            bar.total = result.epochs_planned
         if checkpoint_dir is not None:
             _save_checkpoint(accelerator, checkpoint_dir, gen, best_state, epoch + 1, best_loss, bad_epochs, result)
         bar.set_postfix(train=f"{result.train_loss[-1]:.3f}", valid="-" if vloss is None else f"{vloss:.3f}")
@@ -250,8 +265,9 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
                       "train_loss": result.train_loss[-1], "valid_loss": vloss, "tokens": result.tokens,
                       "checkpoint": str(checkpoint_dir / "last") if checkpoint_dir else None})
         if stop:
-            result.stopped_early = True
+            result.stopped_early = epoch + 1 < result.epochs_planned or bad_epochs >= cfg.patience
             break
+        epoch += 1
     bar.close()
     if dp is not None:
         dp.close(model)
@@ -259,6 +275,21 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         plain.load_state_dict(best_state)
     plain.eval()
     return plain, result
+
+
+def _apply_time_limit(cfg: TrainConfig, result: TrainResult, epochs_this_run: int, seconds: float,
+                      epochs_done: int) -> bool:
+    """Shrink ``result.epochs_planned`` to the epochs that fit in ``cfg.time_limit_s`` at the pace so far
+    (at least one more than done, so the schedule still ends); True when the next epoch would not fit."""
+    per_epoch = seconds / epochs_this_run
+    fit = epochs_done + int((cfg.time_limit_s - seconds) // per_epoch)
+    if fit < result.epochs_planned:
+        if result.epochs_planned == cfg.epochs:
+            log.info("time limit %.0f s: %d of %d epochs fit (%.1f s each)", cfg.time_limit_s, max(fit, epochs_done),
+                     cfg.epochs, per_epoch)
+        result.epochs_planned = max(fit, epochs_done)
+        result.time_limited = True
+    return epochs_done >= result.epochs_planned
 
 
 @torch.no_grad()

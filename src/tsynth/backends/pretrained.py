@@ -44,7 +44,7 @@ MODEL_DIR = "model"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # training settings of TrainConfig that apply here, with LoRA defaults
 TRAIN_DEFAULTS = dict(epochs=3, batch_size=8, learning_rate=2e-4, weight_decay=0.0, warmup_epochs=1, patience=2)
-TRAIN_FIELDS = (*TRAIN_DEFAULTS, "seed")
+TRAIN_FIELDS = (*TRAIN_DEFAULTS, "seed", "time_limit_s")
 
 
 @dataclass
