@@ -82,13 +82,18 @@ def test_pretrain_writes_a_prior_and_fit_starts_from_it(long_csv, tmp_path, caps
                  "--max-windows", "60", "--quiet"]) == 0
     assert "public.csv" in capsys.readouterr().out and (prior / "corpus.json").exists()
     model = tmp_path / "model"
-    assert main(["fit", str(long_csv), "-o", str(model), "--length", "24", "--epochs", "1", "--ensemble", "1",
-                 "--id-col", "meter", "--time-col", "ts", "--prior", str(prior)]) == 0
-    assert json.loads((model / "tsynth.json").read_text())["prior"]["path"] == str(prior.resolve())
+    assert main(["fit", str(long_csv), "-o", str(model), "--length", "24", "--epochs", "3", "--ensemble", "1",
+                 "--id-col", "meter", "--time-col", "ts", "--prior", str(prior), "--time-limit", "0.001"]) == 0
+    info = json.loads((model / "tsynth.json").read_text())
+    assert info["prior"]["path"] == str(prior.resolve())
+    assert info["training"]["members"][0]["epochs_run"] == 1 and info["training"]["members"][0]["time_limited"]
     dp_model = tmp_path / "dp"
     assert main(["fit", str(long_csv), "-o", str(dp_model), "--length", "24", "--id-col", "meter", "--time-col", "ts",
                  "--dp-epsilon", "8", "--value-range=-3,3"]) == 2   # the DP flags reach the backend: 30 meters
     assert "too few for a meaningful DP guarantee" in capsys.readouterr().err and not dp_model.exists()
+    assert main(["fit", str(long_csv), "-o", str(dp_model), "--length", "24", "--id-col", "meter", "--time-col", "ts",
+                 "--dp-epsilon", "8", "--dp-profile-share", "1.5"]) == 2
+    assert "profile_share must lie in [0, 1)" in capsys.readouterr().err and not dp_model.exists()
     assert main(["pretrain", "--corpus", "no_such_source", "-o", str(tmp_path / "p2")]) == 2
     assert "no_such_source" in capsys.readouterr().err and not (tmp_path / "p2").exists()
 

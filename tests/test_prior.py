@@ -91,6 +91,10 @@ def test_dp_fine_tuning_from_a_prior_uses_no_data_fitted_scaler(prior_dir):
     assert codec["scaling"] == "none" and codec["edges"] == Prior.load(prior_dir).codec.edges
     assert codec["loc"] == [0.0] and codec["scale"] == [4.0]  # [-20, 20] mapped onto the prior's [-5, 5]
     assert syn.info["privacy"]["epsilon"] <= 8.0 * 1.05 and syn.info["prior"] is not None
+    assert syn.info["privacy"]["releases"] == []   # a prior of your own: no profile release unless asked
+    asked = Synthesizer("local", prior=str(prior_dir), dp_epsilon=8.0, epochs=1, value_range=(-20.0, 20.0),
+                        dp_profile_share=0.25).fit(data, progress=False)
+    assert [r["what"] for r in asked.info["privacy"]["releases"]] == ["per-step mean profile"]
 
 
 def test_refusals_write_nothing(prior_dir, tmp_path):

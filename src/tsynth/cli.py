@@ -74,6 +74,9 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, help="maximum epochs (early stopping on a validation split of the items)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--learning-rate", type=float)
+    g.add_argument("--time-limit", dest="time_limit_s", type=float, metavar="SECONDS",
+                   help="train each model for about this long at most: the epochs (and the lr schedule) are cut to "
+                        "what fits at the first epoch's pace")
     g.add_argument("--n-bins", type=int, help="value bins (default 256)")
     g.add_argument("--binning", choices=["quantile", "uniform"])
     g.add_argument("--scaling", choices=["auto", "global", "series", "none"],
@@ -91,6 +94,8 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp-epsilon", type=float, help="train with DP-SGD to this epsilon (e.g. 8)")
     g.add_argument("--dp-delta", type=float, help="delta (default min(1e-5, 0.1/number of items))")
     g.add_argument("--dp-max-grad-norm", type=float, help="per-item gradient clipping norm (default 1.0)")
+    g.add_argument("--dp-profile-share", type=float, help="share of epsilon spent on releasing the per-step mean "
+                   "profile (default 0.25); 0 with a prior pretrained on public data of your own domain")
     g.add_argument("--value-range", help="LO,HI: public bounds of the values under DP, written --value-range=-5,5 "
                                          "(the default; values outside are clipped and counted)")
     g = p.add_argument_group("local backend, pretrained mode: LoRA fine-tuning of a chat LM on the chat text")
@@ -104,7 +109,7 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
 def local_options(args: argparse.Namespace) -> dict[str, Any]:
     """The local backend keywords set on the command line."""
     names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "scaling", "ensemble", "seed",
-             "dp_epsilon", "dp_delta", "dp_max_grad_norm", "prior", "trainable"]
+             "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_profile_share", "prior", "trainable", "time_limit_s"]
     opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "value_range", None):
         try:
@@ -157,7 +162,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.backend == "local":
         if args.base_model:
             lora = {k: getattr(args, k) for k in ("lora_rank", "lora_alpha", "target_modules") if getattr(args, k)}
-            opts = {k: v for k, v in local_options(args).items() if k in ("epochs", "batch_size", "learning_rate", "seed")}
+            opts = {k: v for k, v in local_options(args).items() if k in ("epochs", "batch_size", "learning_rate", "seed", "time_limit_s")}
             syn = Synthesizer("pretrained", base_model=args.base_model, merge=args.merge, **lora, **opts)
         else:
             syn = Synthesizer("local", **local_options(args))
@@ -343,6 +348,7 @@ EXAMPLES = {
   tsynth fit electricity.parquet --length 100 -o model            # the recipe's first 100 hours per client
   tsynth fit meters.csv --id-col meter --time-col ts --value-cols kwh -o model --preset small
   tsynth fit stocks.csv --layout wide --length 24 --stride 1 -o model
+  tsynth fit energy.csv --layout wide --length 24 --stride 1 -o model --time-limit 600   # <= ~10 min per model
   tsynth fit electricity.parquet --length 100 --zscore -o model --dp-epsilon 8    # item-level DP-SGD
   tsynth fit data.parquet --length 24 -o model --base-model HuggingFaceTB/SmolLM2-135M-Instruct --lora-rank 8
   tsynth fit data.parquet --length 100 -o model --backend openai --model gpt-4o-mini-2024-07-18 \\
