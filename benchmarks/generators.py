@@ -3,6 +3,7 @@ plus fit and sample seconds; the harness measures memory and evaluates."""
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 from typing import Callable
@@ -12,9 +13,10 @@ import numpy as np
 from tsynth import SeriesSet
 from tsynth.prior import Prior, resolve_prior
 from tsynth.privacy import likelihood_mia
+from tsynth.backends.local import DEFAULT_ENSEMBLE
 from tsynth.synthesizer import Synthesizer
 
-from .peers import dgan, par
+from .peers import BUDGET_S, dgan, par
 from .tasks import Task
 
 
@@ -79,10 +81,19 @@ def check_no_leak(task: Task, prior: Prior | None) -> None:
                              "scoring with it would leak the task's data")
 
 
+def model_time_limit(ensemble: int) -> float:
+    """Seconds each model may train so that the whole ensemble fits the peers' wall-clock budget
+    (``peers.BUDGET_S``): the models train as many at a time as there are cores."""
+    return BUDGET_S * min(ensemble, len(os.sched_getaffinity(0))) / ensemble
+
+
 def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesSet, float, float, dict]:
     """tsynth's local backend with its default settings (smoke: 2 epochs of one model, not an ensemble,
-    and 20 extra draws instead of 1000)."""
+    and 20 extra draws instead of 1000). Without DP the fit gets the peers' wall-clock budget
+    (:func:`model_time_limit`; it binds on stocks24 and energy24); a DP fit cannot be cut short."""
     opts = {"seed": seed, **options, **({"epochs": 2, "ensemble": 1} if smoke else {})}
+    if "dp_epsilon" not in opts:
+        opts["time_limit_s"] = model_time_limit(opts.get("ensemble", DEFAULT_ENSEMBLE))
     check_no_leak(task, resolve_prior(opts.get("prior", "auto"), "dp_epsilon" in opts))
     t0 = time.time()
     syn = Synthesizer("local", **opts).fit(task.train, progress=False)
@@ -95,6 +106,7 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
     members = syn.info["training"]["members"]
     extra = {"privacy": syn.info.get("privacy"), **step_errors(task.train.values, more.values, "_1000"),
              "sample_1000_s": time.time() - t0, "epochs": [m["epochs_run"] for m in members],
+             "time_limited": any(m["time_limited"] for m in members), "time_limit_s": opts.get("time_limit_s"),
              "mia_likelihood_auc": likelihood_mia(syn, task.train, task.holdout, seed=seed)["auc"],
              "prior": (syn.info.get("prior") or {}).get("sources"),
              "best_epoch": [m["best_epoch"] for m in members],
