@@ -11,9 +11,9 @@ from typing import Callable
 import numpy as np
 
 from tsynth import SeriesSet
+from tsynth.backends.local import DEFAULT_ENSEMBLE
 from tsynth.prior import Prior, resolve_prior
 from tsynth.privacy import likelihood_mia
-from tsynth.backends.local import DEFAULT_ENSEMBLE
 from tsynth.synthesizer import Synthesizer
 
 from .peers import BUDGET_S, dgan, par

@@ -162,7 +162,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.backend == "local":
         if args.base_model:
             lora = {k: getattr(args, k) for k in ("lora_rank", "lora_alpha", "target_modules") if getattr(args, k)}
-            opts = {k: v for k, v in local_options(args).items() if k in ("epochs", "batch_size", "learning_rate", "seed", "time_limit_s")}
+            opts = {k: v for k, v in local_options(args).items()
+                    if k in ("epochs", "batch_size", "learning_rate", "seed", "time_limit_s")}
             syn = Synthesizer("pretrained", base_model=args.base_model, merge=args.merge, **lora, **opts)
         else:
             syn = Synthesizer("local", **local_options(args))
