@@ -190,19 +190,19 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     n = len(data)
     batch = min(cfg.batch_size, n)
     steps_per_epoch = max(1, math.ceil(n / batch))
-    total = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.95))
     warm = max(1, cfg.warmup_epochs * steps_per_epoch)
-    plan = {"total": total}  # the time limit may shorten the schedule after the first epoch
+    result = TrainResult(epochs_planned=cfg.epochs)
+    # the cosine ends with the planned epochs, which the time limit may shorten (``result`` is looked up per call)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan["total"]))))
+        optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5
+        * (1 + math.cos(math.pi * min(1.0, s / (steps_per_epoch * result.epochs_planned)))))
     if dp is not None:
         model, optimizer = dp.attach(model, optimizer, batch, cfg.epochs, steps_per_epoch)
     model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
     plain = accelerator.unwrap_model(model)
     plain = dp.detach(plain) if dp is not None else plain  # the HF model inside every wrapper
-    result = TrainResult(epochs_planned=cfg.epochs)
     best_state, best_loss, bad_epochs, start_epoch = None, math.inf, 0, 0
     t0 = time.time()
     state_file = checkpoint_dir / "progress.json" if checkpoint_dir else None
@@ -213,7 +213,6 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         start_epoch, best_loss, bad_epochs = saved["epoch"], saved["best_loss"], saved["bad_epochs"]
         gen.set_state(torch.load(checkpoint_dir / "generator.pt"))
         best_state = torch.load(checkpoint_dir / "best.pt") if (checkpoint_dir / "best.pt").exists() else None
-    plan["total"] = steps_per_epoch * result.epochs_planned
     bar = tqdm(total=result.epochs_planned, initial=start_epoch, desc="training", unit="epoch", disable=not progress,
                leave=False)
     run_t0, epoch = time.time(), start_epoch
@@ -251,10 +250,10 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         else:
             bad_epochs += 1
         result.seconds = time.time() - t0
-        stop = valid_tokens is not None and bad_epochs >= cfg.patience
-        if cfg.time_limit_s is not None:
-            stop = stop or _apply_time_limit(cfg, result, epoch + 1 - start_epoch, time.time() - run_t0, epoch + 1)
-            plan["total"] = steps_per_epoch * result.epochs_planned
+        early = valid_tokens is not None and bad_epochs >= cfg.patience
+        out_of_time = False
+        if cfg.time_limit_s is not None and not early:
+            out_of_time = _apply_time_limit(cfg, result, epoch + 1 - start_epoch, time.time() - run_t0, epoch + 1)
             bar.total = result.epochs_planned
         if checkpoint_dir is not None:
             _save_checkpoint(accelerator, checkpoint_dir, gen, best_state, epoch + 1, best_loss, bad_epochs, result)
@@ -264,8 +263,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
             callback({"type": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "step": result.steps,
                       "train_loss": result.train_loss[-1], "valid_loss": vloss, "tokens": result.tokens,
                       "checkpoint": str(checkpoint_dir / "last") if checkpoint_dir else None})
-        if stop:
-            result.stopped_early = epoch + 1 < result.epochs_planned or bad_epochs >= cfg.patience
+        if early or out_of_time:
+            result.stopped_early = early
             break
         epoch += 1
     bar.close()
@@ -280,7 +279,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
 def _apply_time_limit(cfg: TrainConfig, result: TrainResult, epochs_this_run: int, seconds: float,
                       epochs_done: int) -> bool:
     """Shrink ``result.epochs_planned`` to the epochs that fit in ``cfg.time_limit_s`` at the pace so far
-    (at least one more than done, so the schedule still ends); True when the next epoch would not fit."""
+    (never fewer than are done); True when the next epoch would not fit."""
     per_epoch = seconds / epochs_this_run
     fit = epochs_done + int((cfg.time_limit_s - seconds) // per_epoch)
     if fit < result.epochs_planned:
