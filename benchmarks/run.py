@@ -169,7 +169,7 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "trained on synthetic, pred_real = the same GRU trained on real train. Fit/sample seconds with one "
              "torch thread per process (tsynth trains its ensemble members two processes at a time on 2 cores). "
              "Budget: the peers (DGAN, PAR) train for at most 600 s; tsynth without DP gets the same wall clock "
-             "(each of its 6 models at most 200 s, the epochs cut to fit, but never less than one epoch; JSON "
+             "(each of its 6 models at most 200 s: its steps and lr schedule cut to fit, a model that cannot finish one epoch trains on part of it; JSON "
              "`time_limited`), which binds on "
              "stocks24 and energy24; DP fits run their fixed epochs. "
              "peak MB is the largest single process; 'sample s' times n = len(train) series (the JSON also has "

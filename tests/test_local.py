@@ -151,28 +151,35 @@ def test_unknown_option():
         Synthesizer("local", colour="blue")
 
 
-def test_time_limit_plans_the_epochs_that_fit():
-    from tsynth.train import TrainConfig, TrainResult, _apply_time_limit
+def test_time_limit_plans_the_steps_that_fit():
+    from tsynth.train import TrainConfig, TrainResult, _lr_factor, steps_that_fit
 
-    cfg = TrainConfig(epochs=100, time_limit_s=10.0)
-    result = TrainResult(epochs_planned=100)
-    assert not _apply_time_limit(cfg, result, 1, 3.0, 1)     # 3 s per epoch: 3 epochs fit in 10 s
-    assert result.epochs_planned == 3 and result.time_limited
-    assert not _apply_time_limit(cfg, result, 2, 6.0, 2)
-    assert _apply_time_limit(cfg, result, 3, 9.0, 3)         # the 4th would end past the limit
-    roomy = TrainResult(epochs_planned=100)
-    assert not _apply_time_limit(TrainConfig(epochs=100, time_limit_s=1e6), roomy, 1, 3.0, 1)
-    assert roomy.epochs_planned == 100 and not roomy.time_limited
+    # 10 steps per epoch at 1 s each, validation 2 s: 30 s hold two full epochs (24 s) and 4 steps + validation
+    assert steps_that_fit(30.0, 1.0, 2.0, 10, 0) == 24
+    assert steps_that_fit(30.0, 1.0, 2.0, 10, 6) == 4 + 20          # finish this epoch (6 s), two more (24 s)
+    assert steps_that_fit(5.0, 1.0, 2.0, 10, 3) == 3                # not even this epoch: 3 steps, then validate
+    assert steps_that_fit(1.0, 1.0, 2.0, 10, 3) == 0
+    result = TrainResult(steps_planned=100)
+    assert _lr_factor(0, result, 30) == pytest.approx(1 / 30)        # plain: three epochs of warm-up
+    result.time_limited = True
+    assert _lr_factor(0, result, 30) == pytest.approx(1 / 10)        # limited: a tenth of the planned steps
+    assert _lr_factor(100, result, 30) == pytest.approx(0.0)         # the cosine ends with the plan
     with pytest.raises(ConfigError, match="time_limit_s"):
         TrainConfig(time_limit_s=0)
 
 
-def test_fit_with_time_limit_stops_and_records_it():
+def test_fit_with_time_limit_stops_inside_the_first_epoch():
     torch.set_num_threads(1)
-    syn = Synthesizer("local", **{**FAST, "epochs": 50}, time_limit_s=1e-3).fit(daily_profiles(n=30), progress=False)
+    syn = Synthesizer("local", **{**FAST, "epochs": 50, "batch_size": 4},
+                      time_limit_s=1e-3).fit(daily_profiles(n=30), progress=False)
     member = syn.info["training"]["members"][0]
-    assert member["epochs_run"] == 1 and member["epochs_planned"] == 1 and member["time_limited"]
+    assert member["time_limited"] and member["epochs_run"] == 1 and member["epochs_planned"] == 1
+    assert member["steps"] == member["steps_planned"] == 1         # one step of a 7-step epoch, then validation
+    assert len(member["valid_loss"]) == 1 and member["best_epoch"] == 1
     assert syn.sample(3, seed=0).values.shape == (3, 24, 1)
+    roomy = Synthesizer("local", **FAST, time_limit_s=1e6).fit(daily_profiles(n=30), progress=False)
+    assert not roomy.info["training"]["members"][0]["time_limited"]
+    assert roomy.info["training"]["members"][0]["epochs_run"] == 3
     with pytest.raises(ConfigError, match="time limit is not supported with differential privacy"):
         Synthesizer("local", dp_epsilon=8.0, time_limit_s=60)
 

@@ -75,8 +75,8 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--learning-rate", type=float)
     g.add_argument("--time-limit", dest="time_limit_s", type=float, metavar="SECONDS",
-                   help="train each model for about this long at most: the epochs (and the lr schedule) are cut to "
-                        "what fits at the first epoch's pace")
+                   help="train each model for about this long at most: its steps (and the lr schedule) are cut to "
+                        "what fits at the pace so far, validation included; not with DP")
     g.add_argument("--n-bins", type=int, help="value bins (default 256)")
     g.add_argument("--binning", choices=["quantile", "uniform"])
     g.add_argument("--scaling", choices=["auto", "global", "series", "none"],

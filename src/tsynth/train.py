@@ -50,7 +50,7 @@ class TrainConfig:
     condition_dropout: float = 0.1
     patience: int = 20
     seed: int = 0
-    time_limit_s: float | None = None  # per model: fewer epochs (and a shorter lr schedule) when they would not fit
+    time_limit_s: float | None = None  # per model: fewer steps (and a shorter lr schedule) when they would not fit
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -73,7 +73,8 @@ class TrainResult:
     valid_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
-    epochs_planned: int = 0  # cfg.epochs, or fewer where the time limit cut the plan
+    epochs_planned: int = 0  # cfg.epochs, or fewer where the time limit cut the plan (the last may be partial)
+    steps_planned: int = 0   # optimizer steps the lr schedule ends with
     time_limited: bool = False
 
 
@@ -192,12 +193,10 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     steps_per_epoch = max(1, math.ceil(n / batch))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.95))
-    warm = max(1, cfg.warmup_epochs * steps_per_epoch)
-    result = TrainResult(epochs_planned=cfg.epochs)
-    # the cosine ends with the planned epochs, which the time limit may shorten (``result`` is looked up per call)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5
-        * (1 + math.cos(math.pi * min(1.0, s / (steps_per_epoch * result.epochs_planned)))))
+    result = TrainResult(epochs_planned=cfg.epochs, steps_planned=cfg.epochs * steps_per_epoch)
+    # warm-up and cosine end with the planned steps, which the time limit may shorten (``result`` is read per call)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, result,
+                                                                             cfg.warmup_epochs * steps_per_epoch))
     if dp is not None:
         model, optimizer = dp.attach(model, optimizer, batch, cfg.epochs, steps_per_epoch)
     model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
@@ -209,13 +208,15 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     if resume and state_file is not None and state_file.exists():
         accelerator.load_state(str(checkpoint_dir / "last"))
         saved = json.loads(state_file.read_text())
-        result = TrainResult(**{"epochs_planned": cfg.epochs, **saved["result"]})
+        result = TrainResult(**{"epochs_planned": cfg.epochs, "steps_planned": cfg.epochs * steps_per_epoch,
+                                **saved["result"]})
         start_epoch, best_loss, bad_epochs = saved["epoch"], saved["best_loss"], saved["bad_epochs"]
         gen.set_state(torch.load(checkpoint_dir / "generator.pt"))
         best_state = torch.load(checkpoint_dir / "best.pt") if (checkpoint_dir / "best.pt").exists() else None
     bar = tqdm(total=result.epochs_planned, initial=start_epoch, desc="training", unit="epoch", disable=not progress,
                leave=False)
-    run_t0, epoch = time.time(), start_epoch
+    clock = _TimeLimit(cfg.time_limit_s, steps_per_epoch, len(valid_tokens) if valid_tokens is not None else 0, batch)
+    epoch = start_epoch
     while epoch < result.epochs_planned:
         model.train()
         losses = []
@@ -225,6 +226,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
             perm = torch.randperm(n, generator=gen)
             batches = [perm[i: i + batch] for i in range(0, n, batch)]
         for idx in batches:
+            if result.steps >= result.steps_planned:
+                break  # the time limit ends the run inside this epoch
             tokens = drop_conditions(data[idx], field_slots, cfg.condition_dropout, gen).to(accelerator.device)
             if dp is not None:
                 loss = dp.step(model, optimizer, tokens, loss_fn)
@@ -238,9 +241,12 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
             losses.append(float(loss.detach()))
             result.steps += 1
             result.tokens += int((tokens != 0).sum())
+            clock.after_step(result)
         result.epochs_run = epoch + 1
         result.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
+        clock.validation_starts()
         vloss = evaluate_loss(model, valid_tokens, loss_fn, accelerator.device) if valid_tokens is not None else None
+        clock.validation_ends()
         if vloss is not None:
             result.valid_loss.append(vloss)
         score = vloss if vloss is not None else result.train_loss[-1]
@@ -251,9 +257,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
             bad_epochs += 1
         result.seconds = time.time() - t0
         early = valid_tokens is not None and bad_epochs >= cfg.patience
-        out_of_time = False
-        if cfg.time_limit_s is not None and not early:
-            out_of_time = _apply_time_limit(cfg, result, epoch + 1 - start_epoch, time.time() - run_t0, epoch + 1)
+        if not early:
+            clock.after_epoch(result)
             bar.total = result.epochs_planned
         if checkpoint_dir is not None:
             _save_checkpoint(accelerator, checkpoint_dir, gen, best_state, epoch + 1, best_loss, bad_epochs, result)
@@ -263,8 +268,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
             callback({"type": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "step": result.steps,
                       "train_loss": result.train_loss[-1], "valid_loss": vloss, "tokens": result.tokens,
                       "checkpoint": str(checkpoint_dir / "last") if checkpoint_dir else None})
-        if early or out_of_time:
-            result.stopped_early = early
+        if early:
+            result.stopped_early = True
             break
         epoch += 1
     bar.close()
@@ -276,19 +281,81 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     return plain, result
 
 
-def _apply_time_limit(cfg: TrainConfig, result: TrainResult, epochs_this_run: int, seconds: float,
-                      epochs_done: int) -> bool:
-    """Shrink ``result.epochs_planned`` to the epochs that fit in ``cfg.time_limit_s`` at the pace so far
-    (never fewer than are done); True when the next epoch would not fit."""
-    per_epoch = seconds / epochs_this_run
-    fit = epochs_done + int((cfg.time_limit_s - seconds) // per_epoch)
-    if fit < result.epochs_planned:
-        if result.epochs_planned == cfg.epochs:
-            log.info("time limit %.0f s: %d of %d epochs fit (%.1f s each)", cfg.time_limit_s, max(fit, epochs_done),
-                     cfg.epochs, per_epoch)
-        result.epochs_planned = max(fit, epochs_done)
-        result.time_limited = True
-    return epochs_done >= result.epochs_planned
+def _lr_factor(step: int, result: TrainResult, warmup: int) -> float:
+    """Linear warm-up, then a cosine that ends with the planned steps; a time-limited plan warms up for at most
+    a tenth of its steps."""
+    planned = max(1, result.steps_planned)
+    warm = max(1, min(warmup, planned // 10) if result.time_limited else warmup)
+    return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / planned)))
+
+
+def steps_that_fit(seconds: float, pace: float, reserve: float, steps_per_epoch: int, into_epoch: int) -> int:
+    """Optimizer steps that fit into ``seconds`` at ``pace`` seconds each, when every epoch end (full or
+    partial) costs ``reserve`` seconds of validation and the current epoch is ``into_epoch`` steps old."""
+    to_end = steps_per_epoch - into_epoch
+    if seconds < to_end * pace + reserve:
+        return max(0, int((seconds - reserve) // pace))
+    seconds -= to_end * pace + reserve
+    per_epoch = steps_per_epoch * pace + reserve
+    full = int(seconds // per_epoch)
+    return to_end + full * steps_per_epoch + max(0, int((seconds - full * per_epoch - reserve) // pace))
+
+
+class _TimeLimit:
+    """Keeps a run inside ``TrainConfig.time_limit_s``: plans the steps that fit from the pace so far (early in
+    the first epoch, and again at every epoch end) and stops a step early when the machine slows down. Every
+    stop leaves room for the validation pass that picks the best model; at least one step is taken."""
+
+    PROBE_STEPS = 5
+
+    def __init__(self, limit: float | None, steps_per_epoch: int, valid_rows: int, batch: int):
+        self.limit, self.steps_per_epoch = limit, steps_per_epoch
+        self.valid_batches = math.ceil(valid_rows / batch)
+        self.t0 = self.mark = time.time()  # start of the run; end of the last timed stretch
+        self.train_s, self.steps = 0.0, 0  # seconds spent on the steps of this run, and their number
+        self.reserve: float | None = None  # seconds of one validation pass, once measured
+
+    def _reserve(self, pace: float) -> float:
+        # before the first validation: a forward pass costs about a third of a training step, per batch
+        return self.reserve if self.reserve is not None else pace * self.valid_batches / 2
+
+    def _shrink(self, result: TrainResult, planned: int) -> None:
+        planned = max(planned, result.steps, 1)
+        if planned < result.steps_planned:
+            if not result.time_limited:
+                log.info("time limit %.0f s: %d of %d steps fit", self.limit, planned, result.steps_planned)
+            result.steps_planned, result.time_limited = planned, True
+            result.epochs_planned = math.ceil(planned / self.steps_per_epoch)
+
+    def after_step(self, result: TrainResult) -> None:
+        if self.limit is None:
+            return
+        now = time.time()
+        self.train_s += now - self.mark
+        self.mark = now
+        self.steps += 1
+        pace = max(self.train_s / self.steps, 1e-9)
+        left = self.limit - (now - self.t0)
+        into = result.steps % self.steps_per_epoch
+        if self.steps == self.PROBE_STEPS and self.reserve is None and into:
+            self._shrink(result, result.steps + steps_that_fit(left, pace, self._reserve(pace), self.steps_per_epoch,
+                                                               into))
+        elif left < pace + self._reserve(pace):
+            self._shrink(result, result.steps)   # the machine got slower than planned: stop here
+
+    def validation_starts(self) -> None:
+        self.mark = time.time()
+
+    def validation_ends(self) -> None:
+        now = time.time()
+        self.reserve, self.mark = now - self.mark, now
+
+    def after_epoch(self, result: TrainResult) -> None:
+        if self.limit is None or self.steps == 0:
+            return
+        pace = max(self.train_s / self.steps, 1e-9)
+        self._shrink(result, result.steps + steps_that_fit(self.limit - (time.time() - self.t0), pace, self.reserve,
+                                                           self.steps_per_epoch, 0))
 
 
 @torch.no_grad()
