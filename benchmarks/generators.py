@@ -125,6 +125,7 @@ GENERATORS: dict[str, Callable] = {
     **{f"dp-gaussian-eps{e:g}": partial(dp_gaussian, epsilon=e) for e in DP_EPSILONS},
     **{f"tsynth-dp-eps{e:g}": partial(tsynth_local, dp_epsilon=e) for e in DP_EPSILONS},
     "tsynth-dp-eps8-noprior": partial(tsynth_local, dp_epsilon=8.0, prior="none"),
+    "tsynth-dp-eps8-load": partial(tsynth_local, dp_epsilon=8.0, prior="load"),
     "dgan": dgan,
     "par": par,
 }

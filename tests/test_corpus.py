@@ -11,12 +11,14 @@ import pytest
 from tsynth.corpus import (
     DEFAULT_CORPUS,
     EXCLUDED,
+    LOAD_CORPUS,
     MIN_LENGTH,
     SOURCES,
     Kernel,
     _bundled,
     _gp_factor,
     _import,
+    _package_data,
     kernel_synth,
     load_corpus,
 )
@@ -35,6 +37,7 @@ EXPECTED = {
     "seattle_daily": (4, 1461),
     "taylor": (1, 4032),
     "kernelsynth": (2000, 512),
+    "simbench": (123, 8784),  # 96 profiles, plus 27 grid-node profiles that differ in the future scenarios
 }
 
 _opened: list[str] | None = None
@@ -68,6 +71,7 @@ def test_registry_and_default_corpus():
     assert set(SOURCES) == set(EXPECTED)
     assert set(DEFAULT_CORPUS) <= set(SOURCES) and "kernelsynth" in DEFAULT_CORPUS
     assert len(DEFAULT_CORPUS) == len(set(DEFAULT_CORPUS))
+    assert set(LOAD_CORPUS) <= set(SOURCES) and not set(LOAD_CORPUS) & set(DEFAULT_CORPUS)
     for name, src in SOURCES.items():
         assert src.name == name
         for text in (src.description, src.frequency, src.package, src.origin, src.licence):
@@ -206,6 +210,17 @@ def test_missing_package_or_data_file_says_what_to_install():
         _import("tsynth_no_such_module", "somepackage")
     with pytest.raises(ConfigError, match=r"aeon \S+ does not ship datasets/data/NoSuchSet"):
         _bundled("aeon", "aeon", "datasets", "data", "NoSuchSet")
+    with pytest.raises(ConfigError, match=re.escape("needs the 'somepackage' package: pip install --no-deps x")):
+        _package_data("tsynth_no_such_module", "somepackage", "a.csv", hint="pip install --no-deps x")
+    with pytest.raises(ConfigError, match=r"simbench \S+ does not ship networks/no-such-set"):
+        _package_data("simbench", "simbench", "networks", "no-such-set", hint="")
+
+
+def test_simbench_profiles_are_hourly_loads(loaded):
+    series, _ = loaded[0]["simbench"]
+    assert len({s.tobytes() for s in series}) == len(series)        # each distinct profile once
+    assert np.mean([s.min() >= -1e-9 for s in series]) > 0.9        # loads draw power (a few grid nodes feed in)
+    assert np.median([_acf(s, 24) for s in series]) > 0.5           # the daily cycle survives hourly averaging
 
 
 def test_unknown_name_lists_sources():

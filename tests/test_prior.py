@@ -9,9 +9,9 @@ import torch
 
 from tsynth import SeriesSet
 from tsynth.artifact import FORMAT_VERSION
-from tsynth.corpus import EXCLUDED
+from tsynth.corpus import DEFAULT_CORPUS, EXCLUDED, LOAD_CORPUS
 from tsynth.errors import ArtifactError, ConfigError
-from tsynth.prior import DEFAULT_PRIOR, PRIOR_RANGE, Prior, corpus_windows, pretrain
+from tsynth.prior import DEFAULT_PRIOR, PRIOR_RANGE, SHIPPED_PRIORS, Prior, corpus_windows, pretrain, resolve_prior
 from tsynth.synthesizer import Synthesizer
 
 
@@ -95,6 +95,10 @@ def test_dp_fine_tuning_from_a_prior_uses_no_data_fitted_scaler(prior_dir):
     asked = Synthesizer("local", prior=str(prior_dir), dp_epsilon=8.0, epochs=1, value_range=(-20.0, 20.0),
                         dp_profile_share=0.25).fit(data, progress=False)
     assert [r["what"] for r in asked.info["privacy"]["releases"]] == ["per-step mean profile"]
+    load = Synthesizer("local", prior="load", dp_epsilon=8.0, epochs=1, value_range=(-20.0, 20.0)).fit(
+        data, progress=False)
+    assert load.info["privacy"]["releases"] == []  # the shipped load prior is a domain prior too
+    assert load.info["prior"]["sources"] == list(LOAD_CORPUS)
 
 
 def test_refusals_write_nothing(prior_dir, tmp_path):
@@ -139,14 +143,18 @@ def test_auto_prior_falls_back_when_the_data_does_not_fit(caplog):
     assert syn.info["prior"] is None and "not starting from the default prior" in caplog.text
 
 
-def test_shipped_default_prior_is_small_public_and_documented():
-    prior = Prior.load(DEFAULT_PRIOR)
-    size = sum(f.stat().st_size for f in DEFAULT_PRIOR.rglob("*") if f.is_file())
+@pytest.mark.parametrize("name", sorted(SHIPPED_PRIORS))
+def test_shipped_priors_are_small_public_and_documented(name):
+    path = SHIPPED_PRIORS[name]
+    prior = resolve_prior(name, dp=False)
+    assert prior.path == path and (name != "default" or path == DEFAULT_PRIOR)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     assert size < 5e6
     corpus = prior.doc["corpus"]
     names = {s["name"] for s in corpus["sources"]}
-    assert names and not names & {e.lower() for e in EXCLUDED}
+    assert names == set({"default": DEFAULT_CORPUS, "load": LOAD_CORPUS}[name])
+    assert not names & {e.lower() for e in EXCLUDED}
     for s in corpus["sources"]:
         assert s["licence"] and s["package"] and s["windows"] > 0
-    assert corpus["command"].startswith("tsynth pretrain")
+    assert corpus["command"].startswith("tsynth pretrain") and f"-o src/tsynth/priors/{name}" in corpus["command"]
     assert prior.lengths[0] <= 24 and prior.lengths[-1] >= 100  # covers the demo (24) and the recipe (100)

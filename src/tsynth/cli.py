@@ -85,8 +85,9 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
                                         "'none' for none; default: attributes and varying calendar fields")
     g.add_argument("--ensemble", type=int, help="train N models with different seeds and average them when sampling")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--prior", help="start from a public prior: 'default' (the one shipped with tsynth), a directory "
-                                   "written by `tsynth pretrain`, 'none', or 'auto' (default: the shipped prior under "
+    g.add_argument("--prior", help="start from a public prior: 'default' (shipped: general public series), 'load' "
+                                   "(shipped: electric load profiles, for energy-consumption data), a directory "
+                                   "written by `tsynth pretrain`, 'none', or 'auto' (default: the default prior under "
                                    "DP only)")
     g.add_argument("--trainable", choices=["all", "bitfit", "bitfit+positions", "bitfit+positions+embeddings"],
                    help="which parameters to train (default all; bitfit = biases and LayerNorm only)")

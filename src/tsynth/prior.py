@@ -16,9 +16,11 @@ Corpus windows are cut at several lengths (``PRIOR_LENGTHS``) and each is standa
 standard deviation of its surrounding context (up to ``CONTEXT_FACTOR`` times the window), so windows keep
 realistic offsets and spreads rather than all being exactly zero-mean, unit-variance.
 
-``DEFAULT_PRIOR`` ships inside the package; it is rebuilt by ``tsynth pretrain`` with the command in its
+Two priors ship inside the package (``SHIPPED_PRIORS``): ``default`` (general public series:
+:data:`tsynth.corpus.DEFAULT_CORPUS`) and ``load`` (electric load profiles: :data:`tsynth.corpus.LOAD_CORPUS`),
+for electricity / energy-consumption data. Each is rebuilt by ``tsynth pretrain`` with the command in its
 ``tsynth.json`` (``corpus.command``). No data set of the benchmarks and not the demo set (see
-:data:`tsynth.corpus.EXCLUDED`) is in it.
+:data:`tsynth.corpus.EXCLUDED`) is in either.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .errors import ArtifactError, ConfigError, DataError
 log = logging.getLogger("tsynth")
 
 DEFAULT_PRIOR = Path(__file__).resolve().parent / "priors" / "default"
+SHIPPED_PRIORS = {"default": DEFAULT_PRIOR, "load": DEFAULT_PRIOR.parent / "load"}
 PRIOR_LENGTHS = (24, 48, 96, 168)
 PRIOR_RANGE = (-5.0, 5.0)
 PRIOR_BINS = 256
@@ -210,14 +213,14 @@ class Prior:
 
 
 def resolve_prior(choice: str | os.PathLike | None, dp: bool) -> Prior | None:
-    """``"none"``/None: no prior; ``"default"``: the shipped one; ``"auto"``: the shipped one under DP only;
-    else a prior directory."""
+    """``"none"``/None: no prior; a name of ``SHIPPED_PRIORS`` (``"default"``, ``"load"``): that shipped prior;
+    ``"auto"``: the default prior under DP only; else a prior directory."""
     if choice is None or str(choice) == "none":
         return None
     if str(choice) == "auto":
         return Prior.load(DEFAULT_PRIOR) if dp else None
-    path = DEFAULT_PRIOR if str(choice) == "default" else Path(choice)
+    path = SHIPPED_PRIORS.get(str(choice), Path(choice))
     if not path.exists():
-        raise ConfigError(f"prior {path}: no such directory (use 'default', 'auto', 'none' or a directory written by "
-                          "`tsynth pretrain`)")
+        raise ConfigError(f"prior {path}: no such directory (use {', '.join(map(repr, SHIPPED_PRIORS))}, 'auto', "
+                          "'none' or a directory written by `tsynth pretrain`)")
     return Prior.load(path)

@@ -61,11 +61,12 @@ class LocalOptions:
     dp_epsilon: float | None = None
     dp_delta: float | None = None
     dp_max_grad_norm: float = 1.0
-    # None: PROFILE_SHARE from the shipped prior or from scratch, 0 from a prior of your own (domain data: the
-    # release then hurt, electricity100 eps 8 disc 0.40 without vs 0.47 with; benchmarks/bench_domain_prior.py)
+    # None: PROFILE_SHARE from the general default prior or from scratch, 0 from a domain prior (the shipped load
+    # prior or one of your own: the release then hurt, electricity100 eps 8 disc 0.40 without vs 0.47 with a
+    # prior of holdout clients, benchmarks/bench_domain_prior.py)
     dp_profile_share: float | None = None
     trainable: str = "all"  # or a subset (train.TRAINABLE): less DP noise in all, but no gain measured (see #13)
-    prior: str | None = "auto"  # "auto" (the shipped prior under DP only), "default", "none" or a prior directory
+    prior: str | None = "auto"  # "auto" (the default prior under DP only), "default", "load", "none" or a directory
     train: TrainConfig = None  # type: ignore[assignment]
 
     @classmethod
@@ -152,7 +153,7 @@ class LocalBackend:
         if dp_settings is not None and opts.dp_profile_share is None and prior is not None \
                 and prior.path.resolve() != DEFAULT_PRIOR:
             dp_settings = replace(dp_settings, profile_share=0.0)
-            log.info("DP: starting from a prior of your own, so no profile release (dp_profile_share=0)")
+            log.info("DP: starting from a domain prior, so no profile release (dp_profile_share=0)")
         if prior is not None:
             n_positions, init, preset = prior.n_positions, prior.initial_weights(len(self.codec.vocab)), prior.preset
             self.prior = prior.summary()
