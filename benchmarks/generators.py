@@ -94,6 +94,8 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
     opts = {"seed": seed, **options, **({"epochs": 2, "ensemble": 1} if smoke else {})}
     if "dp_epsilon" not in opts:
         opts["time_limit_s"] = model_time_limit(opts.get("ensemble", DEFAULT_ENSEMBLE))
+    elif task.dp_value_range is not None:
+        opts.setdefault("value_range", task.dp_value_range)
     check_no_leak(task, resolve_prior(opts.get("prior", "auto"), "dp_epsilon" in opts))
     t0 = time.time()
     syn = Synthesizer("local", **opts).fit(task.train, progress=False)

@@ -32,6 +32,7 @@ class Task:
     description: str
     label: str | None = None
     data_names: tuple[str, ...] = ()  # names the task's data goes by: a prior whose corpus mentions one is refused
+    dp_value_range: tuple[float, float] | None = None  # public bounds for a DP fit (None: the default, [-5, 5])
 
 
 def _electricity(file: str, name: str, what: str) -> Task:
@@ -65,7 +66,9 @@ def _timegan(file: str, name: str, blocked: bool) -> Task:
 
     split = "blocked holdout: last 20% of time" if blocked else "shuffled 80/20 windows"
     names = ("stock_data", "GOOG", "Google") if "stock" in file else ("energy_data", "appliances energy")
-    return Task(name, subset(train_idx), subset(hold_idx), f"TimeGAN protocol on {file}, {split}", data_names=names)
+    # the protocol's min-max scaling puts every value in [0, 1]: the public bounds a DP fit needs
+    return Task(name, subset(train_idx), subset(hold_idx), f"TimeGAN protocol on {file}, {split}", data_names=names,
+                dp_value_range=(0.0, 1.0))
 
 
 def _italy() -> Task:
