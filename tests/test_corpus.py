@@ -15,7 +15,6 @@ from tsynth.corpus import (
     MIN_LENGTH,
     SOURCES,
     Kernel,
-    _bundled,
     _gp_factor,
     _import,
     _package_data,
@@ -208,8 +207,10 @@ def test_bad_files_raise_data_error_naming_the_file(tmp_path, content, problem):
 def test_missing_package_or_data_file_says_what_to_install():
     with pytest.raises(ConfigError, match=re.escape('pip install "tsynth[prior]"')):
         _import("tsynth_no_such_module", "somepackage")
+    with pytest.raises(ConfigError, match=re.escape('pip install "tsynth[prior]"')):
+        _package_data("tsynth_no_such_module", "somepackage", "a.csv")
     with pytest.raises(ConfigError, match=r"aeon \S+ does not ship datasets/data/NoSuchSet"):
-        _bundled("aeon", "aeon", "datasets", "data", "NoSuchSet")
+        _package_data("aeon", "aeon", "datasets", "data", "NoSuchSet")
     with pytest.raises(ConfigError, match=re.escape("needs the 'somepackage' package: pip install --no-deps x")):
         _package_data("tsynth_no_such_module", "somepackage", "a.csv", hint="pip install --no-deps x")
     with pytest.raises(ConfigError, match=r"simbench \S+ does not ship networks/no-such-set"):

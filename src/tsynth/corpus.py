@@ -165,29 +165,22 @@ def _import(module: str, package: str) -> ModuleType:
         raise ConfigError(f"this corpus source needs the '{package}' package: {INSTALL_HINT}") from None
 
 
-def _bundled(module: str, package: str, *parts: str, note: str = "") -> Path:
-    """The path of a data file that ``package`` ships inside ``module``'s folder."""
-    path = Path(_import(module, package).__file__).parent.joinpath(*parts)
+def _package_data(module: str, package: str, *parts: str, hint: str = INSTALL_HINT, note: str = "") -> Path:
+    """The path of a data file that ``package`` ships inside ``module``'s folder, found without importing
+    ``module`` (simbench's import would pull in pandapower, which its data files do not need)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"this corpus source needs the '{package}' package: {hint}")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
     if not path.exists():
         raise ConfigError(f"{package} {_version(package)} does not ship {'/'.join(parts)}; install a version "
                           f"that does{note}")
     return path
 
 
-def _package_data(module: str, package: str, *parts: str, hint: str) -> Path:
-    """The path of a data file inside ``module``'s folder, found without importing ``module``."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"this corpus source needs the '{package}' package: {hint}")
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
-    if not path.exists():
-        raise ConfigError(f"{package} {_version(package)} does not ship {'/'.join(parts)}")
-    return path
-
-
 def _aeon_data(*parts: str) -> Path:
     # aeon 1.6 deprecated the bundled ACSF1 and Daphnet files; 1.7 removes them
-    return _bundled("aeon", "aeon", "datasets", "data", *parts, note=' (pip install "aeon<1.7")')
+    return _package_data("aeon", "aeon", "datasets", "data", *parts, note=' (pip install "aeon<1.7")')
 
 
 def _aeon_ts(problem: str) -> list[np.ndarray]:
@@ -237,7 +230,7 @@ def _load_tmy() -> list[np.ndarray]:
     iotools = _import("pvlib.iotools", "pvlib")
     out = []
     for name in TMY_FILES:
-        path = str(_bundled("pvlib", "pvlib", "data", name))
+        path = str(_package_data("pvlib", "pvlib", "data", name))
         if name.endswith(".tm2"):
             df, _ = iotools.read_tmy2(path)
             out += [df[c].to_numpy(dtype=np.float64) * k for c, k in TMY2_COLUMNS.items()]
@@ -276,7 +269,6 @@ def _load_simbench() -> list[np.ndarray]:
     """Every active-power load profile of the SimBench data sets, hourly means, each distinct one once."""
     out, seen = [], set()
     for name in SIMBENCH_SETS:
-        # read as files: importing simbench would pull in pandapower, which the profiles do not need
         path = _package_data("simbench", "simbench", "networks", name, "LoadProfile.csv",
                              hint="pip install --no-deps simbench")
         df = pd.read_csv(path, sep=";", usecols=lambda c: c.endswith("_pload"))
