@@ -315,6 +315,9 @@ class _TimeLimit:
         self.train_s, self.steps = 0.0, 0  # seconds spent on the steps of this run, and their number
         self.reserve: float | None = None  # seconds of one validation pass, once measured
 
+    def _pace(self) -> float:
+        return max(self.train_s / self.steps, 1e-9)  # seconds per training step in this run
+
     def _reserve(self, pace: float) -> float:
         # before the first validation: a forward pass costs about a third of a training step, per batch
         return self.reserve if self.reserve is not None else pace * self.valid_batches / 2
@@ -334,7 +337,7 @@ class _TimeLimit:
         self.train_s += now - self.mark
         self.mark = now
         self.steps += 1
-        pace = max(self.train_s / self.steps, 1e-9)
+        pace = self._pace()
         left = self.limit - (now - self.t0)
         into = result.steps % self.steps_per_epoch
         if self.steps == self.PROBE_STEPS and self.reserve is None and into:
@@ -353,9 +356,8 @@ class _TimeLimit:
     def after_epoch(self, result: TrainResult) -> None:
         if self.limit is None or self.steps == 0:
             return
-        pace = max(self.train_s / self.steps, 1e-9)
-        self._shrink(result, result.steps + steps_that_fit(self.limit - (time.time() - self.t0), pace, self.reserve,
-                                                           self.steps_per_epoch, 0))
+        self._shrink(result, result.steps + steps_that_fit(self.limit - (time.time() - self.t0), self._pace(),
+                                                           self.reserve, self.steps_per_epoch, 0))
 
 
 @torch.no_grad()
