@@ -208,6 +208,37 @@ def test_interrupted_fit_resumes_from_checkpoint(tmp_path):
                                full.info["training"]["members"][0]["train_loss"], rtol=1e-4)
 
 
+
+def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_previous_one(tmp_path, monkeypatch):
+    """A kill after epoch 2's state is written but before the pointer moves: resume starts from epoch 1's
+    complete state, not from a half-replaced one."""
+    import tsynth.train
+
+    torch.set_num_threads(1)
+    data, ckpt = daily_profiles(n=30), tmp_path / "ckpt"
+    real_replace, pointer_moves = tsynth.train.os.replace, []
+
+    def killed_at_the_second_pointer(src, dst):
+        if str(dst).endswith("progress.json"):
+            pointer_moves.append(dst)
+            if len(pointer_moves) == 2:
+                raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(tsynth.train.os, "replace", killed_at_the_second_pointer)
+    with pytest.raises(KeyboardInterrupt):
+        Synthesizer("local", **{**FAST, "epochs": 3}).fit(data, checkpoint_dir=ckpt, progress=False)
+    monkeypatch.setattr(tsynth.train.os, "replace", real_replace)
+    member = ckpt / "member_0"
+    assert json.loads((member / "progress.json").read_text())["state"] == "epoch-1"
+    assert (member / "epoch-1").is_dir() and (member / "epoch-2").is_dir()  # the new state, not yet pointed at
+    epochs = []
+    syn = Synthesizer("local", **{**FAST, "epochs": 3}).fit(data, checkpoint_dir=ckpt, resume=True, progress=False,
+                                                           callback=lambda e: epochs.append(e["epoch"]))
+    assert epochs == [2, 3]
+    assert syn.info["training"]["members"][0]["epochs_run"] == 3
+    assert sorted(p.name for p in member.glob("epoch-*")) == ["epoch-3"]  # older states removed
+
 def test_variable_length_training_samples_variable_lengths():
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -206,13 +206,14 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     t0 = time.time()
     state_file = checkpoint_dir / "progress.json" if checkpoint_dir else None
     if resume and state_file is not None and state_file.exists():
-        accelerator.load_state(str(checkpoint_dir / "last"))
         saved = json.loads(state_file.read_text())
+        state_dir = checkpoint_dir / saved.get("state", "last")  # "last": the layout before epoch-N states
+        accelerator.load_state(str(state_dir))
         result = TrainResult(**{"epochs_planned": cfg.epochs, "steps_planned": cfg.epochs * steps_per_epoch,
                                 **saved["result"]})
         start_epoch, best_loss, bad_epochs = saved["epoch"], saved["best_loss"], saved["bad_epochs"]
-        gen.set_state(torch.load(checkpoint_dir / "generator.pt"))
-        best_state = torch.load(checkpoint_dir / "best.pt") if (checkpoint_dir / "best.pt").exists() else None
+        gen.set_state(torch.load(state_dir / "generator.pt"))
+        best_state = torch.load(state_dir / "best.pt") if (state_dir / "best.pt").exists() else None
     bar = tqdm(total=result.epochs_planned, initial=start_epoch, desc="training", unit="epoch", disable=not progress,
                leave=False)
     clock = _TimeLimit(cfg.time_limit_s, steps_per_epoch, len(valid_tokens) if valid_tokens is not None else 0, batch)
@@ -267,7 +268,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         if callback is not None:
             callback({"type": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "step": result.steps,
                       "train_loss": result.train_loss[-1], "valid_loss": vloss, "tokens": result.tokens,
-                      "checkpoint": str(checkpoint_dir / "last") if checkpoint_dir else None})
+                      "checkpoint": str(checkpoint_dir / f"epoch-{epoch + 1}") if checkpoint_dir else None})
         if early:
             result.stopped_early = True
             break
@@ -376,20 +377,26 @@ def evaluate_loss(model, tokens: np.ndarray, loss_fn: Callable, device, batch: i
 
 def _save_checkpoint(accelerator, directory: Path, gen: torch.Generator, best_state, epoch: int,
                      best_loss: float, bad_epochs: int, result: TrainResult) -> None:
-    """Write the resumable state of a finished epoch; the previous one is replaced only once complete."""
+    """Write the resumable state of a finished epoch to ``epoch-N/``, then point ``progress.json`` at it.
+
+    The pointer moves (one atomic rename) only once the new state is complete, and older states go only after
+    it has moved: a run killed at any moment leaves a pointer to a whole state.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "last.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    name = f"epoch-{epoch}"
+    tmp = directory / f"{name}.tmp"
+    for stale in (tmp, directory / name):
+        if stale.exists():
+            shutil.rmtree(stale)
     accelerator.save_state(str(tmp))
-    torch.save(gen.get_state(), directory / "generator.pt.tmp")
+    torch.save(gen.get_state(), tmp / "generator.pt")
     if best_state is not None:
-        torch.save(best_state, directory / "best.pt.tmp")
-        os.replace(directory / "best.pt.tmp", directory / "best.pt")
-    if (directory / "last").exists():
-        shutil.rmtree(directory / "last")
-    os.replace(tmp, directory / "last")
-    os.replace(directory / "generator.pt.tmp", directory / "generator.pt")
-    progress = {"epoch": epoch, "best_loss": best_loss, "bad_epochs": bad_epochs, "result": asdict(result)}
+        torch.save(best_state, tmp / "best.pt")
+    os.replace(tmp, directory / name)
+    progress = {"epoch": epoch, "state": name, "best_loss": best_loss, "bad_epochs": bad_epochs,
+                "result": asdict(result)}
     (directory / "progress.json.tmp").write_text(json.dumps(progress))
     os.replace(directory / "progress.json.tmp", directory / "progress.json")
+    for old in directory.glob("epoch-*"):
+        if old.name != name:
+            shutil.rmtree(old)
