@@ -109,6 +109,36 @@ def test_sample_exact_length_seeded_and_conditioned(fitted):
     assert list(cond.item_id) == ["MT_007"] * 5 and list(cond.attributes["season"]) == ["summer"] * 5
 
 
+
+def test_batches_on_several_threads_give_the_same_series(fitted):
+    from tsynth.sample import generate
+
+    _, syn = fitted
+    models, codec = syn.backend.models, syn.backend.codec
+    one = generate(models, codec, 23, batch_size=5, workers=1, seed=3)
+    three = generate(models, codec, 23, batch_size=5, workers=3, seed=3)
+    np.testing.assert_array_equal(one.values, three.values)
+    assert list(one.item_id) == list(three.item_id)
+    assert not np.array_equal(one.values[:5], one.values[5:10])  # each batch draws its own series
+
+
+def test_cached_sampling_follows_the_model_token_by_token(fitted):
+    """Greedy decoding (a vanishing nucleus) through the preallocated cache picks, at every position, the
+    allowed token a full forward pass over the prefix ranks first."""
+    from tsynth.sample import _generate_batch, _position_ranges
+
+    _, syn = fitted
+    model, codec = syn.backend.models[0], syn.backend.codec
+    prefix, values, _ = _generate_batch([model], codec, [{}] * 4, 24, 1.0, 1e-9, torch.Generator().manual_seed(0),
+                                        torch.device("cpu"))
+    tokens = torch.from_numpy(np.concatenate([prefix, values], axis=1))
+    with torch.no_grad():
+        logits = model(input_ids=tokens[:, :-1]).logits
+    ranges = _position_ranges(codec) + [(codec.value_offset, codec.value_offset + codec.n_value_tokens)] * 24
+    for pos, (lo, hi) in enumerate(ranges, start=1):
+        expected = logits[:, pos - 1, lo:hi].argmax(-1) + lo
+        assert torch.equal(tokens[:, pos], expected), pos
+
 def test_sample_bad_requests(fitted):
     _, syn = fitted
     with pytest.raises(ConfigError, match="positive"):

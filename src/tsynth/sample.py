@@ -4,10 +4,16 @@ At every position only the tokens that may stand there can be drawn: a field's v
 slot (or the given condition, forced), level tokens at level slots, value tokens where values belong.
 A fixed-length codec therefore always yields exactly the asked length; a variable-length one may end a
 series with <eos> at a time-step boundary. An ensemble averages the members' next-token probabilities.
+
+Each batch has its own generator, seeded from ``seed`` and the batch's index, so batches can run on several
+threads at once with the same result; the key/value cache is preallocated (a growing cache copies itself at
+every token, which made long series quadratic).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,40 +44,64 @@ def draw_tokens(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torc
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
-@torch.no_grad()
+CACHE_BUDGET_BYTES = 1 << 30  # key/value cache of one batch, all members together
+
+
+def batch_size_for(models: Sequence[Any], positions: int, most: int = 512) -> int:
+    """Series per batch: at most ``most``, fewer where the batch's preallocated cache would pass the budget."""
+    per_series = sum(2 * m.config.n_layer * m.config.n_embd * positions * 4 for m in models)
+    return int(max(1, min(most, CACHE_BUDGET_BYTES // per_series)))
+
+
+def default_workers() -> int:
+    """Batches sampled at once: the cores that torch's own threads leave idle (one torch thread per core: as
+    many batches as cores; torch on every core: one)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, torch.get_num_threads()))
+
+
 def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Sequence[dict] | None = None,
              length: int | None = None, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 0,
-             batch_size: int = 512, progress: bool = False) -> SeriesSet:
-    """Draw ``n`` series. ``conditions`` is one dict per series (missing fields are sampled)."""
+             batch_size: int | None = None, workers: int | None = None, progress: bool = False) -> SeriesSet:
+    """Draw ``n`` series. ``conditions`` is one dict per series (missing fields are sampled). Batches run
+    ``workers`` at a time (default :func:`default_workers`); the result does not depend on how many."""
     check_sample_request(n, temperature, top_p)
     steps = int(length or codec.length or 0)
     if steps < 1:
         raise ConfigError("this model was trained on variable-length series: pass length=")
     max_pos = min(m.config.n_positions for m in models)
-    if codec.sequence_length(steps) - 1 > max_pos:
-        raise ConfigError(f"length {steps} needs {codec.sequence_length(steps)} positions; the model has {max_pos}")
+    positions = codec.sequence_length(steps)
+    if positions - 1 > max_pos:
+        raise ConfigError(f"length {steps} needs {positions} positions; the model has {max_pos}")
     conds = list(conditions) if conditions is not None else [{}] * n
     if len(conds) != n:
         raise ConfigError(f"{len(conds)} condition rows for {n} series")
     rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    batch_size = batch_size or batch_size_for(models, positions)
+    starts = range(0, n, batch_size)
+    seeds = rng.integers(2**31, size=len(starts))
     device = next(models[0].parameters()).device
-    prefixes, values, lengths = [], [], []
+
+    def run(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        gen = torch.Generator().manual_seed(int(seeds[k]))
+        return _generate_batch(models, codec, conds[starts[k]: starts[k] + batch_size], steps, temperature, top_p,
+                               gen, device)
+
     from tqdm.auto import tqdm
 
-    for lo in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress, leave=False):
-        batch_conds = conds[lo: lo + batch_size]
-        p, v, ln = _generate_batch(models, codec, batch_conds, steps, temperature, top_p, gen, device)
-        prefixes.append(p)
-        values.append(v)
-        lengths.append(ln)
+    workers = min(workers or default_workers(), len(starts))
+    with ThreadPoolExecutor(workers) as pool:
+        batches = list(tqdm(pool.map(run, range(len(starts))) if workers > 1 else map(run, range(len(starts))),
+                            total=len(starts), desc="sampling", disable=not progress, leave=False))
+    prefixes, values, lengths = (np.concatenate(parts) for parts in zip(*batches))
     item_ids = [str(c.get("item_id", f"synthetic_{i}")) for i, c in enumerate(conds)]
-    return codec.decode(np.concatenate(prefixes), np.concatenate(values), np.concatenate(lengths), rng,
-                        item_id=item_ids, start=_starts(conds, n))
+    return codec.decode(prefixes, values, lengths, rng, item_id=item_ids, start=_starts(conds, n))
 
 
+@torch.no_grad()  # per call: no_grad is per thread
 def _generate_batch(models, codec: ValueCodec, conds: list[dict], steps: int, temperature: float,
                     top_p: float, gen: torch.Generator, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from transformers import StaticCache
+
     b = len(conds)
     forced = torch.tensor([codec.condition_ids(c) for c in conds], dtype=torch.long).reshape(b, len(codec.fields))
     given = torch.tensor([[f.name in c for f in codec.fields] for c in conds], dtype=torch.bool).reshape(b, len(codec.fields))
@@ -79,15 +109,13 @@ def _generate_batch(models, codec: ValueCodec, conds: list[dict], steps: int, te
     n_values = steps * codec.n_channels
     total = 1 + len(ranges) + n_values
     tokens = torch.full((b, total), BOS, dtype=torch.long)
-    caches = [None] * len(models)
+    caches = [StaticCache(config=m.config, max_cache_len=total) for m in models]
     ended = torch.zeros(b, dtype=torch.bool)
     lengths = torch.full((b,), steps, dtype=torch.long)
     for pos in range(1, total):
         probs = None
         for j, m in enumerate(models):
-            inp = tokens[:, pos - 1: pos].to(device) if caches[j] is not None else tokens[:, :pos].to(device)
-            out = m(input_ids=inp, cache=caches[j], use_cache=True)
-            caches[j] = out.cache
+            out = m(input_ids=tokens[:, pos - 1: pos].to(device), cache=caches[j], use_cache=True)
             p = torch.softmax(out.logits[:, -1].float().cpu() / temperature, dim=-1)
             probs = p if probs is None else probs + p
         slot = pos - 1
