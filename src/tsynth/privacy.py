@@ -332,10 +332,11 @@ def likelihood_mia(synthesizer, members: "SeriesSet", nonmembers: "SeriesSet", s
         members = members.subset(np.sort(rng.choice(len(members), len(nonmembers), replace=False)))
     loss = value_token_loss((codec.value_offset, codec.value_offset + codec.n_value_tokens), 0.0)
 
-    def score(data) -> np.ndarray:
+    def score(data) -> np.ndarray:  # in chunks: logits of every series at once took 16 GB on energy24
         tokens = torch.as_tensor(codec.encode(data))
         with torch.no_grad():
-            return -np.mean([loss(m, tokens, reduction="none").numpy() for m in backend.models], axis=0)
+            return -np.mean([np.concatenate([loss(m, chunk, reduction="none").numpy() for chunk in tokens.split(256)])
+                             for m in backend.models], axis=0)
 
     s_in, s_out = score(members), score(nonmembers)
     auc = float(roc_auc_score(np.r_[np.ones(len(s_in)), np.zeros(len(s_out))], np.r_[s_in, s_out]))
