@@ -90,8 +90,8 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
 
     workers = min(workers or default_workers(), len(starts))
     with ThreadPoolExecutor(workers) as pool:
-        batches = list(tqdm(pool.map(run, range(len(starts))) if workers > 1 else map(run, range(len(starts))),
-                            total=len(starts), desc="sampling", disable=not progress, leave=False))
+        batches = list(tqdm(pool.map(run, range(len(starts))), total=len(starts), desc="sampling",
+                            disable=not progress, leave=False))
     prefixes, values, lengths = (np.concatenate(parts) for parts in zip(*batches))
     item_ids = [str(c.get("item_id", f"synthetic_{i}")) for i, c in enumerate(conds)]
     return codec.decode(prefixes, values, lengths, rng, item_id=item_ids, start=_starts(conds, n))
