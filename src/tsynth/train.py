@@ -261,14 +261,14 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         if not early:
             clock.after_epoch(result)
             bar.total = result.epochs_planned
-        if checkpoint_dir is not None:
-            _save_checkpoint(accelerator, checkpoint_dir, gen, best_state, epoch + 1, best_loss, bad_epochs, result)
+        state_dir = None if checkpoint_dir is None else _save_checkpoint(
+            accelerator, checkpoint_dir, gen, best_state, epoch + 1, best_loss, bad_epochs, result)
         bar.set_postfix(train=f"{result.train_loss[-1]:.3f}", valid="-" if vloss is None else f"{vloss:.3f}")
         bar.update(1)
         if callback is not None:
             callback({"type": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "step": result.steps,
                       "train_loss": result.train_loss[-1], "valid_loss": vloss, "tokens": result.tokens,
-                      "checkpoint": str(checkpoint_dir / f"epoch-{epoch + 1}") if checkpoint_dir else None})
+                      "checkpoint": str(state_dir) if state_dir else None})
         if early:
             result.stopped_early = True
             break
@@ -376,8 +376,9 @@ def evaluate_loss(model, tokens: np.ndarray, loss_fn: Callable, device, batch: i
 
 
 def _save_checkpoint(accelerator, directory: Path, gen: torch.Generator, best_state, epoch: int,
-                     best_loss: float, bad_epochs: int, result: TrainResult) -> None:
-    """Write the resumable state of a finished epoch to ``epoch-N/``, then point ``progress.json`` at it.
+                     best_loss: float, bad_epochs: int, result: TrainResult) -> Path:
+    """Write the resumable state of a finished epoch to ``epoch-N/``, then point ``progress.json`` at it;
+    returns that folder.
 
     The pointer moves (one atomic rename) only once the new state is complete, and older states go only after
     it has moved: a run killed at any moment leaves a pointer to a whole state.
@@ -400,3 +401,4 @@ def _save_checkpoint(accelerator, directory: Path, gen: torch.Generator, best_st
     for old in directory.glob("epoch-*"):
         if old.name != name:
             shutil.rmtree(old)
+    return directory / name
