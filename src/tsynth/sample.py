@@ -116,6 +116,8 @@ def _generate_batch(models, codec: ValueCodec, conds: list[dict], steps: int, te
         probs = None
         for j, m in enumerate(models):
             out = m(input_ids=tokens[:, pos - 1: pos].to(device), cache=caches[j], use_cache=True)
+            if pos == 1 and caches[j].get_seq_length() != 1:  # transformers < 5.24 accepts cache= and ignores it
+                raise RuntimeError("this transformers version ignored the key/value cache; tsynth needs transformers>=5.24")
             p = torch.softmax(out.logits[:, -1].float().cpu() / temperature, dim=-1)
             probs = p if probs is None else probs + p
         slot = pos - 1
