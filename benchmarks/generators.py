@@ -3,7 +3,6 @@ plus fit and sample seconds; the harness measures memory and evaluates."""
 
 from __future__ import annotations
 
-import os
 import time
 from functools import partial
 from typing import Callable
@@ -11,7 +10,6 @@ from typing import Callable
 import numpy as np
 
 from tsynth import SeriesSet
-from tsynth.backends.local import DEFAULT_ENSEMBLE
 from tsynth.prior import Prior, resolve_prior
 from tsynth.privacy import likelihood_mia
 from tsynth.synthesizer import Synthesizer
@@ -81,19 +79,13 @@ def check_no_leak(task: Task, prior: Prior | None) -> None:
                              "scoring with it would leak the task's data")
 
 
-def model_time_limit(ensemble: int) -> float:
-    """Seconds each model may train so that the whole ensemble fits the peers' wall-clock budget
-    (``peers.BUDGET_S``): the models train as many at a time as there are cores."""
-    return BUDGET_S * min(ensemble, len(os.sched_getaffinity(0))) / ensemble
-
-
 def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesSet, float, float, dict]:
     """tsynth's local backend with its default settings (smoke: 2 epochs of one model, not an ensemble,
-    and 20 extra draws instead of 1000). Without DP the fit gets the peers' wall-clock budget
-    (:func:`model_time_limit`; it binds on stocks24 and energy24); a DP fit cannot be cut short."""
+    and 20 extra draws instead of 1000). Without DP the fit gets the peers' wall-clock budget (``BUDGET_S``
+    as the backend's time limit; it binds on stocks24 and energy24); a DP fit cannot be cut short."""
     opts = {"seed": seed, **options, **({"epochs": 2, "ensemble": 1} if smoke else {})}
     if "dp_epsilon" not in opts:
-        opts["time_limit_s"] = model_time_limit(opts.get("ensemble", DEFAULT_ENSEMBLE))
+        opts["time_limit_s"] = BUDGET_S
     elif task.dp_value_range is not None:
         opts.setdefault("value_range", task.dp_value_range)
     check_no_leak(task, resolve_prior(opts.get("prior", "auto"), "dp_epsilon" in opts))

@@ -129,11 +129,12 @@ def test_cached_sampling_follows_the_model_token_by_token(fitted):
 
     _, syn = fitted
     model, codec = syn.backend.models[0], syn.backend.codec
+    device = next(model.parameters()).device  # cuda after a fit where there is one
     prefix, values, _ = _generate_batch([model], codec, [{}] * 4, 24, 1.0, 1e-9, torch.Generator().manual_seed(0),
-                                        torch.device("cpu"))
+                                        device)
     tokens = torch.from_numpy(np.concatenate([prefix, values], axis=1))
     with torch.no_grad():
-        logits = model(input_ids=tokens[:, :-1]).logits
+        logits = model(input_ids=tokens[:, :-1].to(device)).logits.cpu()
     ranges = _position_ranges(codec) + [(codec.value_offset, codec.value_offset + codec.n_value_tokens)] * 24
     for pos, (lo, hi) in enumerate(ranges, start=1):
         expected = logits[:, pos - 1, lo:hi].argmax(-1) + lo
@@ -278,6 +279,31 @@ def test_variable_length_training_samples_variable_lengths():
     out = syn.sample(30, length=20, seed=0)
     assert out.lengths.max() <= 20 and out.lengths.min() >= 1
     assert all(np.isfinite(out.series(i)).all() for i in range(30))
+
+
+def test_time_limit_trains_fewer_members_when_an_epoch_of_each_would_not_fit(tmp_path, caplog):
+    """The limit is the whole fit's: without --ensemble, members are dropped (down to one round of workers)
+    while one epoch of each would not fit its share; a given ensemble size is kept; a resumed fit follows the
+    plan kept with the checkpoints."""
+    torch.set_num_threads(1)
+    data = daily_profiles(n=30)
+    opts = {k: v for k, v in FAST.items() if k != "ensemble"}
+    with caplog.at_level("WARNING", logger="tsynth"):
+        tight = Synthesizer("local", **opts, workers=1, time_limit_s=1e-3).fit(data, progress=False,
+                                                                              checkpoint_dir=tmp_path / "ck")
+    assert len(tight.backend.models) == 1 and "so 1 of 6 models are trained" in caplog.text
+    assert json.loads((tmp_path / "ck" / "plan.json").read_text())["members"] == 1
+    given = Synthesizer("local", **opts, ensemble=2, workers=1, time_limit_s=1e-3).fit(data, progress=False)
+    assert [m["steps"] for m in given.info["training"]["members"]] == [1, 1]  # kept, each cut to one step
+    roomy = Synthesizer("local", **opts, workers=1, time_limit_s=1e6).fit(data, progress=False)
+    assert len(roomy.backend.models) == 6
+    assert not any(m["time_limited"] for m in roomy.info["training"]["members"])
+    (tmp_path / "planned").mkdir()
+    (tmp_path / "planned" / "plan.json").write_text(json.dumps({"members": 2, "time_limit_s": 1e6}))
+    resumed = Synthesizer("local", **opts, workers=1, time_limit_s=1e-3).fit(data, progress=False, resume=True,
+                                                                            checkpoint_dir=tmp_path / "planned")
+    assert len(resumed.backend.models) == 2
+    assert not any(m["time_limited"] for m in resumed.info["training"]["members"])
 
 
 def test_ensemble_members_train_in_parallel_processes_deterministically():

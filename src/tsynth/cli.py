@@ -75,8 +75,10 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--learning-rate", type=float)
     g.add_argument("--time-limit", dest="time_limit_s", type=float, metavar="SECONDS",
-                   help="train each model for about this long at most: its steps (and the lr schedule) are cut to "
-                        "what fits at the pace so far, validation included; not with DP")
+                   help="train for about this long at most, all models together: each gets its share (models train "
+                        "as many at a time as there are cores), its steps (and the lr schedule) cut to what fits at "
+                        "the pace so far, validation included; without --ensemble, fewer models are trained when one "
+                        "epoch of each would not fit; not with DP")
     g.add_argument("--n-bins", type=int, help="value bins (default 256)")
     g.add_argument("--binning", choices=["quantile", "uniform"])
     g.add_argument("--scaling", choices=["auto", "global", "series", "none"],

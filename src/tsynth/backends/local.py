@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from ..prior import CORPUS_FILE, DEFAULT_PRIOR, Prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
-from ..train import TrainConfig, build_model, select_trainable, train_lm, value_token_loss
+from ..train import TrainConfig, build_model, seconds_per_step, select_trainable, train_lm, value_token_loss
 
 log = logging.getLogger("tsynth")
 
@@ -113,6 +114,7 @@ class LocalBackend:
 
     def __init__(self, **options: Any) -> None:
         self.options = LocalOptions.from_kwargs(**options)
+        self.ensemble_given = options.get("ensemble") is not None  # else a time limit may train fewer members
         self.codec: ValueCodec | None = None
         self.models: list = []
         self.training: dict[str, Any] = {}
@@ -127,6 +129,7 @@ class LocalBackend:
         """Fit the codec and train the model(s) on ``train``."""
         if len(train) < MIN_SERIES:
             raise DataError(f"{len(train)} series are too few to learn from; the local backend needs at least {MIN_SERIES}")
+        started = time.time()
         opts = self.options
         items = pd.unique(train.item_id)
         dp_settings = (DPSettings(opts.dp_epsilon, opts.dp_delta, opts.dp_max_grad_norm,
@@ -171,7 +174,8 @@ class LocalBackend:
                 log.warning("DP: series of different lengths, so no per-step profile is released")
         jobs = []
         for member in range(opts.ensemble):
-            cfg = TrainConfig(**{**asdict(opts.train), "seed": opts.train.seed + member, "preset": preset})
+            # seeds seed*E .. seed*E+E-1: ensembles of different seeds share no member (one model: the seed itself)
+            cfg = TrainConfig(**{**asdict(opts.train), "seed": opts.train.seed * opts.ensemble + member, "preset": preset})
             # each member holds out its own validation items, so together the ensemble sees every item
             fit_set, valid_set = train.split(opts.validation_fraction, seed=cfg.seed) if validate else (train, None)
             train_tokens = codec.encode(fit_set)
@@ -185,6 +189,8 @@ class LocalBackend:
                 "n_positions": n_positions, "init": init,
                 "trainable": opts.trainable,
             })
+        if opts.train.time_limit_s is not None:
+            jobs = self._share_time(jobs, opts.train.time_limit_s - (time.time() - started), checkpoint_dir, resume)
         t0 = time.time()
         outcomes = run_members(jobs, callback, progress, opts.workers)
         self.models = [o["model"] for o in outcomes]
@@ -198,6 +204,50 @@ class LocalBackend:
             "members": runs,
         }
         self.schema = data_schema(train)
+
+    def _share_time(self, jobs: list[dict], seconds: float, checkpoint_dir: str | Path | None,
+                    resume: bool) -> list[dict]:
+        """Split what is left of the fit's time limit between the members, which train ``workers`` at a time:
+        each gets ``seconds`` / (rounds of ``workers``). Unless the ensemble size was given, members are dropped
+        (down to one round) while a member's share would not hold one epoch at the pace of a probe here; an
+        ensemble of models stopped inside their first epoch is worse than fewer trained ones. The plan is kept
+        with the checkpoints, so a resumed fit trains the same members."""
+        plan_file = Path(checkpoint_dir) / "plan.json" if checkpoint_dir else None
+        if resume and plan_file is not None and plan_file.exists():
+            plan = json.loads(plan_file.read_text())
+        else:
+            workers = min(len(jobs), self.options.workers or len(os.sched_getaffinity(0)))
+            n = len(jobs)
+            if not self.ensemble_given and n > workers:
+                epoch_s = self._epoch_seconds(jobs[0], one_thread=workers > 1)
+                while n > workers and seconds / math.ceil(n / workers) < epoch_s:
+                    n -= 1
+            plan = {"members": n, "time_limit_s": max(seconds, 1e-3) / math.ceil(n / workers)}  # spent: one step each
+            if n < len(jobs):
+                log.warning("time limit: one epoch takes about %.1f s per model here, so %d of %d models are "
+                            "trained (%.1f s each)", epoch_s, n, len(jobs), plan["time_limit_s"])
+            if plan_file is not None:
+                plan_file.parent.mkdir(parents=True, exist_ok=True)
+                plan_file.with_suffix(".tmp").write_text(json.dumps(plan))
+                plan_file.with_suffix(".tmp").replace(plan_file)
+        return [{**job, "cfg": replace(job["cfg"], time_limit_s=plan["time_limit_s"])} for job in jobs[:plan["members"]]]
+
+    @staticmethod
+    def _epoch_seconds(job: dict, one_thread: bool) -> float:
+        """One member's epoch (training steps and a validation pass) in seconds, from a probe of a few steps
+        with the threads a member gets (one when members train in parallel processes)."""
+        cfg, threads = job["cfg"], torch.get_num_threads()
+        if one_thread:
+            torch.set_num_threads(1)
+        try:
+            pace = seconds_per_step(member_model(job), job["train_tokens"],
+                                    value_token_loss(job["value_ids"], cfg.smoothing), cfg.batch_size)
+        finally:
+            torch.set_num_threads(threads)
+        batch = min(cfg.batch_size, len(job["train_tokens"]))
+        valid_rows = 0 if job["valid_tokens"] is None else len(job["valid_tokens"])
+        # a validation batch (forward only) costs about a third of a training step
+        return pace * (math.ceil(len(job["train_tokens"]) / batch) + math.ceil(valid_rows / batch) / 3)
 
     def _prior_codec(self, prior: Prior, train: SeriesSet, dp: bool) -> ValueCodec:
         """The prior's codec adapted to ``train``; refuses settings the prior cannot serve."""
@@ -260,20 +310,30 @@ class LocalBackend:
         self.training, self.schema = state.get("training", {}), state.get("schema", {})
         self.privacy, self.prior, self.corpus = state.get("privacy"), state.get("prior"), state.get("corpus")
         self.models = []
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # where a fit leaves them
         for k in range(int(state.get("members", 1))):
             d = directory / ("model" if k == 0 else f"model_{k}")
-            self.models.append(AutoModelForCausalLM.from_pretrained(d).eval())
+            self.models.append(AutoModelForCausalLM.from_pretrained(d).to(device).eval())
         return self
+
+
+def member_model(job: dict):
+    """A member's model before training: built from its config, the prior's weights loaded if any, only the
+    chosen parameters trainable."""
+    cfg: TrainConfig = job["cfg"]
+    model = build_model(job["vocab_size"], job["n_positions"], cfg.preset, cfg.dropout)
+    if job["init"] is not None:
+        model.load_state_dict(job["init"])
+    select_trainable(model, job["trainable"])
+    return model
 
 
 def train_member(job: dict, callback: Callable[[dict], None] | None, progress: bool) -> dict:
     """Build and train one ensemble member; returns the model, its figures and its privacy report."""
     cfg: TrainConfig = job["cfg"]
     torch.manual_seed(cfg.seed)
-    model = build_model(job["vocab_size"], job["n_positions"], cfg.preset, cfg.dropout)
-    if job["init"] is not None:
-        model.load_state_dict(job["init"])
-    trainable = select_trainable(model, job["trainable"])
+    model = member_model(job)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dp = job["dp"]
     member_callback = None if callback is None else (lambda e: callback({**e, "member": job["member"]}))
     model, result = train_lm(model, job["train_tokens"], job["valid_tokens"],
