@@ -292,14 +292,17 @@ def test_time_limit_trains_fewer_members_when_an_epoch_of_each_would_not_fit(tmp
         tight = Synthesizer("local", **opts, workers=1, time_limit_s=1e-3).fit(data, progress=False,
                                                                               checkpoint_dir=tmp_path / "ck")
     assert len(tight.backend.models) == 1 and "so 1 of 6 models are trained" in caplog.text
-    assert json.loads((tmp_path / "ck" / "plan.json").read_text())["members"] == 1
+    plan = json.loads((tmp_path / "ck" / "plan.json").read_text())
+    assert plan == tight.info["training"]["time_plan"] and plan["members"] == 1 and plan["epoch_s"] > 0
+    assert plan["dropout"] == 0.0 and tight.backend.models[0].config.attn_pdrop == 0.0  # less than one epoch
     given = Synthesizer("local", **opts, ensemble=2, workers=1, time_limit_s=1e-3).fit(data, progress=False)
     assert [m["steps"] for m in given.info["training"]["members"]] == [1, 1]  # kept, each cut to one step
     roomy = Synthesizer("local", **opts, workers=1, time_limit_s=1e6).fit(data, progress=False)
-    assert len(roomy.backend.models) == 6
+    assert len(roomy.backend.models) == 6 and roomy.info["training"]["time_plan"]["dropout"] == 0.1
     assert not any(m["time_limited"] for m in roomy.info["training"]["members"])
     (tmp_path / "planned").mkdir()
-    (tmp_path / "planned" / "plan.json").write_text(json.dumps({"members": 2, "time_limit_s": 1e6}))
+    (tmp_path / "planned" / "plan.json").write_text(json.dumps({"members": 2, "time_limit_s": 1e6, "epoch_s": 1.0,
+                                                                "dropout": 0.1}))
     resumed = Synthesizer("local", **opts, workers=1, time_limit_s=1e-3).fit(data, progress=False, resume=True,
                                                                             checkpoint_dir=tmp_path / "planned")
     assert len(resumed.backend.models) == 2

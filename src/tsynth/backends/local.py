@@ -189,8 +189,9 @@ class LocalBackend:
                 "n_positions": n_positions, "init": init,
                 "trainable": opts.trainable,
             })
+        plan = None
         if opts.train.time_limit_s is not None:
-            jobs = self._share_time(jobs, opts.train.time_limit_s - (time.time() - started), checkpoint_dir, resume)
+            jobs, plan = self._share_time(jobs, opts.train.time_limit_s - (time.time() - started), checkpoint_dir, resume)
         t0 = time.time()
         outcomes = run_members(jobs, callback, progress, opts.workers)
         self.models = [o["model"] for o in outcomes]
@@ -202,35 +203,43 @@ class LocalBackend:
             "parameters": int(sum(p.numel() for p in self.models[0].parameters())),
             "seconds": time.time() - t0,  # wall clock; members train in parallel, each reports its own
             "members": runs,
+            **({"time_plan": plan} if plan else {}),
         }
         self.schema = data_schema(train)
 
     def _share_time(self, jobs: list[dict], seconds: float, checkpoint_dir: str | Path | None,
-                    resume: bool) -> list[dict]:
+                    resume: bool) -> tuple[list[dict], dict]:
         """Split what is left of the fit's time limit between the members, which train ``workers`` at a time:
-        each gets ``seconds`` / (rounds of ``workers``). Unless the ensemble size was given, members are dropped
-        (down to one round) while a member's share would not hold one epoch at the pace of a probe here; an
-        ensemble of models stopped inside their first epoch is worse than fewer trained ones. The plan is kept
-        with the checkpoints, so a resumed fit trains the same members."""
+        each gets ``seconds`` / (rounds of ``workers``). A probe of a few steps here gives the time of one epoch.
+        Unless the ensemble size was given, members are dropped (down to one round) while a member's share would
+        not hold one epoch: an ensemble of models stopped inside their first epoch is worse than fewer trained
+        ones. Members that still cannot finish one epoch train without dropout, as single-pass language-model
+        pretraining does: nothing is seen twice, so there is nothing to regularise, and attention dropout makes
+        long windows 3x slower. The plan (returned; ``training["time_plan"]``) is kept with the checkpoints, so a
+        resumed fit trains the same members the same way."""
         plan_file = Path(checkpoint_dir) / "plan.json" if checkpoint_dir else None
         if resume and plan_file is not None and plan_file.exists():
             plan = json.loads(plan_file.read_text())
         else:
             workers = min(len(jobs), self.options.workers or len(os.sched_getaffinity(0)))
+            epoch_s = self._epoch_seconds(jobs[0], one_thread=workers > 1)
             n = len(jobs)
-            if not self.ensemble_given and n > workers:
-                epoch_s = self._epoch_seconds(jobs[0], one_thread=workers > 1)
-                while n > workers and seconds / math.ceil(n / workers) < epoch_s:
-                    n -= 1
-            plan = {"members": n, "time_limit_s": max(seconds, 1e-3) / math.ceil(n / workers)}  # spent: one step each
+            while not self.ensemble_given and n > workers and seconds / math.ceil(n / workers) < epoch_s:
+                n -= 1
+            share = max(seconds, 1e-3) / math.ceil(n / workers)  # time already spent: one step each
+            plan = {"members": n, "time_limit_s": share, "epoch_s": epoch_s,
+                    "dropout": jobs[0]["cfg"].dropout if share >= epoch_s else 0.0}
             if n < len(jobs):
                 log.warning("time limit: one epoch takes about %.1f s per model here, so %d of %d models are "
-                            "trained (%.1f s each)", epoch_s, n, len(jobs), plan["time_limit_s"])
+                            "trained (%.1f s each)", epoch_s, n, len(jobs), share)
+            if plan["dropout"] != jobs[0]["cfg"].dropout:
+                log.info("time limit: less than one epoch per model, so no dropout")
             if plan_file is not None:
                 plan_file.parent.mkdir(parents=True, exist_ok=True)
                 plan_file.with_suffix(".tmp").write_text(json.dumps(plan))
                 plan_file.with_suffix(".tmp").replace(plan_file)
-        return [{**job, "cfg": replace(job["cfg"], time_limit_s=plan["time_limit_s"])} for job in jobs[:plan["members"]]]
+        return [{**job, "cfg": replace(job["cfg"], time_limit_s=plan["time_limit_s"], dropout=plan["dropout"])}
+                for job in jobs[:plan["members"]]], plan
 
     @staticmethod
     def _epoch_seconds(job: dict, one_thread: bool) -> float:
