@@ -78,7 +78,8 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
                    help="train for about this long at most, all models together: each gets its share (models train "
                         "as many at a time as there are cores), its steps (and the lr schedule) cut to what fits at "
                         "the pace so far, validation included; without --ensemble, fewer models are trained when one "
-                        "epoch of each would not fit; not with DP")
+                        "epoch of each would not fit, and models that cannot finish one epoch train without "
+                        "dropout; not with DP")
     g.add_argument("--n-bins", type=int, help="value bins (default 256)")
     g.add_argument("--binning", choices=["quantile", "uniform"])
     g.add_argument("--scaling", choices=["auto", "global", "series", "none"],
@@ -352,7 +353,7 @@ EXAMPLES = {
   tsynth fit electricity.parquet --length 100 -o model            # the recipe's first 100 hours per client
   tsynth fit meters.csv --id-col meter --time-col ts --value-cols kwh -o model --preset small
   tsynth fit stocks.csv --layout wide --length 24 --stride 1 -o model
-  tsynth fit energy.csv --layout wide --length 24 --stride 1 -o model --time-limit 600   # <= ~10 min per model
+  tsynth fit energy.csv --layout wide --length 24 --stride 1 -o model --time-limit 600   # training <= ~10 min in all
   tsynth fit electricity.parquet --length 100 --zscore -o model --dp-epsilon 8    # item-level DP-SGD
   tsynth fit data.parquet --length 24 -o model --base-model HuggingFaceTB/SmolLM2-135M-Instruct --lora-rank 8
   tsynth fit data.parquet --length 100 -o model --backend openai --model gpt-4o-mini-2024-07-18 \\
