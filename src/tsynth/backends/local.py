@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from ..codecs.values import ValueCodec, choose_scaling
-from ..data import SeriesSet
+from ..data import SeriesSet, atomic_write
 from ..errors import ConfigError, DataError
 from ..prior import CORPUS_FILE, DEFAULT_PRIOR, Prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
@@ -235,21 +235,20 @@ class LocalBackend:
             if plan["dropout"] != jobs[0]["cfg"].dropout:
                 log.info("time limit: less than one epoch per model, so no dropout")
             if plan_file is not None:
-                plan_file.parent.mkdir(parents=True, exist_ok=True)
-                plan_file.with_suffix(".tmp").write_text(json.dumps(plan))
-                plan_file.with_suffix(".tmp").replace(plan_file)
+                atomic_write(plan_file, lambda tmp: Path(tmp).write_text(json.dumps(plan)))
         return [{**job, "cfg": replace(job["cfg"], time_limit_s=plan["time_limit_s"], dropout=plan["dropout"])}
                 for job in jobs[:plan["members"]]], plan
 
     @staticmethod
     def _epoch_seconds(job: dict, one_thread: bool) -> float:
         """One member's epoch (training steps and a validation pass) in seconds, from a probe of a few steps
-        with the threads a member gets (one when members train in parallel processes)."""
+        on the device a member trains on, with the threads it gets (one when members train in parallel processes)."""
         cfg, threads = job["cfg"], torch.get_num_threads()
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # as train_lm's Accelerator chooses
         if one_thread:
             torch.set_num_threads(1)
         try:
-            pace = seconds_per_step(member_model(job), job["train_tokens"],
+            pace = seconds_per_step(member_model(job).to(device), job["train_tokens"],
                                     value_token_loss(job["value_ids"], cfg.smoothing), cfg.batch_size)
         finally:
             torch.set_num_threads(threads)
