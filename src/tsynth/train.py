@@ -164,16 +164,16 @@ def seconds_per_step(model, tokens: np.ndarray, loss_fn: Callable, batch_size: i
     """Seconds one training step of ``model`` takes here, on its device and with torch's current threads: one
     untimed and ``steps`` timed AdamW steps on the first rows of ``tokens``. It trains ``model``: pass a
     throwaway one."""
-    probe = model.train()
-    device = next(probe.parameters()).device
-    optimizer = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad])
+    model.train()
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     rows = torch.as_tensor(tokens[:batch_size]).to(device)
     for k in range(steps + 1):
         if k == 1:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-        loss_fn(probe, rows).backward()
+        loss_fn(model, rows).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
