@@ -20,6 +20,7 @@ from tsynth.corpus import (
     _package_data,
     kernel_synth,
     load_corpus,
+    regularise,
 )
 from tsynth.errors import ConfigError, DataError
 
@@ -37,6 +38,7 @@ EXPECTED = {
     "taylor": (1, 4032),
     "kernelsynth": (2000, 512),
     "simbench": (123, 8784),  # 96 profiles, plus 27 grid-node profiles that differ in the future scenarios
+    "simbench_regular": (246, 8784),  # two regularised copies of each
 }
 
 _opened: list[str] | None = None
@@ -222,6 +224,31 @@ def test_simbench_profiles_are_hourly_loads(loaded):
     assert len({s.tobytes() for s in series}) == len(series)        # each distinct profile once
     assert np.mean([s.min() >= -1e-9 for s in series]) > 0.9        # loads draw power (a few grid nodes feed in)
     assert np.median([_acf(s, 24) for s in series]) > 0.5           # the daily cycle survives hourly averaging
+
+
+def test_regularise_keeps_the_typical_day_and_scales_the_rest():
+    rng = np.random.default_rng(0)
+    day = np.sin(2 * np.pi * np.arange(24 * 60) / 24)
+    noise = rng.standard_normal(len(day))
+    assert np.allclose(regularise(day, 0.3), day)                      # a strictly daily series is its own typical day
+    assert np.allclose(regularise(day + noise, 1.0), day + noise)      # alpha 1: the series itself
+    middle = slice(24 * 15, 24 * 45)                                   # where the +-14-day mean is complete
+    kept = regularise(day + noise, 0.25)[middle] - regularise(day + noise, 0.0)[middle]
+    assert np.allclose(kept, 0.25 * (noise[middle] - regularise(noise, 0.0)[middle]))
+    assert np.std(regularise(day + noise, 0.0)[middle] - day[middle]) < 0.25  # the mean of 29 days: noise / sqrt(29)
+
+
+def test_simbench_regular_copies_are_more_regular_and_seeded(loaded):
+    raw, _ = loaded[0]["simbench"]
+    regular, _ = loaded[0]["simbench_regular"]
+    assert np.median([_acf(s, 24) for s in regular]) > np.median([_acf(s, 24) for s in raw]) + 0.1
+    typical, departure = regularise(raw[0], 0.0), raw[0] - regularise(raw[0], 0.0)
+    alphas = [float(np.dot(regular[k] - typical, departure) / np.dot(departure, departure)) for k in (0, 1)]
+    for k, alpha in enumerate(alphas):                                   # copy k of profile 0: typical + alpha * rest
+        assert 0.0 <= alpha <= 0.6 and np.allclose(regular[k], typical + alpha * departure)
+    assert abs(alphas[0] - alphas[1]) > 1e-6                             # each copy draws its own alpha
+    other, _ = load_corpus(["simbench_regular"], seed=2)
+    assert not np.allclose(other[0], regular[0])
 
 
 def test_unknown_name_lists_sources():

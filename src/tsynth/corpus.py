@@ -13,8 +13,10 @@ Sources (``SOURCES``), each loaded by its own loader, which imports its package 
 * ``taylor``       -- pmdarima: half-hourly electricity demand of England and Wales, summer 2000 (Taylor 2003);
 * ``kernelsynth``  -- 2,000 Gaussian-process series of 512 steps from :func:`kernel_synth`;
 * ``simbench``     -- simbench: a year of electric load profiles (households, trade, agriculture, heat pumps,
-  e-mobility, grid nodes) of the SimBench grid data set, 15-minute values averaged to hourly. Not in
-  ``DEFAULT_CORPUS``: it builds the shipped *load* prior (``LOAD_CORPUS``).
+  e-mobility, grid nodes) of the SimBench grid data set, 15-minute values averaged to hourly;
+* ``simbench_regular`` -- the same profiles made more regular from day to day (:func:`regularise`), two
+  copies each: many metered customers repeat their day far more closely than SimBench's profiles do.
+  Neither is in ``DEFAULT_CORPUS``: they build the shipped *load* prior (``LOAD_CORPUS``).
 
 No-leakage rule: the prior must never see the data sets tsynth demonstrates or benchmarks on, or it
 could copy them instead of generalising. ``EXCLUDED`` names them with the reason; no source reads them,
@@ -281,6 +283,33 @@ def _load_simbench() -> list[np.ndarray]:
     return out
 
 
+REGULAR_DAYS = 14          # the same-hour mean runs over +-14 days
+REGULAR_ALPHA = (0.0, 0.6)  # how much of each profile's departure from that mean is kept
+REGULAR_COPIES = 2
+
+
+def regularise(series: np.ndarray, alpha: float, period: int = 24, days: int = REGULAR_DAYS) -> np.ndarray:
+    """``m + alpha * (x - m)``, where ``m`` is the mean of the same step of the period over +-``days``
+    periods: ``alpha=1`` gives the series back, ``alpha=0`` its slowly changing typical day."""
+    x = np.asarray(series, dtype=np.float64)
+    n = len(x)
+    total, count = np.zeros(n), np.zeros(n)
+    for k in range(-days, days + 1):
+        shift = period * k
+        lo, hi = max(0, -shift), min(n, n - shift)
+        if lo < hi:
+            total[lo:hi] += x[lo + shift:hi + shift]
+            count[lo:hi] += 1
+    typical = total / count
+    return typical + alpha * (x - typical)
+
+
+def _load_simbench_regular(seed: int = 0) -> list[np.ndarray]:
+    """Every SimBench profile, ``REGULAR_COPIES`` times regularised with alpha drawn from U(REGULAR_ALPHA)."""
+    rng = np.random.default_rng(seed)
+    return [regularise(p, rng.uniform(*REGULAR_ALPHA)) for p in _load_simbench() for _ in range(REGULAR_COPIES)]
+
+
 _UCR = "UCR archive: no licence stated; free for research use as published by the archive"
 
 SOURCES: dict[str, CorpusSource] = {s.name: s for s in (
@@ -332,11 +361,16 @@ SOURCES: dict[str, CorpusSource] = {s.name: s for s in (
         "simbench code BSD-3-Clause; data: Open Database License 1.0 (contents: Database Contents License 1.0); "
         "a prior trained on it is a Produced Work: credit SimBench when you share it", _load_simbench),
 )}
+SOURCES["simbench_regular"] = CorpusSource(
+    "simbench_regular", f"the simbench profiles, {REGULAR_COPIES} copies each, pulled towards their same-hour mean "
+    f"over +-{REGULAR_DAYS} days (tsynth.corpus.regularise, alpha drawn from U{REGULAR_ALPHA})", "1h", "simbench",
+    SOURCES["simbench"].origin + "; regularised by tsynth", SOURCES["simbench"].licence, _load_simbench_regular,
+    seeded=True)
 
 # the shipped default prior's sources (general: no electricity-load family dominates) and the load prior's
 DEFAULT_CORPUS: tuple[str, ...] = ("acsf1", "covid3month", "kdd_tsad_135", "daphnet", "tmy", "weather",
                                    "seattle_daily", "taylor", "kernelsynth")
-LOAD_CORPUS: tuple[str, ...] = ("simbench",)
+LOAD_CORPUS: tuple[str, ...] = ("simbench", "simbench_regular")
 
 
 # ---------------------------------------------------------------------- the corpus

@@ -102,8 +102,9 @@ class DPEngine:
         self.releases.append({"what": "per-step mean profile", "noise_multiplier": sigma, **info})
         return profile
 
-    def attach(self, model, optimizer, batch: int, epochs: int, steps_per_epoch: int):
-        """Wrap model and optimizer; the noise is calibrated for ``epochs * steps_per_epoch`` steps."""
+    def attach(self, model, optimizer, batch: int, epochs: int, steps_per_epoch: int, device: torch.device | str = "cpu"):
+        """Wrap model and optimizer; the noise is calibrated for ``epochs * steps_per_epoch`` steps and drawn
+        on ``device``, where the model trains."""
         from opacus import GradSampleModule
         from opacus.accountants import create_accountant
         from opacus.accountants.utils import get_noise_multiplier
@@ -127,7 +128,7 @@ class DPEngine:
             wrapped = GradSampleModule(model, loss_reduction="mean", strict=False)
         dp_opt = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.settings.max_grad_norm,
                              expected_batch_size=max(1, round(self.sample_rate * n_items)), loss_reduction="mean",
-                             generator=self.rng)
+                             generator=torch.Generator(device=device).manual_seed(self.secret_seed + 2))
         log.info("DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps, target epsilon %.2f at delta %.1e",
                  self.noise_multiplier, self.sample_rate, total_steps, self.settings.epsilon, self.delta)
         return wrapped, dp_opt

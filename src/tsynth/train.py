@@ -222,7 +222,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, result,
                                                                              cfg.warmup_epochs * steps_per_epoch))
     if dp is not None:
-        model, optimizer = dp.attach(model, optimizer, batch, cfg.epochs, steps_per_epoch)
+        model, optimizer = dp.attach(model, optimizer, batch, cfg.epochs, steps_per_epoch, accelerator.device)
     model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
     plain = accelerator.unwrap_model(model)
     plain = dp.detach(plain) if dp is not None else plain  # the HF model inside every wrapper
