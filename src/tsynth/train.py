@@ -160,6 +160,11 @@ def value_token_loss(value_range: tuple[int, int], smoothing: float) -> Callable
     return loss
 
 
+def train_device() -> str:
+    """Where models train and sample: the GPU where there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def seconds_per_step(model, tokens: np.ndarray, loss_fn: Callable, batch_size: int, steps: int = 3) -> float:
     """Seconds one training step of ``model`` takes here, on its device and with torch's current threads: one
     untimed and ``steps`` timed AdamW steps on the first rows of ``tokens``. It trains ``model``: pass a
@@ -209,7 +214,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     from tqdm.auto import tqdm
 
     set_seed(cfg.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=train_device() == "cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
     data = torch.as_tensor(train_tokens)
     n = len(data)

@@ -34,7 +34,8 @@ from ..prior import CORPUS_FILE, DEFAULT_PRIOR, Prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
-from ..train import TrainConfig, build_model, seconds_per_step, select_trainable, train_lm, value_token_loss
+from ..train import (TrainConfig, build_model, seconds_per_step, select_trainable, train_device, train_lm,
+                     value_token_loss)
 
 log = logging.getLogger("tsynth")
 
@@ -244,11 +245,10 @@ class LocalBackend:
         """One member's epoch (training steps and a validation pass) in seconds, from a probe of a few steps
         on the device a member trains on, with the threads it gets (one when members train in parallel processes)."""
         cfg, threads = job["cfg"], torch.get_num_threads()
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # as train_lm's Accelerator chooses
         if one_thread:
             torch.set_num_threads(1)
         try:
-            pace = seconds_per_step(member_model(job).to(device), job["train_tokens"],
+            pace = seconds_per_step(member_model(job).to(train_device()), job["train_tokens"],
                                     value_token_loss(job["value_ids"], cfg.smoothing), cfg.batch_size)
         finally:
             torch.set_num_threads(threads)
@@ -318,7 +318,7 @@ class LocalBackend:
         self.training, self.schema = state.get("training", {}), state.get("schema", {})
         self.privacy, self.prior, self.corpus = state.get("privacy"), state.get("prior"), state.get("corpus")
         self.models = []
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # where a fit leaves them
+        device = train_device()  # where a fit leaves them
         for k in range(int(state.get("members", 1))):
             d = directory / ("model" if k == 0 else f"model_{k}")
             self.models.append(AutoModelForCausalLM.from_pretrained(d).to(device).eval())

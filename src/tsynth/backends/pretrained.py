@@ -35,7 +35,7 @@ from ..codecs.grammar import AnswerGrammar, TokenConstraint
 from ..data import SeriesSet
 from ..errors import ConfigError, DataError
 from ..sample import draw_tokens
-from ..train import TrainConfig, train_lm
+from ..train import TrainConfig, train_device, train_lm
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema, series_from_answers, text_sample_inputs
 
 log = logging.getLogger("tsynth")
@@ -212,7 +212,7 @@ class PretrainedLoRABackend:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(load_model(self.options.base_model, self.options.dtype), d)
-        self.model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        self.model = model.to(train_device()).eval()
         return self
 
 
