@@ -13,6 +13,7 @@ from tsynth.artifact import FORMAT_VERSION
 from tsynth.codecs.values import ValueCodec
 from tsynth.errors import ArtifactError, ConfigError, DataError
 from tsynth.synthesizer import Synthesizer
+from tsynth.train import sequence_loss, smoothed_kernel, step_smoothing
 
 FAST = dict(epochs=3, preset="tiny", n_bins=32, ensemble=1)
 
@@ -42,6 +43,47 @@ def test_codec_roundtrip_stays_within_bins():
     width = np.diff(codec.edges).max() * codec.scale[0]
     assert np.abs(back.values - data.values).max() <= width + 1e-6
     assert codec.scaling == "global"
+
+
+def test_value_bins_are_the_encoded_value_tokens():
+    data = daily_profiles()
+    codec = ValueCodec(n_bins=64).fit(data)
+    bins, levels = codec.value_bins(data)
+    p = codec.prefix_length
+    assert levels is None and bins.shape == (40, 24, 1)
+    assert np.array_equal(codec.encode(data)[:, p: p + 24], codec.value_offset + bins[..., 0])
+
+
+def test_step_smoothing_is_half_each_channels_median_step():
+    # channel 0 moves by 1 bin a step, channel 1 by 3, channel 2 by 10 (capped at 2 bins): up, down, up...
+    bins = 50 + (np.arange(12) % 2)[None, :, None] * np.array([1, 3, 10])[None, None, :] + np.zeros((5, 1, 1), int)
+    assert step_smoothing(bins, np.full(5, 12)) == [0.5, 1.5, 2.0]
+    shorter = bins.copy()
+    shorter[:, 6:] = 0  # beyond each series' length: not a step
+    assert step_smoothing(shorter, np.full(5, 6)) == [0.5, 1.5, 2.0]
+    assert step_smoothing(bins[:, :1], np.ones(5, int)) == [2.0, 2.0, 2.0]  # nothing to measure
+
+
+def test_loss_smooths_each_channel_with_its_own_width():
+    torch.manual_seed(0)
+    v_lo, v_hi, first = 3, 19, 2   # 16 value tokens from id 3; values start at sequence position 2
+    logits = torch.randn(2, 9, 20)
+    targets = torch.randint(v_lo, v_hi, (2, 9))
+    targets[:, 0] = 1               # a condition token: plain cross-entropy
+    kernels = torch.stack([smoothed_kernel(16, 0.0), smoothed_kernel(16, 2.0)])
+    logp = torch.log_softmax(logits, -1)
+    expected = []
+    for j in range(9):              # target j is the token at position j + 1: channel (j + 1 - first) % 2
+        t = targets[:, j]
+        if j == 0:
+            expected.append(-logp[:, j].gather(-1, t[:, None])[:, 0])
+        else:
+            soft = kernels[(j + 1 - first) % 2][t - v_lo]
+            expected.append(-(soft * logp[:, j, v_lo:v_hi]).sum(-1))
+    got = sequence_loss(logits, targets, v_lo, v_hi, kernels, first, reduction="none")
+    assert torch.allclose(got, torch.stack(expected, 1).mean(1), atol=1e-5)
+    one = sequence_loss(logits, targets, v_lo, v_hi, kernels[1:], first, reduction="none")
+    assert not torch.allclose(one, got)  # one width for both channels is another loss
 
 
 def test_codec_series_scaling_reproduces_levels():
@@ -93,6 +135,8 @@ def test_fit_records_training_figures(fitted):
     m = tr["members"][0]
     assert m["epochs_run"] == 3 and len(m["train_loss"]) == 3 and len(m["valid_loss"]) == 3
     assert m["train_loss"][-1] < m["train_loss"][0]
+    # one label-smoothing width for the one channel: half its median step (noisy sines move by several bins)
+    assert len(tr["smoothing"]) == 1 and 0.5 <= tr["smoothing"][0] <= 2.0
 
 
 def test_sample_exact_length_seeded_and_conditioned(fitted):

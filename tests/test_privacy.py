@@ -31,6 +31,7 @@ def test_dp_fit_reports_epsilon_within_target(caplog):
     codec = syn.info["codec"]
     assert codec["binning"] == "uniform" and codec["scaling"] == "none" and codec["value_range"] == [-5.0, 5.0]
     assert syn.info["training"]["valid_series"] == 0          # no data-dependent early stopping under DP
+    assert syn.info["training"]["smoothing"] == 2.0            # nor a label smoothing measured on the data
     out = syn.sample(10, seed=0)
     assert out.values.shape == (10, 16, 1) and np.isfinite(out.values).all()
 

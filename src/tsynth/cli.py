@@ -81,6 +81,9 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
                         "epoch of each would not fit, and models that cannot finish one epoch train without "
                         "dropout; not with DP")
     g.add_argument("--n-bins", type=int, help="value bins (default 256)")
+    g.add_argument("--smoothing", type=float, metavar="BINS",
+                   help="label smoothing: each value target spread over a Gaussian of this many bins (default: per "
+                        "channel half its median step, at most 2; a fixed 2 under DP)")
     g.add_argument("--binning", choices=["quantile", "uniform"])
     g.add_argument("--scaling", choices=["auto", "global", "series", "none"],
                    help="global standardisation, or per-series scale with a level token (auto: by the data)")
@@ -113,7 +116,8 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
 def local_options(args: argparse.Namespace) -> dict[str, Any]:
     """The local backend keywords set on the command line."""
     names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "scaling", "ensemble", "seed",
-             "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_profile_share", "prior", "trainable", "time_limit_s"]
+             "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_profile_share", "prior", "trainable", "time_limit_s",
+             "smoothing"]
     opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "value_range", None):
         try:

@@ -107,6 +107,7 @@ def pretrain(specs: Sequence[str], output: str | os.PathLike, lengths: Sequence[
     options (preset, epochs, batch_size, learning_rate, ensemble...)."""
     from .corpus import load_corpus
     from .synthesizer import Synthesizer
+    from .train import MAX_SMOOTHING
 
     if not specs:
         raise ConfigError("pretrain needs at least one corpus (a source name or a data file)")
@@ -119,9 +120,10 @@ def pretrain(specs: Sequence[str], output: str | os.PathLike, lengths: Sequence[
     for src in sources:
         src.update(stats[src["name"]])
     log.info("corpus: %d windows of %s steps from %d sources", len(windows), lengths, len(sources))
+    # smoothing: a fixed width (the shipped priors' 2 bins), not one measured on the corpus
     options = {"ensemble": 1, "epochs": 30, "batch_size": 64, "patience": 5, "validation_fraction": 0.05,
-               **train_options, "prior": "none", "n_bins": PRIOR_BINS, "binning": "quantile", "scaling": "none",
-               "conditions": [], "value_range": PRIOR_RANGE, "seed": seed}
+               "smoothing": MAX_SMOOTHING, **train_options, "prior": "none", "n_bins": PRIOR_BINS, "binning": "quantile",
+               "scaling": "none", "conditions": [], "value_range": PRIOR_RANGE, "seed": seed}
     syn = Synthesizer("local", **options)
     syn.backend.corpus = {
         "sources": sources, "lengths": lengths, "windows": len(windows), "seed": seed,

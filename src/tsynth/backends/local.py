@@ -34,8 +34,8 @@ from ..prior import CORPUS_FILE, DEFAULT_PRIOR, Prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
-from ..train import (TrainConfig, build_model, seconds_per_step, select_trainable, train_device, train_lm,
-                     value_token_loss)
+from ..train import (MAX_SMOOTHING, TrainConfig, build_model, seconds_per_step, select_trainable, step_smoothing,
+                     train_device, train_lm, value_token_loss)
 
 log = logging.getLogger("tsynth")
 
@@ -173,6 +173,10 @@ class LocalBackend:
                 codec.profile = dp.release_profile(codec.to_units(train.values.astype(np.float64))).tolist()
             else:
                 log.warning("DP: series of different lengths, so no per-step profile is released")
+        smoothing = opts.train.smoothing
+        if smoothing is None:  # under DP a fixed width: one measured on the data would leak it
+            smoothing = MAX_SMOOTHING if dp is not None else step_smoothing(codec.value_bins(train, warn=False)[0],
+                                                                            train.lengths)
         jobs = []
         for member in range(opts.ensemble):
             # seeds seed*E .. seed*E+E-1: ensembles of different seeds share no member (one model: the seed itself)
@@ -184,6 +188,7 @@ class LocalBackend:
                 "member": member, "cfg": cfg, "train_tokens": train_tokens, "vocab_size": len(codec.vocab),
                 "valid_tokens": codec.encode(valid_set) if valid_set is not None else None,
                 "value_ids": (codec.value_offset, codec.value_offset + codec.n_value_tokens),
+                "smoothing": smoothing, "first_value": codec.prefix_length,
                 "slots": [(1 + k, codec.field_offset(k)) for k in range(len(codec.fields))],
                 "checkpoint": Path(checkpoint_dir) / f"member_{member}" if checkpoint_dir else None, "resume": resume,
                 "dp": dp,
@@ -204,6 +209,7 @@ class LocalBackend:
             "parameters": int(sum(p.numel() for p in self.models[0].parameters())),
             "seconds": time.time() - t0,  # wall clock; members train in parallel, each reports its own
             "members": runs,
+            "smoothing": smoothing,  # label-smoothing width(s) in bins: one, or one per channel
             **({"time_plan": plan} if plan else {}),
         }
         self.schema = data_schema(train)
@@ -248,8 +254,8 @@ class LocalBackend:
         if one_thread:
             torch.set_num_threads(1)
         try:
-            pace = seconds_per_step(member_model(job).to(train_device()), job["train_tokens"],
-                                    value_token_loss(job["value_ids"], cfg.smoothing), cfg.batch_size)
+            pace = seconds_per_step(member_model(job).to(train_device()), job["train_tokens"], member_loss(job),
+                                    cfg.batch_size)
         finally:
             torch.set_num_threads(threads)
         batch = min(cfg.batch_size, len(job["train_tokens"]))
@@ -336,6 +342,11 @@ def member_model(job: dict):
     return model
 
 
+def member_loss(job: dict) -> Callable:
+    """A member's training loss: next-token cross-entropy, value targets smoothed by the job's width(s)."""
+    return value_token_loss(job["value_ids"], job["smoothing"], job["first_value"])
+
+
 def train_member(job: dict, callback: Callable[[dict], None] | None, progress: bool) -> dict:
     """Build and train one ensemble member; returns the model, its figures and its privacy report."""
     cfg: TrainConfig = job["cfg"]
@@ -344,9 +355,8 @@ def train_member(job: dict, callback: Callable[[dict], None] | None, progress: b
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dp = job["dp"]
     member_callback = None if callback is None else (lambda e: callback({**e, "member": job["member"]}))
-    model, result = train_lm(model, job["train_tokens"], job["valid_tokens"],
-                             value_token_loss(job["value_ids"], cfg.smoothing), job["slots"], cfg, job["checkpoint"],
-                             job["resume"], member_callback, dp=dp, progress=progress)
+    model, result = train_lm(model, job["train_tokens"], job["valid_tokens"], member_loss(job), job["slots"], cfg,
+                             job["checkpoint"], job["resume"], member_callback, dp=dp, progress=progress)
     for p in model.parameters():
         p.requires_grad_(True)
     return {"model": model, "result": {**asdict(result), "trainable": job["trainable"], "trainable_values": trainable},

@@ -281,8 +281,9 @@ class ValueCodec:
                 d[f.name] = v
         return out
 
-    def encode(self, data: SeriesSet) -> np.ndarray:
-        """Token ids, shape (n, max sequence length), padded with <pad> after <eos>."""
+    def value_bins(self, data: SeriesSet, warn: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each value's bin, shape (n, steps, channels) (meaningless beyond a series' length), and the series'
+        levels (scaling 'series'; else None). Values outside the range go to the edge bins (``warn``: say how many)."""
         if list(data.channels) != self.channels:
             raise DataError(f"data has channels {data.channels}, the codec was fitted on {self.channels}")
         vals = data.values.astype(np.float64)
@@ -291,10 +292,15 @@ class ValueCodec:
         edges = np.asarray(self.edges)
         finite = ~np.isnan(scaled)
         outside = finite & ((scaled < edges[0]) | (scaled > edges[-1]))
-        if outside.any():
+        if warn and outside.any():
             log.warning("%d values (%.2f%%) fall outside the codec's range [%.3g, %.3g] and were put in the edge bins",
                         int(outside.sum()), 100 * outside.sum() / finite.sum(), edges[0], edges[-1])
         bins = np.clip(np.searchsorted(edges, np.where(finite, scaled, 0.0), side="right") - 1, 0, len(edges) - 2)
+        return bins, levels
+
+    def encode(self, data: SeriesSet) -> np.ndarray:
+        """Token ids, shape (n, max sequence length), padded with <pad> after <eos>."""
+        bins, levels = self.value_bins(data)
         conds = self.series_conditions(data)
         out = np.full((len(data), self.sequence_length(data.length)), PAD, dtype=np.int64)
         for i in range(len(data)):
