@@ -177,7 +177,7 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "each value target over half its channel's median step, at most 2 bins (JSON `smoothing`; under DP a "
              "fixed 2); rows without `smoothing` in the JSON had a fixed 2. It changes nothing where every channel "
              "moves 4 bins or more a step (electricity100, electricity-raw, italy24: the same fit, bit for bit); "
-             "stocks24's tsynth rows are from it, energy24's and the -blocked tasks' predate it. "
+             "stocks24's and stocks24-blocked's tsynth rows are from it, energy24's and energy24-blocked's predate it. "
              "peak MB is the largest single process; 'sample s' times n = len(train) series (the JSON also has "
              "sample_1000_s). Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, "
              "not a scaling slip in the wrapper (its series come back through gretel's own inverse scaling): on "
@@ -270,7 +270,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--smoke", action="store_true", help="tiny budget, every run of a task in one process: checks "
                     "that everything runs; figures (peak memory included) meaningless")
-    ap.add_argument("--out", default=str(RESULTS), help="results directory")
+    ap.add_argument("--out", default=str(RESULTS), help="results directory (elsewhere than the default, its "
+                    "BENCHMARKS.md is written there, not over the repository's)")
     ap.add_argument("--render", action="store_true", help="only rebuild BENCHMARKS.md from the results files")
     args = ap.parse_args(argv)
     out_dir = Path(args.out)
@@ -298,7 +299,9 @@ def main(argv=None) -> int:
     if not args.smoke:
         from tsynth.data import atomic_write
 
-        atomic_write(HERE.parent / "BENCHMARKS.md", lambda f: Path(f).write_text(render_markdown(out_dir)))
+        # the repository's table from its own results; another --out directory gets its own table
+        table = HERE.parent / "BENCHMARKS.md" if out_dir.resolve() == RESULTS.resolve() else out_dir / "BENCHMARKS.md"
+        atomic_write(table, lambda f: Path(f).write_text(render_markdown(out_dir)))
     return 0
 
 

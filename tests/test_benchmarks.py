@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,16 @@ def test_peers_recorded_and_rendered(stand_in_data):
     for r in doc["rows"]:
         assert f"| {r['generator']} |" in md
         assert r.get("status") != "unavailable" or r["reason"] in md
+
+
+def test_render_elsewhere_leaves_the_repository_table_alone(tmp_path):
+    repo_table = Path(run.__file__).parent.parent / "BENCHMARKS.md"
+    before = repo_table.read_text()
+    doc = json.loads((Path(run.__file__).parent / "results" / "italy24.json").read_text())
+    (tmp_path / "italy24.json").write_text(json.dumps(doc))
+    assert run.main(["--render", "--out", str(tmp_path)]) == 0
+    assert "## italy24" in (tmp_path / "BENCHMARKS.md").read_text()
+    assert repo_table.read_text() == before
 
 
 def test_timegan_scores_tell_apart_and_match():
