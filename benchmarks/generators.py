@@ -104,6 +104,7 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
              "mia_likelihood_auc": likelihood_mia(syn, task.train, task.holdout, seed=seed)["auc"],
              "prior": (syn.info.get("prior") or {}).get("sources"),
              "smoothing": syn.info["training"]["smoothing"],
+             "point_masses": sum(syn.info["codec"].get("point_masses_per_channel", [])),
              "best_epoch": [m["best_epoch"] for m in members],
              "valid_loss": [min(m["valid_loss"]) if m["valid_loss"] else None for m in members],
              "parameters": syn.info["training"]["parameters"]}

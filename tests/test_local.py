@@ -86,6 +86,74 @@ def test_loss_smooths_each_channel_with_its_own_width():
     assert not torch.allclose(one, got)  # one width for both channels is another loss
 
 
+def counts_and_readings(n=60, length=24, seed=0):
+    """Two channels: integer counts (every value held by many series) and continuous readings."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 6, size=(n, length)).astype(float)
+    readings = rng.normal(size=(n, length))
+    readings[0] = 7.25  # one series repeats one value: held by one series only
+    return SeriesSet(np.stack([counts, readings], axis=2).astype(np.float32), np.full(n, length),
+                     [f"s{i}" for i in range(n)], ["count", "reading"])
+
+
+def roundtrip(codec, data, seed=0):
+    tokens = codec.encode(data)
+    p = codec.prefix_length
+    return codec.decode(tokens[:, :p], tokens[:, p:p + data.length * data.n_channels], data.lengths,
+                        np.random.default_rng(seed)).values
+
+
+def test_point_masses_decode_shared_values_exactly_in_their_proportions():
+    data = counts_and_readings()
+    codec = ValueCodec(n_bins=8).fit(data)  # coarse bins: several counts share a bin
+    counts, readings = data.values[..., 0], data.values[..., 1]
+    pm = codec.point_masses
+    assert pm[0]["values"] and sorted(pm[0]["values"]) == pm[0]["values"]
+    assert sum(pm[0]["counts"]) == counts.size and sum(pm[0]["rest"]) == 0
+    assert pm[1]["values"] == [] and sum(pm[1]["rest"]) == readings.size  # 7.25: one series holds it
+    back = np.concatenate([roundtrip(codec, data, seed) for seed in range(20)])
+    assert np.array_equal(back[..., 0], np.round(back[..., 0]))  # counts stay integers
+    assert set(np.unique(back[..., 0])) <= set(np.unique(counts))
+    for v in np.unique(counts):  # each count as often as in the training data (20 draws of each value)
+        assert abs((back[..., 0] == v).mean() - (counts == v).mean()) < 0.01, v
+    assert not np.isin(back[..., 1], readings).any()  # continuous values: never a training value
+    plain = ValueCodec(n_bins=8, point_mass_series=0).fit(data)
+    assert plain.point_masses == [] and not np.isin(roundtrip(plain, data)[..., 0], counts).any()
+
+
+def test_point_masses_need_enough_series():
+    data = counts_and_readings()
+    data.values[:3, :, 1] = 1.5  # three series hold 1.5
+
+    def reading_masses(k):  # in the data's units
+        codec = ValueCodec(n_bins=8, point_mass_series=k).fit(data)
+        return np.asarray(codec.point_masses[1]["values"]) * codec.scale[1] + codec.loc[1]
+
+    assert np.allclose(reading_masses(3), [1.5]) and reading_masses(4).size == 0
+
+
+def test_no_point_masses_with_series_scaling(caplog):
+    data = daily_profiles(levels=10.0 ** np.linspace(0, 4, 40))
+    data.values[:, :3, 0] = 0.0  # a value every series holds
+    with caplog.at_level(logging.INFO, logger="tsynth"):
+        codec = ValueCodec(n_bins=64).fit(data)
+    assert codec.scaling == "series" and codec.point_masses == [] and "per-series scaling" in caplog.text
+
+
+def test_point_masses_saved_beside_the_model(tmp_path):
+    torch.set_num_threads(1)
+    syn = Synthesizer("local", **FAST).fit(counts_and_readings(), progress=False)
+    path = syn.save(tmp_path / "m")
+    doc = json.loads((path / "tsynth.json").read_text())
+    assert doc["codec"]["point_masses_per_channel"][0] > 0
+    out = Synthesizer.load(path).sample(30, seed=2).values
+    np.testing.assert_array_equal(out, syn.sample(30, seed=2).values)
+    assert np.array_equal(out[..., 0], np.round(out[..., 0]))
+    (path / "point_masses.npz").unlink()
+    with pytest.raises(ArtifactError, match="point_masses.npz is missing"):
+        Synthesizer.load(path)
+
+
 def test_codec_series_scaling_reproduces_levels():
     levels = 10.0 ** np.linspace(0, 4, 40)  # levels over four orders of magnitude
     data = daily_profiles(levels=levels)

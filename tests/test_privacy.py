@@ -21,6 +21,7 @@ def test_dp_fit_reports_epsilon_within_target(caplog):
     torch.set_num_threads(1)
     data = items()
     data.values[0, 0, 0] = 9.0  # outside the public bounds [-5, 5]: clipped and counted
+    data.values[1:, 0, 0] = 0.0  # held by every other item: a point mass without DP
     with caplog.at_level(logging.WARNING, logger="tsynth"):
         syn = Synthesizer("local", dp_epsilon=3.0, epochs=2, n_bins=32, batch_size=16).fit(data, progress=False)
     assert "outside the codec's range" in caplog.text
@@ -32,6 +33,7 @@ def test_dp_fit_reports_epsilon_within_target(caplog):
     assert codec["binning"] == "uniform" and codec["scaling"] == "none" and codec["value_range"] == [-5.0, 5.0]
     assert syn.info["training"]["valid_series"] == 0          # no data-dependent early stopping under DP
     assert syn.info["training"]["smoothing"] == 2.0            # nor a label smoothing measured on the data
+    assert codec["point_mass_series"] == 0 and syn.backend.codec.point_masses == []  # nor the values that recur
     out = syn.sample(10, seed=0)
     assert out.values.shape == (10, 16, 1) and np.isfinite(out.values).all()
 

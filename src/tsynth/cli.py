@@ -85,6 +85,9 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
                    help="label smoothing: each value target spread over a Gaussian of this many bins (default: per "
                         "channel half its median step, at most 2; a fixed 2 under DP)")
     g.add_argument("--binning", choices=["quantile", "uniform"])
+    g.add_argument("--point-mass-series", type=int, metavar="N",
+                   help="a value that at least N training series hold (integer counts, zeros, a sensor's resolution) "
+                        "is sampled exactly, not spread over its bin; 0: never (default 10; 0 under DP)")
     g.add_argument("--scaling", choices=["auto", "global", "series", "none"],
                    help="global standardisation, or per-series scale with a level token (auto: by the data)")
     g.add_argument("--conditions", help="comma-separated condition fields (item_id, attributes, hour, dayofweek, month); "
@@ -115,8 +118,8 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
 
 def local_options(args: argparse.Namespace) -> dict[str, Any]:
     """The local backend keywords set on the command line."""
-    names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "scaling", "ensemble", "seed",
-             "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_profile_share", "prior", "trainable", "time_limit_s",
+    names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "point_mass_series", "scaling",
+             "ensemble", "seed", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_profile_share", "prior", "trainable", "time_limit_s",
              "smoothing"]
     opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "value_range", None):

@@ -120,9 +120,10 @@ def pretrain(specs: Sequence[str], output: str | os.PathLike, lengths: Sequence[
     for src in sources:
         src.update(stats[src["name"]])
     log.info("corpus: %d windows of %s steps from %d sources", len(windows), lengths, len(sources))
-    # smoothing: a fixed width (the shipped priors' 2 bins), not one measured on the corpus
+    # smoothing: a fixed width (the shipped priors' 2 bins), not one measured on the corpus; no point masses (the
+    # windows are standardised one by one, and a fine-tune fits its own codec on its data)
     options = {"ensemble": 1, "epochs": 30, "batch_size": 64, "patience": 5, "validation_fraction": 0.05,
-               "smoothing": MAX_SMOOTHING, **train_options, "prior": "none", "n_bins": PRIOR_BINS, "binning": "quantile",
+               "smoothing": MAX_SMOOTHING, "point_mass_series": 0, **train_options, "prior": "none", "n_bins": PRIOR_BINS, "binning": "quantile",
                "scaling": "none", "conditions": [], "value_range": PRIOR_RANGE, "seed": seed}
     syn = Synthesizer("local", **options)
     syn.backend.corpus = {
@@ -185,7 +186,7 @@ class Prior:
                 "sources": [s["name"] for s in self.doc["corpus"]["sources"]], "format_version": FORMAT_VERSION}
 
     def codec_for(self, data: SeriesSet, conditions: Sequence[str] | str, dp: bool,
-                  value_range: tuple[float, float] | None) -> ValueCodec:
+                  value_range: tuple[float, float] | None, point_mass_series: int) -> ValueCodec:
         """A codec for ``data`` that keeps the prior's bins (see the module docstring)."""
         steps = int(data.lengths.max()) * data.n_channels
         if steps > self.lengths[-1] or int(data.lengths.min()) * data.n_channels < self.lengths[0]:
@@ -193,7 +194,8 @@ class Prior:
                               f"steps; this data has {int(data.lengths.min())}-{int(data.lengths.max())} steps x "
                               f"{data.n_channels} channels: pass --prior none (or pretrain a prior for this length)")
         codec = ValueCodec(n_bins=self.codec.n_bins, binning="quantile", scaling="none" if dp else "global",
-                           conditions=conditions, value_range=value_range if dp else None)
+                           conditions=conditions, value_range=value_range if dp else None,
+                           point_mass_series=point_mass_series)
         codec.fit(data, edges=self.codec.edges)
         if codec.sequence_length(int(data.lengths.max())) > self.n_positions:
             raise ConfigError(f"the prior's context holds {self.n_positions} tokens; {len(codec.fields)} condition "

@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..codecs.values import ValueCodec, choose_scaling
+from ..codecs.values import POINT_MASS_SERIES, ValueCodec, choose_scaling
 from ..data import SeriesSet, atomic_write
-from ..errors import ConfigError, DataError
+from ..errors import ArtifactError, ConfigError, DataError
 from ..prior import CORPUS_FILE, DEFAULT_PRIOR, Prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
@@ -40,6 +40,7 @@ from ..train import (MAX_SMOOTHING, TrainConfig, build_model, seconds_per_step, 
 log = logging.getLogger("tsynth")
 
 MIN_SERIES = 8
+POINT_MASS_FILE = "point_masses.npz"  # the codec's point masses (ValueCodec.save_point_masses)
 DEFAULT_ENSEMBLE = 6  # electricity100, 3 seeds: 1 model disc 0.17-0.31; 4 models 0.13-0.19; 6 models 0.12-0.17 and per-step mean error at the holdout floor
 
 # DP-SGD has no validation split to stop on: a fixed schedule, unless the caller sets these. electricity100,
@@ -59,6 +60,7 @@ class LocalOptions:
     ensemble: int | None = None  # default: DEFAULT_ENSEMBLE models (1 under differential privacy)
     temperature: float = 1.0
     value_range: tuple[float, float] | None = None
+    point_mass_series: int = POINT_MASS_SERIES  # values held by this many series decode exactly; 0: never
     workers: int | None = None
     dp_epsilon: float | None = None
     dp_delta: float | None = None
@@ -105,6 +107,7 @@ class LocalOptions:
         if self.conditions:
             log.warning("DP: the vocabulary of the condition fields %s is treated as public knowledge", list(self.conditions))
         self.binning, self.scaling = "uniform", "none"
+        self.point_mass_series = 0  # which values recur is a fact about the data, so not released under DP
         self.value_range = tuple(self.value_range or (-5.0, 5.0))
 
 
@@ -164,7 +167,8 @@ class LocalBackend:
             log.info("fine-tuning from the prior at %s (%s model)", prior.path, preset)
         else:
             self.codec = ValueCodec(n_bins=opts.n_bins, binning=opts.binning, scaling=opts.scaling,
-                                    conditions=opts.conditions, value_range=opts.value_range).fit(train)
+                                    conditions=opts.conditions, value_range=opts.value_range,
+                                    point_mass_series=opts.point_mass_series).fit(train)
             n_positions, init, preset, self.prior = self.codec.sequence_length(train.length), None, opts.train.preset, None
         codec = self.codec
         dp = DPEngine(dp_settings, pd.factorize(train.item_id)[0]) if dp_settings is not None else None
@@ -275,7 +279,7 @@ class LocalBackend:
                               ": pass --prior none")
         if opts.train.preset != prior.preset and opts.train.preset != TrainConfig.preset:
             log.warning("the prior is a %r model; preset %r is ignored", prior.preset, opts.train.preset)
-        return prior.codec_for(train, opts.conditions, dp, opts.value_range)
+        return prior.codec_for(train, opts.conditions, dp, opts.value_range, opts.point_mass_series)
 
     # ------------------------------------------------------------------ sample
     def sample(self, n: int, conditions: Sequence[dict] | None = None, temperature: float | None = None,
@@ -310,6 +314,8 @@ class LocalBackend:
             tok.save_pretrained(d)
         if self.corpus:
             (directory / CORPUS_FILE).write_text(json.dumps(self.corpus, indent=2))
+        if self.codec.point_masses:
+            self.codec.save_point_masses(directory / POINT_MASS_FILE)
 
     @classmethod
     def load(cls, directory: Path, state: dict[str, Any]) -> "LocalBackend":
@@ -321,6 +327,10 @@ class LocalBackend:
         train_opts = opts.pop("train")
         self = cls(**opts, **train_opts)
         self.codec = ValueCodec.from_dict(state["codec"])
+        if (directory / POINT_MASS_FILE).exists():
+            self.codec.load_point_masses(directory / POINT_MASS_FILE)
+        elif sum(state["codec"].get("point_masses_per_channel", [])):
+            raise ArtifactError(f"{directory}: {POINT_MASS_FILE} is missing (tsynth.json records point masses)")
         self.training, self.schema = state.get("training", {}), state.get("schema", {})
         self.privacy, self.prior, self.corpus = state.get("privacy"), state.get("prior"), state.get("corpus")
         self.models = []
