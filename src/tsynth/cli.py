@@ -119,8 +119,8 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
 def local_options(args: argparse.Namespace) -> dict[str, Any]:
     """The local backend keywords set on the command line."""
     names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "point_mass_series", "scaling",
-             "ensemble", "seed", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_profile_share", "prior", "trainable", "time_limit_s",
-             "smoothing"]
+             "ensemble", "seed", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_profile_share", "prior", "trainable",
+             "time_limit_s", "smoothing"]
     opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "value_range", None):
         try:
