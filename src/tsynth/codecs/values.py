@@ -399,12 +399,13 @@ class ValueCodec:
                 continue
             n_bins = len(edges) - 1
             value_bin = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, n_bins - 1)
-            # each bin's point masses (ascending) then its rest, laid out bin after bin as one cumulative count
-            order = np.lexsort((np.r_[np.zeros(len(values)), np.ones(n_bins)], np.r_[value_bin, np.arange(n_bins)]))
-            weights = np.r_[pm["counts"], pm["rest"]].astype(np.float64)[order]
-            cum = np.cumsum(weights)
-            bin_total = np.bincount(np.r_[value_bin, np.arange(n_bins)], weights=np.r_[pm["counts"], pm["rest"]],
-                                    minlength=n_bins)
+            # entries: the point masses, then each bin's rest; laid out bin after bin (masses ascending, then the
+            # rest) as one cumulative count
+            entry_bin = np.r_[value_bin, np.arange(n_bins)]
+            weights = np.r_[pm["counts"], pm["rest"]].astype(np.float64)
+            order = np.lexsort((np.r_[np.zeros(len(values)), np.ones(n_bins)], entry_bin))
+            cum = np.cumsum(weights[order])
+            bin_total = np.bincount(entry_bin, weights=weights, minlength=n_bins)
             bin_start = np.cumsum(bin_total) - bin_total
             kc = k[..., c]
             draw = bin_start[kc] + rng.uniform(size=kc.shape) * bin_total[kc]
