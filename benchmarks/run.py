@@ -86,7 +86,8 @@ def _one(task, generator: str, seed: int, smoke: bool) -> dict:
     ev = evaluate(task.train, synthetic, task.holdout, label=label, seed=0, fast=smoke).to_dict()
     # the largest process: this one, or a training child (ensemble members train in child processes)
     peak_mb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
-    row = {"generator": generator, "seed": seed, "fit_s": fit_s, "sample_s": sample_s, "peak_mb": peak_mb,
+    row = {"generator": generator, "seed": seed, "commit": source_commit(), "fit_s": fit_s, "sample_s": sample_s,
+           "peak_mb": peak_mb,
            "n_synthetic": len(synthetic), **headline(ev), "level_ks": level_ks(task.train, synthetic),
            "extra": extra, "evaluation": ev}
     if task.train.n_channels > 1:
@@ -143,6 +144,20 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
+def source_commit() -> str | None:
+    """The commit of tsynth's source (``src/``) a row runs, with ``+changes`` when it differs from that
+    commit; None outside a git checkout."""
+    import subprocess
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(HERE.parent), *args], capture_output=True, text=True)
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if git("diff", "--quiet", "HEAD", "--", "src").returncode else "")
+
+
 def save(task_name: str, rows: list[dict], smoke: bool, out_dir: Path = RESULTS) -> Path:
     """Merge rows into ``<task>.json`` (replacing the same generator+seed) atomically."""
     from tsynth.data import atomic_write
@@ -184,7 +199,8 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "`point_masses` 0); stocks24 (global scaling, overlapping windows: every value recurs) has them, and its "
              "rows predate them (a codec round trip of its holdout scores disc_gbm 0.020 without, 0.025 with). "
              "peak MB is the largest single process; 'sample s' times n = len(train) series (the JSON also has "
-             "sample_1000_s). Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, "
+             "sample_1000_s); code = the commit of tsynth's `src/` the row ran ('+changes': with uncommitted "
+             "changes; '-': the row predates the column). Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, "
              "not a scaling slip in the wrapper (its series come back through gretel's own inverse scaling): on "
              "electricity100 with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs "
              "(real -0.06; scratch check, seed 0): the GAN is unstable with a few hundred series.", ""]
@@ -200,17 +216,17 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
         cols += [k for k in EXTRAS if any(r.get(k) is not None for r in rows)]
         lines += [f"## {doc['task']}", "", f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, "
                   f"tsynth {m['tsynth']}, {m['date']}", "",
-                  "| generator | seed | " + " | ".join(cols) + " | fit s | sample s | peak MB |",
-                  "|---" * (len(cols) + 5) + "|"]
+                  "| generator | seed | " + " | ".join(cols) + " | fit s | sample s | peak MB | code |",
+                  "|---" * (len(cols) + 6) + "|"]
         unavailable = []
         for r in sorted(rows, key=lambda r: (r["generator"], r.get("seed", -1))):
             if r.get("status") == "unavailable":
                 unavailable.append(f"- {r['generator']} is unavailable here: {r['reason']}")
-                lines.append(f"| {r['generator']} | unavailable |" + " - |" * (len(cols) + 3))
+                lines.append(f"| {r['generator']} | unavailable |" + " - |" * (len(cols) + 4))
                 continue
             cells = [_fmt(r.get(k), DIGITS.get(k, 3)) for k in cols]
             lines.append(f"| {r['generator']} | {r['seed']} | " + " | ".join(cells) +
-                         f" | {r['fit_s']:.1f} | {r['sample_s']:.1f} | {r['peak_mb']:.0f} |")
+                         f" | {r['fit_s']:.1f} | {r['sample_s']:.1f} | {r['peak_mb']:.0f} | {r.get('commit') or '-'} |")
         lines += ["", *unavailable, *([""] if unavailable else []), *_summary(rows)]
     lines += ["## Published figures (TimeGAN protocol): quoted from the papers, not measured here", "",
               "As quoted in `../shared/reference/baselines.md`. The papers train on all windows and score on the "

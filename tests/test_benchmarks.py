@@ -2,6 +2,7 @@
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,15 @@ def stand_in_data(tmp_path, monkeypatch):
 def test_smoke_every_task(stand_in_data):
     out = stand_in_data / "results"
     assert run.main(["--smoke", "--out", str(out), "--generators", "holdout,gaussian,tsynth"]) == 0
+    head = subprocess.run(["git", "-C", str(Path(run.__file__).parents[1]), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
     for task in TASKS:
         rows = json.loads((out / f"{task}-smoke.json").read_text())["rows"]
         assert {r["generator"] for r in rows} == {"holdout", "gaussian", "tsynth"}
         for r in rows:
             assert math.isfinite(r["disc_gbm"]) and r["fit_s"] >= 0 and r["peak_mb"] > 0
+            if head.returncode == 0:  # a git checkout: each row names the source it ran
+                assert r["commit"].removesuffix("+changes") == head.stdout.strip()
             if task.startswith(("stocks", "energy")):   # multivariate: the TimeGAN GRU scores too
                 assert math.isfinite(r["disc_gru"]) and 0 <= r["disc_gru"] <= 0.5
                 assert math.isfinite(r["pred"]) and math.isfinite(r["pred_real"])

@@ -10,10 +10,10 @@ import torch
 
 from tsynth import SeriesSet
 from tsynth.artifact import FORMAT_VERSION
-from tsynth.codecs.values import ValueCodec
+from tsynth.codecs.values import ValueCodec, choose_scaling
 from tsynth.errors import ArtifactError, ConfigError, DataError
 from tsynth.synthesizer import Synthesizer
-from tsynth.train import sequence_loss, smoothed_kernel, step_smoothing
+from tsynth.train import FACTORED_POSITIONS_FROM, build_model, factor_positions, sequence_loss, smoothed_kernel, step_smoothing
 
 FAST = dict(epochs=3, preset="tiny", n_bins=32, ensemble=1)
 
@@ -52,6 +52,25 @@ def test_value_bins_are_the_encoded_value_tokens():
     p = codec.prefix_length
     assert levels is None and bins.shape == (40, 24, 1)
     assert np.array_equal(codec.encode(data)[:, p: p + 24], codec.value_offset + bins[..., 0])
+
+
+def test_value_positions_are_step_plus_channel():
+    torch.manual_seed(0)
+    c = FACTORED_POSITIONS_FROM
+    model = build_model(40, 2 + 5 * c + 1, "tiny")  # bos + one condition, 5 steps x c channels, eos
+    before = model.transformer.wpe.weight.detach().clone()
+    factor_positions(model, 2, c)
+    wpe = model.transformer.wpe.weight.detach()
+    assert torch.equal(wpe[:2], before[:2])  # the prefix keeps its own positions
+    value = wpe[2: 2 + 5 * c].reshape(5, c, -1)
+    # the same channel differs by the same vector at every step; the same step by the same across channels
+    assert torch.allclose(value[1:] - value[:-1], (value[1:] - value[:-1])[:, :1].expand(-1, c, -1), atol=1e-6)
+    assert torch.allclose(value[:, 1:] - value[:, :1], (value[:1, 1:] - value[:1, :1]).expand(5, -1, -1), atol=1e-6)
+    assert abs(float(wpe[2:].std()) - model.config.initializer_range) < 0.003  # GPT-2's init scale kept
+    narrow = build_model(40, 2 + 5 * (c - 1) + 1, "tiny")
+    kept = narrow.transformer.wpe.weight.detach().clone()
+    factor_positions(narrow, 2, c - 1)
+    assert torch.equal(narrow.transformer.wpe.weight.detach(), kept)  # fewer channels: GPT-2's own init
 
 
 def test_step_smoothing_is_half_each_channels_median_step():
@@ -164,6 +183,20 @@ def test_codec_series_scaling_reproduces_levels():
     back = codec.decode(tokens[:, :p], tokens[:, p: p + 24], np.full(40, 24), np.random.default_rng(0))
     ratio = back.values.mean(axis=(1, 2)) / data.values.mean(axis=(1, 2))
     assert np.all((ratio > 0.8) & (ratio < 1.25)), ratio
+
+
+def test_auto_scaling_judges_the_typical_channel():
+    rng = np.random.default_rng(0)
+    level = 1.0 + rng.random((200, 1, 1))  # levels within 2x
+    steady = level * (1.0 + 0.1 * rng.normal(size=(200, 24, 3)))
+    switch = np.where(rng.random((200, 1, 1)) < 0.4, 0.0, 10.0 ** rng.uniform(-2, 0, (200, 1, 1)))
+    lights = switch * rng.random((200, 24, 1))  # off in 40 % of the series, on at levels spanning 100x
+    mixed = SeriesSet.from_arrays(list(np.concatenate([steady, lights], axis=2)), None, ["a", "b", "c", "lights"])
+    assert choose_scaling(mixed) == "global"
+    clients = SeriesSet.from_arrays(list(10.0 ** rng.uniform(0, 3, (200, 1, 1)) * steady), None, ["a", "b", "c"])
+    assert choose_scaling(clients) == "series"
+    some_off = steady[..., :1] * (rng.random((200, 1, 1)) > 0.3)  # zero series are not a level span
+    assert choose_scaling(SeriesSet.from_arrays(list(some_off), None, ["a"])) == "global"
 
 
 def test_codec_conditions_and_unknown_fallback(caplog):

@@ -93,6 +93,33 @@ def build_model(vocab_size: int, n_positions: int, preset: str, dropout: float =
     return GPT2LMHeadModel(cfg)
 
 
+FACTORED_POSITIONS_FROM = 8  # channels (see factor_positions)
+
+
+def factor_positions(model, first_value: int, n_channels: int) -> None:
+    """On windows of at least ``FACTORED_POSITIONS_FROM`` channels, draw the position embeddings of the values
+    (from sequence position ``first_value`` on, channel by channel within each step) as a step part plus a channel
+    part, each with half the variance of GPT-2's own init: the step part sinusoidal (nearby steps alike), the
+    channel part random. A fresh model then tells a value's channel and step from the start instead of learning
+    them position by position. On energy24 (28 channels: "this channel, one step back" is 28 tokens away; one
+    model, 420 s, one thread) validation loss 2.30 -> 2.21, samples' step-to-step roughness 3.1x -> 2.3x the
+    data's, per-channel disc_gbm median 0.34 -> 0.29; on stocks24 (6 channels, 18 epochs in 300 s) whole-window
+    disc_gbm rose 0.09-0.10 -> 0.12 (two seeds each), so narrower windows keep GPT-2's init."""
+    if n_channels < FACTORED_POSITIONS_FROM:
+        return
+    wpe = model.transformer.wpe.weight
+    n, dim = wpe.shape[0] - first_value, wpe.shape[1]
+    std = model.config.initializer_range
+    steps = torch.arange((n + n_channels - 1) // n_channels, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    step_part = torch.zeros(len(steps), dim)
+    step_part[:, 0::2], step_part[:, 1::2] = torch.sin(steps * freq), torch.cos(steps * freq)[:, : dim // 2]
+    channel_part = torch.randn(n_channels, dim) * std
+    pos = torch.arange(n)
+    with torch.no_grad():  # sin/cos have mean square 1/2: scaled to std, each part then to half the variance
+        wpe[first_value:] = step_part[pos // n_channels] * std + channel_part[pos % n_channels] / math.sqrt(2)
+
+
 TRAINABLE = ("all", "bitfit", "bitfit+positions", "bitfit+positions+embeddings")
 
 

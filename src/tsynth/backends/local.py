@@ -34,8 +34,8 @@ from ..prior import CORPUS_FILE, DEFAULT_PRIOR, Prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
-from ..train import (MAX_SMOOTHING, TrainConfig, build_model, seconds_per_step, select_trainable, step_smoothing,
-                     train_device, train_lm, value_token_loss)
+from ..train import (MAX_SMOOTHING, TrainConfig, build_model, factor_positions, seconds_per_step, select_trainable,
+                     step_smoothing, train_device, train_lm, value_token_loss)
 
 log = logging.getLogger("tsynth")
 
@@ -192,7 +192,7 @@ class LocalBackend:
                 "member": member, "cfg": cfg, "train_tokens": train_tokens, "vocab_size": len(codec.vocab),
                 "valid_tokens": codec.encode(valid_set) if valid_set is not None else None,
                 "value_ids": (codec.value_offset, codec.value_offset + codec.n_value_tokens),
-                "smoothing": smoothing, "first_value": codec.prefix_length,
+                "smoothing": smoothing, "first_value": codec.prefix_length, "n_channels": codec.n_channels,
                 "slots": [(1 + k, codec.field_offset(k)) for k in range(len(codec.fields))],
                 "checkpoint": Path(checkpoint_dir) / f"member_{member}" if checkpoint_dir else None, "resume": resume,
                 "dp": dp,
@@ -348,6 +348,8 @@ def member_model(job: dict):
     model = build_model(job["vocab_size"], job["n_positions"], cfg.preset, cfg.dropout)
     if job["init"] is not None:
         model.load_state_dict(job["init"])
+    else:
+        factor_positions(model, job["first_value"], job["n_channels"])
     select_trainable(model, job["trainable"])
     return model
 

@@ -465,12 +465,18 @@ class ValueCodec:
                                        pad_token="<pad>", model_max_length=self.sequence_length(self.length or 0))
 
 
-def choose_scaling(data: SeriesSet) -> str:
-    """'series' when per-series levels span more than a factor of 20 (5th to 95th percentile), else 'global'."""
+def choose_scaling(data: SeriesSet, span: float = 20.0) -> str:
+    """'series' when the series differ in level as wholes: in the median channel, the non-zero per-series
+    levels (mean absolute value) span more than ``span`` times from the 5th to the 95th percentile; else 'global'.
+
+    Clients of a utility (kW from tens to thousands) are such a set. One channel that is zero in many series
+    (a light switched off) or near zero after min-max scaling is not: judging every channel on its own let such
+    a channel force per-series units onto all of them."""
     with np.errstate(invalid="ignore"):
         m = np.nanmean(np.abs(data.values.astype(np.float64)), axis=1)
+    spans = []
     for c in range(data.n_channels):
-        lo, hi = np.nanpercentile(m[:, c], [5, 95])
-        if hi > 0 and (lo <= 0 or hi / lo > 20):
-            return "series"
-    return "global"
+        levels = m[:, c][m[:, c] > 0]
+        lo, hi = np.percentile(levels, [5, 95]) if len(levels) else (0.0, 0.0)
+        spans.append(hi / lo if lo > 0 else 1.0)
+    return "series" if np.median(spans) > span else "global"
