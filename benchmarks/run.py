@@ -87,8 +87,7 @@ def _one(task, generator: str, seed: int, smoke: bool) -> dict:
     # the largest process: this one, or a training child (ensemble members train in child processes)
     peak_mb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
     row = {"generator": generator, "seed": seed, "commit": source_commit(), "fit_s": fit_s, "sample_s": sample_s,
-           "peak_mb": peak_mb,
-           "n_synthetic": len(synthetic), **headline(ev), "level_ks": level_ks(task.train, synthetic),
+           "peak_mb": peak_mb, "n_synthetic": len(synthetic), **headline(ev), "level_ks": level_ks(task.train, synthetic),
            "extra": extra, "evaluation": ev}
     if task.train.n_channels > 1:
         t0 = time.time()
@@ -145,8 +144,8 @@ def machine() -> dict:
 
 
 def source_commit() -> str | None:
-    """The commit of tsynth's source (``src/``) a row runs, with ``+changes`` when it differs from that
-    commit; None outside a git checkout."""
+    """The commit of tsynth's source (``src/``) a row runs, with ``+changes`` when ``src/`` differs from that
+    commit (edited or new files); None outside a git checkout."""
     import subprocess
 
     def git(*args: str) -> subprocess.CompletedProcess:
@@ -155,7 +154,7 @@ def source_commit() -> str | None:
     head = git("rev-parse", "--short", "HEAD")
     if head.returncode != 0:
         return None
-    return head.stdout.strip() + ("+changes" if git("diff", "--quiet", "HEAD", "--", "src").returncode else "")
+    return head.stdout.strip() + ("+changes" if git("status", "--porcelain", "--", "src").stdout.strip() else "")
 
 
 def save(task_name: str, rows: list[dict], smoke: bool, out_dir: Path = RESULTS) -> Path:

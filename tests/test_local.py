@@ -13,7 +13,8 @@ from tsynth.artifact import FORMAT_VERSION
 from tsynth.codecs.values import ValueCodec, choose_scaling
 from tsynth.errors import ArtifactError, ConfigError, DataError
 from tsynth.synthesizer import Synthesizer
-from tsynth.train import FACTORED_POSITIONS_FROM, build_model, factor_positions, sequence_loss, smoothed_kernel, step_smoothing
+from tsynth.train import (FACTORED_POSITIONS_FROM, build_model, factor_positions, sequence_loss, smoothed_kernel,
+                          step_smoothing)
 
 FAST = dict(epochs=3, preset="tiny", n_bins=32, ensemble=1)
 
