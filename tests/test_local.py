@@ -345,6 +345,40 @@ def test_time_limit_plans_the_steps_that_fit():
         TrainConfig(time_limit_s=0)
 
 
+def test_time_limit_plan_grows_when_the_first_steps_were_slow(monkeypatch):
+    from tsynth import train
+
+    clock = [0.0]
+    monkeypatch.setattr(train.time, "time", lambda: clock[0])
+    # 100 steps an epoch, 3 epochs configured, 120 s allowed; validation: 10 batches of 0.2 s. The first 5 steps
+    # take 2 s each (start-up), the rest 0.5 s: 10 + 2 (validation) + 0.5 s a step leave room for ~215 steps
+    def validate_batch():
+        clock[0] += 0.2
+
+    limit = train._TimeLimit(120.0, 100, 300, validate_batch, 10)
+    result = train.TrainResult(epochs_planned=3, steps_planned=300)
+    plans = []
+    while result.steps < result.steps_planned:
+        clock[0] += 2.0 if result.steps < 5 else 0.5
+        result.steps += 1
+        limit.after_step(result)
+        plans.append(result.steps_planned)
+        if result.steps % 100 == 0 or result.steps >= result.steps_planned:
+            limit.validation_starts()
+            clock[0] += 2.0
+            limit.validation_ends()
+            limit.after_epoch(result)
+    assert plans[4] < 60                                  # planned from the slow start: (120 - 10 - 2) / 2 s
+    assert result.time_limited and 200 <= result.steps <= 216 and result.epochs_planned == 3
+    assert 110 <= clock[0] <= 120                          # the run used the limit and kept to it
+    roomy = train._TimeLimit(1e6, 100, 300, validate_batch, 10)
+    result = train.TrainResult(epochs_planned=3, steps_planned=300)
+    for _ in range(5):
+        result.steps += 1
+        roomy.after_step(result)
+    assert result.steps_planned == 300 and not result.time_limited   # never beyond the configured epochs
+
+
 def test_fit_with_time_limit_stops_inside_the_first_epoch():
     torch.set_num_threads(1)
     syn = Synthesizer("local", **{**FAST, "epochs": 50, "batch_size": 4},

@@ -300,7 +300,10 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         best_state = torch.load(state_dir / "best.pt") if (state_dir / "best.pt").exists() else None
     bar = tqdm(total=result.epochs_planned, initial=start_epoch, desc="training", unit="epoch", disable=not progress,
                leave=False)
-    clock = _TimeLimit(cfg.time_limit_s, steps_per_epoch, len(valid_tokens) if valid_tokens is not None else 0, batch)
+    clock = _TimeLimit(cfg.time_limit_s, steps_per_epoch, cfg.epochs * steps_per_epoch,
+                       None if valid_tokens is None else
+                       lambda: evaluate_loss(model, valid_tokens[:batch], loss_fn, accelerator.device, batch),
+                       0 if valid_tokens is None else math.ceil(len(valid_tokens) / batch))
     epoch = start_epoch
     while epoch < result.epochs_planned:
         model.train()
@@ -330,7 +333,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         result.epochs_run = epoch + 1
         result.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
         clock.validation_starts()
-        vloss = evaluate_loss(model, valid_tokens, loss_fn, accelerator.device) if valid_tokens is not None else None
+        vloss = evaluate_loss(model, valid_tokens, loss_fn, accelerator.device, batch) if valid_tokens is not None else None
         clock.validation_ends()
         if vloss is not None:
             result.valid_loss.append(vloss)
@@ -387,33 +390,49 @@ def steps_that_fit(seconds: float, pace: float, reserve: float, steps_per_epoch:
 
 
 class _TimeLimit:
-    """Keeps a run inside ``TrainConfig.time_limit_s``: plans the steps that fit from the pace so far (early in
-    the first epoch, and again at every epoch end) and stops a step early when the machine slows down. Every
-    stop leaves room for the validation pass that picks the best model; at least one step is taken."""
+    """Keeps a run inside ``TrainConfig.time_limit_s``: plans the steps that fit from the pace so far, again
+    and again as the pace settles (after 5, 10, 20, ... steps and at every epoch end; a plan may grow back up
+    to the configured epochs, since the first steps of a run are slower than the rest), and stops a step early
+    when the machine slows down. Every stop leaves room for the validation pass that picks the best model; at
+    least one step is taken."""
 
     PROBE_STEPS = 5
 
-    def __init__(self, limit: float | None, steps_per_epoch: int, valid_rows: int, batch: int):
-        self.limit, self.steps_per_epoch = limit, steps_per_epoch
-        self.valid_batches = math.ceil(valid_rows / batch)
+    def __init__(self, limit: float | None, steps_per_epoch: int, most_steps: int,
+                 validate_batch: Callable[[], object] | None, valid_batches: int):
+        self.limit, self.steps_per_epoch, self.most_steps = limit, steps_per_epoch, most_steps
+        self.validate_batch, self.valid_batches = validate_batch, valid_batches
         self.t0 = self.mark = time.time()  # start of the run; end of the last timed stretch
         self.train_s, self.steps = 0.0, 0  # seconds spent on the steps of this run, and their number
+        self.next_plan = self.PROBE_STEPS  # this run's step count at which the plan is made again
         self.reserve: float | None = None  # seconds of one validation pass, once measured
+        self.reserve_guess = 0.0  # until then (from the first step on): one timed batch of it, times the batches
 
     def _pace(self) -> float:
         return max(self.train_s / self.steps, 1e-9)  # seconds per training step in this run
 
-    def _reserve(self, pace: float) -> float:
-        # before the first validation: a forward pass costs about a third of a training step, per batch
-        return self.reserve if self.reserve is not None else pace * self.valid_batches / 2
+    def _reserve(self) -> float:
+        return self.reserve if self.reserve is not None else self.reserve_guess
 
-    def _shrink(self, result: TrainResult, planned: int) -> None:
-        planned = max(planned, result.steps, 1)
-        if planned < result.steps_planned:
-            if not result.time_limited:
-                log.info("time limit %.0f s: %d of %d steps fit", self.limit, planned, result.steps_planned)
-            result.steps_planned, result.time_limited = planned, True
-            result.epochs_planned = math.ceil(planned / self.steps_per_epoch)
+    def _guess_reserve(self) -> None:
+        if self.validate_batch is not None:
+            t0 = time.time()
+            self.validate_batch()
+            self.reserve_guess = (time.time() - t0) * self.valid_batches
+            self.mark = time.time()  # not a training step's time
+
+    def _plan(self, result: TrainResult, planned: int) -> None:
+        planned = min(max(planned, result.steps, 1), self.most_steps)
+        if planned < self.most_steps and not result.time_limited:
+            log.info("time limit %.0f s: %d of %d steps fit", self.limit, planned, self.most_steps)
+        result.steps_planned, result.time_limited = planned, planned < self.most_steps
+        result.epochs_planned = math.ceil(planned / self.steps_per_epoch)
+
+    def _replan(self, result: TrainResult) -> None:
+        pace = self._pace()
+        into = result.steps % self.steps_per_epoch
+        self._plan(result, result.steps + steps_that_fit(self.limit - (time.time() - self.t0), pace,
+                                                         self._reserve(), self.steps_per_epoch, into))
 
     def after_step(self, result: TrainResult) -> None:
         if self.limit is None:
@@ -422,14 +441,14 @@ class _TimeLimit:
         self.train_s += now - self.mark
         self.mark = now
         self.steps += 1
-        pace = self._pace()
-        left = self.limit - (now - self.t0)
-        into = result.steps % self.steps_per_epoch
-        if self.steps == self.PROBE_STEPS and self.reserve is None and into:
-            self._shrink(result, result.steps + steps_that_fit(left, pace, self._reserve(pace), self.steps_per_epoch,
-                                                               into))
-        elif left < pace + self._reserve(pace):
-            self._shrink(result, result.steps)   # the machine got slower than planned: stop here
+        if self.steps == 1:
+            self._guess_reserve()
+        if self.steps == self.next_plan:
+            self.next_plan *= 2
+            if result.steps % self.steps_per_epoch:  # an epoch end plans on its own
+                self._replan(result)
+        elif self.limit - (now - self.t0) < self._pace() + self._reserve():
+            self._plan(result, result.steps)   # the machine got slower than planned: stop here
 
     def validation_starts(self) -> None:
         self.mark = time.time()
@@ -439,15 +458,14 @@ class _TimeLimit:
         self.reserve, self.mark = now - self.mark, now
 
     def after_epoch(self, result: TrainResult) -> None:
-        if self.limit is None or self.steps == 0:
-            return
-        self._shrink(result, result.steps + steps_that_fit(self.limit - (time.time() - self.t0), self._pace(),
-                                                           self.reserve, self.steps_per_epoch, 0))
+        if self.limit is not None and self.steps:
+            self._replan(result)
 
 
 @torch.no_grad()
-def evaluate_loss(model, tokens: np.ndarray, loss_fn: Callable, device, batch: int = 256) -> float:
-    """Mean per-sequence loss over ``tokens`` (conditions kept, no dropout)."""
+def evaluate_loss(model, tokens: np.ndarray, loss_fn: Callable, device, batch: int) -> float:
+    """Mean per-sequence loss over ``tokens`` (conditions kept, no dropout), ``batch`` rows at a time (the
+    training batch: larger ones are slower per row on a CPU, 2.2x at 256 rows of energy24's 673-token windows)."""
     model.eval()
     total, count = 0.0, 0
     data = torch.as_tensor(tokens)

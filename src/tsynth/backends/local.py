@@ -201,7 +201,7 @@ class LocalBackend:
             })
         plan = None
         if opts.train.time_limit_s is not None:
-            jobs, plan = self._share_time(jobs, opts.train.time_limit_s - (time.time() - started), checkpoint_dir, resume)
+            jobs, plan = self._share_time(jobs, started + opts.train.time_limit_s, checkpoint_dir, resume)
         t0 = time.time()
         outcomes = run_members(jobs, callback, progress, opts.workers)
         self.models = [o["model"] for o in outcomes]
@@ -218,10 +218,12 @@ class LocalBackend:
         }
         self.schema = data_schema(train)
 
-    def _share_time(self, jobs: list[dict], seconds: float, checkpoint_dir: str | Path | None,
+    def _share_time(self, jobs: list[dict], deadline: float, checkpoint_dir: str | Path | None,
                     resume: bool) -> tuple[list[dict], dict]:
-        """Split what is left of the fit's time limit between the members, which train ``workers`` at a time:
-        each gets ``seconds`` / (rounds of ``workers``). A probe of a few steps here gives the time of one epoch.
+        """Split the time left until ``deadline`` (the fit's time limit) between the members, which train
+        ``workers`` at a time: each gets an equal share, and a member of round r stops by the end of that round's
+        share (``job["deadline"]``), so what a member's start-up costs (a child process, its imports) comes out of
+        its own training time, not on top of the limit. A probe of a few steps here gives the time of one epoch.
         Unless the ensemble size was given, members are dropped (down to one round) while a member's share would
         not hold one epoch: an ensemble of models stopped inside their first epoch is worse than fewer trained
         ones. Members that still cannot finish one epoch train without dropout, as single-pass language-model
@@ -229,11 +231,12 @@ class LocalBackend:
         long windows 3x slower. The plan (returned; ``training["time_plan"]``) is kept with the checkpoints, so a
         resumed fit trains the same members the same way."""
         plan_file = Path(checkpoint_dir) / "plan.json" if checkpoint_dir else None
+        workers = min(len(jobs), self.options.workers or len(os.sched_getaffinity(0)))
         if resume and plan_file is not None and plan_file.exists():
             plan = json.loads(plan_file.read_text())
         else:
-            workers = min(len(jobs), self.options.workers or len(os.sched_getaffinity(0)))
             epoch_s = self._epoch_seconds(jobs[0], one_thread=workers > 1)
+            seconds = deadline - time.time()
             n = len(jobs)
             while not self.ensemble_given and n > workers and seconds / math.ceil(n / workers) < epoch_s:
                 n -= 1
@@ -247,8 +250,10 @@ class LocalBackend:
                 log.info("time limit: less than one epoch per model, so no dropout")
             if plan_file is not None:
                 atomic_write(plan_file, lambda tmp: Path(tmp).write_text(json.dumps(plan)))
-        return [{**job, "cfg": replace(job["cfg"], time_limit_s=plan["time_limit_s"], dropout=plan["dropout"])}
-                for job in jobs[:plan["members"]]], plan
+        now = time.time()
+        return [{**job, "cfg": replace(job["cfg"], time_limit_s=plan["time_limit_s"], dropout=plan["dropout"]),
+                 "deadline": now + (i // workers + 1) * plan["time_limit_s"]}
+                for i, job in enumerate(jobs[:plan["members"]])], plan
 
     @staticmethod
     def _epoch_seconds(job: dict, one_thread: bool) -> float:
@@ -362,6 +367,8 @@ def member_loss(job: dict) -> Callable:
 def train_member(job: dict, callback: Callable[[dict], None] | None, progress: bool) -> dict:
     """Build and train one ensemble member; returns the model, its figures and its privacy report."""
     cfg: TrainConfig = job["cfg"]
+    if job.get("deadline") is not None:  # the time limit counts from the plan, start-up included
+        cfg = replace(cfg, time_limit_s=max(job["deadline"] - time.time(), 1e-3))
     torch.manual_seed(cfg.seed)
     model = member_model(job)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
