@@ -173,40 +173,44 @@ def save(task_name: str, rows: list[dict], smoke: bool, out_dir: Path = RESULTS)
 
 def render_markdown(out_dir: Path = RESULTS) -> str:
     """BENCHMARKS.md from every full-mode results file, then the published TimeGAN-protocol figures."""
-    lines = ["# Benchmarks", "", "Written by `python -m benchmarks.run` from `benchmarks/results/*.json`; every row is "
-             "one training seed (none is picked). Metrics as `../shared/reference/baselines.md` defines them: "
-             "disc_gbm = |AUC - 0.5| of a gradient-boosting classifier, real train vs synthetic (0 ideal); "
-             "mean/pct err vs train (the holdout row is the floor); dcr_ratio = median distance to the closest "
-             "train series over the holdout's (>= 0.95 wanted); mia_auc = distance-based membership inference "
-             "(0.5 ideal). Multivariate tasks add the TimeGAN scores (mean of 3 repeats): disc_gru = |accuracy - 0.5| "
-             "of a one-layer GRU classifier, real train vs synthetic; pred = next-step MAE on the holdout of a GRU "
-             "trained on synthetic, pred_real = the same GRU trained on real train. Fit/sample seconds with one "
-             "torch thread per process (tsynth trains its ensemble members two processes at a time on 2 cores "
-             "and, since commit ea427bb, samples two batches at a time on two threads). "
-             "Budget: the peers (DGAN, PAR) train for at most 600 s; tsynth without DP gets the same wall clock "
+    lines = ["# Benchmarks", "",
+             "Written by `python -m benchmarks.run` from `benchmarks/results/*.json`; every row is one training seed "
+             "(none is picked).", "",
+             "- **Metrics** as `../shared/reference/baselines.md` defines them: disc_gbm = |AUC - 0.5| of a "
+             "gradient-boosting classifier, real train vs synthetic (0 ideal); mean/pct err vs train (the holdout "
+             "row is the floor); dcr_ratio = median distance to the closest train series over the holdout's (>= 0.95 "
+             "wanted); mia_auc = distance-based membership inference (0.5 ideal). Multivariate tasks add the TimeGAN "
+             "scores (mean of 3 repeats): disc_gru = |accuracy - 0.5| of a one-layer GRU classifier, real train vs "
+             "synthetic; pred = next-step MAE on the holdout of a GRU trained on synthetic, pred_real = the same GRU "
+             "trained on real train.",
+             "- **Budget**: the peers (DGAN, PAR) train for at most 600 s; tsynth without DP gets the same wall clock "
              "as the backend's time limit (6 models two at a time, 200 s each, steps and lr schedule cut to fit; "
-             "where one epoch of each would not fit, fewer models, without dropout: energy24 trains 2 of 587-592 s; "
-             "JSON `time_limited`, `epochs`), which binds on "
-             "stocks24 and energy24; DP fits run their fixed epochs. Label smoothing: since commit 8109034 tsynth spreads "
-             "each value target over half its channel's median step, at most 2 bins (JSON `smoothing`; under DP a "
-             "fixed 2); rows without `smoothing` in the JSON had a fixed 2. It changes nothing where every channel "
-             "moves 4 bins or more a step (electricity100, electricity-raw, italy24: the same fit, bit for bit); "
-             "stocks24's, stocks24-blocked's and energy24's tsynth rows are from it, energy24-blocked's predates it. "
-             "Point masses: since commit 606cfee tsynth decodes a value that at least 10 training series hold exactly "
-             "(JSON `point_masses`: how many; rows without the key predate them). electricity100 and italy24 have "
-             "none (the same samples, bit for bit), nor does per-series-scaled electricity-raw; stocks24 (global "
-             "scaling, overlapping windows: every value recurs) has them, and its rows predate them (a codec round "
-             "trip of its holdout scores disc_gbm 0.020 without, 0.025 with). Since commit 445b67c auto scaling judges "
-             "the median channel, so energy24 (whose mostly-zero `lights` channel alone made it per-series scaled) "
-             "is globally scaled and has point masses (107,670), and windows of 8 or more channels start with "
-             "factored value positions (step + channel): energy24 rows with code 445b67c have both, older energy24 "
-             "and energy24-blocked rows (code '-') neither. "
-             "peak MB is the largest single process; 'sample s' times n = len(train) series (the JSON also has "
-             "sample_1000_s); code = the commit of tsynth's `src/` the row ran ('+changes': with uncommitted "
-             "changes; '-': the row predates the column). Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, "
-             "not a scaling slip in the wrapper (its series come back through gretel's own inverse scaling): on "
-             "electricity100 with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs "
-             "(real -0.06; scratch check, seed 0): the GAN is unstable with a few hundred series.", ""]
+             "where one epoch of each would not fit, fewer models, without dropout: energy24 trains 2; JSON "
+             "`time_limited`, `epochs`), which binds on stocks24 and energy24; DP fits run their fixed epochs.",
+             "- **Costs**: fit/sample seconds with one torch thread per process (tsynth trains its ensemble members "
+             "two processes at a time on 2 cores and, since ea427bb, samples two batches at a time on two threads); peak MB is the "
+             "largest single process; 'sample s' times n = len(train) series (the JSON also has sample_1000_s).",
+             "- **code** = the commit of tsynth's `src/` a row ran ('+changes': with uncommitted changes; '-': the "
+             "row predates the column, i.e. predates 445b67c). What changed between the commits rows name:",
+             "  - 8109034: label smoothing per channel, half the channel's median step, at most 2 bins (JSON "
+             "`smoothing`; before it a fixed 2). The same fit, bit for bit, where every channel moves 4 bins or more "
+             "a step (electricity100, electricity-raw, italy24); energy24-blocked's tsynth row predates it.",
+             "  - 606cfee: point masses, values that at least 10 training series hold exactly are decoded exactly "
+             "(JSON `point_masses`; rows without the key predate them). None on electricity100, italy24 or per-series "
+             "scaled electricity-raw (the same samples, bit for bit); stocks24 has them and its rows predate them (a "
+             "codec round trip of its holdout scores disc_gbm 0.020 without, 0.025 with).",
+             "  - 445b67c: auto scaling judges the median channel, so energy24 (whose mostly-zero `lights` channel "
+             "alone made it per-series scaled) is globally scaled with 107,670 point masses; windows of 8 or more "
+             "channels start with factored value positions (step + channel). Affects energy24 and energy24-blocked "
+             "only.",
+             "  - bff7812: the time limit plans again as the pace settles (the first steps are slower; planning once "
+             "from them left 10-20 % of energy24's budget unused), validation runs in training-size batches (2x "
+             "faster on energy24) and members stop by a common deadline. Affects the time-limited rows "
+             "(stocks24, energy24 and their blocked variants).",
+             "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
+             "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
+             "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
+             "scratch check, seed 0): the GAN is unstable with a few hundred series.", ""]
     for path in sorted(out_dir.glob("*.json")):
         if path.stem.endswith("-smoke") or path.stem.startswith(("evaluate_", "server_", "domain_prior")):
             continue
