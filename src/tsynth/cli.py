@@ -77,9 +77,9 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-limit", dest="time_limit_s", type=float, metavar="SECONDS",
                    help="train for about this long at most, all models together: each gets its share (models train "
                         "as many at a time as there are cores), its steps (and the lr schedule) cut to what fits at "
-                        "the pace so far, planned again as the pace settles, validation included; without --ensemble, fewer models are trained when one "
-                        "epoch of each would not fit, and models that cannot finish one epoch train without "
-                        "dropout; not with DP")
+                        "the pace so far, planned again as the pace settles, validation included; without "
+                        "--ensemble, fewer models are trained when one epoch of each would not fit, and models that "
+                        "cannot finish one epoch train without dropout; not with DP")
     g.add_argument("--n-bins", type=int, help="value bins (default 256)")
     g.add_argument("--smoothing", type=float, metavar="BINS",
                    help="label smoothing: each value target spread over a Gaussian of this many bins (default: per "
