@@ -188,8 +188,9 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "where one epoch of each would not fit, fewer models, without dropout: energy24 trains 2; JSON "
              "`time_limited`, `epochs`), which binds on stocks24 and energy24; DP fits run their fixed epochs.",
              "- **Costs**: fit/sample seconds with one torch thread per process (tsynth trains its ensemble members "
-             "two processes at a time on 2 cores and, since ea427bb, samples two batches at a time on two threads); peak MB is the "
-             "largest single process; 'sample s' times n = len(train) series (the JSON also has sample_1000_s).",
+             "two processes at a time on 2 cores and, since ea427bb, samples two batches at a time on two threads); "
+             "peak MB is the largest single process; 'sample s' times n = len(train) series (the JSON also has "
+             "sample_1000_s).",
              "- **code** = the commit of tsynth's `src/` a row ran ('+changes': with uncommitted changes; '-': the "
              "row predates the column, i.e. predates 445b67c). What changed between the commits rows name:",
              "  - 8109034: label smoothing per channel, half the channel's median step, at most 2 bins (JSON "
