@@ -98,10 +98,12 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
     t0 = time.time()
     more = syn.sample(20 if smoke else 1000, seed=seed + 1)
     members = syn.info["training"]["members"]
+    audit = likelihood_mia(syn, task.train, task.holdout, seed=seed)
     extra = {"privacy": syn.info.get("privacy"), **step_errors(task.train.values, more.values, "_1000"),
              "sample_1000_s": time.time() - t0, "epochs": [m["epochs_run"] for m in members],
              "time_limited": any(m["time_limited"] for m in members), "time_limit_s": opts.get("time_limit_s"),
-             "mia_likelihood_auc": likelihood_mia(syn, task.train, task.holdout, seed=seed)["auc"],
+             "mia_likelihood_auc": audit["auc"],
+             "mia_likelihood_left_out": audit["left_out"],
              "prior": (syn.info.get("prior") or {}).get("sources"),
              "smoothing": syn.info["training"]["smoothing"],
              "point_masses": sum(syn.info["codec"].get("point_masses_per_channel", [])),

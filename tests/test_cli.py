@@ -67,6 +67,14 @@ def test_fit_sample_evaluate_flow(long_csv, tmp_path, capsys):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["fidelity"]["discriminative"]["auc"] is not None
     assert 0 <= metrics["extra"]["membership inference, model likelihood (AUC, 0.5 ideal)"] <= 1
+    far = SeriesSet(hold.values + 1e4, hold.lengths, hold.item_id, hold.channels)  # beyond the training range
+    far.write(tmp_path / "far.parquet")
+    assert main(["evaluate", "--train", str(tmp_path / "train.parquet"), "--synthetic", str(syn_pq),
+                 "--holdout", str(tmp_path / "far.parquet"), "-o", str(tmp_path / "ev_far"), "--model", str(model)]) == 0
+    extra = json.loads((tmp_path / "ev_far" / "metrics.json").read_text())["extra"]
+    assert extra["membership inference, model likelihood (AUC, 0.5 ideal)"].startswith("every non-member")
+    assert extra["membership inference, model likelihood (AUC, 0.5 ideal), holdout series left out (beyond the "
+                 "training range)"] == len(hold)
     guarded = tmp_path / "guarded.parquet"
     capsys.readouterr()
     assert main(["sample", str(model), "-n", "15", "-o", str(guarded), "--guard", str(tmp_path / "train.parquet"),

@@ -91,3 +91,17 @@ def test_likelihood_audit_detects_a_memorising_model():
     audit = likelihood_mia(syn, train, holdout)
     assert audit["auc"] > 0.8 and audit["mean_loss_members"] < audit["mean_loss_nonmembers"]
     assert likelihood_mia(syn, holdout, holdout)["auc"] == 0.5
+    assert audit["left_out"] == 0
+
+    # non-members mostly beyond the training range are left out and counted: the codec's edge bins, not the
+    # series, would set their likelihood
+    beyond = holdout.values.copy()
+    beyond[:4] += 1000.0
+    beyond[4, :3] += 1000.0  # 3 of 24 values beyond: kept
+    mixed = SeriesSet(beyond, holdout.lengths, holdout.item_id, holdout.channels)
+    part = likelihood_mia(syn, train, mixed)
+    assert (part["left_out"], part["nonmembers"], part["members"]) == (4, 12, 12)
+    assert part["auc"] > 0.8
+    beyond[4:] += 1000.0
+    none = likelihood_mia(syn, train, SeriesSet(beyond, holdout.lengths, holdout.item_id, holdout.channels))
+    assert none["auc"] is None and none["left_out"] == 16 and "beyond the training range" in none["reason"]

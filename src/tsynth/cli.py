@@ -279,7 +279,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .synthesizer import Synthesizer
 
         audit = likelihood_mia(Synthesizer.load(args.model), train, holdout, seed=args.seed)
-        extra["membership inference, model likelihood (AUC, 0.5 ideal)"] = round(audit["auc"], 3)
+        key = "membership inference, model likelihood (AUC, 0.5 ideal)"
+        extra[key] = audit["reason"] if audit["auc"] is None else round(audit["auc"], 3)
+        if audit["left_out"]:
+            extra[key + ", holdout series left out (beyond the training range)"] = audit["left_out"]
     ev = evaluate_to_dir(train, synthetic, holdout, args.output, validity=validity, label=args.label, seed=args.seed,
                          extra=extra)
     print_verdict(ev)
