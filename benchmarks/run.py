@@ -198,8 +198,8 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "a step (electricity100, electricity-raw, italy24); energy24-blocked's tsynth row predates it.",
              "  - 606cfee: point masses, values that at least 10 training series hold exactly are decoded exactly "
              "(JSON `point_masses`; rows without the key predate them). None on electricity100, italy24 or per-series "
-             "scaled electricity-raw (the same samples, bit for bit); stocks24 has them and its rows predate them (a "
-             "codec round trip of its holdout scores disc_gbm 0.020 without, 0.025 with).",
+             "scaled electricity-raw (the same samples, bit for bit); stocks24 has them (a codec round trip of its "
+             "holdout scores disc_gbm 0.020 without, 0.025 with).",
              "  - 445b67c: auto scaling judges the median channel, so energy24 (whose mostly-zero `lights` channel "
              "alone made it per-series scaled) is globally scaled with 107,670 point masses; windows of 8 or more "
              "channels start with factored value positions (step + channel). Affects energy24 and energy24-blocked "
@@ -207,7 +207,10 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "  - bff7812: the time limit plans again as the pace settles (the first steps are slower; planning once "
              "from them left 10-20 % of energy24's budget unused), validation runs in training-size batches (2x "
              "faster on energy24) and members stop by a common deadline. Affects the time-limited rows "
-             "(stocks24, energy24 and their blocked variants).",
+             "(stocks24, energy24 and their blocked variants). e2520e9: the same source (one help string reflowed).",
+             "  - 6a954bf: the likelihood audit (`mia_likelihood_auc`) leaves out holdout series with over 25 % of "
+             "their values beyond the training range of their channel (JSON `mia_likelihood_left_out`): their "
+             "tokens sit in the codec's wide edge bins. Only the blocked tasks' holdouts have such series.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "

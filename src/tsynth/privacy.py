@@ -324,8 +324,9 @@ def likelihood_mia(synthesizer, members: "SeriesSet", nonmembers: "SeriesSet", s
     Non-members with more than ``MIA_MAX_BEYOND`` of their values beyond the members' range in their channel
     are left out (counted in ``left_out``): such values fall in the codec's edge bins, wide and never reached by
     training data in that channel, so their loss measures the bin, not the series (a blocked holdout of rising
-    prices scored as runs of one edge token, more likely than the members: AUC 0.33). With no non-member left,
-    ``auc`` is None and ``reason`` says why.
+    prices scored as runs of one edge token). With no non-member left, ``auc`` is None and ``reason`` says why.
+    The loss is a bin's probability, not a density: where the holdout is another regime than training (a later
+    period), bins of other widths still shift its score, and the AUC compares regimes, not membership.
     """
     from sklearn.metrics import roc_auc_score
 
