@@ -195,7 +195,7 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "row predates the column, i.e. predates 445b67c). What changed between the commits rows name:",
              "  - 8109034: label smoothing per channel, half the channel's median step, at most 2 bins (JSON "
              "`smoothing`; before it a fixed 2). The same fit, bit for bit, where every channel moves 4 bins or more "
-             "a step (electricity100, electricity-raw, italy24); energy24-blocked's tsynth row predates it.",
+             "a step (electricity100, electricity-raw, italy24).",
              "  - 606cfee: point masses, values that at least 10 training series hold exactly are decoded exactly "
              "(JSON `point_masses`; rows without the key predate them). None on electricity100, italy24 or per-series "
              "scaled electricity-raw (the same samples, bit for bit); stocks24 has them (a codec round trip of its "

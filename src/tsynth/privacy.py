@@ -42,7 +42,7 @@ log = logging.getLogger("tsynth")
 # epsilon 8, from the prior: DP-SGD alone left the daily profile unlearnt (per-step mean error 0.51)
 PROFILE_SHARE = 0.25
 PROFILE_FREQUENCY_DIVISOR = 8  # the profile keeps Fourier frequencies up to steps / 8 cycles per window
-MIA_MAX_BEYOND = 0.25  # the likelihood audit leaves out series with more of their values beyond the training range
+MIA_MAX_BEYOND = 0.25  # the likelihood audit leaves out holdout series with more values beyond the training range
 
 
 @dataclass
