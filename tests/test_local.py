@@ -152,6 +152,20 @@ def test_point_masses_need_enough_series():
     assert np.allclose(reading_masses(3), [1.5]) and reading_masses(4).size == 0
 
 
+def test_point_masses_count_items_not_overlapping_windows():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 6, size=(12, 200)).astype(float)  # 12 items: every count held by all of them
+    readings = rng.normal(size=(12, 200))  # each reading held by one item only
+    long = SeriesSet(np.stack([counts, readings], axis=2).astype(np.float32), np.full(12, 200),
+                     [f"item{i}" for i in range(12)], ["count", "reading"])
+    wins = long.sliding_windows(24, stride=1)  # each reading sits in up to 24 windows of its item
+    pm = ValueCodec(n_bins=8).fit(wins).point_masses
+    assert len(pm[0]["values"]) == 6 and sum(pm[0]["counts"]) == len(wins) * 24
+    assert pm[1]["values"] == [] and sum(pm[1]["rest"]) == len(wins) * 24
+    as_items = SeriesSet(wins.values, wins.lengths, [f"w{i}" for i in range(len(wins))], wins.channels)
+    assert len(ValueCodec(n_bins=8).fit(as_items).point_masses[1]["values"]) > 1000  # each window its own item
+
+
 def test_no_point_masses_with_series_scaling(caplog):
     data = daily_profiles(levels=10.0 ** np.linspace(0, 4, 40))
     data.values[:, :3, 0] = 0.0  # a value every series holds

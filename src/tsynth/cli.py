@@ -86,8 +86,9 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
                         "channel half its median step, at most 2; a fixed 2 under DP)")
     g.add_argument("--binning", choices=["quantile", "uniform"])
     g.add_argument("--point-mass-series", type=int, metavar="N",
-                   help="a value that at least N training series hold (integer counts, zeros, a sensor's resolution) "
-                        "is sampled exactly, not spread over its bin; 0: never (default 10; 0 under DP)")
+                   help="a value that at least N training items hold (integer counts, zeros, a sensor's resolution; "
+                        "windows of one item count once) is sampled exactly, not spread over its bin; 0: never "
+                        "(default 10; 0 under DP)")
     g.add_argument("--scaling", choices=["auto", "global", "series", "none"],
                    help="global standardisation, or per-series scale with a level token (auto: by the data)")
     g.add_argument("--conditions", help="comma-separated condition fields (item_id, attributes, hour, dayofweek, month); "

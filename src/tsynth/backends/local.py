@@ -60,7 +60,7 @@ class LocalOptions:
     ensemble: int | None = None  # default: DEFAULT_ENSEMBLE models (1 under differential privacy)
     temperature: float = 1.0
     value_range: tuple[float, float] | None = None
-    point_mass_series: int = POINT_MASS_SERIES  # values held by this many series decode exactly; 0: never
+    point_mass_series: int = POINT_MASS_SERIES  # values held by this many items decode exactly; 0: never
     workers: int | None = None
     dp_epsilon: float | None = None
     dp_delta: float | None = None

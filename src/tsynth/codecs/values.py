@@ -8,9 +8,9 @@ A series becomes one token sequence::
   log-level becomes a level token, so levels that differ by orders of magnitude are reproduced), then
   quantised into ``n_bins`` bins (uniform over the range, or equal-mass quantile bins); decoding draws
   uniformly inside the bin so marginals stay continuous, except at point masses: a value that at least
-  ``point_mass_series`` training series hold (integer counts, zeros, a sensor's resolution) is decoded exactly,
-  as often within its bin as the training values are. A value held by fewer series is never reproduced, so
-  point masses cannot single a series out; continuous data has none;
+  ``point_mass_series`` training items hold (integer counts, zeros, a sensor's resolution; windows of one item
+  count once) is decoded exactly, as often within its bin as the training values are. A value held by fewer
+  items is never reproduced, so point masses cannot single an item out; continuous data has none;
 * conditions are one token per field: item id, categorical attributes, numeric attributes (binned),
   calendar position of the window start (hour, day of week, month). Each field also has an unknown
   token ``<field=?>`` used for unseen values and, during training, for condition dropout, so the model
@@ -164,30 +164,33 @@ class ValueCodec:
         return edges.tolist()
 
     def _fit_point_masses(self, data: SeriesSet) -> list[dict]:
-        """Per channel: the values (codec units) that at least ``point_mass_series`` series hold, how often the
-        training data has each, and how many of each bin's training values are not point masses."""
+        """Per channel: the values (codec units) that at least ``point_mass_series`` items hold (series with
+        distinct item ids: windows of one item count once, so overlapping windows cannot make one item's value a
+        point mass), how often the training data has each, and how many of each bin's training values are not
+        point masses."""
         if self.scaling == "series":
             log.info("no point masses with per-series scaling (a value's units differ from series to series)")
             return []
         bins, _ = self.value_bins(data, warn=False)
         units = self.to_units(data.values.astype(np.float64))
+        items = np.broadcast_to(pd.factorize(data.item_id)[0][:, None], units.shape[:2])
         n_bins = len(self.edges) - 1
         out, covered = [], 0
         for c in range(data.n_channels):
-            u = np.sort(units[:, :, c], axis=1)  # NaN (missing, or beyond a series' length) sorts last
-            first = np.ones(u.shape, bool)
-            first[:, 1:] = u[:, 1:] != u[:, :-1]
-            held, n_series = np.unique(u[first & ~np.isnan(u)], return_counts=True)
-            masses = held[n_series >= self.point_mass_series]
-            observed = ~np.isnan(units[:, :, c])
+            observed = ~np.isnan(units[:, :, c])  # NaN: missing, or beyond a series' length
             vals = units[:, :, c][observed]
+            order = np.lexsort((items[observed], vals))
+            v, item = vals[order], items[observed][order]
+            new_holder = np.r_[True, (v[1:] != v[:-1]) | (item[1:] != item[:-1])]
+            held, n_items = np.unique(v[new_holder], return_counts=True)
+            masses = held[n_items >= self.point_mass_series]
             is_mass = np.isin(vals, masses)
             values, counts = np.unique(vals[is_mass], return_counts=True)
             rest = np.bincount(bins[:, :, c][observed][~is_mass], minlength=n_bins)
             covered += int(is_mass.sum())
             out.append({"values": values.tolist(), "counts": counts.tolist(), "rest": rest.tolist()})
         if covered:
-            log.info("point masses: %d values held by >= %d series each, %.1f%% of the training values, are decoded "
+            log.info("point masses: %d values held by >= %d items each, %.1f%% of the training values, are decoded "
                      "exactly", sum(len(m["values"]) for m in out), self.point_mass_series,
                      100 * covered / max(int((~np.isnan(units)).sum()), 1))
         return out if covered else []
