@@ -38,6 +38,24 @@ def test_dp_fit_reports_epsilon_within_target(caplog):
     assert out.values.shape == (10, 16, 1) and np.isfinite(out.values).all()
 
 
+def test_dp_refuses_data_mostly_outside_the_public_range():
+    from tsynth.backends.local import check_dp_range
+    from tsynth.codecs.values import ValueCodec
+
+    data = items()
+    raw = SeriesSet(data.values * 300 + 2000, data.lengths, data.item_id, data.channels)  # "kW"
+    with pytest.raises(ConfigError, match=r"100% of the training values lie outside the DP value range \[-5.0, 5.0\]"):
+        Synthesizer("local", dp_epsilon=8.0, prior="none", epochs=1).fit(raw, progress=False)
+    codec = ValueCodec(n_bins=32, binning="uniform", scaling="none", value_range=(-5.0, 5.0)).fit(data)
+    check_dp_range(codec, data, (-5.0, 5.0))  # every value inside
+    part = data.values.copy()
+    part[:, :4] = 9.0  # 4 of 16 steps outside: 25 %, at the limit
+    check_dp_range(codec, SeriesSet(part, data.lengths, data.item_id, data.channels), (-5.0, 5.0))
+    part[:, 4] = 9.0
+    with pytest.raises(ConfigError, match="31% of the training values"):
+        check_dp_range(codec, SeriesSet(part, data.lengths, data.item_id, data.channels), (-5.0, 5.0))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"dp_epsilon": 0}, "positive"),
     ({"dp_epsilon": 8, "dp_delta": 0.5}, "delta"),

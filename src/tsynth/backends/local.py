@@ -45,6 +45,7 @@ DEFAULT_ENSEMBLE = 6  # electricity100, 3 seeds: 1 model disc 0.17-0.31; 4 model
 
 # DP-SGD has no validation split to stop on: a fixed schedule, unless the caller sets these. electricity100,
 # epsilon 8, from the prior, seed 0: disc 0.483 / 0.473 / 0.481 for 30 / 60 / 100 epochs (batch 64, 64, 128)
+DP_MAX_OUTSIDE = 0.25  # a DP fit refuses data with more of its values beyond the public value range (clipped)
 DP_TRAIN_DEFAULTS = {"epochs": 60, "batch_size": 64, "learning_rate": 3e-3}
 
 
@@ -111,6 +112,20 @@ class LocalOptions:
         self.value_range = tuple(self.value_range or (-5.0, 5.0))
 
 
+def check_dp_range(codec: ValueCodec, train: SeriesSet, value_range: tuple[float, float]) -> None:
+    """Refuse a DP fit whose public ``value_range`` leaves more than ``DP_MAX_OUTSIDE`` of the training values
+    outside (they would be clipped to the edge bins: raw kW against the default [-5, 5] clipped 98 %, and the
+    model learnt nothing of the data). The check reads the data, but its answer goes only to whoever holds the
+    data and runs the fit, not into the model."""
+    units = codec.to_units(train.values.astype(np.float64))
+    finite = ~np.isnan(units)
+    share = float(((units[finite] < codec.edges[0]) | (units[finite] > codec.edges[-1])).mean()) if finite.any() else 0.0
+    if share > DP_MAX_OUTSIDE:
+        raise ConfigError(f"{share:.0%} of the training values lie outside the DP value range {list(value_range)}, "
+                          "so they would be clipped: give public bounds in the data's units (value_range=(lo, hi), "
+                          "--value-range=LO,HI), or standardise each series first (--zscore)")
+
+
 class LocalBackend:
     """See the module docstring."""
 
@@ -171,6 +186,8 @@ class LocalBackend:
                                     point_mass_series=opts.point_mass_series).fit(train)
             n_positions, init, preset, self.prior = self.codec.sequence_length(train.length), None, opts.train.preset, None
         codec = self.codec
+        if dp_settings is not None:
+            check_dp_range(codec, train, opts.value_range)
         dp = DPEngine(dp_settings, pd.factorize(train.item_id)[0]) if dp_settings is not None else None
         if dp is not None and dp_settings.profile_share > 0:
             if train.is_regular:
