@@ -190,7 +190,9 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "- **Costs**: fit/sample seconds with one torch thread per process (tsynth trains its ensemble members "
              "two processes at a time on 2 cores and, since ea427bb, samples two batches at a time on two threads); "
              "peak MB is the largest single process; 'sample s' times n = len(train) series (the JSON also has "
-             "sample_1000_s).",
+             "sample_1000_s). energy24's PAR seeds 1-2, DGAN seeds 1-2 and stocks24's DP seed 1 ran beside another "
+             "one-thread job (each on its own core): PAR's fixed-epoch fit took 509-595 s there (seed 0 alone 307 s), "
+             "the DP fit 1,239 s (seed 0 1,096 s).",
              "- **code** = the commit of tsynth's `src/` a row ran ('+changes': with uncommitted changes; '-': the "
              "row predates the column, i.e. predates 445b67c). What changed between the commits rows name:",
              "  - 8109034: label smoothing per channel, half the channel's median step, at most 2 bins (JSON "
