@@ -95,6 +95,8 @@ def test_dp_fine_tuning_from_a_prior_uses_no_data_fitted_scaler(prior_dir):
     asked = Synthesizer("local", prior=str(prior_dir), dp_epsilon=8.0, epochs=1, value_range=(-20.0, 20.0),
                         dp_profile_share=0.25).fit(data, progress=False)
     assert [r["what"] for r in asked.info["privacy"]["releases"]] == ["per-step mean profile"]
+    beyond = float(np.mean(np.abs(data.values) > 20))  # values outside the public range itself (9 of 1,440)
+    assert 0 < asked.backend.codec.outside_share(data) <= beyond  # less the profile, the rest still map inside the edges
     load = Synthesizer("local", prior="load", dp_epsilon=8.0, epochs=1, value_range=(-20.0, 20.0)).fit(
         data, progress=False)
     assert load.info["privacy"]["releases"] == []  # the shipped load prior is a domain prior too

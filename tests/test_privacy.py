@@ -47,13 +47,53 @@ def test_dp_refuses_data_mostly_outside_the_public_range():
     with pytest.raises(ConfigError, match=r"100% of the training values lie outside the DP value range \[-5.0, 5.0\]"):
         Synthesizer("local", dp_epsilon=8.0, prior="none", epochs=1).fit(raw, progress=False)
     codec = ValueCodec(n_bins=32, binning="uniform", scaling="none", value_range=(-5.0, 5.0)).fit(data)
-    check_dp_range(codec, data, (-5.0, 5.0))  # every value inside
+    check_dp_range(codec, data)  # every value inside
     part = data.values.copy()
     part[:, :4] = 9.0  # 4 of 16 steps outside: 25 %, at the limit
-    check_dp_range(codec, SeriesSet(part, data.lengths, data.item_id, data.channels), (-5.0, 5.0))
+    check_dp_range(codec, SeriesSet(part, data.lengths, data.item_id, data.channels))
     part[:, 4] = 9.0
     with pytest.raises(ConfigError, match="31% of the training values"):
-        check_dp_range(codec, SeriesSet(part, data.lengths, data.item_id, data.channels), (-5.0, 5.0))
+        check_dp_range(codec, SeriesSet(part, data.lengths, data.item_id, data.channels))
+
+
+def test_dp_profile_keeps_a_one_sided_range_inside_the_bins(caplog):
+    """Values in [0, 1] less their step's released mean lie partly below 0: the bins must still hold them all."""
+    data = items(n=400)  # enough items that the noisy release follows the mean
+    unit = SeriesSet((data.values + 1.3) / 2.6, data.lengths, data.item_id, data.channels)  # in [0, 1]
+    daily = 0.25 * np.sin(2 * np.pi * np.arange(16) / 16)  # a per-step mean that swings 0.25 - 0.75
+    unit = SeriesSet(unit.values * 0.5 + 0.25 + daily[None, :, None], data.lengths, data.item_id, data.channels)
+    with caplog.at_level(logging.WARNING, logger="tsynth"):
+        syn = Synthesizer("local", dp_epsilon=8.0, prior="none", value_range=(0.0, 1.0), epochs=1, n_bins=32,
+                          batch_size=16).fit(unit, progress=False)
+    assert "outside the codec's range" not in caplog.text
+    codec = syn.backend.codec
+    assert codec.outside_share(unit) == 0.0
+    centre = np.asarray(codec.profile) * np.asarray(codec.scale)  # the released per-step mean, in data units
+    truth = unit.values.mean(axis=0)[:, 0]
+    assert np.corrcoef(centre[:, 0], truth)[0, 1] > 0.95  # it follows the swing (the release is noisy, not flat)
+    units = codec.to_units(np.array([[[0.0]] * 16, [[1.0]] * 16]))  # the range's bounds at every step
+    assert units.min() >= codec.edges[0] - 1e-9 and units.max() <= codec.edges[-1] + 1e-9
+    out = syn.sample(20, seed=0)
+    assert np.isfinite(out.values).all() and -1.0 <= out.values.min() and out.values.max() <= 2.0  # [0, 1] -/+ the swing
+
+
+def test_set_profile_remaps_the_range_onto_fixed_edges():
+    """The same with a prior's fixed (unequal) edges: the public range less the profile maps inside them."""
+    from tsynth.codecs.values import ValueCodec
+
+    data = items()
+    edges = np.concatenate([[-5.0], np.sort(np.random.default_rng(0).normal(size=30)), [5.0]])
+    codec = ValueCodec(n_bins=31, binning="quantile", scaling="none", value_range=(0.0, 10.0)).fit(data, edges=edges)
+    profile = np.linspace(-5.0, 5.0, 16)[:, None]  # centres 0 .. 10 in data units, the whole range
+    codec.set_profile(profile)
+    grid = np.linspace(0.0, 10.0, 11)
+    units = codec.to_units(np.broadcast_to(grid[:, None, None], (11, 16, 1)))
+    assert units.min() >= edges[0] - 1e-9 and units.max() <= edges[-1] + 1e-9
+    assert abs(units.min() - edges[0]) < 1e-9 and abs(units.max() - edges[-1]) < 1e-9  # and spans them
+    back = (units + codec._profile(16)) * np.asarray(codec.scale) + np.asarray(codec.loc)  # decoding's inverse
+    np.testing.assert_allclose(back[:, :, 0], np.broadcast_to(grid[:, None], (11, 16)), atol=1e-9)
+    with pytest.raises(ConfigError, match="scaling 'none'"):
+        ValueCodec(n_bins=8).fit(data).set_profile(profile)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -112,16 +112,14 @@ class LocalOptions:
         self.value_range = tuple(self.value_range or (-5.0, 5.0))
 
 
-def check_dp_range(codec: ValueCodec, train: SeriesSet, value_range: tuple[float, float]) -> None:
+def check_dp_range(codec: ValueCodec, train: SeriesSet) -> None:
     """Refuse a DP fit whose public ``value_range`` leaves more than ``DP_MAX_OUTSIDE`` of the training values
-    outside (they would be clipped to the edge bins: raw kW against the default [-5, 5] clipped 98 %, and the
-    model learnt nothing of the data). The check reads the data, but its answer goes only to whoever holds the
-    data and runs the fit, not into the model."""
-    units = codec.to_units(train.values.astype(np.float64))
-    finite = ~np.isnan(units)
-    share = float(((units[finite] < codec.edges[0]) | (units[finite] > codec.edges[-1])).mean()) if finite.any() else 0.0
+    outside the codec's bins (they would be clipped to the edge bins: raw kW against the default [-5, 5] clipped
+    98 %, and the model learnt nothing of the data). The check reads the data, but its answer goes only to whoever
+    holds the data and runs the fit, not into the model."""
+    share = codec.outside_share(train)
     if share > DP_MAX_OUTSIDE:
-        raise ConfigError(f"{share:.0%} of the training values lie outside the DP value range {list(value_range)}, "
+        raise ConfigError(f"{share:.0%} of the training values lie outside the DP value range {list(codec.value_range)}, "
                           "so they would be clipped: give public bounds in the data's units (value_range=(lo, hi), "
                           "--value-range=LO,HI), or standardise each series first (--zscore)")
 
@@ -186,14 +184,14 @@ class LocalBackend:
                                     point_mass_series=opts.point_mass_series).fit(train)
             n_positions, init, preset, self.prior = self.codec.sequence_length(train.length), None, opts.train.preset, None
         codec = self.codec
-        if dp_settings is not None:
-            check_dp_range(codec, train, opts.value_range)
         dp = DPEngine(dp_settings, pd.factorize(train.item_id)[0]) if dp_settings is not None else None
         if dp is not None and dp_settings.profile_share > 0:
             if train.is_regular:
-                codec.profile = dp.release_profile(codec.to_units(train.values.astype(np.float64))).tolist()
+                codec.set_profile(dp.release_profile(codec.to_units(train.values.astype(np.float64))))
             else:
                 log.warning("DP: series of different lengths, so no per-step profile is released")
+        if dp is not None:
+            check_dp_range(codec, train)
         smoothing = opts.train.smoothing
         if smoothing is None:  # under DP a fixed width: one measured on the data would leak it
             smoothing = MAX_SMOOTHING if dp is not None else step_smoothing(codec.value_bins(train, warn=False)[0],

@@ -290,6 +290,22 @@ class ValueCodec:
             out = out / (10 ** lv)[:, None, :]
         return out - self._profile(out.shape[1])
 
+    def set_profile(self, profile: np.ndarray) -> None:
+        """Take a released per-step profile (steps x channels, in the codec's units) and re-map the public
+        ``value_range`` onto the edges so that every value in it, less its step's profile, stays inside them.
+        Without that, subtracting the profile pushed every value below its step's mean out of a range like
+        [0, 1] and into the lowest bin (54 % of energy24's values). The profile is first clipped to the range
+        (a mean of values in the range lies in it); both steps only post-process the release."""
+        if self.scaling != "none" or self.value_range is None:
+            raise ConfigError("a per-step profile needs scaling 'none' and a public value_range (a DP fit)")
+        lo, hi = map(float, self.value_range)
+        first, last = self.edges[0], self.edges[-1]
+        centre = np.clip(np.asarray(self.loc) + np.asarray(profile) * np.asarray(self.scale), lo, hi)  # data units
+        low, high = lo - centre.max(axis=0), hi - centre.min(axis=0)  # per channel: values less their step's centre
+        scale = (high - low) / (last - first)
+        self.loc, self.scale = (low - first * scale).tolist(), scale.tolist()
+        self.profile = (centre / scale).tolist()
+
     def _profile(self, steps: int) -> np.ndarray:
         """The per-step offset for ``steps`` steps (zeros without a profile)."""
         if self.profile is None:
@@ -329,19 +345,32 @@ class ValueCodec:
     def value_bins(self, data: SeriesSet, warn: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Each value's bin, shape (n, steps, channels) (meaningless beyond a series' length), and the series'
         levels (scaling 'series'; else None). Values outside the range go to the edge bins (``warn``: say how many)."""
-        if list(data.channels) != self.channels:
-            raise DataError(f"data has channels {data.channels}, the codec was fitted on {self.channels}")
-        vals = data.values.astype(np.float64)
-        levels = self._levels(vals) if self.scaling == "series" else None
-        scaled = self.to_units(vals, levels)
+        scaled, levels = self._scaled(data)
         edges = np.asarray(self.edges)
-        finite = ~np.isnan(scaled)
-        outside = finite & ((scaled < edges[0]) | (scaled > edges[-1]))
+        finite, outside = self._outside(scaled)
         if warn and outside.any():
             log.warning("%d values (%.2f%%) fall outside the codec's range [%.3g, %.3g] and were put in the edge bins",
                         int(outside.sum()), 100 * outside.sum() / finite.sum(), edges[0], edges[-1])
         bins = np.clip(np.searchsorted(edges, np.where(finite, scaled, 0.0), side="right") - 1, 0, len(edges) - 2)
         return bins, levels
+
+    def outside_share(self, data: SeriesSet) -> float:
+        """The share of ``data``'s values that fall outside the bins' range (encoding clips them to the edge bins)."""
+        finite, outside = self._outside(self._scaled(data)[0])
+        return float(outside.sum() / finite.sum()) if finite.any() else 0.0
+
+    def _scaled(self, data: SeriesSet) -> tuple[np.ndarray, np.ndarray | None]:
+        """``data``'s values in the codec's units, and the series' levels (scaling 'series'; else None)."""
+        if list(data.channels) != self.channels:
+            raise DataError(f"data has channels {data.channels}, the codec was fitted on {self.channels}")
+        vals = data.values.astype(np.float64)
+        levels = self._levels(vals) if self.scaling == "series" else None
+        return self.to_units(vals, levels), levels
+
+    def _outside(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masks of the finite values and of those beyond the edges."""
+        finite = ~np.isnan(scaled)
+        return finite, finite & ((scaled < self.edges[0]) | (scaled > self.edges[-1]))
 
     def encode(self, data: SeriesSet) -> np.ndarray:
         """Token ids, shape (n, max sequence length), padded with <pad> after <eos>."""
