@@ -78,22 +78,31 @@ def test_dp_profile_keeps_a_one_sided_range_inside_the_bins(caplog):
 
 
 def test_set_profile_remaps_the_range_onto_fixed_edges():
-    """The same with a prior's fixed (unequal) edges: the public range less the profile maps inside them."""
+    """The same with a prior's fixed (unequal) edges: the public range less the profile maps inside them, and a
+    value equal to its step's profile sits at the edges' centre (the prior was pretrained on centred series)."""
     from tsynth.codecs.values import ValueCodec
 
     data = items()
     edges = np.concatenate([[-5.0], np.sort(np.random.default_rng(0).normal(size=30)), [5.0]])
-    codec = ValueCodec(n_bins=31, binning="quantile", scaling="none", value_range=(0.0, 10.0)).fit(data, edges=edges)
-    profile = np.linspace(-5.0, 5.0, 16)[:, None]  # centres 0 .. 10 in data units, the whole range
-    codec.set_profile(profile)
     grid = np.linspace(0.0, 10.0, 11)
-    units = codec.to_units(np.broadcast_to(grid[:, None, None], (11, 16, 1)))
-    assert units.min() >= edges[0] - 1e-9 and units.max() <= edges[-1] + 1e-9
-    assert abs(units.min() - edges[0]) < 1e-9 and abs(units.max() - edges[-1]) < 1e-9  # and spans them
-    back = (units + codec._profile(16)) * np.asarray(codec.scale) + np.asarray(codec.loc)  # decoding's inverse
-    np.testing.assert_allclose(back[:, :, 0], np.broadcast_to(grid[:, None], (11, 16)), atol=1e-9)
+    values = np.broadcast_to(grid[:, None, None], (11, 16, 1))
+    for centre, centred in [(np.linspace(2.0, 4.0, 16), True), (np.linspace(0.0, 10.0, 16), True),
+                            (np.linspace(2.0, 4.0, 16), False)]:
+        codec = ValueCodec(n_bins=31, binning="quantile", scaling="none", value_range=(0.0, 10.0)).fit(data, edges=edges)
+        codec.set_profile((centre[:, None] - 5.0) / 1.0, centred=centred)  # the release, in the first mapping's units
+        units = codec.to_units(values)
+        assert units.min() >= edges[0] - 1e-9 and units.max() <= edges[-1] + 1e-9  # the whole range inside
+        back = (units + codec._profile(16)) * np.asarray(codec.scale) + np.asarray(codec.loc)  # decoding's inverse
+        np.testing.assert_allclose(back[:, :, 0], values[:, :, 0], atol=1e-9)
+        at_centre = codec.to_units(centre[None, :, None])
+        if centred:
+            np.testing.assert_allclose(at_centre, 0.0, atol=1e-9)  # the centre stays where the prior expects it
+            assert abs(units.max() - edges[-1]) < 1e-9  # the side farther from the centre (up) fills its half
+        else:
+            assert abs(units.min() - edges[0]) < 1e-9 and abs(units.max() - edges[-1]) < 1e-9  # spans the edges
+            assert abs(at_centre).min() > 1  # off the centre: from scratch only coverage counts
     with pytest.raises(ConfigError, match="scaling 'none'"):
-        ValueCodec(n_bins=8).fit(data).set_profile(profile)
+        ValueCodec(n_bins=8).fit(data).set_profile(np.zeros((16, 1)), centred=False)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -187,7 +187,8 @@ class LocalBackend:
         dp = DPEngine(dp_settings, pd.factorize(train.item_id)[0]) if dp_settings is not None else None
         if dp is not None and dp_settings.profile_share > 0:
             if train.is_regular:
-                codec.set_profile(dp.release_profile(codec.to_units(train.values.astype(np.float64))))
+                release = dp.release_profile(codec.to_units(train.values.astype(np.float64)))
+                codec.set_profile(release, centred=prior is not None)  # a prior's bins expect centred values
             else:
                 log.warning("DP: series of different lengths, so no per-step profile is released")
         if dp is not None:

@@ -290,20 +290,29 @@ class ValueCodec:
             out = out / (10 ** lv)[:, None, :]
         return out - self._profile(out.shape[1])
 
-    def set_profile(self, profile: np.ndarray) -> None:
+    def set_profile(self, profile: np.ndarray, centred: bool) -> None:
         """Take a released per-step profile (steps x channels, in the codec's units) and re-map the public
         ``value_range`` onto the edges so that every value in it, less its step's profile, stays inside them.
         Without that, subtracting the profile pushed every value below its step's mean out of a range like
-        [0, 1] and into the lowest bin (54 % of energy24's values). The profile is first clipped to the range
-        (a mean of values in the range lies in it); both steps only post-process the release."""
+        [0, 1] and into the lowest bin (54 % of energy24's values). ``centred`` (a prior's edges, fitted on
+        standardised series): a value equal to its step's profile stays at the edges' centre, as the prior
+        expects, and the scale grows only as far as covering the range needs; else (the uniform bins of a fit
+        from scratch) the range less the profile is mapped onto the edges exactly. The profile is first clipped
+        to the range (a mean of values in the range lies in it); all of it only post-processes the release."""
         if self.scaling != "none" or self.value_range is None:
             raise ConfigError("a per-step profile needs scaling 'none' and a public value_range (a DP fit)")
         lo, hi = map(float, self.value_range)
         first, last = self.edges[0], self.edges[-1]
         centre = np.clip(np.asarray(self.loc) + np.asarray(profile) * np.asarray(self.scale), lo, hi)  # data units
         low, high = lo - centre.max(axis=0), hi - centre.min(axis=0)  # per channel: values less their step's centre
-        scale = (high - low) / (last - first)
-        self.loc, self.scale = (low - first * scale).tolist(), scale.tolist()
+        if centred:
+            mid = (first + last) / 2
+            scale = np.maximum(-low / (mid - first), high / (last - mid))
+            loc = -mid * scale
+        else:
+            scale = (high - low) / (last - first)
+            loc = low - first * scale
+        self.loc, self.scale = loc.tolist(), scale.tolist()
         self.profile = (centre / scale).tolist()
 
     def _profile(self, steps: int) -> np.ndarray:
