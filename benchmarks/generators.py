@@ -121,6 +121,7 @@ GENERATORS: dict[str, Callable] = {
     "tsynth": tsynth_local,
     "tsynth-prior": partial(tsynth_local, prior="default"),
     "tsynth-load": partial(tsynth_local, prior="load"),
+    "tsynth-load-e12": partial(tsynth_local, prior="load", ensemble=12),
     **{f"dp-gaussian-eps{e:g}": partial(dp_gaussian, epsilon=e) for e in DP_EPSILONS},
     **{f"tsynth-dp-eps{e:g}": partial(tsynth_local, dp_epsilon=e) for e in DP_EPSILONS},
     "tsynth-dp-eps8-noprior": partial(tsynth_local, dp_epsilon=8.0, prior="none"),
