@@ -119,6 +119,7 @@ GENERATORS: dict[str, Callable] = {
     "copy": copy,
     "gaussian": gaussian,
     "tsynth": tsynth_local,
+    "tsynth-e12": partial(tsynth_local, ensemble=12),
     "tsynth-prior": partial(tsynth_local, prior="default"),
     "tsynth-load": partial(tsynth_local, prior="load"),
     "tsynth-load-e12": partial(tsynth_local, prior="load", ensemble=12),
