@@ -82,12 +82,16 @@ def check_no_leak(task: Task, prior: Prior | None) -> None:
 def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesSet, float, float, dict]:
     """tsynth's local backend with its default settings (smoke: 2 epochs of one model, not an ensemble,
     and 20 extra draws instead of 1000). Without DP the fit gets the peers' wall-clock budget (``BUDGET_S``
-    as the backend's time limit; it binds on stocks24 and energy24); a DP fit cannot be cut short."""
+    as the backend's time limit; it binds on stocks24 and energy24); a DP fit cannot be cut short, so a task may
+    cap its epochs (``Task.dp_epochs``)."""
     opts = {"seed": seed, **options, **({"epochs": 2, "ensemble": 1} if smoke else {})}
     if "dp_epsilon" not in opts:
         opts["time_limit_s"] = BUDGET_S
-    elif task.dp_value_range is not None:
-        opts.setdefault("value_range", task.dp_value_range)
+    else:
+        if task.dp_value_range is not None:
+            opts.setdefault("value_range", task.dp_value_range)
+        if task.dp_epochs is not None:
+            opts.setdefault("epochs", task.dp_epochs)
     check_no_leak(task, resolve_prior(opts.get("prior", "auto"), "dp_epsilon" in opts))
     t0 = time.time()
     syn = Synthesizer("local", **opts).fit(task.train, progress=False)
