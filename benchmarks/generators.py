@@ -124,9 +124,10 @@ GENERATORS: dict[str, Callable] = {
     "gaussian": gaussian,
     "tsynth": tsynth_local,
     "tsynth-e12": partial(tsynth_local, ensemble=12),
-    "tsynth-prior": partial(tsynth_local, prior="default"),
-    "tsynth-load": partial(tsynth_local, prior="load"),
+    "tsynth-prior": partial(tsynth_local, prior="default", ensemble=6),
+    "tsynth-load": partial(tsynth_local, prior="load", ensemble=6),  # the default before PRIOR_ENSEMBLE (rows)
     "tsynth-load-e12": partial(tsynth_local, prior="load", ensemble=12),
+    "tsynth-load-e24": partial(tsynth_local, prior="load", ensemble=24),
     **{f"dp-gaussian-eps{e:g}": partial(dp_gaussian, epsilon=e) for e in DP_EPSILONS},
     **{f"tsynth-dp-eps{e:g}": partial(tsynth_local, dp_epsilon=e) for e in DP_EPSILONS},
     "tsynth-dp-eps8-noprior": partial(tsynth_local, dp_epsilon=8.0, prior="none"),
