@@ -82,6 +82,26 @@ def test_fine_tuning_keeps_the_prior_bins_and_grows_the_vocabulary(prior_dir):
     assert out.values.shape == (5, 24, 1) and abs(float(np.nanmean(out.values)) - 50) < 3
 
 
+def test_default_ensemble_is_larger_from_a_prior(prior_dir, monkeypatch, tmp_path):
+    """Without --ensemble a fit from a prior trains PRIOR_ENSEMBLE members, one from scratch DEFAULT_ENSEMBLE;
+    the size fit chose is what the saved model records and reloads; a given size wins either way."""
+    import tsynth.backends.local as local
+
+    monkeypatch.setattr(local, "DEFAULT_ENSEMBLE", 1)
+    monkeypatch.setattr(local, "PRIOR_ENSEMBLE", 2)
+    torch.set_num_threads(1)
+    data = SeriesSet(daily(40, 24, seed=3)[..., None].astype(np.float32), np.full(40, 24),
+                     [f"m{i}" for i in range(40)], ["load"])
+    fast = {"epochs": 1, "workers": 1}
+    from_prior = Synthesizer("local", prior=str(prior_dir), **fast).fit(data, progress=False)
+    assert len(from_prior.backend.models) == 2 and from_prior.backend.options.ensemble == 2
+    from_prior.save(tmp_path / "m")
+    assert len(Synthesizer.load(tmp_path / "m").backend.models) == 2
+    assert len(Synthesizer("local", prior="none", **fast).fit(data, progress=False).backend.models) == 1
+    given = Synthesizer("local", prior=str(prior_dir), ensemble=1, **fast).fit(data, progress=False)
+    assert len(given.backend.models) == 1
+
+
 def test_dp_fine_tuning_from_a_prior_uses_no_data_fitted_scaler(prior_dir):
     torch.set_num_threads(1)
     data = SeriesSet.from_arrays(list(daily(60, 24, seed=3) * 10), [f"u{i}" for i in range(60)])
