@@ -186,7 +186,10 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "- **Budget**: the peers (DGAN, PAR) train for at most 600 s; tsynth without DP gets the same wall clock "
              "as the backend's time limit (6 models two at a time, 200 s each, steps and lr schedule cut to fit; "
              "where one epoch of each would not fit, fewer models, without dropout: energy24 trains 2; JSON "
-             "`time_limited`, `epochs`), which binds on stocks24 and energy24; DP fits run their fixed epochs.",
+             "`time_limited`, `epochs`; `-e12` / `-e24` generators: 12 / 24 models sharing the same 600 s), which "
+             "binds on stocks24 and energy24, and the steps and schedule follow the measured pace, so a row run beside "
+             "another job differs a little from one run alone; DP fits run their fixed 60 epochs (energy24: 1 epoch, "
+             "since 60 would take about 36 h here).",
              "- **Costs**: fit/sample seconds with one torch thread per process (tsynth trains its ensemble members "
              "two processes at a time on 2 cores and, since ea427bb, samples two batches at a time on two threads); "
              "peak MB is the largest single process; 'sample s' times n = len(train) series (the JSON also has "
