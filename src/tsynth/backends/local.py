@@ -43,8 +43,8 @@ MIN_SERIES = 8
 POINT_MASS_FILE = "point_masses.npz"  # the codec's point masses (ValueCodec.save_point_masses)
 DEFAULT_ENSEMBLE = 6  # electricity100, 3 seeds: 1 model disc 0.17-0.31; 4 models 0.13-0.19; 6 models 0.12-0.17 and per-step mean error at the holdout floor
 # from a prior without DP members stop after 3-10 epochs, so more are cheap and they keep helping: electricity100
-# from the load prior, seeds 0-2, disc 6 models 0.095-0.152, 12 0.076-0.097, 24 0.039-0.106 (from scratch 12 models
-# gave nothing over 6: 0.140-0.201; italy24 neither way: 0.19-0.21)
+# from the load prior, seeds 0-2, disc 6 models 0.095-0.152, 12 0.076-0.097, 24 0.039-0.106; italy24 from it 6 models
+# 0.18-0.22, 12 0.19-0.20, 24 0.135-0.195 (from scratch 12 models gave nothing over 6 on either task)
 PRIOR_ENSEMBLE = 24
 
 DP_MAX_OUTSIDE = 0.25  # a DP fit refuses data with more of its values beyond the public value range (clipped)
