@@ -24,7 +24,7 @@ import torch
 from tsynth import SeriesSet
 from tsynth.data import atomic_write
 from tsynth.evaluate.fidelity import discriminative_score
-from tsynth.prior import pretrain
+from tsynth.pretrain import pretrain
 from tsynth.synthesizer import Synthesizer
 
 from .generators import step_errors

@@ -1,7 +1,7 @@
 """How long a full evaluation takes: 10,000 synthetic vs 10,000 train vs 2,000 holdout series of length 100.
 
-Target: at most 60 s on 2 CPU cores for ``evaluate``; rendering report.html is timed apart. The data are generated here (daily-profile sinusoids with
-per-series level, amplitude and phase, AR(1) noise and a categorical 'season' attribute), the
+Target: at most 60 s on 2 CPU cores for ``evaluate``; rendering report.html is timed apart. The data are
+generated here (daily-profile sinusoids with per-series level, amplitude and phase, AR(1) noise and a categorical 'season' attribute), the
 synthetic set by the same process with another seed, so every figure, classification utility
 included, is computed. Writes ``benchmarks/results/evaluate_speed.json``.
 

@@ -29,6 +29,18 @@ def electricity_records():
     return make
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped where no CUDA device is present."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tsynth_server(tmp_path_factory):
     """One ``tsynth serve`` (uvicorn in a thread + its worker process) on loopback for the whole session."""

@@ -39,6 +39,7 @@ def stand_in_data(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_smoke_every_task(stand_in_data):
     out = stand_in_data / "results"
     assert run.main(["--smoke", "--out", str(out), "--generators", "holdout,gaussian,tsynth"]) == 0
@@ -56,6 +57,7 @@ def test_smoke_every_task(stand_in_data):
                 assert math.isfinite(r["pred"]) and math.isfinite(r["pred_real"])
 
 
+@pytest.mark.slow
 def test_peers_recorded_and_rendered(stand_in_data):
     """A peer runs or is recorded as unavailable with the install command; BENCHMARKS.md shows either,
     beside the published figures."""

@@ -124,6 +124,7 @@ def test_bad_input_exits_2_and_writes_nothing(long_csv, tmp_path, capsys):
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_reduced_budget(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--epochs", "2", "--ensemble", "2", "--quick", "--quiet", "-n", "200"]) == 0

@@ -24,6 +24,7 @@ from tsynth.corpus import (
 )
 from tsynth.errors import ConfigError, DataError
 
+pytestmark = pytest.mark.slow   # reads every public source
 MANIFEST_KEYS = {"name", "description", "frequency", "package", "package_version", "origin", "licence", "series",
                  "values"}
 # name: (number of series, length of each)

@@ -16,6 +16,7 @@ from tsynth.codecs.grammar import AnswerGrammar, TokenConstraint
 from tsynth.errors import ConfigError, DataError
 from tsynth.synthesizer import Synthesizer
 
+pytestmark = pytest.mark.slow   # LoRA fine-tuning of a small causal LM
 FAST = dict(epochs=2, batch_size=4, learning_rate=1e-2, system_prompt="Series.", decimals=2, target_modules="q_proj,v_proj")
 
 

@@ -11,7 +11,8 @@ from tsynth import SeriesSet
 from tsynth.artifact import FORMAT_VERSION
 from tsynth.corpus import DEFAULT_CORPUS, EXCLUDED, LOAD_CORPUS
 from tsynth.errors import ArtifactError, ConfigError
-from tsynth.prior import DEFAULT_PRIOR, PRIOR_RANGE, SHIPPED_PRIORS, Prior, corpus_windows, pretrain, resolve_prior
+from tsynth.pretrain import pretrain
+from tsynth.prior import DEFAULT_PRIOR, PRIOR_RANGE, SHIPPED_PRIORS, Prior, corpus_windows, resolve_prior
 from tsynth.synthesizer import Synthesizer
 
 

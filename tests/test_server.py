@@ -18,6 +18,7 @@ from server_helpers import LENGTH, ThreadServer, free_port, meters, wait_for_job
 
 from tsynth.codecs.chat import DEFAULT_SYSTEM_PROMPT, ChatCodec
 
+pytestmark = pytest.mark.slow   # a server and its worker process
 CODEC = ChatCodec(channels=["consumption"], length=LENGTH)
 
 

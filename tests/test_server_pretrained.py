@@ -11,6 +11,7 @@ from server_helpers import meters, wait_for_job
 
 from tsynth.codecs.chat import ChatCodec
 
+pytestmark = pytest.mark.slow   # a server training LoRA
 LENGTH = 8
 CODEC = ChatCodec(system_prompt="Series.", decimals=2)   # short turns: the tiny Llama reads 256 tokens
 

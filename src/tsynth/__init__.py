@@ -1,10 +1,10 @@
 """tsynth: realistic, private synthetic time series from a language model fine-tuned on your data."""
 
+from ._version import __version__
 from .data import SeriesSet
-from .evaluate import Evaluation, evaluate
 from .errors import ArtifactError, ConfigError, DataError, TsynthError
+from .evaluate import Evaluation, evaluate
 from .synthesizer import Synthesizer
 
-__version__ = "0.1.0"
-
-__all__ = ["SeriesSet", "Synthesizer", "evaluate", "Evaluation", "TsynthError", "DataError", "ConfigError", "ArtifactError", "__version__"]
+__all__ = ["SeriesSet", "Synthesizer", "evaluate", "Evaluation", "TsynthError", "DataError", "ConfigError",
+           "ArtifactError", "__version__"]

@@ -183,9 +183,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else Path(args.output).with_name(Path(args.output).name + ".checkpoints")
         syn.fit(data, checkpoint_dir=ckpt, resume=args.resume, progress=True)
     else:
-        from .backends.openai import fit_from_cli
-
-        syn = fit_from_cli(args, data)
+        syn = fit_openai(args, data)
     path = syn.save(args.output)
     print(f"model written to {path}")
     tr = syn.info.get("training") or {}
@@ -196,6 +194,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
             vl = min(m["valid_loss"]) if m["valid_loss"] else float("nan")
             print(f"  member {k}: {m['epochs_run']} epochs (best {m['best_epoch']}), best validation loss {vl:.4f}, {m['seconds']:.0f} s")
     return 0
+
+
+def fit_openai(args: argparse.Namespace, data: "SeriesSet"):
+    """``tsynth fit DATA --backend openai``: the work directory (files, job state) is ``OUTPUT.openai``."""
+    from .synthesizer import Synthesizer
+
+    def auto(value, kind):
+        return None if value is None else "auto" if str(value) == "auto" else kind(value)
+
+    options = {"model": args.model, "n_epochs": auto(args.n_epochs, int), "batch_size": auto(args.batch_size, int),
+               "learning_rate_multiplier": auto(args.learning_rate_multiplier, float), "suffix": args.suffix,
+               "seed": args.seed, "base_url": args.base_url}
+    syn = Synthesizer("openai", api_key=args.api_key, **{k: v for k, v in options.items() if v is not None})
+    out = Path(args.output)
+    syn.fit(data, work_dir=out.with_name(out.name + ".openai"), job_id=args.job_id, progress=True,
+            notify=lambda message: print(message, flush=True))
+    return syn
 
 
 def parse_conditions(items: Sequence[str] | None) -> dict[str, str] | None:
@@ -215,19 +230,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Sample series from a model directory and write them."""
     from .synthesizer import Synthesizer
 
+    from .backends.openai import SampleError
+
     if args.backend == "fewshot":
-        from .backends.fewshot import sample_from_cli
-
-        synthetic, stats = sample_from_cli(args)
+        synthetic, stats = sample_fewshot(args)
     else:
-        from .backends.openai import SampleError, keep_partial
-
         syn = Synthesizer.load(args.model_dir)
         try:
             synthetic = syn.sample(args.n, conditions=parse_conditions(args.condition), temperature=args.temperature,
                                    top_p=args.top_p, seed=args.seed, progress=True)
         except SampleError as e:  # openai backend: the API failed part-way; keep what it produced
-            keep_partial(e, args.output)
+            keep_partial_output(e, args.output)
             raise
         stats = getattr(syn.backend, "last_sample_stats", None)
         if args.guard:
@@ -238,6 +251,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print("validity: " + json.dumps(stats))
         Path(str(path) + ".validity.json").write_text(json.dumps(stats, indent=2))
     return 0
+
+
+def sample_fewshot(args: argparse.Namespace) -> tuple["SeriesSet", dict[str, int] | None]:
+    """``tsynth sample --backend fewshot --model M --shots K DATA``: the series produced are written even
+    when the API fails part-way."""
+    from .backends.fewshot import DEFAULT_MODEL, FewShotBackend
+    from .backends.openai import SampleError
+
+    backend = FewShotBackend(api_key=args.api_key, model=args.model or DEFAULT_MODEL, shots=args.shots,
+                             base_url=args.base_url)
+    backend.fit(load_data(args, args.model_dir))
+    conditions = parse_conditions(args.condition)
+    try:
+        out = backend.sample(args.n, conditions=None if conditions is None else [conditions] * args.n,
+                             temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=True)
+    except SampleError as e:
+        keep_partial_output(e, args.output)
+        raise
+    c = backend.last_row_counts or {}
+    print(f"rows: {c.get('copies', 0)} copies of a training series, {c.get('malformed', 0)} malformed, "
+          f"{c.get('short', 0)} short, {c.get('long', 0)} long")
+    return out, backend.last_sample_stats
+
+
+def keep_partial_output(error, output: str) -> None:
+    """Write what a sampling that failed part-way produced (see ``backends.openai.keep_partial``) and say so."""
+    from .backends.openai import keep_partial
+
+    path = keep_partial(error, output)
+    if path is not None:
+        print(f"kept the {len(error.partial)} series produced in {path}")
 
 
 GUARD_ROUNDS = 5
@@ -276,7 +320,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     holdout = load_data(args, args.holdout) if args.holdout else None
     validity = json.loads(Path(args.validity).read_text()) if args.validity else None
     extra = model_details(args.model) if args.model else None
-    if args.model and holdout is not None and extra["backend"] == "local":
+    if extra is not None and holdout is not None and extra["backend"] == "local":
         from .privacy import likelihood_mia
         from .synthesizer import Synthesizer
 
@@ -324,20 +368,30 @@ def _short(v: Any) -> str:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Write OpenAI chat-format training files (train.jsonl, validation.jsonl)."""
-    from .backends.openai import prepare_from_cli
+    from .backends.openai import prepare_files
+    from .codecs.chat import ChatCodec
 
-    return prepare_from_cli(args, load_data(args))
+    fields_ = [f.strip() for f in args.user_fields.split(",") if f.strip()] if args.user_fields else []
+    codec = ChatCodec(**({"system_prompt": args.system_prompt} if args.system_prompt else {}),
+                      user_fields=fields_, series_key=args.series_key, decimals=args.decimals)
+    report = prepare_files(load_data(args), args.output, codec, args.validation_fraction, args.seed, args.model)
+    print(report.summary())
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain a prior on public corpora and write it as a model directory with its corpus manifest."""
-    from .prior import pretrain
+    import shlex
+
+    from .pretrain import pretrain
 
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
     opts = {k: getattr(args, k) for k in ("preset", "epochs", "batch_size", "learning_rate")
             if getattr(args, k, None) is not None}
+    argv = sys.argv[1:]   # recorded in the prior's manifest so that it can be rebuilt
+    command = "tsynth " + shlex.join(argv[argv.index("pretrain"):]) if "pretrain" in argv else None
     out = pretrain(args.corpus, args.output, **({"lengths": lengths} if lengths else {}), max_windows=args.max_windows,
-                   seed=args.seed, progress=not args.quiet, **opts)
+                   seed=args.seed, progress=not args.quiet, command=command, **opts)
     doc = json.loads((out / "tsynth.json").read_text())
     corpus, tr = doc["corpus"], doc["training"]
     for src in corpus["sources"]:

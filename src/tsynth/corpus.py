@@ -131,7 +131,7 @@ def kernel_synth(n_series: int, length: int, seed: int = 0, bank: Sequence[Kerne
     out = []
     for _ in range(n_series):
         picks = rng.integers(len(bank), size=int(rng.integers(1, max_kernels + 1)))
-        cov = None
+        cov: np.ndarray | None = None
         for i in picks:
             if i not in matrices:
                 matrices[i] = bank[i].matrix(length)
@@ -141,6 +141,7 @@ def kernel_synth(n_series: int, length: int, seed: int = 0, bank: Sequence[Kerne
                 cov = cov + matrices[i]
             else:
                 cov = cov * matrices[i]
+        assert cov is not None   # picks holds at least one kernel
         out.append(_gp_factor(cov) @ rng.standard_normal(length))
     return out
 
@@ -444,7 +445,7 @@ def _usable(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
 def _version(package: str) -> str | None:
     """The installed version of a distribution (tsynth's own for generated sources), None if absent."""
     if package == "tsynth":
-        from . import __version__
+        from ._version import __version__
 
         return __version__
     try:

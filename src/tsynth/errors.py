@@ -15,3 +15,11 @@ class ConfigError(TsynthError, ValueError):
 
 class ArtifactError(TsynthError):
     """A model directory is missing, incomplete or of another format version."""
+
+
+def check_sample_request(n: int, temperature: float | None = None, top_p: float = 1.0) -> None:
+    """Refuse ``n <= 0``, a non-positive temperature and a top_p outside (0, 1]."""
+    if n <= 0:
+        raise ConfigError(f"the number of series to sample must be positive, got {n}")
+    if (temperature is not None and temperature <= 0) or not 0 < top_p <= 1:
+        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")

@@ -18,8 +18,8 @@ realistic offsets and spreads rather than all being exactly zero-mean, unit-vari
 
 Two priors ship inside the package (``SHIPPED_PRIORS``): ``default`` (general public series:
 :data:`tsynth.corpus.DEFAULT_CORPUS`) and ``load`` (electric load profiles: :data:`tsynth.corpus.LOAD_CORPUS`),
-for electricity / energy-consumption data. Each is rebuilt by ``tsynth pretrain`` with the command in its
-``tsynth.json`` (``corpus.command``). No data set of the benchmarks and not the demo set (see
+for electricity / energy-consumption data. Each is rebuilt by ``tsynth pretrain`` (:func:`tsynth.pretrain.pretrain`)
+with the command in its ``tsynth.json`` (``corpus.command``). No data set of the benchmarks and not the demo set (see
 :data:`tsynth.corpus.EXCLUDED`) is in either.
 """
 
@@ -29,11 +29,9 @@ import hashlib
 import json
 import logging
 import os
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -98,49 +96,6 @@ def corpus_windows(series: Sequence[np.ndarray], groups: Sequence[str], lengths:
     if not arrays:
         raise DataError("the corpus gave no usable window")
     return SeriesSet.from_arrays(arrays, ids, ["value"], source="corpus"), stats
-
-
-def pretrain(specs: Sequence[str], output: str | os.PathLike, lengths: Sequence[int] = PRIOR_LENGTHS,
-             max_windows: int = 20000, seed: int = 0, progress: bool = True, **train_options: Any) -> Path:
-    """Pretrain a prior on public corpora (names from :data:`tsynth.corpus.SOURCES` or data files) and
-    write it as a model artifact with its corpus manifest. ``train_options``: local-backend training
-    options (preset, epochs, batch_size, learning_rate, ensemble...)."""
-    from .corpus import load_corpus
-    from .synthesizer import Synthesizer
-    from .train import MAX_SMOOTHING
-
-    if not specs:
-        raise ConfigError("pretrain needs at least one corpus (a source name or a data file)")
-    lengths = sorted({int(L) for L in lengths})
-    if lengths[0] < 8:
-        raise ConfigError(f"prior window lengths must be at least 8 steps, got {lengths}")
-    series, sources = load_corpus(specs, seed=seed)
-    groups = [src["name"] for src in sources for _ in range(src["series"])]
-    windows, stats = corpus_windows(series, groups, lengths, max_windows, seed)
-    for src in sources:
-        src.update(stats[src["name"]])
-    log.info("corpus: %d windows of %s steps from %d sources", len(windows), lengths, len(sources))
-    # smoothing: a fixed width (the shipped priors' 2 bins), not one measured on the corpus; no point masses (the
-    # windows are standardised one by one, and a fine-tune fits its own codec on its data)
-    options = {"ensemble": 1, "epochs": 30, "batch_size": 64, "patience": 5, "validation_fraction": 0.05,
-               "smoothing": MAX_SMOOTHING, "point_mass_series": 0, **train_options, "prior": "none",
-               "n_bins": PRIOR_BINS, "binning": "quantile",
-               "scaling": "none", "conditions": [], "value_range": PRIOR_RANGE, "seed": seed}
-    syn = Synthesizer("local", **options)
-    syn.backend.corpus = {
-        "sources": sources, "lengths": lengths, "windows": len(windows), "seed": seed,
-        "scaling": f"each window standardised by the mean and std of its context (up to {CONTEXT_FACTOR}x the "
-                   f"window), clipped to {list(PRIOR_RANGE)}",
-        "command": _command_line(),
-    }
-    syn.fit(windows, progress=progress)
-    return syn.save(output)
-
-
-def _command_line() -> str | None:
-    """The ``tsynth pretrain ...`` command this process runs, if it is one (recorded for rebuilding)."""
-    argv = sys.argv[1:]
-    return "tsynth " + shlex.join(argv[argv.index("pretrain"):]) if "pretrain" in argv else None
 
 
 @dataclass

@@ -26,7 +26,7 @@ import math
 import secrets
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -80,9 +80,9 @@ class DPEngine:
         self.items = np.unique(self.item_index)
         self.rows_of = [np.flatnonzero(self.item_index == it) for it in self.items]  # windows of each item
         self.delta = settings.check(len(self.items))
-        self.noise_multiplier = None
-        self.sample_rate = None
-        self.accountant = None
+        self.noise_multiplier: Any = None   # a float once attach() has run
+        self.sample_rate: Any = None
+        self.accountant: Any = None
         self.steps = 0
         self.releases: list[dict] = []  # Gaussian releases before training (the profile), composed with DP-SGD
         # noise and item sampling must not be predictable from the artifact (tsynth.json records the training
@@ -284,7 +284,7 @@ def memorization_guard(synthetic: "SeriesSet", train: "SeriesSet", holdout: "Ser
     shapes every series it draws; only differential privacy bounds that. Returns the kept series and the
     counts.
     """
-    from .evaluate.fidelity import flatten, nearest
+    from .distance import flatten, nearest
 
     if synthetic.length != train.length or synthetic.channels != train.channels:
         raise ConfigError(f"guard: synthetic series ({synthetic.length} steps, {synthetic.channels}) do not match the "

@@ -19,10 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .backends.common import check_sample_request
 from .codecs.values import BOS, EOS, ValueCodec
 from .data import SeriesSet
-from .errors import ConfigError
+from .errors import ConfigError, check_sample_request
 
 
 def _position_ranges(codec: ValueCodec) -> list[tuple[int, int]]:

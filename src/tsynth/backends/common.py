@@ -8,17 +8,12 @@ import numpy as np
 import pandas as pd
 
 from ..data import SeriesSet
-from ..errors import ConfigError
+from ..errors import ConfigError, check_sample_request
+
+__all__ = ["MIN_ITEMS_FOR_VALIDATION", "check_sample_request", "sample_conditions", "text_sample_inputs",
+           "data_schema", "series_from_answers"]
 
 MIN_ITEMS_FOR_VALIDATION = 20  # fewer items: no validation split, a fixed number of epochs
-
-
-def check_sample_request(n: int, temperature: float | None = None, top_p: float = 1.0) -> None:
-    """Refuse ``n <= 0``, a non-positive temperature and a top_p outside (0, 1]."""
-    if n <= 0:
-        raise ConfigError(f"the number of series to sample must be positive, got {n}")
-    if (temperature is not None and temperature <= 0) or not 0 < top_p <= 1:
-        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
 
 
 def sample_conditions(n: int, conditions: Sequence[dict] | None, pool: Sequence[dict],

@@ -30,7 +30,7 @@ from ..codecs.chat import round_values
 from ..data import SeriesSet, atomic_write
 from ..errors import ConfigError, DataError
 from .common import check_sample_request
-from .openai import SampleError, keep_partial, make_client, run_requests
+from .openai import SampleError, make_client, run_requests
 
 log = logging.getLogger("tsynth")
 
@@ -142,7 +142,7 @@ class FewShotBackend:
         rows = rows[:n]
         stats["dropped"] = n - len(rows)
         self.last_sample_stats, self.last_row_counts = stats, counts
-        out = SeriesSet.from_arrays(rows, [f"fewshot_{i}" for i in range(len(rows))], [self.channel],
+        out = SeriesSet.from_arrays([np.asarray(r) for r in rows], [f"fewshot_{i}" for i in range(len(rows))], [self.channel],
                                     source="few-shot answers") if rows else None
         if failure is not None:
             raise SampleError(f"the API failed ({failure}); {len(rows)} of {n} series were produced", out, stats)
@@ -188,23 +188,3 @@ def _row(line: str) -> list[float] | None:
     if not isinstance(row, list) or not row or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in row):
         return None
     return [float(x) for x in row] if all(math.isfinite(x) for x in row) else None
-
-
-def sample_from_cli(args) -> tuple[SeriesSet, dict[str, int]]:
-    """``tsynth sample --backend fewshot --model M --shots K DATA``: the series produced are written even
-    when the API fails part-way."""
-    from ..cli import load_data, parse_conditions
-
-    backend = FewShotBackend(api_key=args.api_key, model=args.model or DEFAULT_MODEL, shots=args.shots,
-                             base_url=args.base_url)
-    backend.fit(load_data(args, args.model_dir))
-    try:
-        out = backend.sample(args.n, conditions=parse_conditions(args.condition), temperature=args.temperature,
-                             top_p=args.top_p, seed=args.seed, progress=True)
-    except SampleError as e:
-        keep_partial(e, args.output)
-        raise
-    c = backend.last_row_counts
-    print(f"rows: {c['copies']} copies of a training series, {c['malformed']} malformed, {c['short']} short, "
-          f"{c['long']} long")
-    return out, backend.last_sample_stats

@@ -77,13 +77,15 @@ class SampleError(TsynthError):
         self.partial, self.stats = partial, stats
 
 
-def keep_partial(error: SampleError, output: str | os.PathLike) -> None:
-    """Write the series a failed sampling produced to ``output`` (+ ``.validity.json``), if any."""
+def keep_partial(error: SampleError, output: str | os.PathLike) -> Path | None:
+    """Write the series a failed sampling produced to ``output`` (+ ``.validity.json``), if any; returns
+    the path written, or None when there was nothing to keep."""
     if error.partial is None:
-        return
+        return None
     path = error.partial.write(output)
     Path(str(path) + ".validity.json").write_text(json.dumps(error.stats, indent=2))
-    print(f"kept the {len(error.partial)} series produced in {path}")
+    log.info("kept the %d series produced in %s", len(error.partial), path)
+    return path
 
 
 class JobError(TsynthError):
@@ -183,20 +185,6 @@ def prepare_files(data: SeriesSet, out_dir: str | os.PathLike, codec: ChatCodec 
                          None if price is None else total * epochs * price / 1e6, model)
 
 
-def codec_from_args(args) -> ChatCodec:
-    """The chat codec of the ``prepare`` command's options."""
-    fields_ = [f.strip() for f in args.user_fields.split(",") if f.strip()] if args.user_fields else []
-    return ChatCodec(**({"system_prompt": args.system_prompt} if args.system_prompt else {}),
-                     user_fields=fields_, series_key=args.series_key, decimals=args.decimals)
-
-
-def prepare_from_cli(args, data: SeriesSet) -> int:
-    """``tsynth prepare DATA -o DIR``."""
-    report = prepare_files(data, args.output, codec_from_args(args), args.validation_fraction, args.seed, args.model)
-    print(report.summary())
-    return 0
-
-
 # ---------------------------------------------------------------------- the API
 def make_client(api_key: str | None, base_url: str | None, max_retries: int, timeout: float, http_client=None):
     """An ``openai.OpenAI`` client; the key and URL default to ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``."""
@@ -288,6 +276,7 @@ class OpenAIBackend:
         self.training: dict[str, Any] = {}
         self.last_sample_stats: dict[str, int] | None = None
         self._format = self.options.response_format
+        self._say: Callable[[str], None] = log.info
 
     def client(self):
         o = self.options
@@ -295,11 +284,16 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: SeriesSet, work_dir: str | os.PathLike | None = None, job_id: str | None = None,
-            progress: bool = True) -> None:
-        """Prepare and upload the files, create (or re-attach to) the job, follow it to the end."""
+            progress: bool = True, notify: Callable[[str], None] | None = None) -> None:
+        """Prepare and upload the files, create (or re-attach to) the job, follow it to the end.
+
+        ``notify`` receives each message for the user (files written, uploads, job id, the fine-tuned
+        model); without it they go to the ``tsynth`` logger at INFO level."""
         o = self.options
-        self.codec = ChatCodec(**({"system_prompt": o.system_prompt} if o.system_prompt else {}),
-                               user_fields=o.user_fields, series_key=o.series_key, decimals=o.decimals).fit(train)
+        self._say = notify or log.info
+        prompt: dict[str, Any] = {"system_prompt": o.system_prompt} if o.system_prompt else {}
+        self.codec = ChatCodec(**prompt, user_fields=list(o.user_fields), series_key=o.series_key,
+                               decimals=o.decimals).fit(train)
         self.conditions = list({json.dumps(c, sort_keys=True): c for c in self.codec.conditions(train)}.values())
         work = Path(work_dir) if work_dir else None
         state = _read_state(work) if work else {}
@@ -311,11 +305,11 @@ class OpenAIBackend:
                 log.warning("job %s had %s; starting a new one", job.id, job.status)
                 job = None
             else:
-                _say(f"re-attached to fine-tuning job {job.id} ({job.status})", progress)
+                self._say(f"re-attached to fine-tuning job {job.id} ({job.status})")
         if job is None:
             work = work or Path(tempfile.mkdtemp(prefix="tsynth-openai-"))
             prepared = prepare_files(train, work, self.codec, o.validation_fraction, o.seed or 0, o.model, o.n_epochs)
-            _say(prepared.summary(), progress)
+            self._say(prepared.summary())
             files = {name: self._upload(client, path, state, work, progress)
                      for name, path in (("train", prepared.train_path), ("validation", prepared.validation_path))
                      if path is not None}
@@ -324,7 +318,7 @@ class OpenAIBackend:
                 model=o.model, training_file=files["train"], validation_file=files.get("validation"),
                 method={"type": "supervised", "supervised": {"hyperparameters": hp}},
                 **({"suffix": o.suffix} if o.suffix else {}), **({"seed": o.seed} if o.seed is not None else {}))
-            _say(f"created fine-tuning job {job.id}", progress)
+            self._say(f"created fine-tuning job {job.id}")
         if work is not None and state.get("job_id") != job.id:
             state["job_id"] = job.id
             _write_state(work, state)
@@ -338,7 +332,7 @@ class OpenAIBackend:
         self.training = {"job_id": job.id, "trained_tokens": job.trained_tokens,
                          "hyperparameters": job.hyperparameters.model_dump() if job.hyperparameters else None,
                          **_result_metrics(client, job.result_files)}
-        _say(f"fine-tuned model: {self.model_id}", progress)
+        self._say(f"fine-tuned model: {self.model_id}")
 
     def _upload(self, client, path: Path, state: dict, work: Path, progress: bool) -> str:
         """The id of ``path`` on the server: reused when this exact content was uploaded before."""
@@ -351,7 +345,7 @@ class OpenAIBackend:
         state["files"][path.name] = {"id": f.id, "sha256": digest}
         state.pop("job_id", None)
         _write_state(work, state)
-        _say(f"uploaded {path.name} as {f.id}", progress)
+        self._say(f"uploaded {path.name} as {f.id}")
         return f.id
 
     def _follow(self, client, job, progress: bool):
@@ -382,8 +376,8 @@ class OpenAIBackend:
                 time.sleep(self.options.poll_interval)
                 job = client.fine_tuning.jobs.retrieve(job.id)
         except KeyboardInterrupt:
-            print(f"\ninterrupted: job {job.id} goes on at the server; rerun the same command, or pass "
-                  f"--job-id {job.id}, to re-attach (nothing is uploaded again)")
+            self._say(f"\ninterrupted: job {job.id} goes on at the server; rerun the same command, or pass "
+                      f"--job-id {job.id}, to re-attach (nothing is uploaded again)")
             raise
         finally:
             bar.close()
@@ -437,9 +431,16 @@ class OpenAIBackend:
                         self.options.max_answer_retries)
         return out
 
+    @property
+    def fitted_codec(self) -> ChatCodec:
+        """The codec of a fitted (or loaded) model."""
+        if self.codec is None:
+            raise ConfigError("the model is not fitted")
+        return self.codec
+
     def _check(self, text: str | None, length: int, i: int, got: dict, stats: dict) -> None:
         try:
-            got[i] = self.codec.parse(text, length)
+            got[i] = self.fitted_codec.parse(text, length)
             stats["parsed"] += 1
             stats["right_length"] += 1
         except AnswerError as e:
@@ -448,7 +449,7 @@ class OpenAIBackend:
 
     def _request_fn(self, client, cond: dict, k: int, temperature: float, top_p: float, seed: int, length: int):
         """A call asking for ``k`` answers under ``cond``; it returns their texts."""
-        codec = self.codec
+        codec = self.fitted_codec
         budget = length * len(codec.keys) * (codec.decimals + 4) + 20
 
         def call() -> list[str | None]:
@@ -496,14 +497,6 @@ class OpenAIBackend:
         return self
 
 
-def _say(message: str, progress: bool) -> None:
-    """Tell the user (progress on) or the log (progress off)."""
-    if progress:
-        print(message, flush=True)
-    else:
-        log.info(message)
-
-
 def _read_state(work: Path) -> dict[str, Any]:
     p = work / STATE_FILE
     return json.loads(p.read_text()) if p.exists() else {}
@@ -526,19 +519,3 @@ def _result_metrics(client, result_files: Sequence[str]) -> dict[str, Any]:
     num = lambda r, k: float(r[k]) if r.get(k) not in (None, "") else None  # noqa: E731
     return {"steps": [int(float(r["step"])) for r in rows if r.get("step")],
             "train_loss": [num(r, "train_loss") for r in rows], "valid_loss": [num(r, "valid_loss") for r in rows]}
-
-
-def fit_from_cli(args, data: SeriesSet):
-    """``tsynth fit DATA --backend openai``: the work directory (files, job state) is ``OUTPUT.openai``."""
-    from ..synthesizer import Synthesizer
-
-    def auto(value, kind):
-        return None if value is None else "auto" if str(value) == "auto" else kind(value)
-
-    options = {"model": args.model, "n_epochs": auto(args.n_epochs, int), "batch_size": auto(args.batch_size, int),
-               "learning_rate_multiplier": auto(args.learning_rate_multiplier, float), "suffix": args.suffix,
-               "seed": args.seed, "base_url": args.base_url}
-    syn = Synthesizer("openai", api_key=args.api_key, **{k: v for k, v in options.items() if v is not None})
-    out = Path(args.output)
-    syn.fit(data, work_dir=out.with_name(out.name + ".openai"), job_id=args.job_id, progress=True)
-    return syn

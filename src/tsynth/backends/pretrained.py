@@ -106,8 +106,8 @@ class PretrainedLoRABackend:
     def __init__(self, **options: Any) -> None:
         self.options = PretrainedOptions.from_kwargs(**options)
         self.codec: ChatCodec | None = None
-        self.model = None
-        self.tokenizer = None
+        self.model: Any = None        # a transformers model (with LoRA adapters) once fitted or loaded
+        self.tokenizer: Any = None
         self.end_id: int | None = None
         self.int_digits = 15
         self.conditions: list[dict[str, Any]] = []
@@ -127,7 +127,7 @@ class PretrainedLoRABackend:
         conds = self.codec.conditions(train)
         self.tokenizer = load_tokenizer(o.base_model)
         self.end_id = end_of_turn(self.tokenizer, self.codec, conds[0], train.series(0))
-        model = load_model(o.base_model, o.dtype)
+        model: Any = load_model(o.base_model, o.dtype)
         validate = len(pd.unique(train.item_id)) >= MIN_ITEMS_FOR_VALIDATION and o.validation_fraction > 0
         if not validate:
             log.warning("fewer than %d items: no validation split, training for a fixed %d epochs",
@@ -162,7 +162,7 @@ class PretrainedLoRABackend:
         """Draw ``n`` series; without ``conditions`` the user turns are drawn from the training ones."""
         from tqdm.auto import tqdm
 
-        if self.model is None or self.codec is None:
+        if self.model is None or self.codec is None or self.end_id is None:
             raise ConfigError("the model is not fitted")
         temperature = self.options.temperature if temperature is None else temperature
         length, rng, conds = text_sample_inputs(self.codec, n, conditions, self.conditions, temperature, top_p, seed,

@@ -206,7 +206,7 @@ class ChatCodec:
                 continue
             where = f"{source}: line {lineno}"
             messages = check_example(line, where)
-            by_role = {}
+            by_role: dict[str, Any] = {}
             for m in messages:
                 by_role.setdefault(m["role"], m)
             if "user" not in by_role:
@@ -229,7 +229,7 @@ class ChatCodec:
                 raise DataError(f"{where}: the assistant message is not a series: {e}") from None
             decimals = max(decimals, _decimals(answer))
             conds.append(cond)
-        if not arrays:
+        if not arrays or reader is None:
             raise DataError(f"{source}: no examples")
         fields = list(dict.fromkeys(k for c in conds for k in c))
         attrs = pd.DataFrame([{k: c.get(k) for k in fields if k != "item_id"} for c in conds])

@@ -1,8 +1,8 @@
 """Fidelity: how close the synthetic series are to the real ones, figure by figure.
 
 Also home of the helpers every evaluation module shares: :func:`prepare` (check the three sets and
-turn them into float64 arrays), :func:`flatten`, :func:`subsample` and :func:`nearest` (distance to
-the closest record).
+turn them into float64 arrays) and :func:`subsample`; :func:`flatten` and :func:`nearest` (distance to
+the closest record) come from :mod:`tsynth.distance`, which the memorization guard shares.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ import numpy as np
 import pandas as pd
 
 from ..data import SeriesSet
+from ..distance import flatten, nearest, pairwise_sq_dist
 from ..errors import DataError
+
+__all__ = ["Prepared", "prepare", "flatten", "nearest", "pairwise_sq_dist", "row_groups", "subsample", "one_thread",
+           "step_stats", "acf", "discriminative_score", "coverage", "fidelity_metrics"]
 
 MAX_PER_CLASS = 5000      # disc_gbm: at most this many windows of each class (baselines.md)
 COVERAGE_MAX = 2000       # coverage: series drawn from each set
@@ -36,14 +40,6 @@ class Prepared:
     channels: list[str]
     excluded_nonfinite: int
     n_synthetic_given: int
-
-
-def flatten(x: np.ndarray) -> np.ndarray:
-    """(n, length, channels) or (n, features) -> (n, features) float64, rows in order."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
-    return x.reshape(len(x), -1)
 
 
 def row_groups(x: np.ndarray) -> np.ndarray:
@@ -129,28 +125,6 @@ def subsample(n: int, size: int, rng: np.random.RandomState) -> np.ndarray:
     if n <= size:
         return np.arange(n)
     return np.sort(rng.choice(n, size, replace=False))
-
-
-def pairwise_sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared l2 distances between the rows of ``a`` and ``b`` (clipped at 0)."""
-    d = (a ** 2).sum(axis=1)[:, None] + (b ** 2).sum(axis=1)[None, :] - 2.0 * (a @ b.T)
-    return np.maximum(d, 0.0, out=d)
-
-
-def nearest(queries: np.ndarray, refs: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Distance (l2 on flattened windows) from each query row to its closest reference row, and that
-    row's position; computed in chunks so 10,000 x 10,000 windows stay small in memory.
-
-    Both sides are centred on the references' mean first, which keeps the rounding error of the
-    expanded form small; the winning distance is then recomputed exactly.
-    """
-    q, r = flatten(queries), flatten(refs)
-    centre = r.mean(axis=0)
-    q, r = q - centre, r - centre
-    idx = np.empty(len(q), dtype=np.int64)
-    for s in range(0, len(q), chunk):
-        idx[s: s + chunk] = pairwise_sq_dist(q[s: s + chunk], r).argmin(axis=1)
-    return np.sqrt(((q - r[idx]) ** 2).sum(axis=1)), idx
 
 
 # ---------------------------------------------------------------------- per-step statistics

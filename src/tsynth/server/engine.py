@@ -16,7 +16,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..codecs.chat import ChatCodec
 from .store import Store
@@ -82,6 +82,7 @@ def _load(store: Store, info: dict[str, Any]) -> LoadedModel:
     hf_logging.disable_progress_bar()
     syn = Synthesizer.load(store.root / info["path"])
     if info.get("weights"):
+        stored: Callable[[str], bool]
         if syn.backend_name == "pretrained":
             from ..backends.pretrained import adapter_weight
 

@@ -109,7 +109,7 @@ def plan_for(model: str, codec: ChatCodec) -> Plan:
 
     options = {"base_model": model, "system_prompt": codec.system_prompt, "user_fields": list(codec.user_fields),
                "series_key": codec.series_key, "decimals": codec.decimals}
-    return Plan("pretrained", options, TRAIN_DEFAULTS["batch_size"], TRAIN_DEFAULTS["learning_rate"], adapter_weight)
+    return Plan("pretrained", options, int(TRAIN_DEFAULTS["batch_size"]), TRAIN_DEFAULTS["learning_rate"], adapter_weight)
 
 
 def resolve_hyperparameters(hp: dict[str, Any], n_examples: int, default_batch: int) -> dict[str, Any]:
@@ -193,10 +193,11 @@ def run_job(store: Store, job: dict[str, Any]) -> None:
         return
     plan = plan_for(job["model"], codec)
     hp = resolve_hyperparameters(job["hyperparameters"], len(series), plan.batch_size)
-    job = store.update_job(job_id, only_if=("running",), hyperparameters=hp,
-                           method={"type": "supervised", "supervised": {"hyperparameters": hp}})
-    if job is None:
+    updated = store.update_job(job_id, only_if=("running",), hyperparameters=hp,
+                               method={"type": "supervised", "supervised": {"hyperparameters": hp}})
+    if updated is None:
         return
+    job = updated
     store.add_event(job_id, "Fine-tuning job started")
     syn = Synthesizer(plan.backend, **plan.options, epochs=hp["n_epochs"], batch_size=hp["batch_size"],
                       learning_rate=plan.learning_rate * hp["learning_rate_multiplier"], seed=job["seed"])
@@ -325,7 +326,7 @@ def _result_file(store: Store, job_id: str, metrics: list[dict[str, Any]]) -> di
     doc = {"id": new_id("file-"), "object": "file", "bytes": len(content), "created_at": now(),
            "filename": "step_metrics.csv", "purpose": "fine-tune-results", "status": "processed",
            "status_details": None, "expires_at": None}
-    path = store.file_path(doc["id"])
+    path = store.file_path(str(doc["id"]))
     path.with_suffix(".tmp").write_bytes(content)
     os.replace(path.with_suffix(".tmp"), path)
     return store.add_file(doc)
