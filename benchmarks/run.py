@@ -25,6 +25,10 @@ from pathlib import Path
 from queue import Empty
 from typing import Iterator
 
+from .summary import TASK_ORDER
+from .summary import extras as _extras
+from .summary import fmt as _fmt
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 HEADLINE = ["disc_gbm", "auc", "mean_err", "pct_err", "acf_err", "dcr_ratio", "share_closer_to_train",
@@ -173,9 +177,49 @@ def save(task_name: str, rows: list[dict], smoke: bool, out_dir: Path = RESULTS)
 
 def render_markdown(out_dir: Path = RESULTS) -> str:
     """BENCHMARKS.md from every full-mode results file, then the published TimeGAN-protocol figures."""
+    from .summary import summary_section
+
     lines = ["# Benchmarks", "",
-             "Written by `python -m benchmarks.run` from `benchmarks/results/*.json`; every row is one training seed "
-             "(none is picked).", "",
+             "Written by `python -m benchmarks.run` from `benchmarks/results/*.json`: first a summary table per task, "
+             "then every row (one training seed each; none is picked), then notes on how the rows were run.", "",
+             "## How to reproduce", "",
+             "```bash",
+             "python -m benchmarks.run electricity100 italy24 --generators holdout,copy,gaussian,tsynth --seeds 0,1,2",
+             "python -m benchmarks.run --render        # rebuild this file from benchmarks/results/*.json",
+             "python -m benchmarks.summary             # print the summary tables only",
+             "```", "",
+             "The real data is read from `../shared/data` (`$TSYNTH_DATA`) and never copied; each run merges its rows "
+             "into `benchmarks/results/<task>.json`. Generators: `benchmarks/generators.py`; tasks: "
+             "`benchmarks/tasks.py`; the peers (DGAN, PAR) need the separate environment of "
+             "`benchmarks/requirements-peers.txt`. What the defaults rest on is explained in `docs/` "
+             "(each page links the rows here).", "",
+             *summary_section(out_dir), "## Rows", ""]
+    for path in sorted(out_dir.glob("*.json"), key=lambda p: (TASK_ORDER.index(p.stem) if p.stem in TASK_ORDER else
+                                                              len(TASK_ORDER), p.stem)):
+        if path.stem.endswith("-smoke") or path.stem.startswith(("evaluate_", "server_", "domain_prior")):
+            continue
+        doc = json.loads(path.read_text())
+        if "rows" not in doc:
+            continue
+        m = doc["machine"]
+        rows = [{**r, **_extras(r)} for r in doc["rows"]]
+        cols = HEADLINE + (TIMEGAN if any("disc_gru" in r for r in rows) else [])
+        cols += [k for k in EXTRAS if any(r.get(k) is not None for r in rows)]
+        lines += [f"### {doc['task']} rows", "", f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, "
+                  f"tsynth {m['tsynth']}, {m['date']}", "",
+                  "| generator | seed | " + " | ".join(cols) + " | fit s | sample s | peak MB | code |",
+                  "|---" * (len(cols) + 6) + "|"]
+        unavailable = []
+        for r in sorted(rows, key=lambda r: (r["generator"], r.get("seed", -1))):
+            if r.get("status") == "unavailable":
+                unavailable.append(f"- {r['generator']} is unavailable here: {r['reason']}")
+                lines.append(f"| {r['generator']} | unavailable |" + " - |" * (len(cols) + 4))
+                continue
+            cells = [_fmt(r.get(k), DIGITS.get(k, 3)) for k in cols]
+            lines.append(f"| {r['generator']} | {r['seed']} | " + " | ".join(cells) +
+                         f" | {r['fit_s']:.1f} | {r['sample_s']:.1f} | {r['peak_mb']:.0f} | {r.get('commit') or '-'} |")
+        lines += ["", *unavailable, *([""] if unavailable else []), *_summary(rows)]
+    lines += ["## Notes on the rows", "",
              "- **Metrics** as `../shared/reference/baselines.md` defines them: disc_gbm = |AUC - 0.5| of a "
              "gradient-boosting classifier, real train vs synthetic (0 ideal); mean/pct err vs train (the holdout "
              "row is the floor); dcr_ratio = median distance to the closest train series over the holdout's (>= 0.95 "
@@ -233,30 +277,6 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
              "scratch check, seed 0): the GAN is unstable with a few hundred series.", ""]
-    for path in sorted(out_dir.glob("*.json")):
-        if path.stem.endswith("-smoke") or path.stem.startswith(("evaluate_", "server_", "domain_prior")):
-            continue
-        doc = json.loads(path.read_text())
-        if "rows" not in doc:
-            continue
-        m = doc["machine"]
-        rows = [{**r, **_extras(r)} for r in doc["rows"]]
-        cols = HEADLINE + (TIMEGAN if any("disc_gru" in r for r in rows) else [])
-        cols += [k for k in EXTRAS if any(r.get(k) is not None for r in rows)]
-        lines += [f"## {doc['task']}", "", f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, "
-                  f"tsynth {m['tsynth']}, {m['date']}", "",
-                  "| generator | seed | " + " | ".join(cols) + " | fit s | sample s | peak MB | code |",
-                  "|---" * (len(cols) + 6) + "|"]
-        unavailable = []
-        for r in sorted(rows, key=lambda r: (r["generator"], r.get("seed", -1))):
-            if r.get("status") == "unavailable":
-                unavailable.append(f"- {r['generator']} is unavailable here: {r['reason']}")
-                lines.append(f"| {r['generator']} | unavailable |" + " - |" * (len(cols) + 4))
-                continue
-            cells = [_fmt(r.get(k), DIGITS.get(k, 3)) for k in cols]
-            lines.append(f"| {r['generator']} | {r['seed']} | " + " | ".join(cells) +
-                         f" | {r['fit_s']:.1f} | {r['sample_s']:.1f} | {r['peak_mb']:.0f} | {r.get('commit') or '-'} |")
-        lines += ["", *unavailable, *([""] if unavailable else []), *_summary(rows)]
     lines += ["## Published figures (TimeGAN protocol): quoted from the papers, not measured here", "",
               "As quoted in `../shared/reference/baselines.md`. The papers train on all windows and score on the "
               "same windows, so their figures are not exactly comparable with the stocks24 / energy24 rows above "
@@ -264,12 +284,6 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
               "| source | figure | stocks | energy |", "|---|---|---|---|",
               *[f"| {src} | {fig} | {s:.3f} | {e:.3f} |" for src, fig, s, e in PUBLISHED], ""]
     return "\n".join(lines)
-
-
-def _extras(row: dict) -> dict:
-    """The EXTRAS figures of a row, from its generator's extras."""
-    extra = row.get("extra") or {}
-    return {k: extra.get(k) for k in EXTRAS[:-1]} | {"epsilon": (extra.get("privacy") or {}).get("epsilon")}
 
 
 def _summary(rows: list[dict]) -> list[str]:
@@ -290,14 +304,6 @@ def _summary(rows: list[dict]) -> list[str]:
                          if len(v) > 1 else _fmt(v[0], digits))
         out.append(f"| {g} | {len(mine)} | " + " | ".join(cells) + " |")
     return out + [""]
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
 
 
 def _report(task: str, row: dict) -> None:

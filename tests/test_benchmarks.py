@@ -95,3 +95,18 @@ def test_timegan_scores_tell_apart_and_match():
     assert same["pred"] > 0 and same["pred_real"] > 0
     shifted = discriminative_score_gru(real, real * 0.2, iterations=400, repeats=1)
     assert shifted["disc_gru"] > 0.3
+
+
+def test_summary_tables_come_from_the_results(tmp_path):
+    """BENCHMARKS.md opens with one summary table per task, mean (min-max) over the seeds of the JSON rows."""
+    from benchmarks.summary import readme_table, summary_section
+
+    doc = {"task": "italy24", "machine": {}, "rows": [
+        {"generator": "tsynth", "seed": s, "disc_gbm": v, "mean_err": 0.01, "fit_s": 10.0} for s, v in
+        enumerate((0.1, 0.2, 0.3))] + [{"generator": "par", "status": "unavailable", "reason": "not installed"}]}
+    (tmp_path / "italy24.json").write_text(json.dumps(doc))
+    lines = summary_section(tmp_path)
+    assert "### italy24" in lines
+    row = next(line for line in lines if line.startswith("| tsynth |"))
+    assert "| 3 | 0.200 (0.100-0.300) | 0.010 (0.010-0.010) |" in row and "par" not in "\n".join(lines)
+    assert "| tsynth | 0.200 | - |" in readme_table(tmp_path)
