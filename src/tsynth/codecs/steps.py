@@ -1,0 +1,386 @@
+"""Step codec: series <-> per-step bin ids, series-level prefix tokens and calendar features for the step model.
+
+It keeps the value codec's scaler, bins, point masses and condition vocabulary (:class:`ValueCodec`), and adds
+what a model over time steps needs:
+
+* each value becomes its bin id (``0..n_bins-1``) or the ``missing`` id where the reading is NaN (a gap);
+  a series' first step is preceded by the ``start`` id and steps past its end are ``pad`` (never predicted);
+* the prefix: ``<bos>``, one token per condition field, the value codec's level tokens (per-series scaling),
+  and, when series are longer than the context (``long``), each channel's series mean and spread (binned) and
+  the series' share of missing readings: series-level facts that a bounded context cannot see, drawn first
+  when sampling and held in the context for the whole series, so a year-long sample keeps its level;
+* calendar features of every step from its time stamp: the slot of the day (sub-daily data), the day of the
+  week and the week of the year (or the month, for monthly data). A feature is used only where the training
+  data shows every one of its values (a week of the year needs a year of data), so the model is never asked
+  about a calendar position it has not seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data import SeriesSet
+from ..errors import ConfigError, DataError
+from .values import BOS, CALENDAR_FIELDS, ValueCodec
+
+log = logging.getLogger("tsynth")
+
+N_MEAN_BINS = 32
+N_SPREAD_BINS = 16
+GAP_EDGES = (0.0, 1e-9, 0.01, 0.05, 0.2, 1.0 + 1e-9)  # share of missing steps: none, <=1 %, <=5 %, <=20 %, more
+DAY_NS = 86_400 * 10**9
+WEEK_STEPS = 7  # days
+MIN_CALENDAR_COVERAGE = 0.9  # share of a feature's values that the training data must show for it to be used
+STEPS_PER_DAY_MAX = 1440
+
+
+def default_context(freq: str | None, length: int) -> int:
+    """Steps the model sees at once: four days of sub-daily data (96 hours, 384 quarter hours, capped at 512),
+    eight weeks of daily data, 128 steps otherwise; the whole series where the longest is at most twice that."""
+    per_day = steps_per_day(freq)
+    if per_day is not None and per_day > 1:
+        ctx = min(4 * per_day, 512)
+    elif per_day == 1:
+        ctx = 56
+    else:
+        ctx = 128
+    return int(max(2, length if length <= 2 * ctx else ctx))
+
+
+def step_delta(freq: str | None) -> int | None:
+    """The frequency's fixed step in nanoseconds, or None (no frequency, or a calendar one such as months)."""
+    if not freq:
+        return None
+    try:
+        return int(pd.to_timedelta(pd.tseries.frequencies.to_offset(freq)).value)
+    except ValueError:
+        return None
+
+
+def steps_per_day(freq: str | None) -> int | None:
+    delta = step_delta(freq)
+    if delta is None or delta <= 0 or delta > DAY_NS or DAY_NS % delta:
+        return None
+    return DAY_NS // delta
+
+
+def calendar_candidates(freq: str | None) -> list[tuple[str, int]]:
+    """The calendar features that data of this frequency can have, with their number of values."""
+    if not freq:
+        return []
+    delta = step_delta(freq)
+    if delta is None:  # months, quarters, years
+        offset = pd.tseries.frequencies.to_offset(freq)
+        return [("month", 12)] if "M" in offset.name.upper() else []
+    per_day = steps_per_day(freq)
+    out = []
+    if per_day is not None and 1 < per_day <= STEPS_PER_DAY_MAX:
+        out.append(("time_of_day", per_day))
+    if delta <= DAY_NS:
+        out.append(("dayofweek", 7))
+    if delta <= WEEK_STEPS * DAY_NS:
+        out.append(("weekofyear", 53))
+    return out
+
+
+def calendar_values(times: np.ndarray, features: Sequence[tuple[str, int]], freq: str | None) -> np.ndarray:
+    """Feature values (…, features) int64 of the time stamps ``times`` (datetime64[ns], any shape)."""
+    ns = np.asarray(times, dtype="datetime64[ns]").astype(np.int64)
+    out = np.zeros(ns.shape + (len(features),), dtype=np.int64)
+    flat_index = None
+    for j, (name, size) in enumerate(features):
+        if name == "time_of_day":
+            out[..., j] = (ns % DAY_NS) // step_delta(freq)
+        elif name == "dayofweek":
+            out[..., j] = (ns // DAY_NS + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+        else:
+            if flat_index is None:
+                flat_index = pd.DatetimeIndex(ns.reshape(-1))
+            v = (flat_index.dayofyear.to_numpy() - 1) // 7 if name == "weekofyear" else flat_index.month.to_numpy() - 1
+            out[..., j] = v.reshape(ns.shape)
+        out[..., j] = np.clip(out[..., j], 0, size - 1)
+    return out
+
+
+def step_times(start: np.ndarray, offsets: np.ndarray, freq: str) -> np.ndarray:
+    """Time stamps (b, t) of steps ``offsets`` (b, t) of series starting at ``start`` (b,)."""
+    delta = step_delta(freq)
+    start = np.asarray(start, dtype="datetime64[ns]")
+    if delta is not None:
+        return (start.astype(np.int64)[:, None] + offsets * delta).astype("datetime64[ns]")
+    step = pd.tseries.frequencies.to_offset(freq)  # calendar steps (months): one by one
+    return np.stack([np.asarray([pd.Timestamp(s) + int(k) * step for k in row], dtype="datetime64[ns]")
+                     for s, row in zip(start, offsets)])
+
+
+@dataclass
+class StepCodec:
+    """See the module docstring."""
+
+    values: ValueCodec
+    context: int = 96
+    long: bool = False
+    calendar: list[tuple[str, int]] = field(default_factory=list)
+    mean_edges: list[float] = field(default_factory=list)
+    spread_edges: list[float] = field(default_factory=list)
+    gap_slot: bool = False
+    gaps: bool = False  # the training data misses readings (else "missing" is never drawn)
+    lengths: dict[int, int] = field(default_factory=dict)  # training series lengths and their counts (not under DP)
+    starts: list[str] = field(default_factory=list)  # training start time stamps to draw from (not under DP)
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, data: SeriesSet, values: ValueCodec, context: int | None, dp: bool = False) -> "StepCodec":
+        """Fit on the training set. ``values`` is an unfitted value codec with the wanted settings (its calendar
+        conditions are replaced by per-step calendar features)."""
+        check_gaps(data)
+        if context is not None and context < 2:
+            raise ConfigError(f"context must be at least 2 steps, got {context}")
+        if not isinstance(values.conditions, str):
+            dropped = [c for c in values.conditions if c in CALENDAR_FIELDS]
+            if dropped:
+                log.info("calendar conditions %s are per-step inputs of the step model", dropped)
+            values.conditions = [c for c in values.conditions if c not in CALENDAR_FIELDS]
+        elif values.conditions == "auto":
+            values.conditions = [c for c in data.attributes.columns
+                                 if c != "window_offset" and data.attributes[c].nunique() > 1]
+        values.fit(data)
+        longest = int(data.lengths.max())
+        ctx = default_context(data.freq, longest) if context is None else int(context)
+        if ctx > longest:
+            log.info("context %d is longer than the longest series (%d steps): using %d", ctx, longest, longest)
+            ctx = longest
+        self = cls(values=values, context=ctx, long=longest > ctx)
+        self.calendar = self._fit_calendar(data)
+        self.gaps = has_gaps(data)
+        self.gap_slot = self.long and self.gaps
+        if self.long:
+            means, spreads = self._series_stats(data)
+            if dp:  # public edges: the value range in units, and a fixed span of log spreads
+                self.mean_edges = np.linspace(values.edges[0], values.edges[-1], N_MEAN_BINS + 1).tolist()
+                self.spread_edges = np.linspace(-3.0, 1.0, N_SPREAD_BINS + 1).tolist()
+            else:
+                self.mean_edges = _quantile_edges(means, N_MEAN_BINS)
+                self.spread_edges = _quantile_edges(spreads, N_SPREAD_BINS)
+        if not dp:
+            u, c = np.unique(data.lengths, return_counts=True)
+            self.lengths = {int(a): int(b) for a, b in zip(u, c)}
+            if data.start is not None:
+                self.starts = [str(s) for s in np.unique(data.start)[:1000]]
+        return self
+
+    def _fit_calendar(self, data: SeriesSet) -> list[tuple[str, int]]:
+        cands = calendar_candidates(data.freq) if data.start is not None else []
+        if not cands:
+            return []
+        starts, first = np.unique(data.start, return_index=True)
+        longest = np.asarray([data.lengths[data.start == s].max() for s in starts])
+        offsets = np.arange(int(longest.max()))[None, :].repeat(len(starts), 0)
+        times = step_times(starts, offsets, data.freq)
+        inside = offsets < longest[:, None]
+        vals = calendar_values(times, cands, data.freq)[inside]
+        keep = []
+        for j, (name, size) in enumerate(cands):
+            seen = len(np.unique(vals[:, j]))
+            if seen >= MIN_CALENDAR_COVERAGE * size or (name == "weekofyear" and seen >= 52):
+                keep.append((name, size))
+            else:
+                log.info("calendar feature %s not used: the training data shows %d of its %d values", name, seen, size)
+        return keep
+
+    def _series_stats(self, data: SeriesSet) -> tuple[np.ndarray, np.ndarray]:
+        """Per series and channel: mean and log10 spread (standard deviation) in the codec's units."""
+        units = self.values.to_units(data.values.astype(np.float64))
+        with np.errstate(invalid="ignore", divide="ignore"), _quiet():
+            means = np.nanmean(units, axis=1)
+            spreads = np.log10(np.maximum(np.nanstd(units, axis=1), 1e-3))
+        return np.nan_to_num(means), np.nan_to_num(spreads, nan=-3.0)
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def fields(self):
+        """The condition fields (the value codec's)."""
+        return self.values.fields
+
+    @property
+    def n_bins(self) -> int:
+        return self.values.n_value_tokens
+
+    @property
+    def n_channels(self) -> int:
+        return self.values.n_channels
+
+    @property
+    def extra_offset(self) -> int:
+        """Id of the first prefix token beyond the value codec's vocabulary."""
+        return len(self.values.vocab)
+
+    @property
+    def prefix_vocab(self) -> int:
+        n = self.extra_offset
+        if self.long:
+            n += N_MEAN_BINS + N_SPREAD_BINS
+        return n + (len(GAP_EDGES) - 1 if self.gap_slot else 0)
+
+    @property
+    def value_prefix_length(self) -> int:
+        """The value codec's prefix: <bos>, fields, level tokens (per-series scaling)."""
+        return self.values.prefix_length
+
+    @property
+    def prefix_length(self) -> int:
+        return self.value_prefix_length + (2 * self.n_channels if self.long else 0) + int(self.gap_slot)
+
+    def slot_ranges(self) -> list[tuple[int, int]]:
+        """Allowed id range [lo, hi) of each prefix slot after <bos>."""
+        vc = self.values
+        ranges = [(vc.field_offset(k) + 1, vc.field_offset(k) + 1 + len(f.values)) for k, f in enumerate(vc.fields)]
+        if vc.scaling == "series":
+            ranges += [(vc.level_offset, vc.level_offset + vc.n_level_tokens)] * self.n_channels
+        if self.long:
+            m0 = self.extra_offset
+            ranges += [(m0, m0 + N_MEAN_BINS), (m0 + N_MEAN_BINS, m0 + N_MEAN_BINS + N_SPREAD_BINS)] * self.n_channels
+        if self.gap_slot:
+            g0 = self.extra_offset + (N_MEAN_BINS + N_SPREAD_BINS if self.long else 0)
+            ranges.append((g0, g0 + len(GAP_EDGES) - 1))
+        return ranges
+
+    def model_config(self, preset: dict, dropout: float) -> dict:
+        """Keyword arguments of :class:`tsynth.stepmodel.StepModelConfig` for this codec."""
+        return dict(n_channels=self.n_channels, n_bins=self.n_bins, prefix_vocab=self.prefix_vocab,
+                    prefix_length=self.prefix_length, context=self.context,
+                    calendar_sizes=[s for _, s in self.calendar], dropout=dropout, **preset)
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, data: SeriesSet) -> dict[str, np.ndarray]:
+        """Arrays the training windows are cut from: ``ids`` (n, length, channels) uint16 value ids (bins,
+        missing, pad), ``prefix`` (n, prefix_length) int64, ``lengths`` (n,), ``start`` (n,) int64 ns or empty."""
+        check_gaps(data)
+        bins, levels = self.values.value_bins(data)
+        k = self.n_bins
+        ids = bins.astype(np.uint16)
+        ids[np.isnan(data.values)] = k  # missing
+        beyond = np.arange(data.length)[None, :] >= data.lengths[:, None]
+        ids[beyond] = k + 2  # pad
+        vc = self.values
+        conds = vc.series_conditions(data)
+        prefix = np.zeros((len(data), self.prefix_length), dtype=np.int64)
+        prefix[:, 0] = BOS
+        for i in range(len(data)):
+            prefix[i, 1:1 + len(vc.fields)] = vc.condition_ids(conds[i])
+        col = 1 + len(vc.fields)
+        if levels is not None:
+            lb = np.clip(np.searchsorted(vc.level_edges, levels, side="right") - 1, 0, vc.n_level_tokens - 1)
+            prefix[:, col:col + self.n_channels] = vc.level_offset + lb
+            col += self.n_channels
+        if self.long:
+            means, spreads = self._series_stats(data)
+            mb = _bin(self.mean_edges, means)
+            sb = _bin(self.spread_edges, spreads)
+            prefix[:, col:col + 2 * self.n_channels:2] = self.extra_offset + mb
+            prefix[:, col + 1:col + 2 * self.n_channels:2] = self.extra_offset + N_MEAN_BINS + sb
+            col += 2 * self.n_channels
+        if self.gap_slot:
+            share = data.missing().sum(1) / data.lengths
+            g = np.clip(np.searchsorted(GAP_EDGES, share, side="right") - 1, 0, len(GAP_EDGES) - 2)
+            prefix[:, col] = self.extra_offset + (N_MEAN_BINS + N_SPREAD_BINS if self.long else 0) + g
+        start = (np.zeros(0, dtype=np.int64) if data.start is None or not self.calendar
+                 else np.asarray(data.start, dtype="datetime64[ns]").astype(np.int64))
+        return {"ids": ids, "prefix": prefix, "lengths": data.lengths.astype(np.int64), "start": start}
+
+    def windows(self, arrays: dict[str, np.ndarray], rows: np.ndarray, offsets: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Training windows of ``context`` steps of series ``rows`` from step ``offsets``: prefix (b, p), previous
+        value ids (b, t, c), target value ids (b, t, c) and calendar features (b, t, f) or None."""
+        t = np.arange(self.context)[None, :]
+        idx = offsets[:, None] + t
+        ids, lengths = arrays["ids"], arrays["lengths"][rows]
+        width = ids.shape[1]
+        pad, start_id = self.n_bins + 2, self.n_bins + 1
+        target = ids[rows[:, None], np.minimum(idx, width - 1)].astype(np.int64)
+        target[idx >= lengths[:, None]] = pad
+        prev = ids[rows[:, None], np.clip(idx - 1, 0, width - 1)].astype(np.int64)
+        prev[idx == 0] = start_id
+        prev[idx - 1 >= lengths[:, None]] = pad
+        calendar = None
+        if self.calendar:
+            times = step_times(arrays["start"][rows].astype("datetime64[ns]"), idx, self.values.freq)
+            calendar = calendar_values(times, self.calendar, self.values.freq)
+        return arrays["prefix"][rows], prev, target, calendar
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, prefix: np.ndarray, ids: np.ndarray, lengths: np.ndarray, rng: np.random.Generator,
+               item_id: Sequence[str] | None, start: np.ndarray | None) -> SeriesSet:
+        """Series from generated prefixes (n, prefix_length) and value ids (n, steps, channels)."""
+        vc = self.values
+        missing = ids >= self.n_bins
+        value_ids = vc.value_offset + np.where(missing, 0, ids).reshape(len(ids), -1)
+        out = vc.decode(prefix[:, :self.value_prefix_length], value_ids, lengths, rng, item_id=item_id, start=start)
+        out.values[missing[:, :out.length]] = np.nan
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        return {**self.values.to_dict(), "kind": "step", "context": self.context, "long": self.long,
+                "calendar": [list(c) for c in self.calendar], "mean_edges": self.mean_edges,
+                "spread_edges": self.spread_edges, "gap_slot": self.gap_slot, "gaps": self.gaps,
+                "lengths": {str(k): v for k, v in self.lengths.items()}, "starts": self.starts}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StepCodec":
+        return cls(values=ValueCodec.from_dict(d), context=d["context"], long=d["long"],
+                   calendar=[(str(a), int(b)) for a, b in d["calendar"]], mean_edges=d["mean_edges"],
+                   spread_edges=d["spread_edges"], gap_slot=d["gap_slot"], gaps=d.get("gaps", True),
+                   lengths={int(k): int(v) for k, v in d.get("lengths", {}).items()}, starts=d.get("starts", []))
+
+
+def check_gaps(data: SeriesSet) -> None:
+    """Refuse what no model can learn from: a series with no reading at all, a channel that is never observed."""
+    observed = ~np.isnan(data.values)
+    empty = ~observed.any(axis=(1, 2))
+    if empty.any():
+        raise DataError(f"series '{data.item_id[int(np.flatnonzero(empty)[0])]}' has no reading at all "
+                        f"({int(empty.sum())} such series): drop it")
+    never = ~observed.any(axis=(0, 1))
+    if never.any():
+        raise DataError(f"channel '{data.channels[int(np.flatnonzero(never)[0])]}' holds no reading in any series: "
+                        "drop it (--value-cols)")
+
+
+def has_gaps(data: SeriesSet) -> bool:
+    """True when a series misses a reading before its end (NaN inside, not padding)."""
+    return bool(data.missing().any())
+
+
+def _quantile_edges(x: np.ndarray, n: int) -> list[float]:
+    flat = np.asarray(x, dtype=np.float64).reshape(-1)
+    lo, hi = float(flat.min()), float(flat.max())
+    pad = max(0.02 * (hi - lo), 1e-6)
+    edges = np.unique(np.concatenate([[lo - pad], np.quantile(flat, np.linspace(0, 1, n + 1)[1:-1]), [hi + pad]]))
+    if len(edges) < n + 1:  # repeated values: fill up with evenly spaced edges so every token has a range
+        edges = np.linspace(lo - pad, hi + pad, n + 1)
+    return edges.tolist()
+
+
+def _bin(edges: Sequence[float], x: np.ndarray) -> np.ndarray:
+    e = np.asarray(edges)
+    return np.clip(np.searchsorted(e, x, side="right") - 1, 0, len(e) - 2)
+
+
+class _quiet:
+    """Silence numpy's 'mean of empty slice' warnings (series that miss a whole channel)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._w.__exit__(*exc)

@@ -1,0 +1,275 @@
+"""The step model: a causal transformer whose positions are time steps, with all of a step's channels in one.
+
+A sequence is a short prefix of series-level tokens followed by one position per time step::
+
+    <bos> <condition tokens> [<level> per channel] [<mean> <spread> per channel] [<gaps>] | step 0 | step 1 | ...
+
+* the input at step ``t`` is the previous step's values (every channel: a learned embedding of each channel's
+  bin, summed, plus a linear map of the bins' positions and missing flags; a ``<start>`` id before a series'
+  first step) plus the embeddings of step ``t``'s calendar position (time of day, day of week, week of year
+  or month, from its time stamp), so the model always knows when the step it predicts falls;
+* the output at step ``t`` gives the joint distribution of step ``t``'s channels, one channel after another:
+  channel ``c``'s bin (or "missing") is predicted from the step's hidden state plus the embeddings of the
+  channels before it (drawn or, in training, true), through a small feed-forward head. Cost per step grows
+  linearly with the channels, and the attention runs over steps, not values;
+* the prefix positions predict the next prefix token (series-level tokens are drawn first, then held in the
+  context for the whole series).
+
+The context holds ``context`` steps. Training windows are drawn at random offsets of long series; generation
+beyond the context slides it: when it is full, the cache is rebuilt from the prefix and the most recent steps,
+so positions stay within the trained range, memory does not grow with the length asked for and time is linear
+in it (see :mod:`tsynth.stepgen`).
+
+The model is a Hugging Face ``PreTrainedModel`` with its own config (``model_type`` ``tsynth_step``),
+registered with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM`` when :mod:`tsynth` is imported, so
+``save_pretrained`` / ``from_pretrained`` work as for any Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+
+class StepModelConfig(PretrainedConfig):
+    """Shape of a step model: channels, bins, prefix vocabulary and length, context, calendar features."""
+
+    model_type = "tsynth_step"
+
+    def __init__(self, n_channels: int = 1, n_bins: int = 256, prefix_vocab: int = 8, prefix_length: int = 1,
+                 context: int = 96, calendar_sizes: list[int] | tuple[int, ...] = (), n_layer: int = 2,
+                 n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.n_channels, self.n_bins = int(n_channels), int(n_bins)
+        self.prefix_vocab, self.prefix_length, self.context = int(prefix_vocab), int(prefix_length), int(context)
+        self.calendar_sizes = [int(s) for s in calendar_sizes]
+        self.n_layer, self.n_embd, self.n_head, self.dropout = int(n_layer), int(n_embd), int(n_head), float(dropout)
+
+    # value ids of the step inputs: bins 0..n_bins-1, then these three
+    @property
+    def missing_id(self) -> int:
+        return self.n_bins
+
+    @property
+    def start_id(self) -> int:
+        return self.n_bins + 1
+
+    @property
+    def pad_id(self) -> int:
+        return self.n_bins + 2
+
+    @property
+    def n_ids(self) -> int:
+        return self.n_bins + 3
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for up to ``size`` positions; ``fill`` positions are in use."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    fill: int = 0
+
+    @classmethod
+    def empty(cls, config: StepModelConfig, batch: int, device) -> "KVCache":
+        size = config.prefix_length + config.context
+        shape = (batch, config.n_head, size, config.n_embd // config.n_head)
+        return cls([torch.zeros(shape, device=device) for _ in range(config.n_layer)],
+                   [torch.zeros(shape, device=device) for _ in range(config.n_layer)])
+
+
+class _Block(nn.Module):
+    """Pre-LayerNorm transformer block: causal self-attention, then a feed-forward layer."""
+
+    def __init__(self, config: StepModelConfig) -> None:
+        super().__init__()
+        d = config.n_embd
+        self.n_head, self.p = config.n_head, config.dropout
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.fc_out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
+        if cache is None and self.training and self.p > 0:  # torch's fused attention with dropout is 10x slower
+            w = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            w = w.masked_fill(torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+            att = F.dropout(w.softmax(-1), self.p, training=True) @ v
+        elif cache is None:  # the whole window at once
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # generation: new positions after the cached ones (several only into an empty cache)
+            lo, hi = cache.fill, cache.fill + t
+            cache.keys[layer][:, :, lo:hi], cache.values[layer][:, :, lo:hi] = k, v
+            att = F.scaled_dot_product_attention(q, cache.keys[layer][:, :, :hi], cache.values[layer][:, :, :hi],
+                                                 is_causal=t > 1)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.fc_out(F.gelu(self.fc(self.ln2(x)))))
+
+
+class StepModel(PreTrainedModel):
+    """See the module docstring."""
+
+    config_class = StepModelConfig
+    base_model_prefix = "step"
+    _supports_sdpa = True
+
+    def __init__(self, config: StepModelConfig) -> None:
+        super().__init__(config)
+        d, c = config.n_embd, config.n_channels
+        self.prefix_emb = nn.Embedding(config.prefix_vocab, d)
+        self.value_emb = nn.Embedding(c * config.n_ids, d)
+        self.value_proj = nn.Linear(2 * c, d)
+        self.calendar_emb = nn.ModuleList(nn.Embedding(s, d) for s in config.calendar_sizes)
+        self.pos_emb = nn.Embedding(config.prefix_length + config.context, d)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        # predicts the next prefix token; a prefix of <bos> alone has none to predict (and DP-SGD needs every
+        # parameter to take part in the loss)
+        self.prefix_head = nn.Linear(d, config.prefix_vocab, bias=False) if config.prefix_length > 1 else None
+        self.channel_emb = nn.Embedding(c, d)
+        self.chain_emb = nn.Embedding(c * config.n_ids, d)
+        self.head_ln, self.head_out_ln = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.head_fc, self.head_proj = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.value_head = nn.Linear(d, config.n_bins + 1)  # bins, then "missing"
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ inputs
+    def _channel_offsets(self, device) -> torch.Tensor:
+        return torch.arange(self.config.n_channels, device=device) * self.config.n_ids
+
+    def step_inputs(self, prev_ids: torch.Tensor, calendar: torch.Tensor | None) -> torch.Tensor:
+        """Embeddings (b, t, d) of steps whose previous values are ``prev_ids`` (b, t, channels) and whose
+        calendar features are ``calendar`` (b, t, features) or None."""
+        cfg = self.config
+        e = self.value_emb(prev_ids + self._channel_offsets(prev_ids.device)).sum(2) / math.sqrt(cfg.n_channels)
+        position = torch.where(prev_ids < cfg.n_bins, prev_ids.float() * (2.0 / max(cfg.n_bins - 1, 1)) - 1.0, 0.0)
+        e = e + self.value_proj(torch.cat([position, (prev_ids == cfg.missing_id).float()], dim=-1))
+        for j, emb in enumerate(self.calendar_emb):
+            e = e + emb(calendar[..., j])
+        return e
+
+    def hidden(self, inputs: torch.Tensor, first_position: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        """The transformer over input embeddings (b, t, d) at positions ``first_position``..; with ``cache``
+        they follow its filled positions (which then grow by t)."""
+        b, t, _ = inputs.shape
+        pos = torch.arange(first_position, first_position + t, device=inputs.device).expand(b, t)
+        x = self.drop(inputs + self.pos_emb(pos))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.fill += t
+        return self.ln_f(x)
+
+    def forward(self, prefix_ids: torch.Tensor, prev_ids: torch.Tensor, calendar: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None):
+        """A training window: prefix tokens (b, p), the previous step's values of each step (b, steps, channels)
+        and each step's calendar features (b, steps, features). Without ``targets``: the hidden states
+        (b, p + steps, d). With the steps' value ids as ``targets``: the prefix logits (b, p - 1, prefix vocab;
+        None when p is 1) and the value logits (b, steps, channels, bins + 1)."""
+        x = torch.cat([self.prefix_emb(prefix_ids), self.step_inputs(prev_ids, calendar)], dim=1)
+        h = self.hidden(x)
+        if targets is None:
+            return h
+        p = prefix_ids.shape[1]
+        return (self.prefix_head(h[:, :p - 1]) if p > 1 else None), self.channel_logits_all(h[:, p:], targets)
+
+    # ------------------------------------------------------------------ outputs
+    def _head(self, u: torch.Tensor) -> torch.Tensor:
+        z = u + self.head_proj(F.gelu(self.head_fc(self.head_ln(u))))
+        return self.value_head(self.head_out_ln(z))
+
+    def channel_logits_all(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Logits (b, t, channels, bins + 1) of every channel of every step, each given the true values of the
+        channels before it (teacher forcing): ``h`` (b, t, d), ``targets`` (b, t, channels) value ids."""
+        b, t, c = targets.shape
+        chain = self.chain_emb(targets.clamp(max=self.config.n_ids - 1) + self._channel_offsets(targets.device))
+        before = torch.cumsum(chain, dim=2) - chain
+        denom = torch.arange(c, device=h.device).clamp(min=1).sqrt()[:, None]
+        ch = self.channel_emb(torch.arange(c, device=h.device).expand(b, c))[:, None]  # (b, 1, c, d)
+        return self._head(h[:, :, None] + ch + before / denom)
+
+    def channel_logits(self, h: torch.Tensor, channel: int, before: torch.Tensor) -> torch.Tensor:
+        """Logits (b, bins + 1) of ``channel`` at one step: ``h`` (b, d), ``before`` (b, d) the summed chain
+        embeddings of the channels already drawn."""
+        b = h.shape[0]
+        ch = self.channel_emb(torch.full((b,), channel, dtype=torch.long, device=h.device))
+        return self._head(h + ch + before / math.sqrt(max(channel, 1)))
+
+    def chain(self, channel: int, ids: torch.Tensor) -> torch.Tensor:
+        """The chain embedding (b, d) of ``channel`` holding value ids ``ids`` (b,)."""
+        return self.chain_emb(ids + channel * self.config.n_ids)
+
+
+def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_dropout: float, seed: int):
+    """``loss(model, rows, reduction)`` for the step model. ``rows`` (b, 2): a series of ``arrays``
+    (:meth:`StepCodec.encode`) and the window's first step, or -1 for a random offset (drawn anew at every call,
+    so every epoch sees other windows of long series). Value targets get the smoothed cross-entropy of
+    :func:`tsynth.train.sequence_loss` (a Gaussian over neighbouring bins, per channel), missing readings and
+    prefix tokens plain cross-entropy; condition tokens are replaced by their field's unknown token with
+    probability ``condition_dropout`` while the model trains. With ``reduction="none"`` it returns each row's
+    mean loss."""
+    from .train import smoothed_kernel
+
+    widths = [smoothing] if isinstance(smoothing, (int, float)) else list(smoothing)
+    k = codec.n_bins
+    kernels = torch.stack([smoothed_kernel(k, w) for w in widths])
+    rng = np.random.default_rng(seed)
+    slots = [(1 + j, codec.values.field_offset(j)) for j in range(len(codec.values.fields))]
+
+    def loss(model, rows: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        r = rows.cpu().numpy()
+        series, offsets = r[:, 0], r[:, 1].copy()
+        draw = offsets < 0
+        if draw.any():
+            offsets[draw] = rng.integers(0, np.maximum(arrays["lengths"][series[draw]] - codec.context, 0) + 1)
+        prefix, prev, target, calendar = codec.windows(arrays, series, offsets)
+        prefix_in = prefix.copy()
+        if model.training and condition_dropout > 0:
+            for pos, unknown in slots:
+                prefix_in[rng.random(len(prefix)) < condition_dropout, pos] = unknown
+        device = rows.device
+        tgt = torch.as_tensor(target, device=device)
+        prefix_logits, value_logits = model(torch.as_tensor(prefix_in, device=device),
+                                            torch.as_tensor(prev, device=device),
+                                            None if calendar is None else torch.as_tensor(calendar, device=device),
+                                            targets=tgt)
+        logp = F.log_softmax(value_logits.float(), dim=-1)
+        valid, is_value = tgt <= k, tgt < k  # pad (k + 2) is never predicted; k is "missing"
+        channel = torch.arange(tgt.shape[2], device=device) % len(kernels)
+        soft = kernels.to(device)[channel, tgt.clamp(max=k - 1)]
+        per_value = torch.where(is_value, -(soft * logp[..., :k]).sum(-1), -logp[..., k]) * valid
+        total = per_value.sum((1, 2))
+        count = valid.sum((1, 2)).float()
+        if prefix_logits is not None:
+            plp = F.log_softmax(prefix_logits.float(), dim=-1)
+            total = total - plp.gather(-1, torch.as_tensor(prefix[:, 1:], device=device)[..., None]).squeeze(-1).sum(1)
+            count = count + prefix_logits.shape[1]
+        per_row = total / count.clamp(min=1)
+        return per_row if reduction == "none" else per_row.mean()
+
+    return loss
+
+
+AutoConfig.register(StepModelConfig.model_type, StepModelConfig)
+AutoModel.register(StepModelConfig, StepModel)
+AutoModelForCausalLM.register(StepModelConfig, StepModel)

@@ -1,0 +1,243 @@
+"""Long series, many channels and gaps: the step codec, the step model, sliding generation, CLI and bad input."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tsynth import SeriesSet, Synthesizer
+from tsynth.cli import main
+from tsynth.codecs.steps import StepCodec, calendar_values, default_context
+from tsynth.codecs.values import ValueCodec
+from tsynth.errors import DataError
+from tsynth.stepmodel import KVCache, StepModel, StepModelConfig, window_loss
+
+
+def hourly_set(n: int = 24, days: int = 16, channels: int = 1, gaps: float = 0.0, seed: int = 0) -> SeriesSet:
+    """Hourly series with a daily cycle, a per-series level and, optionally, missing readings."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(24 * days)
+    base = np.sin(2 * np.pi * t / 24)[None, :, None] * (1 + np.arange(channels))[None, None, :]
+    vals = base + rng.normal(size=(n, 1, channels)) + 0.2 * rng.normal(size=(n, len(t), channels))
+    if gaps:
+        vals[rng.random(vals.shape[:2]) < gaps] = np.nan
+    return SeriesSet(vals.astype(np.float32), np.full(n, len(t)), [f"m{i}" for i in range(n)],
+                     [f"c{j}" for j in range(channels)], start=np.full(n, np.datetime64("2024-01-01T00:00")), freq="h")
+
+
+def test_csv_nan_cells_are_gaps_and_text_formats_refuse_them(tmp_path):
+    path = tmp_path / "gaps.csv"
+    path.write_text("item_id,timestamp,value\na,2020-01-01 00:00,1\na,2020-01-01 01:00,\na,2020-01-01 02:00,3\n")
+    data = SeriesSet.read(path)
+    assert data.lengths.tolist() == [3] and np.isnan(data.values[0, 1, 0])
+    assert data.missing().sum() == 1
+    with pytest.raises(DataError, match=r"series 'a', step 1: a missing reading .*the chat format cannot"):
+        from tsynth.codecs.chat import ChatCodec
+        ChatCodec().fit(data)
+
+
+def test_fill_gap_turns_missing_time_steps_into_gaps(tmp_path):
+    path = tmp_path / "holes.csv"
+    path.write_text("item_id,timestamp,value,region\na,2020-01-01 00:00,1,n\na,2020-01-01 03:00,4,n\n")
+    data = SeriesSet.read(path, freq="h", fill="gap", attribute_cols=["region"])
+    assert data.lengths.tolist() == [4]
+    assert np.isnan(data.values[0, 1:3, 0]).all() and data.values[0, 3, 0] == 4
+    assert data.attributes["region"].tolist() == ["n"]
+
+
+def test_calendar_features_need_the_data_to_show_them():
+    codec = StepCodec.fit(hourly_set(days=16), ValueCodec(), None)
+    assert [name for name, _ in codec.calendar] == ["time_of_day", "dayofweek"]  # 16 days: no week of the year
+    assert codec.context == default_context("h", 16 * 24) == 96 and codec.long
+    short = StepCodec.fit(hourly_set(days=3), ValueCodec(), None)
+    assert [name for name, _ in short.calendar] == ["time_of_day"]  # 3 days show 3 of 7 weekdays
+    t = np.array(["2024-01-01T05:00", "2024-01-07T23:00"], dtype="datetime64[ns]")  # a Monday, a Sunday
+    assert calendar_values(t, [("time_of_day", 24), ("dayofweek", 7), ("weekofyear", 53)], "h").tolist() == \
+        [[5, 0, 0], [23, 6, 0]]
+
+
+def test_windows_carry_previous_values_gaps_and_padding():
+    data = hourly_set(n=10, days=10, gaps=0.05)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=32), 48)
+    arrays = codec.encode(data)
+    k = codec.n_bins
+    assert arrays["ids"].shape == (10, 240, 1) and (arrays["ids"][np.isnan(data.values)] == k).all()
+    prefix, prev, target, cal = codec.windows(arrays, np.array([0, 1]), np.array([0, 100]))
+    assert prefix.shape == (2, codec.prefix_length) and target.shape == (2, 48, 1) and cal.shape == (2, 48, 2)
+    assert prev[0, 0, 0] == k + 1  # <start> before a series' first step
+    assert prev[1, 0, 0] == arrays["ids"][1, 99, 0] and (target[1, :, 0] == arrays["ids"][1, 100:148, 0]).all()
+    assert (prev[1, 1:, 0] == target[1, :-1, 0]).all()
+    # a window reaching past a series' end is padded there
+    _, _, tail, _ = codec.windows(arrays, np.array([2]), np.array([220]))
+    assert (tail[0, 20:, 0] == k + 2).all() and (tail[0, :20, 0] <= k).all()
+
+
+def test_cached_steps_match_the_whole_window():
+    """Step-by-step generation with the key/value cache computes what the training forward pass computes."""
+    data = hourly_set(n=8, days=4, channels=3)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=16), 24)
+    arrays = codec.encode(data)
+    torch.manual_seed(0)
+    model = StepModel(StepModelConfig(**codec.model_config(dict(n_layer=2, n_embd=32, n_head=4), 0.0))).eval()
+    prefix, prev, target, cal = (torch.as_tensor(a) for a in codec.windows(arrays, np.array([0, 1]), np.array([5, 40])))
+    with torch.no_grad():
+        full = model(prefix, prev, cal)
+        _, logits = model(prefix, prev, cal, targets=target)
+        cache = KVCache.empty(model.config, 2, "cpu")
+        parts = [model.hidden(model.prefix_emb(prefix), 0, cache)]
+        for t in range(prev.shape[1]):
+            parts.append(model.hidden(model.step_inputs(prev[:, t:t + 1], cal[:, t:t + 1]), codec.prefix_length + t,
+                                      cache))
+        step = torch.cat(parts, dim=1)
+        assert torch.allclose(full, step, atol=1e-5)
+        # the channel head, one channel at a time, matches the teacher-forced one
+        h = full[:, codec.prefix_length + 3]
+        before = torch.zeros_like(h)
+        for c in range(3):
+            assert torch.allclose(model.channel_logits(h, c, before), logits[:, 3, c], atol=1e-5)
+            before = before + model.chain(c, target[:, 3, c])
+
+
+def test_the_loss_learns_and_counts_missing_readings():
+    data = hourly_set(n=12, days=6, gaps=0.1)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=32), 48)
+    arrays = codec.encode(data)
+    torch.manual_seed(0)
+    model = StepModel(StepModelConfig(**codec.model_config(dict(n_layer=1, n_embd=32, n_head=2), 0.0)))
+    loss = window_loss(codec, arrays, 1.0, 0.0, 0)
+    rows = torch.tensor([[i, -1] for i in range(12)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = float(loss(model, rows))
+    for _ in range(30):
+        opt.zero_grad()
+        loss(model, rows).backward()
+        opt.step()
+    assert float(loss(model, rows)) < first - 0.5
+    assert loss(model, rows, reduction="none").shape == (12,)
+
+
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory):
+    """A step model fitted on 16 days of hourly series with gaps (context 48 steps)."""
+    data = hourly_set(n=24, days=16, gaps=0.03, seed=1)
+    syn = Synthesizer(epochs=30, ensemble=1, context=48, n_bins=32, preset="tiny").fit(data, progress=False)
+    path = tmp_path_factory.mktemp("long") / "model"
+    syn.save(path)
+    return data, syn, path
+
+
+def test_any_length_out_with_time_stamps_and_gap_choice(long_model):
+    data, syn, path = long_model
+    assert syn.info["codec"]["kind"] == "step" and syn.info["codec"]["long"]
+    out = syn.sample(6, length=1000, start="2025-03-01 00:00", seed=3)  # 20x the context, 2.6x the training length
+    assert out.lengths.tolist() == [1000] * 6 and out.freq == "h"
+    assert str(out.start[0]) == "2025-03-01T00:00:00.000000000"
+    assert np.isnan(syn.sample(6, length=1000, seed=3, gaps="none").values).sum() == 0
+    again = Synthesizer.load(path).sample(6, length=1000, start="2025-03-01 00:00", seed=3)
+    np.testing.assert_array_equal(np.nan_to_num(again.values, nan=-99), np.nan_to_num(out.values, nan=-99))
+    # the model keeps the daily cycle it was shown, far beyond the context: mean lag-24 autocorrelation
+    x = np.nan_to_num(out.values[:, 500:, 0] - np.nanmean(out.values[:, 500:, 0], axis=1, keepdims=True))
+    acf24 = (x[:, 24:] * x[:, :-24]).sum(1) / (x * x).sum(1)
+    assert acf24.mean() > 0.3
+
+
+def test_step_model_loads_as_a_hugging_face_model(long_model):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, _, path = long_model
+    assert AutoConfig.from_pretrained(path / "model").model_type == "tsynth_step"
+    assert isinstance(AutoModelForCausalLM.from_pretrained(path / "model"), StepModel)
+
+
+def test_many_channels_share_a_position():
+    data = hourly_set(n=20, days=2, channels=12, seed=2)
+    syn = Synthesizer(epochs=1, ensemble=1, n_bins=16).fit(data, progress=False)
+    cfg = syn.backend.models[0].config
+    assert cfg.prefix_length + cfg.context == syn.backend.codec.prefix_length + 48  # positions: steps, not values
+    out = syn.sample(5, seed=0)
+    assert out.values.shape == (5, 48, 12) and not np.isnan(out.values).any()
+
+
+def test_step_model_under_dp_reports_its_accounting():
+    data = hourly_set(n=60, days=2, seed=3).zscore()
+    syn = Synthesizer(epochs=1, dp_epsilon=8.0, prior="none", n_bins=16).fit(data, progress=False)
+    assert syn.info["codec"]["kind"] == "step"
+    assert 0 < syn.info["privacy"]["epsilon"] <= 8.0 + 1e-6
+    assert syn.sample(3, seed=0).values.shape == (3, 48, 1)
+
+
+def write_long_csv(path: Path, data: SeriesSet) -> Path:
+    data.to_long().to_csv(path, index=False)
+    return path
+
+
+def test_cli_fit_long_series_and_sample_a_longer_one(tmp_path, capsys):
+    data = write_long_csv(tmp_path / "meters.csv", hourly_set(n=12, days=8, gaps=0.02))
+    model = tmp_path / "model"
+    assert main(["fit", str(data), "-o", str(model), "--epochs", "1", "--ensemble", "1", "--context", "48",
+                 "--n-bins", "16"]) == 0
+    doc = json.loads((model / "tsynth.json").read_text())
+    assert doc["codec"]["context"] == 48 and doc["codec"]["kind"] == "step"
+    out = tmp_path / "year.parquet"
+    assert main(["sample", str(model), "-n", "2", "--length", "400", "--start", "2024-06-01", "--gaps", "none",
+                 "-o", str(out)]) == 0
+    syn = SeriesSet.read(out)
+    assert syn.lengths.tolist() == [400, 400] and not np.isnan(syn.values).any()
+    assert pd.Timestamp(syn.start[0]) == pd.Timestamp("2024-06-01")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--length", "0"], "length must be at least 1"),
+    (["--start", "not-a-date"], "start 'not-a-date' is not a time stamp"),
+])
+def test_cli_sample_bad_length_or_start(long_model, tmp_path, capsys, args, message):
+    _, _, path = long_model
+    out = tmp_path / "out.parquet"
+    assert main(["sample", str(path), "-n", "2", "-o", str(out), *args]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty series", "series 'm3' has no reading at all"),
+    ("empty channel", "channel 'c1' holds no reading in any series"),
+    ("context 1", "context must be at least 2 steps"),
+])
+def test_cli_fit_refuses_what_cannot_be_learnt(tmp_path, capsys, case, message):
+    data = hourly_set(n=10, days=2, channels=2)
+    extra = []
+    if case == "empty series":
+        data.values[3] = np.nan
+    elif case == "empty channel":
+        data.values[:, :, 1] = np.nan
+    else:
+        extra = ["--context", "1"]
+    path = write_long_csv(tmp_path / "d.csv", data)
+    model = tmp_path / "model"
+    assert main(["fit", str(path), "-o", str(model), "--epochs", "1", *extra]) == 2
+    assert message in capsys.readouterr().err and not model.exists()
+
+
+def test_token_model_refuses_gaps(tmp_path):
+    with pytest.raises(DataError, match="token model cannot learn missing readings"):
+        Synthesizer(codec="token", epochs=1, ensemble=1).fit(hourly_set(n=10, days=2, gaps=0.05), progress=False)
+
+
+def test_step_model_conditions_point_masses_and_drawn_lengths():
+    """Conditions are forced or drawn, values every series holds decode exactly, and without a length the
+    series lengths are drawn from the training lengths."""
+    rng = np.random.default_rng(4)
+    lengths = rng.choice([20, 30], size=40)
+    arrays = [np.stack([rng.integers(0, 4, size=n).astype(float), rng.normal(size=n)], axis=1) for n in lengths]
+    attrs = pd.DataFrame({"season": ["winter", "summer"] * 20})
+    data = SeriesSet.from_arrays(arrays, [f"s{i}" for i in range(40)], ["count", "reading"], attributes=attrs)
+    syn = Synthesizer(epochs=2, ensemble=1, n_bins=16, conditions=["season"]).fit(data, progress=False)
+    assert syn.info["codec"]["point_masses_per_channel"][0] == 4
+    out = syn.sample(30, seed=1)
+    assert set(out.lengths.tolist()) <= {20, 30}
+    counts = np.concatenate([out.series(i)[:, 0] for i in range(30)])
+    assert np.array_equal(counts, np.round(counts))
+    forced = syn.sample(6, conditions={"season": "summer"}, seed=2)
+    assert list(forced.attributes["season"]) == ["summer"] * 6
