@@ -49,7 +49,7 @@ PRIOR_RANGE = (-5.0, 5.0)
 PRIOR_BINS = 256
 CONTEXT_FACTOR = 8
 CORPUS_FILE = "corpus.json"
-WINDOW_STRIDE_DIVISOR = 2  # candidate windows start every half window (1/16 and an hourly taylor view: no gain at DP eps 8)
+WINDOW_STRIDE_DIVISOR = 2  # candidate windows start every half window (denser starts did not help: docs/priors.md)
 
 
 def corpus_windows(series: Sequence[np.ndarray], groups: Sequence[str], lengths: Sequence[int] = PRIOR_LENGTHS,

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tsynth")
 
-# Share of epsilon spent on releasing the per-step mean profile (the rest goes to DP-SGD); electricity100 at
-# epsilon 8, from the prior: DP-SGD alone left the daily profile unlearnt (per-step mean error 0.51)
+# Share of epsilon spent on releasing the per-step mean profile (the rest goes to DP-SGD): DP-SGD alone leaves a
+# profile shared by all items (a daily load curve) unlearnt (docs/privacy.md)
 PROFILE_SHARE = 0.25
 PROFILE_FREQUENCY_DIVISOR = 8  # the profile keeps Fourier frequencies up to steps / 8 cycles per window
 MIA_MAX_BEYOND = 0.25  # the likelihood audit leaves out holdout series with more values beyond the training range
@@ -356,7 +356,7 @@ def likelihood_mia(synthesizer, members: "SeriesSet", nonmembers: "SeriesSet", s
         members = members.subset(np.sort(rng.choice(len(members), len(nonmembers), replace=False)))
     loss = value_token_loss((codec.value_offset, codec.value_offset + codec.n_value_tokens), 0.0)
 
-    def score(data) -> np.ndarray:  # in chunks: logits of every series at once took 16 GB on energy24
+    def score(data) -> np.ndarray:  # in chunks: the logits of every series at once do not fit in memory on wide data
         tokens = torch.as_tensor(codec.encode(data))
         with torch.no_grad():
             return -np.mean([np.concatenate([loss(m, chunk, reduction="none").numpy() for chunk in tokens.split(256)])

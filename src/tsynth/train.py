@@ -86,8 +86,8 @@ def build_model(vocab_size: int, n_positions: int, preset: str, dropout: float =
     """A GPT-2 style causal LM from a config (learned absolute positions suit fixed-length windows)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    # attention dropout costs 3x on long windows (energy24's 673 tokens: 1.0 -> 3.3 s a step, no fused kernel) but
-    # pays: electricity100 seeds 0-2 disc 0.17 / 0.17 / 0.16 with it, 0.25 / 0.27 / 0.21 without
+    # attention dropout makes long windows about 3x slower (no fused kernel) but is worth it: samples are told from
+    # real data less often with it (docs/model-and-training.md, "Training")
     cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, resid_pdrop=dropout, embd_pdrop=dropout,
                      attn_pdrop=dropout, bos_token_id=1, eos_token_id=2, pad_token_id=0, **PRESETS[preset])
     return GPT2LMHeadModel(cfg)
@@ -101,10 +101,8 @@ def factor_positions(model, first_value: int, n_channels: int) -> None:
     (from sequence position ``first_value`` on, channel by channel within each step) as a step part plus a channel
     part, each with half the variance of GPT-2's own init: the step part sinusoidal (nearby steps alike), the
     channel part random. A fresh model then tells a value's channel and step from the start instead of learning
-    them position by position. On energy24 (28 channels: "this channel, one step back" is 28 tokens away; one
-    model, 420 s, one thread) validation loss 2.30 -> 2.21, samples' step-to-step roughness 3.1x -> 2.3x the
-    data's, per-channel disc_gbm median 0.34 -> 0.29; on stocks24 (6 channels, 18 epochs in 300 s) whole-window
-    disc_gbm rose 0.09-0.10 -> 0.12 (two seeds each), so narrower windows keep GPT-2's init."""
+    them position by position, which matters where "this channel, one step back" is many tokens away. Narrower
+    windows keep GPT-2's init, which did better there (the measurements: docs/model-and-training.md, "The model")."""
     if n_channels < FACTORED_POSITIONS_FROM:
         return
     wpe = model.transformer.wpe.weight
@@ -147,8 +145,8 @@ def step_smoothing(bins: np.ndarray, lengths: np.ndarray) -> list[float]:
     of a series), at most ``MAX_SMOOTHING`` bins.
 
     A fixed width is noise where a channel moves by less than it a step: the model learns to spread each value
-    over that many bins, and samples come out rougher than the data (stocks24, 2 bins on prices that move by a
-    median 1 bin a day: |AUC - 0.5| 0.27-0.30, half the step: 0.15). ``bins``: (n, steps, channels) from
+    over that many bins, and samples come out rougher than the data (prices that move by a median 1 bin a day;
+    docs/model-and-training.md, "Training"). ``bins``: (n, steps, channels) from
     :meth:`ValueCodec.value_bins`; steps at or beyond ``lengths`` are ignored.
     """
     bins = np.asarray(bins, dtype=np.float64)
@@ -465,7 +463,7 @@ class _TimeLimit:
 @torch.no_grad()
 def evaluate_loss(model, tokens: np.ndarray, loss_fn: Callable, device, batch: int) -> float:
     """Mean per-sequence loss over ``tokens`` (conditions kept, no dropout), ``batch`` rows at a time (the
-    training batch: larger ones are slower per row on a CPU, 2.2x at 256 rows of energy24's 673-token windows)."""
+    training batch: larger ones are slower per row on a CPU, about twice as slow at 256 rows of long windows)."""
     model.eval()
     total, count = 0.0, 0
     data = torch.as_tensor(tokens)

@@ -41,15 +41,14 @@ log = logging.getLogger("tsynth")
 
 MIN_SERIES = 8
 POINT_MASS_FILE = "point_masses.npz"  # the codec's point masses (ValueCodec.save_point_masses)
-DEFAULT_ENSEMBLE = 6  # electricity100, 3 seeds: 1 model disc 0.17-0.31; 4 models 0.13-0.19; 6 models 0.12-0.17 and per-step mean error at the holdout floor
-# from a prior without DP members stop after 3-10 epochs, so more are cheap and they keep helping: electricity100
-# from the load prior, seeds 0-2, disc 6 models 0.095-0.152, 12 0.076-0.097, 24 0.039-0.106; italy24 from it 6 models
-# 0.18-0.22, 12 0.19-0.20, 24 0.135-0.195 (from scratch 12 models gave nothing over 6 on either task)
+# members averaged when sampling: six from scratch (more gave nothing); from a prior without DP members stop after a
+# few epochs, so more are cheap, and they keep helping (the measurements: docs/model-and-training.md, "Ensemble")
+DEFAULT_ENSEMBLE = 6
 PRIOR_ENSEMBLE = 24
 
 DP_MAX_OUTSIDE = 0.25  # a DP fit refuses data with more of its values beyond the public value range (clipped)
-# DP-SGD has no validation split to stop on: a fixed schedule, unless the caller sets these. electricity100,
-# epsilon 8, from the prior, seed 0: disc 0.483 / 0.473 / 0.481 for 30 / 60 / 100 epochs (batch 64, 64, 128)
+# DP-SGD has no validation split to stop on: a fixed schedule, unless the caller sets these (why 60 epochs:
+# docs/privacy.md)
 DP_TRAIN_DEFAULTS = {"epochs": 60, "batch_size": 64, "learning_rate": 3e-3}
 
 
@@ -71,10 +70,10 @@ class LocalOptions:
     dp_delta: float | None = None
     dp_max_grad_norm: float = 1.0
     # None: PROFILE_SHARE from the general default prior or from scratch, 0 from a domain prior (the shipped load
-    # prior or one of your own: the release then hurt, electricity100 eps 8 disc 0.40 without vs 0.47 with a
-    # prior of holdout clients, benchmarks/bench_domain_prior.py)
+    # prior or one of your own: a model fine-tuned from it does worse on residuals its prior never saw;
+    # docs/priors.md)
     dp_profile_share: float | None = None
-    trainable: str = "all"  # or a subset (train.TRAINABLE): less DP noise in all, but no gain measured (see #13)
+    trainable: str = "all"  # or a subset (train.TRAINABLE): less DP noise in all, no better samples so far
     prior: str | None = "auto"  # "auto" (the default prior under DP only), "default", "load", "none" or a directory
     train: TrainConfig = None  # type: ignore[assignment]
 

@@ -39,8 +39,8 @@ PAD, BOS, EOS = 0, 1, 2
 CALENDAR_FIELDS = {"hour": "hour", "dayofweek": "dayofweek", "month": "month"}
 N_LEVEL_BINS = 64
 N_NUMERIC_ATTRIBUTE_BINS = 8
-# energy24 (sensor readings on a fixed resolution; global scaling): disc_gbm of train vs holdout quantised and decoded
-# 0.500 uniformly inside the bins, 0.023 with point masses of >= 10 series, 0.12 of >= 25 (scratch/e24_atoms.py)
+# a value held exactly by at least this many training items decodes exactly: readings on a fixed resolution are
+# then reproduced, and no single item's value is (why 10: docs/codec.md, "Point masses")
 POINT_MASS_SERIES = 10
 
 
@@ -294,7 +294,7 @@ class ValueCodec:
         """Take a released per-step profile (steps x channels, in the codec's units) and re-map the public
         ``value_range`` onto the edges so that every value in it, less its step's profile, stays inside them.
         Without that, subtracting the profile pushed every value below its step's mean out of a range like
-        [0, 1] and into the lowest bin (54 % of energy24's values). ``centred`` (a prior's edges, fitted on
+        [0, 1] and into the lowest bin (every value below its step's mean). ``centred`` (a prior's edges, fitted on
         standardised series): a value equal to its step's profile stays at the edges' centre, as the prior
         expects, and the scale grows only as far as covering the range needs; else (the uniform bins of a fit
         from scratch) the range less the profile is mapped onto the edges exactly. The profile is first clipped

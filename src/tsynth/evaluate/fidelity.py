@@ -112,9 +112,8 @@ def prepare(train: SeriesSet, synthetic: SeriesSet, holdout: SeriesSet | None = 
 
 def one_thread():
     """Context in which native thread pools (OpenMP for HistGradientBoosting, BLAS for distances) use
-    one thread. On shared cores more threads only add contention: on 2 busy cores a boosting fit on
-    8,000 x 100 windows took 0.7 s on one thread and 2-2.6 s on two, 10,000 x 10,000 nearest records
-    0.9-1.1 s against 1.6-1.8 s."""
+    one thread: on a small shared CPU more threads only add contention, and the boosting fits and the
+    nearest-record searches run faster on one (docs/evaluation.md)."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1)

@@ -15,8 +15,7 @@ The worker is a ``python`` process running :func:`main` with its stdin connected
 when the server dies, stdin reaches end-of-file and the worker exits at once, so no orphan keeps
 training; a lock file per worker slot keeps a new worker from starting before the old one is gone.
 It trains on one torch thread by default: on a small CPU shared with other work that is several
-times faster than torch's default of a thread per core (2.3 s against 12.9 s for the same tiny fit
-on 2 busy cores).
+times faster than torch's default of a thread per core.
 
 Base models: ``tsynth-tiny``, ``tsynth-small``, ``tsynth-base`` are the local backend's presets;
 an OpenAI model name (``gpt-4o-mini-2024-07-18``, ``gpt-3.5-turbo``, ``davinci-002``...) is accepted
