@@ -330,7 +330,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if audit["left_out"]:
             extra[key + ", holdout series left out (beyond the training range)"] = audit["left_out"]
     ev = evaluate_to_dir(train, synthetic, holdout, args.output, validity=validity, label=args.label, seed=args.seed,
-                         extra=extra)
+                         extra=extra, freq=args.freq, subwindow=args.subwindow)
     print_verdict(ev)
     print(f"wrote {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'report.html'}")
     return 0
@@ -511,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validity", help="validity counts JSON written by `tsynth sample` for text backends")
     p.add_argument("--label", help="attribute to use for the classification utility")
     p.add_argument("--model", help="the model directory that made SYNTHETIC (its privacy accounting goes into the report)")
+    p.add_argument("--subwindow", type=int, metavar="STEPS", help="long series: steps of the sub-windows scored by the "
+                                                                 "discriminative score (default a week of the data's steps)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(data=None)

@@ -6,6 +6,11 @@ The holdout (real series the generator never saw) is the yardstick: every fideli
 computed for the holdout scored as if it were synthetic (``holdout_reference``), and the privacy
 figures compare synthetic series with it. Figures that cannot be computed are listed, with the
 reason, in ``not_computed``.
+
+Beside the figures on whole series, ``fidelity["shape"]`` scores every series standardised on its
+own (the shape-level score) and, for long series with a known frequency, ``fidelity["long"]``
+holds calendar profiles, autocorrelation at the data's daily and weekly periods, daily and weekly
+totals, level stability and sub-window discriminative scores (see :mod:`.longseries`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import numpy as np
 
 from ..data import SeriesSet, atomic_write
 from ..errors import ConfigError, DataError
-from .fidelity import discriminative_score, fidelity_metrics, one_thread, prepare
+from .fidelity import discriminative_score, fidelity_metrics, one_thread, prepare, summary_block
+from .longseries import calendar, gap_share, series_figures, subwindow_steps
 from .privacy import NEEDS_HOLDOUT, privacy_metrics
 from .report import render_report, verdict_rows
 from .utility import pick_label, utility_metrics
@@ -93,11 +99,15 @@ def validity_shares(counts: dict | None) -> dict:
 
 def evaluate(train: SeriesSet, synthetic: SeriesSet, holdout: SeriesSet | None = None, *,
              validity: dict | None = None, label: str | None = None, lags=None, cross_lag: int | None = None,
-             seed: int = 0, fast: bool = False) -> Evaluation:
+             seed: int = 0, fast: bool = False, freq: str | None = None, subwindow: int | None = None) -> Evaluation:
     """Score ``synthetic`` against ``train`` (the generator's training data) and ``holdout``.
 
-    All sets must be regular with the same length and channels; synthetic series holding NaN/inf
-    are left out and counted (``fidelity["excluded_nonfinite"]``). ``validity``: counts from a text
+    All sets must be regular with the same length and channels. Real series may hold gaps (NaN);
+    synthetic series holding inf, or NaN where the real data has no gaps, are left out and counted
+    (``fidelity["excluded_nonfinite"]``); ``fidelity["gap_share"]`` compares the share of missing
+    values. ``freq``: the data's frequency when the sets carry none (it sets the daily and weekly
+    periods of the long-series figures); ``subwindow``: steps of the sub-windows scored for long
+    series (default a week, or the most whole days that fit twice). ``validity``: counts from a text
     backend (``requested``, ``parsed``, ``right_length``, ``retried``, ``dropped``). ``label``: the
     attribute for classification utility (default: a categorical attribute all sets share).
     ``lags`` (default 1..min(length-1, 48)) for autocorrelation; ``cross_lag`` (default 24, or
@@ -106,13 +116,16 @@ def evaluate(train: SeriesSet, synthetic: SeriesSet, holdout: SeriesSet | None =
     thread (see :func:`fidelity.one_thread`).
     """
     with one_thread():
-        return _evaluate(train, synthetic, holdout, validity, label, lags, cross_lag, seed, fast)
+        return _evaluate(train, synthetic, holdout, validity, label, lags, cross_lag, seed, fast, freq, subwindow)
 
 
-def _evaluate(train, synthetic, holdout, validity, label, lags, cross_lag, seed, fast) -> Evaluation:
+def _evaluate(train, synthetic, holdout, validity, label, lags, cross_lag, seed, fast, freq, subwindow) -> Evaluation:
     started = time.perf_counter()
-    prep = prepare(train, synthetic, holdout)
+    prep = prepare(train, synthetic, holdout, freq)
     lags, cross_lag = _lags(lags, cross_lag, prep.train.shape[1])
+    cal = calendar(prep.freq)
+    block = summary_block(prep.train.shape[1], prep.train.shape[2], cal.per_day)
+    subwindow_steps(prep.train.shape[1], cal, subwindow)      # a bad subwindow is refused before any work
     val = validity_shares(validity)
     label, no_label = pick_label(prep, label)
     seconds: dict = {}
@@ -125,14 +138,24 @@ def _evaluate(train, synthetic, holdout, validity, label, lags, cross_lag, seed,
         return result
 
     fid = timed("fidelity", fidelity_metrics, prep.train, prep.synthetic, lags, cross_lag, seed,
-                1 if fast else DISC_REPEATS)
+                1 if fast else DISC_REPEATS, block)
     fid["excluded_nonfinite"] = prep.excluded_nonfinite
+    fid["gap_share"] = gap_share(prep, "synthetic")
+    fid["shape"], long, nc = timed("shape_and_long", series_figures, prep, "synthetic", cross_lag, subwindow, seed)
+    not_computed.update(nc)
+    if long is not None:
+        fid["long"] = long
     if fast:
         not_computed["fidelity.disc_gbm_repeats"] = "fast mode runs the discriminative score once"
     if prep.train.shape[2] == 1:
         not_computed["fidelity.channel_corr_err"] = "univariate data"
     if prep.holdout is not None:
-        ref = timed("holdout_reference", fidelity_metrics, prep.train, prep.holdout, lags, cross_lag, seed)
+        ref = timed("holdout_reference", fidelity_metrics, prep.train, prep.holdout, lags, cross_lag, seed, 1, block)
+        ref["gap_share"] = gap_share(prep, "holdout")
+        ref["shape"], long, _ = timed("shape_and_long_holdout_reference", series_figures, prep, "holdout", cross_lag,
+                                      subwindow, seed)
+        if long is not None:
+            ref["long"] = long
     else:
         ref = {}
         not_computed["holdout_reference"] = NEEDS_HOLDOUT
@@ -143,14 +166,17 @@ def _evaluate(train, synthetic, holdout, validity, label, lags, cross_lag, seed,
     if not val:
         not_computed["validity"] = "no validity counts given (text backends report them)"
     seconds["total"] = round(time.perf_counter() - started, 3)
+    shape, long = fid["shape"], fid.get("long")
     summary = {
         "n_train": len(prep.train), "n_synthetic": prep.n_synthetic_given, "n_synthetic_used": len(prep.synthetic),
         "n_holdout": None if prep.holdout is None else len(prep.holdout),
         "length": prep.train.shape[1], "channels": prep.channels, "lags": [lags[0], lags[-1]], "cross_lag": cross_lag,
-        "seed": seed, "fast": fast,
+        "seed": seed, "fast": fast, "freq": prep.freq, "long_series": long is not None, "cycle_lag": shape["cycle_lag"],
         "headline": {"disc_gbm": fid["disc_gbm"], "disc_gbm_auc": fid["disc_gbm_auc"],
                      "dcr_ratio": priv.get("dcr_ratio"), "exact_copies": priv["exact_copies"],
-                     "mia_auc": priv.get("mia_auc")},
+                     "mia_auc": priv.get("mia_auc"), "shape_disc_gbm": shape["disc_gbm"],
+                     "acf_err_cycle": shape["acf_err_cycle"],
+                     "subwindow_disc_gbm": long["subwindow"]["disc_gbm"] if long and "subwindow" in long else None},
         "verdict": verdict_rows(fid, priv, util, val, ref),
         "seconds": seconds,
     }

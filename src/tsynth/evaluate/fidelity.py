@@ -3,11 +3,16 @@
 Also home of the helpers every evaluation module shares: :func:`prepare` (check the three sets and
 turn them into float64 arrays) and :func:`subsample`; :func:`flatten` and :func:`nearest` (distance to
 the closest record) come from :mod:`tsynth.distance`, which the memorization guard shares.
+
+Gaps (NaN inside a series) are accepted where the real data has them: :func:`prepare` records where
+they are and fills them by linear interpolation along each series, so that the figures which need
+complete series (per-step statistics, the discriminative score, coverage, privacy, utility) can be
+computed; the figures of :mod:`.longseries` read the gaps as missing instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -17,9 +22,12 @@ from ..distance import flatten, nearest, pairwise_sq_dist
 from ..errors import DataError
 
 __all__ = ["Prepared", "prepare", "flatten", "nearest", "pairwise_sq_dist", "row_groups", "subsample", "one_thread",
-           "step_stats", "acf", "discriminative_score", "coverage", "fidelity_metrics"]
+           "step_stats", "acf", "discriminative_score", "coverage", "fidelity_metrics", "fill_gaps", "summary_block",
+           "block_summary", "disc_features"]
 
 MAX_PER_CLASS = 5000      # disc_gbm: at most this many windows of each class (baselines.md)
+MAX_DISC_FEATURES = 1024  # disc_gbm / coverage: longer windows are summarised by block means and stds
+MAX_CORR_STEPS = 512      # step_corr_err: correlations between the first this many steps
 COVERAGE_MAX = 2000       # coverage: series drawn from each set
 COVERAGE_DIMS = 16        # coverage: PCA components of the standardised windows
 COVERAGE_K = 5            # coverage: neighbours that set each real (synthetic) ball's radius
@@ -29,7 +37,13 @@ QUANTILES = (10, 50, 90)
 # ---------------------------------------------------------------------- shared helpers
 @dataclass
 class Prepared:
-    """The three sets as float64 arrays (n, length, channels), synthetic non-finite rows removed."""
+    """The three sets as float64 arrays (n, length, channels), synthetic non-finite rows removed.
+
+    The arrays are complete: gaps are filled (see :func:`fill_gaps`) and ``gaps`` holds, per set
+    name, the mask of the filled positions (None when the set has none). ``starts``: per set, the
+    series' start times as int64 nanoseconds (None without time stamps); ``freq``: the data's
+    frequency alias (None when unknown).
+    """
 
     train: np.ndarray
     synthetic: np.ndarray
@@ -40,6 +54,15 @@ class Prepared:
     channels: list[str]
     excluded_nonfinite: int
     n_synthetic_given: int
+    gaps: dict = field(default_factory=dict)
+    starts: dict = field(default_factory=dict)
+    freq: str | None = None
+
+    def with_gaps(self, name: str) -> np.ndarray | None:
+        """Set ``name`` ("train", "synthetic", "holdout") with NaN where its gaps are."""
+        x = getattr(self, name)
+        mask = self.gaps.get(name)
+        return x if x is None or mask is None else np.where(mask, np.nan, x)
 
 
 def row_groups(x: np.ndarray) -> np.ndarray:
@@ -54,12 +77,16 @@ def _record_keys(s: SeriesSet) -> list:
     return list(s.item_id)
 
 
-def prepare(train: SeriesSet, synthetic: SeriesSet, holdout: SeriesSet | None = None) -> Prepared:
+def prepare(train: SeriesSet, synthetic: SeriesSet, holdout: SeriesSet | None = None,
+            freq: str | None = None) -> Prepared:
     """Check that the sets can be compared and return them as arrays.
 
-    Every set must be a non-empty, regular SeriesSet (no ragged series) with the same length and
-    channels; train and holdout must be finite and share no record (item id, plus ``window_offset``
-    for sliding windows). Synthetic series holding NaN/inf are dropped and counted.
+    Every set must be a non-empty, regular SeriesSet (no ragged series) with the same length,
+    channels and frequency; train and holdout share no record (item id, plus ``window_offset`` for
+    sliding windows). Real series may hold gaps (NaN) but no inf, and need a value in every channel.
+    Synthetic series are dropped and counted when they hold inf or a channel without any value and,
+    where the real data has no gaps, when they hold any NaN (a generator of gap-free data makes
+    none). ``freq``: the data's frequency when the sets carry none (a set's own must agree with it).
     """
     sets = {"train": train, "synthetic": synthetic, "holdout": holdout}
     for name, s in sets.items():
@@ -79,35 +106,94 @@ def prepare(train: SeriesSet, synthetic: SeriesSet, holdout: SeriesSet | None = 
             raise DataError(f"{name} series have length {s.length} but train series have length {train.length}")
         if s.channels != train.channels:
             raise DataError(f"{name} channels {s.channels} differ from train channels {train.channels}")
+    freq = _common_freq(sets, freq)
     for name in ("train", "holdout"):
         s = sets[name]
         if s is not None:
-            bad = ~np.isfinite(s.values).all(axis=(1, 2))
+            bad = np.isinf(s.values).any(axis=(1, 2))
             if bad.any():
-                raise DataError(f"{name} series '{s.item_id[np.flatnonzero(bad)[0]]}' holds NaN/inf; real data must be finite")
+                raise DataError(f"{name} series '{s.item_id[np.flatnonzero(bad)[0]]}' holds inf; real data must be "
+                                "finite (missing readings may be NaN)")
+            empty = np.isnan(s.values).all(axis=1)
+            if empty.any():
+                i, c = np.argwhere(empty)[0]
+                raise DataError(f"{name} series '{s.item_id[i]}' has no value in channel '{s.channels[c]}' (all NaN)")
     if holdout is not None:
         shared = set(_record_keys(train)) & set(_record_keys(holdout))
         if shared:
             raise DataError(f"holdout shares {len(shared)} record(s) with train, e.g. item {sorted(shared, key=str)[0]!r}; "
                             "split by item (SeriesSet.split) so that no item is on both sides")
-    keep = np.isfinite(synthetic.values).all(axis=(1, 2))
+    real_gaps = any(s is not None and np.isnan(s.values).any() for s in (train, holdout))
+    v = synthetic.values
+    if real_gaps:
+        keep = ~np.isinf(v).any(axis=(1, 2)) & ~np.isnan(v).all(axis=1).any(axis=1)
+    else:
+        keep = np.isfinite(v).all(axis=(1, 2))
     if not keep.any():
-        raise DataError(f"every one of the {len(synthetic)} synthetic series holds NaN/inf")
+        why = " (inf, or a channel without any value)" if real_gaps else " (the real data has no gaps)"
+        raise DataError(f"every one of the {len(synthetic)} synthetic series holds NaN/inf{why}")
     counts = {"train": len(train), "synthetic": int(keep.sum()), **({"holdout": len(holdout)} if holdout is not None else {})}
     for name, n in counts.items():
         if n < 2:
             raise DataError(f"the {name} set has {n} usable series; evaluation needs at least 2")
+    arrays: dict = {}
+    gaps: dict = {}
+    for name, x in (("train", train.values), ("synthetic", synthetic.values[keep]),
+                    ("holdout", None if holdout is None else holdout.values)):
+        if x is not None:
+            x = x.astype(np.float64)
+            mask = np.isnan(x)
+            gaps[name] = mask if mask.any() else None
+            arrays[name] = fill_gaps(x, mask) if mask.any() else x
+    starts = {name: None if s is None or s.start is None else s.start.astype("datetime64[ns]").astype(np.int64)
+              for name, s in sets.items()}
+    if starts["synthetic"] is not None:
+        starts["synthetic"] = starts["synthetic"][keep]
     return Prepared(
-        train=train.values.astype(np.float64),
-        synthetic=synthetic.values[keep].astype(np.float64),
-        holdout=None if holdout is None else holdout.values.astype(np.float64),
+        train=arrays["train"],
+        synthetic=arrays["synthetic"],
+        holdout=arrays.get("holdout"),
         train_attrs=train.attributes,
         synthetic_attrs=synthetic.attributes.iloc[np.flatnonzero(keep)].reset_index(drop=True),
         holdout_attrs=None if holdout is None else holdout.attributes,
         channels=list(train.channels),
         excluded_nonfinite=int((~keep).sum()),
         n_synthetic_given=len(synthetic),
+        gaps=gaps,
+        starts=starts,
+        freq=freq,
     )
+
+
+def _common_freq(sets: dict, freq: str | None) -> str | None:
+    """The data's frequency: ``freq`` if given, else the first set's that has one; all must agree."""
+    from pandas.tseries.frequencies import to_offset
+
+    found = ([("the given frequency", freq)] if freq else []) + \
+        [(f"the {name} set's frequency", s.freq) for name, s in sets.items() if s is not None and s.freq]
+    if not found:
+        return None
+    offsets = []
+    for who, f in found:
+        try:
+            offsets.append(to_offset(f))
+        except ValueError:
+            raise DataError(f"{who} {f!r} is not a frequency alias (h, D, 15min, ...)") from None
+    for (who, f), off in zip(found[1:], offsets[1:]):
+        if off != offsets[0]:
+            raise DataError(f"{who} {f!r} differs from {found[0][0]} {found[0][1]!r}")
+    return str(found[0][1])
+
+
+def fill_gaps(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``x`` (n, length, channels) with the positions in ``mask`` filled by linear interpolation along
+    each series and channel (before the first and after the last value: that value)."""
+    out = x.copy()
+    steps = np.arange(x.shape[1])
+    for i, c in zip(*np.nonzero(mask.any(axis=1))):
+        m = mask[i, :, c]
+        out[i, m, c] = np.interp(steps[m], steps[~m], x[i, ~m, c])
+    return out
 
 
 def one_thread():
@@ -159,12 +245,16 @@ def _nanmean(x) -> float | None:
 
 
 # ---------------------------------------------------------------------- discriminative score
-def discriminative_score(real: np.ndarray, synthetic: np.ndarray, seed: int = 0) -> dict:
+def discriminative_score(real: np.ndarray, synthetic: np.ndarray, seed: int = 0,
+                         series: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """disc_gbm (baselines.md): can a classifier tell real from synthetic windows?
 
     HistGradientBoostingClassifier (default settings, ``random_state=seed``) on flattened windows,
     at most 5000 per class (seeded subsample), 5-fold StratifiedGroupKFold (shuffled, seeded) with
-    identical windows in one group, scored on the out-of-fold probabilities. Returns ``disc`` =
+    identical windows in one group, scored on the out-of-fold probabilities. ``series``: for several
+    windows cut from each series, the series each real and each synthetic window comes from; windows
+    of one series then share a fold too, so a classifier cannot score by recognising a series it
+    was trained on. Returns ``disc`` =
     |AUC - 0.5| (0 = indistinguishable, 0.5 = separable), ``auc``, ``accuracy`` (balanced accuracy at
     probability 0.5, so unequal class sizes do not inflate it) and ``disc_acc`` = |accuracy - 0.5|.
     """
@@ -176,14 +266,18 @@ def discriminative_score(real: np.ndarray, synthetic: np.ndarray, seed: int = 0)
     a, b = flatten(real), flatten(synthetic)
     if a.shape[1] != b.shape[1]:
         raise DataError(f"real windows have {a.shape[1]} values but synthetic ones {b.shape[1]}")
-    a = a[subsample(len(a), MAX_PER_CLASS, rng)]
-    b = b[subsample(len(b), MAX_PER_CLASS, rng)]
+    ia, ib = subsample(len(a), MAX_PER_CLASS, rng), subsample(len(b), MAX_PER_CLASS, rng)
+    a, b = a[ia], b[ib]
     n_splits = min(5, len(a), len(b))
     if n_splits < 2:
         raise DataError("the discriminative score needs at least 2 windows of each kind")
     X = np.vstack([a, b]).astype(np.float32)
     y = np.r_[np.zeros(len(a), int), np.ones(len(b), int)]
     groups = row_groups(X)
+    if series is not None:
+        ga = np.unique(np.asarray(series[0])[ia], return_inverse=True)[1].reshape(-1)
+        gb = np.unique(np.asarray(series[1])[ib], return_inverse=True)[1].reshape(-1)
+        groups = _joined_groups(groups, np.r_[ga, ga.max() + 1 + gb])
     proba = np.empty(len(X))
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with one_thread():
@@ -194,6 +288,60 @@ def discriminative_score(real: np.ndarray, synthetic: np.ndarray, seed: int = 0)
     acc = float(balanced_accuracy_score(y, proba > 0.5))
     return {"disc": abs(auc - 0.5), "auc": auc, "accuracy": acc, "disc_acc": abs(acc - 0.5),
             "n_real": len(a), "n_synthetic": len(b), "folds": n_splits}
+
+
+def _joined_groups(g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+    """One group id per row such that rows sharing an id in ``g1`` or in ``g2`` share a group."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n, k1 = len(g1), int(g1.max()) + 1
+    rows = np.r_[np.arange(n), np.arange(n)]
+    cols = np.r_[n + g1, n + k1 + g2]
+    size = n + k1 + int(g2.max()) + 1
+    graph = coo_matrix((np.ones(2 * n), (rows, cols)), shape=(size, size))
+    return connected_components(graph, directed=False)[1][:n]
+
+
+def summary_block(length: int, channels: int, period: int | None = None) -> int | None:
+    """None when whole windows (``length`` x ``channels`` values) are small enough to classify; else
+    the block size in steps whose means and standard deviations summarise a window in at most
+    MAX_DISC_FEATURES values: the smallest divisor or multiple of ``period`` (the data's daily
+    period, so that blocks cover whole hours or days) that is enough, or the smallest size at all."""
+    if length * channels <= MAX_DISC_FEATURES:
+        return None
+
+    def fits(b: int) -> bool:
+        return -(-length // b) * 2 * channels <= MAX_DISC_FEATURES
+
+    if period and period > 1:
+        options = [d for d in range(1, period + 1) if period % d == 0]
+        options += [period * k for k in range(2, length // period + 1)]
+        for b in options:
+            if fits(b):
+                return b
+    b = max(1, 2 * length * channels // MAX_DISC_FEATURES)
+    while b < length and not fits(b):
+        b += 1
+    return min(b, length)
+
+
+def block_summary(x: np.ndarray, block: int | None) -> np.ndarray:
+    """(n, length, channels) -> the mean and the standard deviation of every ``block`` steps (the last
+    block may be shorter), (n, 2 x blocks, channels); ``x`` itself when ``block`` is None."""
+    if block is None:
+        return x
+    n, length, c = x.shape
+    nb = -(-length // block)
+    padded = np.concatenate([x, np.full((n, nb * block - length, c), np.nan)], axis=1).reshape(n, nb, block, c)
+    return np.concatenate([np.nanmean(padded, axis=2), np.nanstd(padded, axis=2)], axis=1)
+
+
+def disc_features(block: int | None, length: int) -> str:
+    """What the discriminative score classifies, in words."""
+    if block is None:
+        return "whole series"
+    return f"means and standard deviations of {-(-length // block)} blocks of {block} steps (series too long to classify whole)"
 
 
 # ---------------------------------------------------------------------- coverage
@@ -229,11 +377,14 @@ def coverage(real: np.ndarray, synthetic: np.ndarray, seed: int = 0) -> dict:
 
 # ---------------------------------------------------------------------- all fidelity figures
 def fidelity_metrics(real: np.ndarray, syn: np.ndarray, lags, cross_lag: int, seed: int = 0,
-                     repeats: int = 1) -> dict:
+                     repeats: int = 1, block: int | None = None) -> dict:
     """Every fidelity figure of ``syn`` against ``real`` (both (n, length, channels) arrays).
 
     ``repeats`` > 1 repeats the discriminative score with seeds ``seed .. seed+repeats-1`` and adds
-    their mean and spread; ``disc_gbm`` itself is always the single run at ``seed``.
+    their mean and spread; ``disc_gbm`` itself is always the single run at ``seed``. ``block`` (from
+    :func:`summary_block`): series too long to classify whole are summarised by block means and
+    standard deviations for the discriminative score and coverage. Correlations between steps use
+    the first MAX_CORR_STEPS steps.
     """
     from scipy.stats import wasserstein_distance
 
@@ -263,11 +414,15 @@ def fidelity_metrics(real: np.ndarray, syn: np.ndarray, lags, cross_lag: int, se
     cc_s = [float(_corr_matrix(syn[:, [0, cross_lag], c])[0, 1]) for c in channels]
     out["cross_lag_corr"] = {"lag": int(cross_lag), "real": cc_r, "synthetic": cc_s,
                              "err": _nanmean(np.abs(np.subtract(cc_s, cc_r)))}
-    out["step_corr_err"] = _nanmean([_corr_err(real[:, :, c], syn[:, :, c]) for c in channels])
+    k = min(real.shape[1], MAX_CORR_STEPS)
+    out["step_corr_err"] = _nanmean([_corr_err(real[:, :k, c], syn[:, :k, c]) for c in channels])
+    out["step_corr_steps"] = k
     if real.shape[2] > 1:   # correlation between channels over every step of every series
         out["channel_corr_err"] = _corr_err(real.reshape(-1, real.shape[2]), syn.reshape(-1, real.shape[2]))
 
-    runs = [discriminative_score(real, syn, seed=seed + r) for r in range(repeats)]
+    a, b = block_summary(real, block), block_summary(syn, block)
+    runs = [discriminative_score(a, b, seed=seed + r) for r in range(repeats)]
+    runs[0]["features"] = disc_features(block, real.shape[1])
     out.update({"disc_gbm": runs[0]["disc"], "disc_gbm_auc": runs[0]["auc"], "disc_gbm_acc": runs[0]["disc_acc"],
                 "discriminative": runs[0]})
     if repeats > 1:
@@ -275,5 +430,5 @@ def fidelity_metrics(real: np.ndarray, syn: np.ndarray, lags, cross_lag: int, se
         out["disc_gbm_repeats"] = {"mean": float(np.mean(d)), "std": float(np.std(d)), "values": d,
                                    "auc_mean": float(np.mean([r["auc"] for r in runs])),
                                    "disc_acc_mean": float(np.mean([r["disc_acc"] for r in runs]))}
-    out["coverage"] = coverage(real, syn, seed=seed)
+    out["coverage"] = coverage(a, b, seed=seed)
     return out

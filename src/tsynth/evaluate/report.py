@@ -13,12 +13,15 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..data import SeriesSet, atomic_write
 from .fidelity import flatten, nearest, prepare, step_stats, subsample
+from .longseries import calendar, day_grid
 
 MAX_CHANNELS = 4      # figures show at most this many channels
 N_OVERLAYS = 6        # closest-record overlays
+HEATMAP_DAYS = 3      # day x hour heat maps: series of at least this many days
 MAX_POINTS = 1000     # scatter and embedding: series drawn from each set
 DPI = 80
 COLORS = {"real": "#1f77b4", "synthetic": "#d62728", "holdout": "#2ca02c"}
@@ -52,6 +55,7 @@ def verdict_rows(fid: dict, priv: dict, util: dict, val: dict, ref: dict) -> lis
     for name, v, hv in errors:
         rows.append(_row("fidelity", name, v, 0.0, hv, None if hv is None else lambda v, hv=hv: v <= 1.2 * hv + 1e-12,
                          "pass when at most 1.2 x the holdout's"))
+    rows += _series_rows(fid, ref)
     for key in ("precision", "recall"):
         hv = ref.get("coverage", {}).get(key)
         rows.append(_row("fidelity", f"coverage {key} (k-NN manifold)", fid["coverage"][key], 1.0, hv,
@@ -90,6 +94,48 @@ def verdict_rows(fid: dict, priv: dict, util: dict, val: dict, ref: dict) -> lis
             ("dropped_share", "answers dropped", 0.0, lambda v: v <= 0.05, "pass when at most 0.05")):
         if key in val:
             rows.append(_row("validity", name, val[key], ideal, None, test, rule))
+    return rows
+
+
+def _series_rows(fid: dict, ref: dict) -> list[dict]:
+    """Verdict rows of the shape-level score, the long-series figures and the gaps."""
+    rows = []
+    err_rule = "pass when at most 1.2 x the holdout's"
+
+    def err_row(name, v, hv):
+        rows.append(_row("fidelity", name, v, 0.0, hv, None if hv is None else lambda v, hv=hv: v <= 1.2 * hv + 1e-12,
+                         err_rule))
+
+    def disc_row(name, v, hv):
+        lim = 0.10 if hv is None else max(0.10, hv + 0.05)
+        rows.append(_row("fidelity", name, v, 0.0, hv, lambda v: v <= lim, "pass when at most 0.10 or within 0.05 of the holdout's"))
+
+    shape, rshape = fid.get("shape"), ref.get("shape", {})
+    if shape:
+        disc_row("shape: disc_gbm with each series standardised", shape["disc_gbm"], rshape.get("disc_gbm"))
+        if shape.get("cycle_lag") is not None:
+            err_row(f"autocorrelation error at lag {shape['cycle_lag']}", shape["acf_err_cycle"],
+                    rshape.get("acf_err_cycle"))
+    long, rlong = fid.get("long"), ref.get("long", {})
+    if long:
+        if "subwindow" in long:
+            disc_row(f"disc_gbm on sub-windows of {long['subwindow']['steps']} steps", long["subwindow"]["disc_gbm"],
+                     rlong.get("subwindow", {}).get("disc_gbm"))
+        for key, name in (("hour_of_day", "hour-of-day profile error"), ("day_of_week", "day-of-week profile error")):
+            if key in long.get("profiles", {}):
+                err_row(name + " (standardised)", long["profiles"][key]["err"],
+                        rlong.get("profiles", {}).get(key, {}).get("err"))
+        for key, name in (("day", "daily totals: Wasserstein distance"), ("week", "weekly totals: Wasserstein distance")):
+            if key in long["totals"]:
+                err_row(name + " (standardised)", long["totals"][key]["wasserstein"],
+                        rlong.get("totals", {}).get(key, {}).get("wasserstein"))
+        st, rst = long["stability"], rlong.get("stability", {})
+        err_row(f"level drift error, first vs last {st['window']} steps", st["level_drift_err"], rst.get("level_drift_err"))
+        err_row(f"spread drift error, first vs last {st['window']} steps", st["std_drift_err"], rst.get("std_drift_err"))
+    gaps = fid.get("gap_share")
+    if gaps and (gaps["real"] > 0 or gaps["synthetic"] > 0):
+        rows.append(_row("fidelity", "share of missing values (gaps)", gaps["synthetic"], gaps["real"],
+                         ref.get("gap_share", {}).get("synthetic"), None, "for information: the real share is the ideal"))
     return rows
 
 
@@ -207,6 +253,116 @@ def _figures(ev, train: np.ndarray, syn: np.ndarray, holdout: np.ndarray | None,
     return figs
 
 
+def _long_figures(ev, prep, rng: np.random.RandomState) -> list[tuple[str, str, str]]:
+    """The long-series figures: day x hour heat maps of one real and one synthetic series (sub-daily
+    data of at least HEATMAP_DAYS days) and the hour-of-day / day-of-week profiles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    long = ev.fidelity.get("long")
+    if not long:
+        return []
+    cal = calendar(long["freq"])
+    channels = prep.channels
+    figs = []
+    length = prep.train.shape[1]
+    if cal.per_day and length >= HEATMAP_DAYS * cal.per_day:
+        i, j = int(rng.randint(len(prep.train))), int(rng.randint(len(prep.synthetic)))
+        starts = [None if s is None else int(s[k]) for s, k in ((prep.starts.get("train"), i),
+                                                                 (prep.starts.get("synthetic"), j))]
+        if starts[1] is None and long.get("assumed_start"):
+            starts[1] = int(pd.Timestamp(long["assumed_start"]).value)
+
+        def series(name, k):      # channel 0 of series k with its gaps as NaN
+            x = getattr(prep, name)[k, :, 0].copy()
+            mask = prep.gaps.get(name)
+            if mask is not None:
+                x[mask[k, :, 0]] = np.nan
+            return x
+
+        grids = [day_grid(series(name, k), s, cal) for name, k, s in (("train", i, starts[0]), ("synthetic", j, starts[1]))]
+        both = np.concatenate([g.ravel() for g in grids])
+        lo, hi = np.nanpercentile(both, [1, 99])
+        fig, axes = _axes(2, 5.0, max(2.8, min(9.0, 0.03 * len(grids[0]) + 1.5)))
+        for ax, grid, what in zip(axes, grids, (f"real (train series #{i})", f"synthetic #{j}")):
+            im = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            ticks = [h for h in range(0, 24, 6)]
+            ax.set_xticks([h * cal.per_day / 24 - 0.5 for h in ticks], [str(h) for h in ticks])
+            ax.set_xlabel("hour of day", fontsize=8)
+            ax.set_ylabel("day", fontsize=8)
+            ax.set_title(what, fontsize=9)
+        fig.colorbar(im, ax=list(axes), shrink=0.8)
+        rows = "calendar days from midnight" if long["calendar"] else "days from the series' start"
+        figs.append(("Day x hour heat maps", f"One real and one synthetic series (channel '{channels[0]}'), one row per day "
+                     f"({rows}), one column per step of the day, colour = value on a shared scale (1st-99th percentile); "
+                     "a daily rhythm shows as vertical bands, a drifting level as colour changing down the rows, "
+                     "gaps as blank cells.", _png(fig)))
+    prof, rprof = long.get("profiles", {}), ev.holdout_reference.get("long", {}).get("profiles", {})
+    kinds = [k for k in ("hour_of_day", "day_of_week") if k in prof]
+    if kinds:
+        import matplotlib.pyplot as plt
+
+        n_ch = min(len(channels), MAX_CHANNELS)
+        fig, axes = plt.subplots(len(kinds), n_ch, figsize=(4.0 * n_ch, 2.8 * len(kinds)), squeeze=False)
+        for r, kind in enumerate(kinds):
+            x = np.arange(len(prof[kind]["bins"]))
+            for c in range(n_ch):
+                ax = axes[r, c]
+                ax.plot(x, prof[kind]["real"][c], color=COLORS["real"], marker=".", label="real")
+                ax.plot(x, prof[kind]["synthetic"][c], color=COLORS["synthetic"], marker=".", label="synthetic")
+                if kind in rprof:
+                    ax.plot(x, rprof[kind]["synthetic"][c], color=COLORS["holdout"], marker=".", label="holdout")
+                if kind == "day_of_week":
+                    ax.set_xticks(x, prof[kind]["bins"], fontsize=7)
+                ax.set_title(f"{kind.replace('_', ' ')}: {channels[c]} (error {_fmt(prof[kind]['err_by_channel'][c])})",
+                             fontsize=9)
+        axes[0, 0].legend(fontsize=7)
+        fig.subplots_adjust(hspace=0.5)
+        figs.append(("Calendar profiles", "Mean value by " + " and by ".join(k.replace("_", " ") for k in kinds)
+                     + ": real train, synthetic and holdout; the error is the mean absolute difference in the real "
+                     "data's standard deviations.", _png(fig)))
+    return figs
+
+
+def _series_table(ev) -> str:
+    """The shape-level and long-series figures, synthetic and holdout side by side."""
+    fid, ref = ev.fidelity, ev.holdout_reference
+    rows = []
+
+    def add(name, path):
+        def get(d):
+            for k in path:
+                if not isinstance(d, dict) or k not in d:
+                    return None
+                d = d[k]
+            return d
+        v = get(fid)
+        if v is not None or get(ref) is not None:
+            rows.append([name, _fmt(v), _fmt(get(ref))])
+
+    add("shape: disc_gbm, each series standardised", ("shape", "disc_gbm"))
+    for lag in fid["shape"]["acf"]["err"]:
+        add(f"autocorrelation error at lag {lag}", ("shape", "acf", "err", lag))
+    add("hour-of-day profile error, standardised series", ("shape", "hour_of_day_profile_err"))
+    long = fid.get("long")
+    if long:
+        if "subwindow" in long:
+            add(f"disc_gbm on sub-windows of {long['subwindow']['steps']} steps", ("long", "subwindow", "disc_gbm"))
+        add("hour-of-day profile error", ("long", "profiles", "hour_of_day", "err"))
+        add("day-of-week profile error", ("long", "profiles", "day_of_week", "err"))
+        for span in ("day", "week"):
+            add(f"{span} totals: Wasserstein (standardised)", ("long", "totals", span, "wasserstein"))
+            add(f"{span} totals: Kolmogorov-Smirnov", ("long", "totals", span, "ks"))
+        w = long["stability"]["window"]
+        for key, words in (("level_drift_mean", "level drift"), ("std_drift_mean", "spread drift")):
+            add(f"mean {words}, last vs first {w} steps: synthetic (real {_fmt(long['stability']['real'][key])})",
+                ("long", "stability", "synthetic", key))
+        add("level drift error", ("long", "stability", "level_drift_err"))
+        add("spread drift error", ("long", "stability", "std_drift_err"))
+    add("share of missing values (gaps)", ("gap_share", "synthetic"))
+    return _table(["figure", "synthetic", "holdout scored the same way"], rows)
+
+
 # ---------------------------------------------------------------------- HTML
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
 color:#222;padding:0 1em}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
@@ -226,6 +382,11 @@ def _fmt(v) -> str:
     if isinstance(v, (float, np.floating)):
         return "—" if not np.isfinite(v) else f"{v:.4g}"
     return str(v)
+
+
+def _figure_html(title: str, caption: str, png: str) -> str:
+    return (f'<figure><h3>{html.escape(title)}</h3><img alt="{html.escape(title)}" '
+            f'src="data:image/png;base64,{png}"><figcaption>{html.escape(caption)}</figcaption></figure>')
 
 
 def _table(header: list[str], rows: list[list[str]], classes: list[list[str]] | None = None) -> str:
@@ -268,7 +429,7 @@ def render_report(evaluation, train: SeriesSet, synthetic: SeriesSet, holdout: S
     """Write the report of ``evaluation`` (computed on these sets) to ``path`` as one self-contained
     HTML file: verdict table, figures, privacy in words, utility, validity and what was not computed."""
     ev = evaluation
-    prep = prepare(train, synthetic, holdout)
+    prep = prepare(train, synthetic, holdout, ev.summary.get("freq"))
     title = title or "tsynth evaluation report"
     s = ev.summary
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -287,8 +448,18 @@ def render_report(evaluation, train: SeriesSet, synthetic: SeriesSet, holdout: S
 
     parts.append("<h2>Fidelity</h2>")
     for fig_title, caption, png in _figures(ev, prep.train, prep.synthetic, prep.holdout, prep.channels):
-        parts.append(f'<figure><h3>{html.escape(fig_title)}</h3><img alt="{html.escape(fig_title)}" '
-                     f'src="data:image/png;base64,{png}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+        parts.append(_figure_html(fig_title, caption, png))
+
+    long = ev.fidelity.get("long")
+    heading = "Series shape and long-series figures" if long else "Series shape"
+    parts.append(f"<h2>{heading}</h2><p class='note'>Shape: every series standardised on its own (its level and "
+                 "scale removed), so that the figures judge the rhythm alone. "
+                 + ("Long series: calendar profiles, totals over days and weeks, and the drift of level and spread "
+                    "from the first to the last window; errors in the real data's standard deviations." if long else
+                    html.escape(ev.not_computed.get("fidelity.long", ""))) + "</p>")
+    parts.append(_series_table(ev))
+    for fig_title, caption, png in _long_figures(ev, prep, np.random.RandomState(ev.summary["seed"])):
+        parts.append(_figure_html(fig_title, caption, png))
 
     parts.append("<h2>Privacy</h2>" + "".join(f"<p>{html.escape(w)}</p>" for w in _privacy_words(ev.privacy)))
 

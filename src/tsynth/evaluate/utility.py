@@ -18,13 +18,21 @@ from .privacy import NEEDS_HOLDOUT
 MAX_SERIES = 2000     # forecasting: series drawn from each set (each gives length - k examples)
 MAX_CLASSIFY = 5000   # classification: series drawn from each training set
 MAX_CLASSES = 50      # an automatically chosen label has 2..50 values
+MAX_EXAMPLES = 200_000  # forecasting: examples drawn from each set (long series hold millions)
 
 
-def _windows(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every (previous k steps -> next step) example of every series: X (m, k*channels), Y (m, channels)."""
-    w = sliding_window_view(x, k + 1, axis=1)            # (n, length - k, channels, k + 1)
-    X = np.moveaxis(w[..., :k], 3, 2).reshape(-1, k * x.shape[2])
-    return X, w[..., k].reshape(-1, x.shape[2])
+def _windows(x: np.ndarray, k: int, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+    """Every (previous k steps -> next step) example of every series, or a seeded draw of
+    MAX_EXAMPLES of them where there are more: X (m, k*channels), Y (m, channels)."""
+    w = sliding_window_view(x, k + 1, axis=1)            # a view (n, length - k, channels, k + 1)
+    n, m = w.shape[:2]
+    if n * m > MAX_EXAMPLES:
+        pick = subsample(n * m, MAX_EXAMPLES, rng)
+        w = w[pick // m, pick % m]
+    else:
+        w = w.reshape(n * m, *w.shape[2:])
+    X = np.moveaxis(w[..., :k], 2, 1).reshape(-1, k * x.shape[2])
+    return X, w[..., k]
 
 
 def forecast_utility(train: np.ndarray, syn: np.ndarray, holdout: np.ndarray, seed: int = 0) -> dict:
@@ -37,10 +45,10 @@ def forecast_utility(train: np.ndarray, syn: np.ndarray, holdout: np.ndarray, se
 
     rng = np.random.RandomState(seed)
     k = min(24, train.shape[1] // 2)
-    Xh, Yh = _windows(holdout[subsample(len(holdout), MAX_SERIES, rng)], k)
+    Xh, Yh = _windows(holdout[subsample(len(holdout), MAX_SERIES, rng)], k, rng)
 
     def mae(x):
-        X, Y = _windows(x[subsample(len(x), MAX_SERIES, rng)], k)
+        X, Y = _windows(x[subsample(len(x), MAX_SERIES, rng)], k, rng)
         return float(np.abs(Ridge(alpha=1.0).fit(X, Y).predict(Xh).reshape(Yh.shape) - Yh).mean())
 
     tstr, trtr = mae(syn), mae(train)
