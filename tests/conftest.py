@@ -46,6 +46,6 @@ def tsynth_server(tmp_path_factory):
     """One ``tsynth serve`` (uvicorn in a thread + its worker process) on loopback for the whole session."""
     from server_helpers import ThreadServer
 
-    server = ThreadServer(tmp_path_factory.mktemp("tsynth-serve"))
+    server = ThreadServer(tmp_path_factory.mktemp("tsynth-serve"), models_dir=tmp_path_factory.mktemp("base-models"))
     yield server
     server.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -32,8 +34,10 @@ class ThreadServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(data_dir, **options), host="127.0.0.1",
-                                                    port=self.port, log_level="warning"))
+        self.data_dir = Path(data_dir)
+        self.models_dir = options.get("models_dir")
+        self.app = create_app(data_dir, **options)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 60
@@ -82,3 +86,46 @@ def wait_for_job(client, job_id: str, timeout: float = 120, until=("succeeded", 
         if time.time() > deadline:
             raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
         time.sleep(0.2)
+
+
+def worker_pids(parent: int | None = None) -> list[int]:
+    """The live ``tsynth serve`` worker processes among the children of ``parent`` (default: this process)."""
+    parent = parent or os.getpid()
+    kids = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        try:
+            kids += (task / "children").read_text().split()
+        except OSError:  # the thread ended meanwhile
+            pass
+    pids = []
+    for pid in kids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # empty for a zombie
+        except OSError:
+            continue
+        if b"tsynth.server.worker" in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+def kill_worker(parent: int | None = None, timeout: float = 60) -> int:
+    """SIGKILL the (one) worker process of the server in ``parent``, waiting for it to be up; its pid."""
+    deadline = time.time() + timeout
+    while not (pids := worker_pids(parent)):
+        if time.time() > deadline:
+            raise TimeoutError("no worker process to kill")
+        time.sleep(0.1)
+    os.kill(pids[0], signal.SIGKILL)
+    return pids[0]
+
+
+def wait_for_event(client, job_id: str, predicate, timeout: float = 120):
+    """Poll a job's events (newest first) until one satisfies ``predicate``; return it."""
+    deadline = time.time() + timeout
+    while True:
+        for event in client.fine_tuning.jobs.list_events(job_id, limit=100).data:
+            if predicate(event):
+                return event
+        if time.time() > deadline:
+            raise TimeoutError(f"job {job_id}: no such event after {timeout} s")
+        time.sleep(0.1)

@@ -47,7 +47,7 @@ def test_fit_sample_evaluate_flow(long_csv, tmp_path, capsys):
     model = tmp_path / "model"
     common = ["--id-col", "meter", "--time-col", "ts", "--value-cols", "kwh"]
     assert main(["fit", str(long_csv), "-o", str(model), "--length", "24", "--epochs", "2", "--n-bins", "32", "--ensemble", "1",
-                 "--smoothing", "0.5", "--point-mass-series", "5", *common]) == 0
+                 "--smoothing", "0.5", "--point-mass-series", "5", "--keep-checkpoints", *common]) == 0
     assert (model / "tsynth.json").exists() and (model / "model" / "config.json").exists()
     doc = json.loads((model / "tsynth.json").read_text())
     assert doc["training"]["smoothing"] == 0.5 and doc["codec"]["point_mass_series"] == 5

@@ -224,7 +224,6 @@ def test_job_creation_errors(tsynth_server, recipe, tmp_path):
     cases = [
         (dict(model="tsynth-tiny", training_file="file-" + "x" * 24), "training_file"),
         (dict(model="tsynth-tiny", training_file=job.result_files[0]), "training_file"),   # purpose fine-tune-results
-        (dict(model="llama-7b", training_file=train_file.id), "model"),
         (dict(model=job.fine_tuned_model, training_file=train_file.id), "model"),
         (dict(model="tsynth-tiny", training_file=train_file.id, hyperparameters={"n_epochs": 0}), "hyperparameters"),
         (dict(model="tsynth-tiny", training_file=train_file.id, method={"type": "dpo"}), "method.type"),
@@ -234,6 +233,9 @@ def test_job_creation_errors(tsynth_server, recipe, tmp_path):
         with pytest.raises(openai.BadRequestError) as e:
             create(**kwargs)
         assert e.value.param.startswith(param), (kwargs, e.value.param)
+    with pytest.raises(openai.NotFoundError) as e:   # not a preset and not on the operator's allow-list
+        create(model="llama-7b", training_file=train_file.id)
+    assert e.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.retrieve("ftjob-" + "x" * 24)
     with pytest.raises(openai.ConflictError):   # x-should-retry: false, so the SDK does not retry it

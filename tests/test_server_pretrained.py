@@ -1,5 +1,5 @@
-"""``tsynth serve`` fine-tuning a pretrained model: a job whose ``model`` is a local Hugging Face model
-directory trains LoRA on it (the pretrained backend); its chat completions decode valid series."""
+"""``tsynth serve`` fine-tuning a pretrained model: a job whose ``model`` names a Hugging Face model of the
+operator's ``--models-dir`` trains LoRA on it (the pretrained backend); its chat completions decode valid series."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ CODEC = ChatCodec(system_prompt="Series.", decimals=2)   # short turns: the tiny
 @pytest.fixture(scope="module")
 def finished_job(tsynth_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pretrained-serve")
-    base = save_base(tmp / "tiny-llama")
+    save_base(tsynth_server.models_dir / "tiny-llama")   # the operator's allow-list: models by folder name
     train = tmp / "train.jsonl"
     train.write_text("".join(json.dumps(ex) + "\n" for ex in CODEC.examples(meters(12, length=LENGTH))))
     client = tsynth_server.client()
     file = client.files.create(file=train, purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=base, training_file=file.id, suffix="llama",
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=file.id, suffix="llama",
                                          hyperparameters={"n_epochs": 1, "batch_size": 4})
     return client, wait_for_job(client, job.id)
 
@@ -54,11 +54,12 @@ def test_job_on_a_model_directory_trains_lora_and_answers_valid_series(finished_
     assert CODEC.parse(early, LENGTH).shape == (LENGTH, 1)
 
 
-def test_unloadable_base_model_fails_the_job_clearly(tsynth_server, finished_job, tmp_path):
+def test_unloadable_base_model_fails_the_job_clearly(tsynth_server, finished_job):
     client, job = finished_job
-    missing = tmp_path / "gone"
-    missing.mkdir()   # a directory that holds no model
-    failed = wait_for_job(client, client.fine_tuning.jobs.create(model=str(missing), training_file=job.training_file).id)
+    broken = tsynth_server.models_dir / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")   # on the allow-list, but no model loads from it
+    failed = wait_for_job(client, client.fine_tuning.jobs.create(model="broken", training_file=job.training_file).id)
     assert failed.status == "failed" and failed.fine_tuned_model is None
     assert failed.error.code == "model_not_available" and failed.error.param == "model"
     assert "cannot load" in failed.error.message

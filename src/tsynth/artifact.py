@@ -56,16 +56,44 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not f.exists():
         raise ArtifactError(f"{p}: not a tsynth model directory (no {MANIFEST})")
     try:
-        doc = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{f}: not valid JSON ({e.msg})") from None
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{f}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    except OSError as e:
+        raise ArtifactError(f"{f}: cannot read it ({e.strerror or e})") from None
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{f}: expected a JSON object, got {type(doc).__name__}")
     version = doc.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactError(f"{p}: model format version {version!r}; this tsynth reads version {FORMAT_VERSION} "
                             "(re-fit the model with this version)")
     if "backend" not in doc:
         raise ArtifactError(f"{f}: no 'backend' field")
+    missing = [k for k in REQUIRED_FIELDS.get(doc["backend"], ()) if not isinstance(doc.get(k), dict)]
+    if missing:
+        raise ArtifactError(f"{f}: no {', '.join(repr(k) for k in missing)} (the file is incomplete or damaged; "
+                            "fit the model again)")
+    _check_weights(p, doc)
     return doc
+
+
+REQUIRED_FIELDS = {"local": ("options", "codec"), "pretrained": ("options", "codec"), "openai": ("options", "codec")}
+WEIGHT_FILES = ("config.json", "adapter_config.json")
+
+
+def _check_weights(p: Path, doc: dict[str, Any]) -> None:
+    """The weights folders ``tsynth.json`` speaks of are there (``model/``, ``model_1/``...): a missing one is
+    an incomplete copy, and loading it would read the folder name as a Hugging Face hub id."""
+    if doc["backend"] not in ("local", "pretrained"):
+        return
+    members = doc.get("members", 1) if doc["backend"] == "local" else 1
+    if not isinstance(members, int) or members < 1:
+        raise ArtifactError(f"{p / MANIFEST}: 'members' must be a positive integer, got {members!r}")
+    for k in range(members):
+        d = p / ("model" if k == 0 else f"model_{k}")
+        if not any((d / name).is_file() for name in WEIGHT_FILES):
+            raise ArtifactError(f"{p}: the weights folder {d.name}/ is missing or empty (tsynth.json records "
+                                f"{members} model(s)); the model directory is incomplete: copy it whole, or fit again")
 
 
 def _json_default(o: Any) -> Any:

@@ -173,6 +173,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     data = load_data(args)
     print(f"data: {data}")
     if args.backend == "local":
+        few_series_hint(args, data)
         if args.base_model:
             lora = {k: getattr(args, k) for k in ("lora_rank", "lora_alpha", "target_modules") if getattr(args, k)}
             opts = {k: v for k, v in local_options(args).items()
@@ -186,6 +187,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         syn = fit_openai(args, data)
     path = syn.save(args.output)
     print(f"model written to {path}")
+    if args.backend == "local" and not args.keep_checkpoints:
+        from .outputs import discard_checkpoints
+
+        discard_checkpoints(ckpt)
     tr = syn.info.get("training") or {}
     if syn.info.get("privacy"):
         print("privacy: " + syn.info["privacy"]["guarantee"])
@@ -194,6 +199,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
             vl = min(m["valid_loss"]) if m["valid_loss"] else float("nan")
             print(f"  member {k}: {m['epochs_run']} epochs (best {m['best_epoch']}), best validation loss {vl:.4f}, {m['seconds']:.0f} s")
     return 0
+
+
+def few_series_hint(args: argparse.Namespace, data: "SeriesSet") -> None:
+    """Refuse too few series for the local model, naming the windowing flags that make more of them."""
+    from .backends.local import MIN_SERIES
+
+    if not args.base_model and len(data) < MIN_SERIES and not args.stride:
+        raise TsynthError(f"{args.data}: {len(data)} series, too few to learn from (the local backend needs at least "
+                          f"{MIN_SERIES}): cut long series into windows with --length L --stride S "
+                          "(e.g. --length 24 --stride 1)")
 
 
 def fit_openai(args: argparse.Namespace, data: "SeriesSet"):
@@ -236,6 +251,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         synthetic, stats = sample_fewshot(args)
     else:
         syn = Synthesizer.load(args.model_dir)
+        check_condition_fields(syn, parse_conditions(args.condition), args.model_dir)
+        if args.n > STREAM_FROM and not args.guard:
+            return sample_streamed(syn, args)
         try:
             synthetic = syn.sample(args.n, conditions=parse_conditions(args.condition), temperature=args.temperature,
                                    top_p=args.top_p, seed=args.seed, progress=True)
@@ -247,10 +265,78 @@ def cmd_sample(args: argparse.Namespace) -> int:
             synthetic = guarded_sample(syn, synthetic, args)
     path = synthetic.write(args.output)
     print(f"wrote {len(synthetic)} series to {path}")
+    write_validity(stats, path)
+    return 0
+
+
+def check_condition_fields(syn, conditions: dict[str, str] | None, model_dir: str) -> None:
+    """Refuse a --condition field the model was not trained on (it would be ignored)."""
+    codec = getattr(syn.backend, "codec", None)
+    if not conditions or codec is None:
+        return
+    fields = [f.name for f in codec.fields] if hasattr(codec, "fields") else list(getattr(codec, "user_fields", []))
+    unknown = [k for k in conditions if k not in fields and k != "start"]
+    if unknown:
+        raise TsynthError(f"--condition {unknown[0]}=...: the model in {model_dir} has no condition field "
+                          f"{unknown[0]!r} (its fields: {', '.join(fields) or 'none'})")
+
+
+STREAM_FROM = 4096  # series: a larger sample is drawn in chunks of this many and streamed to disk
+PROBE = 256  # series in the first chunk, whose time gives the estimate
+
+
+def sample_streamed(syn, args: argparse.Namespace) -> int:
+    """Draw ``args.n`` series chunk by chunk (chunk k seeded from the seed and k), say how long it will take
+    from the first chunk's pace, and stream them into ``args.output`` (renamed into place once complete)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .outputs import SeriesStream
+
+    stream, done, k, stats = SeriesStream(args.output), 0, 0, {}
+    bar = tqdm(total=args.n, desc="sampling", unit="series", leave=False)
+    try:
+        while done < args.n:
+            size = min(PROBE if k == 0 else STREAM_FROM, args.n - done)
+            seed = int(np.random.SeedSequence([args.seed & 0xFFFFFFFF, k]).generate_state(1)[0])
+            t0 = time.time()
+            part = syn.sample(size, conditions=parse_conditions(args.condition), temperature=args.temperature,
+                              top_p=args.top_p, seed=seed, progress=False)
+            if k == 0:
+                rest = (args.n - size) * (time.time() - t0) / size
+                print(f"sampling {args.n:,} series takes about {_duration(rest)} more at this pace ({size} in "
+                      f"{time.time() - t0:.1f} s); they are streamed to {args.output}", flush=True)
+            for i, x in enumerate(part.item_id):  # unconditional ids count on across chunks
+                if x == f"synthetic_{i}":
+                    part.item_id[i] = f"synthetic_{done + i}"
+            stream.write(part)
+            for key, v in (getattr(syn.backend, "last_sample_stats", None) or {}).items():
+                stats[key] = stats.get(key, 0) + v
+            done, k = done + size, k + 1
+            bar.update(size)
+        path = stream.close()
+    except BaseException:
+        stream.abort()
+        raise
+    finally:
+        bar.close()
+    print(f"wrote {done} series to {path}")
+    write_validity(stats, path)
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    """``3 h 12 min``, ``4 min``, ``20 s``."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    return f"{int(seconds // 60)} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def write_validity(stats: dict | None, path: Path) -> None:
+    """Print a text backend's validity counts and write them beside the output (OUT.validity.json)."""
     if stats:
         print("validity: " + json.dumps(stats))
         Path(str(path) + ".validity.json").write_text(json.dumps(stats, indent=2))
-    return 0
 
 
 def sample_fewshot(args: argparse.Namespace) -> tuple["SeriesSet", dict[str, int] | None]:
@@ -318,7 +404,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     train = load_data(args, args.train)
     synthetic = load_data(args, args.synthetic)
     holdout = load_data(args, args.holdout) if args.holdout else None
-    validity = json.loads(Path(args.validity).read_text()) if args.validity else None
+    validity = read_validity(args.validity) if args.validity else None
     extra = model_details(args.model) if args.model else None
     if extra is not None and holdout is not None and extra["backend"] == "local":
         from .privacy import likelihood_mia
@@ -410,6 +496,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_from_cli(args)
 
 
+# ---------------------------------------------------------------------- checks before any work
+OUTPUT_FILES = {"evaluate": ("metrics.json", "report.html"), "prepare": ("train.jsonl", "validation.jsonl"),
+                "demo": ("model", "synthetic.parquet", "metrics.json", "report.html")}
+
+
+def check_request(args: argparse.Namespace) -> None:
+    """Refuse now what would otherwise fail only after the work: every output path (format, a writable folder,
+    what is there: an existing output only with --overwrite), the sampling settings and the --validity file."""
+    import math
+
+    from .outputs import check_model_dir, check_output_dir, check_output_file
+
+    overwrite = getattr(args, "overwrite", False)
+    if args.command in ("fit", "pretrain"):
+        check_model_dir(args.output, "-o", overwrite)
+    elif args.command == "sample":
+        check_output_file(args.output, "-o", overwrite)
+        if args.n < 1:
+            raise TsynthError(f"-n must be at least 1, got {args.n}")
+        if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+            raise TsynthError(f"--temperature must be a positive number, got {args.temperature}")
+        if not 0 < args.top_p <= 1:
+            raise TsynthError(f"--top-p must lie in (0, 1], got {args.top_p}")
+        parse_conditions(args.condition)
+    elif args.command in OUTPUT_FILES:
+        check_output_dir(args.output, OUTPUT_FILES[args.command], "-o", overwrite)
+    if getattr(args, "validity", None):
+        read_validity(args.validity)
+
+
+def read_validity(path: str) -> dict[str, int]:
+    """The validity counts that `tsynth sample` writes (OUT.validity.json), checked."""
+    from .evaluate import validity_shares
+
+    try:
+        counts = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise TsynthError(f"--validity {path}: cannot read it ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TsynthError(f"--validity {path}: not a JSON file ({getattr(e, 'msg', e)})") from None
+    if not isinstance(counts, dict):
+        raise TsynthError(f"--validity {path}: expected a JSON object of counts, as `tsynth sample` writes to "
+                          "OUT.validity.json")
+    try:
+        validity_shares(counts)
+    except TsynthError as e:
+        raise TsynthError(f"--validity {path}: {e}") from None
+    return counts
+
+
 # ---------------------------------------------------------------------- parser
 EXAMPLES = {
     "demo": """examples:
@@ -441,7 +577,8 @@ EXAMPLES = {
   tsynth fit data.parquet --length 100 -o model --prior my-prior --dp-epsilon 8""",
     "serve": """examples:
   tsynth serve                                   # http://127.0.0.1:8000/v1, state in ./tsynth-server
-  tsynth serve --port 9000 --data-dir /srv/tsynth --api-key secret""",
+  tsynth serve --port 9000 --data-dir /srv/tsynth --api-key secret
+  tsynth serve --models-dir /srv/base-models --max-storage 20G   # LoRA on the models in that folder only""",
 }
 
 
@@ -454,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, func, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name], formatter_class=_formatter)
         p.set_defaults(func=func)
+        if name != "serve":
+            p.add_argument("--overwrite", action="store_true", help="replace an existing output (refused without it)")
         return p
 
     p = command("demo", cmd_demo, "Run the whole flow on the bundled real data set (ItalyPowerDemand)")
@@ -471,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="local", choices=["local", "openai"])
     p.add_argument("--checkpoint-dir", help="where per-epoch checkpoints go (default OUTPUT.checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last checkpoint")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the checkpoints once the model is written (default: removed)")
     add_data_options(p)
     add_local_options(p)
     g = p.add_argument_group("openai backend")
@@ -547,22 +688,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--data-dir", default="tsynth-server")
-    p.add_argument("--api-key", help="require this bearer key (default $TSYNTH_API_KEY)")
+    p.add_argument("--api-key", help="require this bearer key (default $TSYNTH_API_KEY; an empty key is refused)")
+    p.add_argument("--models-dir", help="Hugging Face base models jobs may fine-tune with LoRA: each model folder or "
+                                        ".gguf file in this folder, named by its file name (none by default)")
+    p.add_argument("--base-model", action="append", metavar="NAME_OR_PATH",
+                   help="allow this Hugging Face model (a path or hub id, named exactly so in jobs); repeatable")
+    p.add_argument("--max-storage", metavar="SIZE", help="storage quota of the data directory (e.g. 20G): uploads "
+                                                         "past it are refused")
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every ``finally`` runs: child processes are stopped and
+    temporary files removed on the way out, as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tsynth`` console script."""
+    import signal
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="tsynth: %(message)s")
+    previous = None
+    if args.command != "serve":  # uvicorn handles the server's signals
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread: no handler
+            pass
     try:
+        check_request(args)
         return args.func(args)
     except TsynthError as e:
-        print(f"tsynth: error: {e}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(e).splitlines())  # one line, whatever a library said
+        print(f"tsynth: error: {message}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("tsynth: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("tsynth: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,8 @@ class SeriesSet:
 
     def timestamps(self, i: int) -> pd.DatetimeIndex | None:
         """Time stamps of series ``i`` (None when the set has no time axis)."""
+        if self.start is not None and self.freq is None and self.lengths[i] == 1:
+            return pd.DatetimeIndex([self.start[i]])  # one step needs no frequency
         if self.start is None or self.freq is None:
             return None
         return pd.date_range(self.start[i], periods=int(self.lengths[i]), freq=self.freq)
@@ -155,6 +157,7 @@ class SeriesSet:
         chans = list(channels) if channels is not None else _default_channels(n_ch.pop())
         for i, a in enumerate(arrs):
             _check_finite(a, source, f"series '{ids[i]}'", chans)
+            _check_magnitude(a, source, f"series '{ids[i]}'", chans)
         lengths = np.array([a.shape[0] for a in arrs])
         vals = np.full((len(arrs), int(lengths.max()), arrs[0].shape[1]), np.nan, dtype=np.float32)
         for i, a in enumerate(arrs):
@@ -200,6 +203,7 @@ class SeriesSet:
             g = _in_order(g, sort, source, who, steps) if time_col else g
             _check_finite(g[value_cols].to_numpy(np.float64), source, who, value_cols, g.index.to_numpy() + 2,
                           allow_nan=timed and fill is not None)
+            _check_magnitude(g[value_cols].to_numpy(np.float64), source, who, value_cols, g.index.to_numpy() + 2)
             if timed:
                 g, f, filled[item] = _regularise(g, value_cols, freq, fill, source, who)
                 freqs.add(f)
@@ -255,8 +259,12 @@ class SeriesSet:
                 freq = _regularise(t, [], freq, None, source, f"time column '{time_col}'")[1]
                 df = df.drop(columns=[time_col])
                 start = [times.iloc[0]] * len(df.columns)
+                if len(df.columns) == 0:
+                    raise DataError(f"{source}: no series columns beside the time column '{time_col}'")
             ids = [str(c) for c in df.columns]
-            mat = np.stack([_numeric_column(df[c], c, source).to_numpy(dtype=np.float64) for c in df.columns])
+            hint = ("; the wide layout reads every column as a series: name a time column with time_col/--time-col, "
+                    "or the id and time columns of a long file with --id-col/--time-col")
+            mat = np.stack([_numeric_column(df[c], c, source, hint).to_numpy(dtype=np.float64) for c in df.columns])
         elif orient == "rows":
             if id_col:
                 _require_columns(df, [id_col], source)
@@ -264,6 +272,8 @@ class SeriesSet:
                 df = df.drop(columns=[id_col])
             else:
                 ids = [f"series_{i}" for i in range(len(df))]
+            if len(df.columns) == 0:
+                raise DataError(f"{source}: no columns of values (a row per series holds its steps in columns)")
             times = _header_times(df.columns)
             if times is not None:
                 freq = _regularise(pd.DataFrame({"__t": times}), [], freq, None, source, "the column headers")[1]
@@ -313,7 +323,7 @@ class SeriesSet:
         for i, tgt in enumerate(df[target_col]):
             try:
                 a = np.asarray(_to_nested_list(tgt), dtype=np.float64)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise DataError(f"{source}: record {i} (item '{ids[i]}'): '{target_col}' is not a list of numbers "
                                 "(or, for several channels, of equally long lists of numbers)") from None
             arrays.append(a.T if a.ndim == 2 else a)
@@ -325,6 +335,7 @@ class SeriesSet:
                 raise DataError(f"{source}: record {i} (item '{ids[i]}'): '{start_col}' is not a time stamp: "
                                 f"{df[start_col].iloc[i]!r}")
         freq = freq or _record_freq(df, source)
+        _check_freq(freq, f"{source}: field 'freq'")
         skip = {target_col, id_col, start_col, "freq", "feat_static_cat", "feat_dynamic_real"}
         attr_cols = [c for c in df.columns if c not in skip]
         attrs = df[attr_cols].reset_index(drop=True) if attr_cols else None
@@ -475,6 +486,9 @@ def read_series(path: str | os.PathLike, layout: str = "auto", id_col: str | Non
         raise DataError(f"{src}: unknown layout {layout!r} ({', '.join(LAYOUTS)})")
     if not p.exists():
         raise DataError(f"{src}: no such file")
+    _check_freq(freq, "freq/--freq")
+    if p.is_dir():
+        raise DataError(f"{src}: is a directory, not a data file (give one {', '.join(SUPPORTED_EXTENSIONS)} file)")
     ext = p.suffix.lower()
     if ext not in SUPPORTED_EXTENSIONS:
         raise DataError(f"{src}: unknown extension '{ext}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
@@ -487,6 +501,10 @@ def read_series(path: str | os.PathLike, layout: str = "auto", id_col: str | Non
     cols = set(df.columns)
     if layout == "auto":
         records, long = "target" in cols, id_col or time_col or {"item_id", "timestamp"} <= cols
+        if not records and not long and "item_id" in cols and orient == "columns":
+            raise DataError(f"{src}: an 'item_id' column but no time column 'timestamp': name the time column with "
+                            "time_col/--time-col (or pass id_col/--id-col item_id to take the rows of each item in "
+                            "file order as its steps, or orient='rows'/--orient rows for a row per series)")
         layout = "records" if records else "long" if long else "wide"
     if layout == "records":
         return SeriesSet.from_records(df, freq=freq, channels=meta.get("channels"), source=src)
@@ -505,7 +523,11 @@ def _read_table(p: Path, id_col: str) -> tuple[pd.DataFrame, dict]:
     """A .parquet or .csv file as a data frame (ids kept as text), with tsynth's Parquet metadata."""
     if p.suffix.lower() == ".csv":
         try:
-            return pd.read_csv(p, dtype={id_col: str}), {}
+            df = pd.read_csv(p, dtype={id_col: str})
+            if not isinstance(df.index, pd.RangeIndex):  # pandas makes the first column(s) an index then
+                raise DataError(f"{p}: rows hold more fields than the header names ({len(df.columns)}); every "
+                                "column needs a header")
+            return df, {}
         except pd.errors.EmptyDataError:
             raise DataError(f"{p}: the file is empty") from None
         except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -514,9 +536,18 @@ def _read_table(p: Path, id_col: str) -> tuple[pd.DataFrame, dict]:
 
     try:
         table = pq.read_table(p)
-    except Exception as e:  # pyarrow raises many types for corrupt files
+        table.validate(full=True)  # a damaged file can hold text that is not UTF-8
+        df = table.to_pandas()
+    except Exception as e:  # pyarrow raises many types for corrupt files (and pandas for odd values)
         raise DataError(f"{p}: not a readable Parquet file ({e})") from None
-    return table.to_pandas(), json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
+    try:
+        meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("freq"), (str, type(None))) or \
+            not isinstance(meta.get("channels"), (list, type(None))):
+        raise DataError(f"{p}: its tsynth metadata (freq, channels) is damaged; write the file again")
+    return df, meta
 
 
 def _read_json_lines(p: Path, layout: str, freq: str | None) -> SeriesSet:
@@ -524,15 +555,22 @@ def _read_json_lines(p: Path, layout: str, freq: str | None) -> SeriesSet:
     if layout in ("long", "wide"):
         raise DataError(f"{src}: JSON lines hold records or arrays, not the {layout} layout")
     rows, linenos = [], []
-    with open(p, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{src}: line {lineno}: not valid JSON ({e.msg})") from None
-            linenos.append(lineno)
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{src}: line {line}: not UTF-8 text") from None
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{src}: line {lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{src}: line {lineno}: JSON nested too deeply") from None
+        linenos.append(lineno)
     if p.suffix.lower() == ".json" and len(rows) == 1 and isinstance(rows[0], list) and rows[0] and isinstance(rows[0][0], (dict, list)):
         rows, linenos = rows[0], list(range(1, len(rows[0]) + 1))
     if not rows:
@@ -563,12 +601,16 @@ def _json_array(x: Any, src: str, lineno: int, channels: list[str] | None) -> np
     """One JSON list of numbers as a (length, channels) array, or an error naming the line."""
     try:
         a = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{src}: line {lineno}: the array holds non-numeric values") from None
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{src}: line {lineno}: the array holds non-numeric values (or lists of different "
+                        "lengths, or numbers too large)") from None
     a = a[:, None] if a.ndim == 1 else a
     if a.ndim != 2 or len(a) == 0:
         raise DataError(f"{src}: line {lineno}: expected a non-empty list of numbers (or of equally long lists)")
+    if channels is not None and a.shape[1] != len(channels):
+        raise DataError(f"{src}: line {lineno}: channel {channels[0]!r} holds lists, not numbers")
     _check_finite(a, src, f"line {lineno}", channels or _default_channels(a.shape[1]))
+    _check_magnitude(a, src, f"line {lineno}", channels or _default_channels(a.shape[1]))
     return a
 
 
@@ -682,21 +724,43 @@ def _check_finite(vals: np.ndarray, source: str, who: str, channels: Sequence[st
                         "(NaN/inf are not allowed; fill or drop them first)")
 
 
+MAX_ABS_VALUE = 1e15  # values are stored as 32-bit floats and squared and summed in them (scales, distances)
+
+
+def _check_magnitude(vals: np.ndarray, source: str, who: str, channels: Sequence[str],
+                     rows: np.ndarray | None = None) -> None:
+    """Refuse a value beyond +-MAX_ABS_VALUE: it would overflow (to inf) in float32 arithmetic and wreck the
+    scales of every series; rescaling the data (other units) keeps its information."""
+    with np.errstate(invalid="ignore"):
+        big = np.abs(vals) > MAX_ABS_VALUE
+    if big.any():
+        t, c = np.argwhere(big)[0]
+        where = f"row {rows[t]}" if rows is not None else f"step {t}"
+        raise DataError(f"{source}: {who}, {where}, channel '{channels[c]}': value {vals[t, c]:.6g} is too large "
+                        f"(at most {MAX_ABS_VALUE:.0e} in magnitude; rescale the data, e.g. to other units)")
+
+
 def _default_channels(c: int) -> list[str]:
     return ["value"] if c == 1 else [f"value_{j}" for j in range(c)]
 
 
 def _datetimes(x: Any) -> pd.Series:
     """Time stamps as naive nanosecond datetimes (time zones converted to UTC); NaT where unparseable."""
-    t = pd.to_datetime(x if isinstance(x, pd.Series) else pd.Series(x), errors="coerce", utc=True)
-    return t.dt.tz_convert(None).dt.as_unit("ns")
+    x = x if isinstance(x, pd.Series) else pd.Series(x)
+    if pd.api.types.is_bool_dtype(x):  # True/False are not time stamps (pandas reads them as nanoseconds)
+        x = pd.Series([None] * len(x), index=x.index, dtype=object)
+    t = pd.to_datetime(x, errors="coerce", utc=True)
+    t = t.dt.tz_convert(None) if t.dt.tz is not None else t
+    t = t.where((t >= pd.Timestamp.min) & (t <= pd.Timestamp.max))  # NaT beyond nanoseconds' 1677..2262
+    return t.dt.as_unit("ns")
 
 
 def _parse_times(col: pd.Series, source: str, name: str) -> pd.Series:
     times = _datetimes(col)
     bad = np.flatnonzero(times.isna().to_numpy())
     if len(bad):
-        raise DataError(f"{source}: row {bad[0] + 2}: column '{name}' is not a timestamp: {col.iloc[bad[0]]!r}")
+        raise DataError(f"{source}: row {bad[0] + 2}: column '{name}' is not a timestamp: {col.iloc[bad[0]]!r} "
+                        "(time stamps lie in the years 1677-2262)")
     return times
 
 
@@ -706,6 +770,16 @@ def _header_times(cols: pd.Index) -> pd.Series | None:
         return None
     times = pd.Series(pd.to_datetime(cols.astype(str), errors="coerce", format="ISO8601"))
     return None if times.isna().any() else _datetimes(times)
+
+
+def _check_freq(freq: Any, where: str) -> None:
+    """Refuse a frequency pandas does not know (None passes)."""
+    if freq is None:
+        return
+    try:
+        pd.tseries.frequencies.to_offset(freq)
+    except (ValueError, TypeError):
+        raise DataError(f"{where}: unknown frequency {freq!r} (use a pandas alias such as h, D, 15min, MS)") from None
 
 
 def _record_freq(df: pd.DataFrame, source: str) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from .artifact import read_manifest, write_artifact
 from .data import SeriesSet
-from .errors import ConfigError
+from .errors import ArtifactError, ConfigError, TsynthError
 
 BACKENDS = {
     "local": "tsynth.backends.local:LocalBackend",
@@ -74,6 +74,12 @@ class Synthesizer:
         doc = read_manifest(path)
         self = cls.__new__(cls)
         self.backend_name = doc["backend"]
-        self.backend = backend_class(doc["backend"]).load(Path(path), doc)
+        try:
+            self.backend = backend_class(doc["backend"]).load(Path(path), doc)
+        except TsynthError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OSError) as e:  # a damaged or hand-edited tsynth.json
+            raise ArtifactError(f"{Path(path) / 'tsynth.json'}: incomplete or damaged, cannot load the model "
+                                f"({type(e).__name__}: {e})") from None
         self.fitted = True
         return self

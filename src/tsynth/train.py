@@ -11,6 +11,7 @@ split of the training items with early stopping, a checkpoint at the end of ever
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -254,18 +255,21 @@ def drop_conditions(tokens: torch.Tensor, field_slots: list[tuple[int, int]], p:
 def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, loss_fn: Callable,
              field_slots: list[tuple[int, int]], cfg: TrainConfig, checkpoint_dir: Path | None = None,
              resume: bool = False, callback: Callable[[dict], None] | None = None, dp=None,
-             progress: bool = True) -> tuple[object, TrainResult]:
+             progress: bool = True, source_arrays: dict[str, np.ndarray] | None = None) -> tuple[object, TrainResult]:
     """Train ``model`` on token arrays; returns the best model (lowest validation loss) and the figures.
 
     ``loss_fn(model, batch, reduction)`` computes the loss of a batch of rows of the token arrays
     (:func:`value_token_loss` for value tokens; other modes pass their own). ``callback(event)`` gets
     ``{"type": "epoch", ...}`` after every epoch (raise to stop the run; the checkpoint of the last finished
-    epoch stays). ``dp`` is a :class:`tsynth.privacy.DPEngine` or None.
+    epoch stays). ``dp`` is a :class:`tsynth.privacy.DPEngine` or None. Each checkpoint records a fingerprint of
+    the run (:func:`run_fingerprint`; ``source_arrays``: arrays the rows of ``train_tokens`` index, as the step
+    model's do), and ``resume`` refuses a checkpoint whose fingerprint differs, naming the difference.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+    fingerprint = run_fingerprint(model, train_tokens, valid_tokens, cfg, source_arrays)
     set_seed(cfg.seed)
     accelerator = Accelerator(cpu=train_device() == "cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -289,6 +293,10 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     state_file = checkpoint_dir / "progress.json" if checkpoint_dir else None
     if resume and state_file is not None and state_file.exists():
         saved = json.loads(state_file.read_text())
+        differ = fingerprint_difference(saved.get("fingerprint"), fingerprint)
+        if differ:
+            raise ConfigError(f"--resume: the checkpoint in {checkpoint_dir} belongs to another fit ({differ}); "
+                              "resume with the data and options of that fit, or fit again without --resume")
         state_dir = checkpoint_dir / saved.get("state", "last")  # "last": the layout before epoch-N states
         accelerator.load_state(str(state_dir))
         result = TrainResult(**{"epochs_planned": cfg.epochs, "steps_planned": cfg.epochs * steps_per_epoch,
@@ -347,7 +355,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
             clock.after_epoch(result)
             bar.total = result.epochs_planned
         state_dir = None if checkpoint_dir is None else _save_checkpoint(
-            accelerator, checkpoint_dir, gen, best_state, epoch + 1, best_loss, bad_epochs, result)
+            accelerator, checkpoint_dir, gen, best_state, epoch + 1, best_loss, bad_epochs, result, fingerprint)
         bar.set_postfix(train=f"{result.train_loss[-1]:.3f}", valid="-" if vloss is None else f"{vloss:.3f}")
         bar.update(1)
         if callback is not None:
@@ -475,8 +483,46 @@ def evaluate_loss(model, tokens: np.ndarray, loss_fn: Callable, device, batch: i
     return total / max(count, 1)
 
 
+def run_fingerprint(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, cfg: TrainConfig,
+                    source_arrays: dict[str, np.ndarray] | None = None) -> dict:
+    """What a checkpoint belongs to: digests of the training and validation tokens (the data as encoded, so
+    its values, scaling, bins and conditions; with ``source_arrays``, the arrays that rows of tokens index,
+    as the step model's windows do), the model's size and vocabulary, and every training setting but the
+    time limit (a resumed run's share of it is measured again)."""
+    def digest(*arrays: np.ndarray | None) -> str | None:
+        if arrays[0] is None:
+            return None
+        h = hashlib.sha256()
+        for a in arrays:
+            a = np.ascontiguousarray(a)
+            h.update(str((a.shape, a.dtype.str)).encode() + a.tobytes())
+        return h.hexdigest()[:16]
+
+    settings = {k: v for k, v in asdict(cfg).items() if k != "time_limit_s"}
+    source = [source_arrays[k] for k in sorted(source_arrays)] if source_arrays else []
+    return {"training data": digest(train_tokens, *source), "validation data": digest(valid_tokens, *source),
+            "model parameters": int(sum(p.numel() for p in model.parameters())),
+            "vocabulary": getattr(model.config, "vocab_size", None), **settings}
+
+
+def fingerprint_difference(saved: dict | None, now: dict) -> str:
+    """How a checkpoint's fingerprint differs from this run's, in words ('' when they match)."""
+    if saved is None:
+        return "it records no fingerprint of its data and options (an older tsynth wrote it)"
+    out = []
+    for key in dict.fromkeys([*saved, *now]):
+        was, new = saved.get(key), now.get(key)
+        if was == new or (isinstance(new, (list, tuple)) and list(new) == was):
+            continue
+        if key.endswith("data"):
+            out.append(f"other {key} (or another scaling, binning or conditions)")
+        else:
+            out.append(f"{key} {was!r} in the checkpoint, {new!r} now")
+    return "; ".join(out)
+
+
 def _save_checkpoint(accelerator, directory: Path, gen: torch.Generator, best_state, epoch: int,
-                     best_loss: float, bad_epochs: int, result: TrainResult) -> Path:
+                     best_loss: float, bad_epochs: int, result: TrainResult, fingerprint: dict | None = None) -> Path:
     """Write the resumable state of a finished epoch to ``epoch-N/``, then point ``progress.json`` at it;
     returns that folder.
 
@@ -495,7 +541,7 @@ def _save_checkpoint(accelerator, directory: Path, gen: torch.Generator, best_st
         torch.save(best_state, tmp / "best.pt")
     os.replace(tmp, directory / name)
     progress = {"epoch": epoch, "state": name, "best_loss": best_loss, "bad_epochs": bad_epochs,
-                "result": asdict(result)}
+                "result": asdict(result), "fingerprint": fingerprint}
     (directory / "progress.json.tmp").write_text(json.dumps(progress))
     os.replace(directory / "progress.json.tmp", directory / "progress.json")
     for old in directory.glob("epoch-*"):

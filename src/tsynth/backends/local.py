@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ import torch
 
 from ..codecs.values import POINT_MASS_SERIES, ValueCodec, choose_scaling
 from ..data import SeriesSet, atomic_write
-from ..errors import ArtifactError, ConfigError, DataError
+from ..errors import ArtifactError, ConfigError, DataError, TsynthError
 from ..prior import CORPUS_FILE, DEFAULT_PRIOR, Prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
@@ -395,7 +396,8 @@ def train_member(job: dict, callback: Callable[[dict], None] | None, progress: b
     dp = job["dp"]
     member_callback = None if callback is None else (lambda e: callback({**e, "member": job["member"]}))
     model, result = train_lm(model, job["train_tokens"], job["valid_tokens"], member_loss(job), job["slots"], cfg,
-                             job["checkpoint"], job["resume"], member_callback, dp=dp, progress=progress)
+                             job["checkpoint"], job["resume"], member_callback, dp=dp, progress=progress,
+                             source_arrays=job.get("arrays"))
     for p in model.parameters():
         p.requires_grad_(True)
     return {"model": model, "result": {**asdict(result), "trainable": job["trainable"], "trainable_values": trainable},
@@ -406,8 +408,9 @@ def run_members(jobs: list[dict], callback: Callable[[dict], None] | None, progr
                 workers: int | None = None) -> list[dict]:
     """Train every member: in this process when there is one member or one core, else in parallel child
     processes (``python -m tsynth.backends.local JOB``, one torch thread each, at most ``workers`` or the
-    number of cores at once). Events reach ``callback`` in this process; if it raises, the children are
-    stopped and the error propagates."""
+    number of cores at once). Events reach ``callback`` in this process; if it raises (or the run is
+    interrupted), the children are stopped and the error propagates. A child's input (the encoded training
+    data) goes to :func:`_inputs_dir`, removed when training ends, however it ends."""
     workers = min(len(jobs), workers or len(os.sched_getaffinity(0)))
     if workers <= 1:
         return [train_member(job, callback, progress) for job in jobs]
@@ -417,35 +420,49 @@ def run_members(jobs: list[dict], callback: Callable[[dict], None] | None, progr
     pending, running, done = list(jobs), {}, {}
     bar = tqdm(total=sum(j["cfg"].epochs for j in jobs), desc=f"training {len(jobs)} members", unit="epoch",
                disable=not progress, leave=False)
-    with tempfile.TemporaryDirectory(prefix="tsynth-members-") as tmp:
-        try:
-            while pending or running:
-                while pending and len(running) < workers:
-                    job = pending.pop(0)
-                    running[job["member"]] = _start_member(job, Path(tmp), events)
-                member, line = events.get()
-                if line is None:  # the child closed its output: finished or died
-                    proc, out = running.pop(member)
-                    if proc.wait() != 0 or not out.exists():
-                        raise RuntimeError(f"training member {member} failed (exit code {proc.returncode}); see the log above")
-                    res = torch.load(out, weights_only=False)
-                    job = jobs[member]
-                    model = build_model(job["vocab_size"], job["n_positions"], job["cfg"].preset, job["cfg"].dropout)
-                    model.load_state_dict(res["weights"])
-                    done[member] = {"model": model.eval(), "result": res["result"], "privacy": res["privacy"]}
-                    bar.update(job["cfg"].epochs - res["result"]["epochs_run"])  # epochs skipped by early stopping
-                    continue
-                event = json.loads(line)
-                bar.update(1)
-                bar.set_postfix(member=member, train=f"{event['train_loss']:.3f}")
-                if callback is not None:
-                    callback(event)
-        finally:
-            for proc, _ in running.values():
-                proc.kill()
-                proc.wait()
-            bar.close()
+    tmp = _inputs_dir(jobs)
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                job = pending.pop(0)
+                running[job["member"]] = _start_member(job, tmp, events)
+            member, line = events.get()
+            if line is None:  # the child closed its output: finished or died
+                proc, out = running.pop(member)
+                if proc.wait() != 0 or not out.exists():
+                    raise RuntimeError(f"training member {member} failed (exit code {proc.returncode}); see the log above")
+                res = torch.load(out, weights_only=False)
+                job = jobs[member]
+                model = build_model(job["vocab_size"], job["n_positions"], job["cfg"].preset, job["cfg"].dropout)
+                model.load_state_dict(res["weights"])
+                done[member] = {"model": model.eval(), "result": res["result"], "privacy": res["privacy"]}
+                bar.update(job["cfg"].epochs - res["result"]["epochs_run"])  # epochs skipped by early stopping
+                continue
+            event = json.loads(line)
+            if "error" in event:  # the child refused its input (e.g. a checkpoint of another fit)
+                raise ConfigError(event["error"])
+            bar.update(1)
+            bar.set_postfix(member=member, train=f"{event['train_loss']:.3f}")
+            if callback is not None:
+                callback(event)
+    finally:
+        for proc, _ in running.values():
+            proc.kill()
+            proc.wait()
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     return [done[j["member"]] for j in jobs]
+
+
+def _inputs_dir(jobs: list[dict]) -> Path:
+    """Where the members' inputs go: ``inputs/`` of the fit's checkpoint directory, owner-only (never a shared
+    temporary directory), or a private temporary directory (also owner-only) when the fit has none."""
+    if jobs[0]["checkpoint"] is None:
+        return Path(tempfile.mkdtemp(prefix="tsynth-members-"))
+    d = Path(jobs[0]["checkpoint"]).parent / "inputs"
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    return d
 
 
 def _start_member(job: dict, tmp: Path, events: Queue):
@@ -470,7 +487,11 @@ def _member_main(job_path: str) -> None:
     """Child process entry: train the member in ``job_path``, print events as JSON lines, save the result."""
     torch.set_num_threads(1)
     job = torch.load(job_path, weights_only=False)
-    out = train_member(job, lambda e: print(json.dumps(e), flush=True), progress=False)
+    try:
+        out = train_member(job, lambda e: print(json.dumps(e), flush=True), progress=False)
+    except TsynthError as e:  # the parent raises it as the fit's error (one line, not this traceback)
+        print(json.dumps({"error": str(e)}), flush=True)
+        sys.exit(2)
     torch.save({"weights": out["model"].state_dict(), "result": out["result"], "privacy": out["privacy"]},
                Path(job_path).with_suffix(".out"))
 

@@ -163,6 +163,9 @@ def prepare_files(data: SeriesSet, out_dir: str | os.PathLike, codec: ChatCodec 
     limit = next((v for k, v in TOKEN_LIMITS.items() if model.startswith(k)), DEFAULT_TOKEN_LIMIT)
     counts = []
     paths = {}
+    texts = {}
+    if len(train) < MIN_EXAMPLES:
+        raise DataError(f"train.jsonl: {len(train)} examples; OpenAI requires at least {MIN_EXAMPLES}")
     for name, part in (("train.jsonl", train), ("validation.jsonl", valid)):
         if part is None:
             continue
@@ -173,10 +176,10 @@ def prepare_files(data: SeriesSet, out_dir: str | os.PathLike, codec: ChatCodec 
             raise DataError(f"{name}: {len(too_long)} example(s) exceed the {limit:,}-token limit of {model} "
                             f"(first: line {too_long[0]}, {tokens[too_long[0] - 1]:,} tokens); cut shorter windows "
                             "(--length) or use fewer decimals")
-        paths[name] = atomic_write(out / name, lambda p, lines=lines: p.write_text("\n".join(lines) + "\n", "utf-8"))
+        texts[name] = "\n".join(lines) + "\n"
         counts.append(tokens)
-    if len(counts[0]) < MIN_EXAMPLES:
-        raise DataError(f"train.jsonl: {len(counts[0])} examples; OpenAI requires at least {MIN_EXAMPLES}")
+    for name, text in texts.items():  # written only once both files passed every check
+        paths[name] = atomic_write(out / name, lambda p, text=text: p.write_text(text, "utf-8"))
     epochs = cookbook_epochs(len(counts[0])) if n_epochs == "auto" else int(n_epochs)
     price = training_price(model)
     total = sum(counts[0])

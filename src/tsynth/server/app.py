@@ -11,18 +11,23 @@ with the matching status, so the SDK raises its usual exceptions.
 Behaviour worth knowing:
 
 * Binds to 127.0.0.1 unless told otherwise. With an API key (``--api-key`` or ``TSYNTH_API_KEY``)
-  every request needs ``Authorization: Bearer KEY``; without one any key is accepted.
+  every request needs ``Authorization: Bearer KEY``; without one any key is accepted. An empty key is
+  refused (it would turn authentication off unnoticed).
 * Uploads: purpose ``fine-tune`` only, ``.jsonl`` only, at most ``max_upload_bytes`` (512 MB, as
-  OpenAI). The result file ``step_metrics.csv`` of a job is served **base64-encoded**, as OpenAI
+  OpenAI). With a storage quota (``--max-storage``) an upload that would take the data directory past
+  it is refused (413, ``storage_quota_exceeded``), and so is one the disk has no room for (507); a job
+  that starts with the quota used up fails with that code. The result file ``step_metrics.csv`` of a job is served **base64-encoded**, as OpenAI
   does (``base64.b64decode(client.files.content(id).read())``); uploaded files are served as stored.
 * The SDK retries a POST that failed in transit without an idempotency key; a retried upload or job
   creation (``x-stainless-retry-count`` > 0) with the same content within 10 minutes returns the
   object made by the first attempt instead of a duplicate. An ``Idempotency-Key`` header is honoured
   for 24 hours.
 * Base models (``tsynth-tiny`` / ``-small`` / ``-base``, and OpenAI model names, trained as the tiny
-  preset) can be fine-tuned but cannot generate: a completion on one is a 400 that says so. A job whose
-  ``model`` is a local Hugging Face model directory, a ``.gguf`` file or a hub id fine-tunes that model
-  with LoRA (the pretrained backend).
+  preset) can be fine-tuned but cannot generate: a completion on one is a 400 that says so. Hugging Face
+  models are fine-tuned with LoRA (the pretrained backend) only when the operator allows them
+  (``--models-dir DIR``: each model folder or ``.gguf`` file there, by name; ``--base-model``: a path or
+  hub id, as written; see :class:`tsynth.server.worker.BaseModels`); any other ``model`` is the same 404
+  ``model_not_found``, whether or not such a path exists on the server.
 * Tokens in ``usage`` and ``max_tokens`` are counted with :func:`tsynth.codecs.chat.approx_tokens`
   (there is no text tokenizer: the model works on value tokens).
 * Jobs, restarts and hyperparameters: see :mod:`tsynth.server.worker`; completions: see
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -49,11 +55,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..codecs.chat import approx_tokens, chat_tokens, message_text, truncate_tokens
-from ..errors import TsynthError
+from ..errors import ConfigError, TsynthError
 from . import schemas as S
 from .engine import LoadedModel, ModelPool
 from .store import Store, new_id, now
-from .worker import BASE_MODELS, can_fine_tune, preset_for, recover, start_workers, stop_workers, validate_job
+from .worker import BASE_MODELS, BaseModels, Workers, preset_for, recover, validate_job
 
 log = logging.getLogger("tsynth.server")
 
@@ -86,11 +92,20 @@ def _page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 
 def create_app(data_dir: str | os.PathLike, api_key: str | None = None, workers: int = 1, train_threads: int = 1,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES, generation_slots: int = 1) -> FastAPI:
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, generation_slots: int = 1,
+               models_dir: str | os.PathLike | None = None, base_models: tuple[str, ...] | list[str] = (),
+               max_storage_bytes: int | None = None) -> FastAPI:
     """The ASGI app over one data directory; starting it (lifespan) starts ``workers`` training processes,
-    each on ``train_threads`` torch threads."""
+    each on ``train_threads`` torch threads, and the supervisor that restarts them (``app.state.workers``).
+    ``models_dir`` and ``base_models`` are the operator's allow-list of Hugging Face base models;
+    ``max_storage_bytes`` caps the data directory."""
+    if api_key is not None and not api_key.strip():
+        raise ConfigError("the API key is empty: give a key, or none to serve without authentication")
+    if max_storage_bytes is not None and max_storage_bytes <= 0:
+        raise ConfigError(f"the storage quota must be positive, got {max_storage_bytes} bytes")
     store = Store(data_dir)
     pool = ModelPool(store, slots=generation_slots)
+    allowed = BaseModels(models_dir, base_models)
     started = now()
 
     @asynccontextmanager
@@ -98,11 +113,11 @@ def create_app(data_dir: str | os.PathLike, api_key: str | None = None, workers:
         lock = _lock(store.root / "server.lock")
         for job_id in recover(store):
             threading.Thread(target=validate_job, args=(store, job_id), daemon=True).start()
-        procs = start_workers(store.root, workers, train_threads)
+        app.state.workers = Workers(store, workers, train_threads, max_storage_bytes)
         try:
             yield
         finally:
-            await asyncio.to_thread(stop_workers, procs)
+            await asyncio.to_thread(app.state.workers.stop)
             lock.close()
 
     app = FastAPI(title="tsynth serve", description=__doc__, lifespan=lifespan)
@@ -188,12 +203,24 @@ def create_app(data_dir: str | os.PathLike, api_key: str | None = None, workers:
                            "file", "invalid_file_format")
         file_id = new_id("file-")
         tmp = store.files_dir / f".{file_id}.upload"
+        room = max_upload_bytes
+        if max_storage_bytes is not None:
+            room = min(room, max_storage_bytes - await asyncio.to_thread(store.usage))
         try:
-            size, sha = await asyncio.to_thread(_save_upload, file.file, tmp, max_upload_bytes,
+            size, sha = await asyncio.to_thread(_save_upload, file.file, tmp, max(room, 0),
                                                 f"{purpose}\n{filename}\n".encode())
         except OverflowError:
+            if room < max_upload_bytes:
+                raise APIError(413, f"The server's storage quota ({max_storage_bytes} bytes) has no room for this "
+                                    "file: delete files or models you no longer need.", "file",
+                               "storage_quota_exceeded", headers={"x-should-retry": "false"}) from None
             raise APIError(413, f"File too large: the limit is {max_upload_bytes} bytes.", "file",
                            "file_too_large") from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise APIError(507, "The server's disk is full: the file could not be stored.", "file",
+                           "insufficient_storage", "server_error", headers={"x-should-retry": "false"}) from None
         digest, window = dedupe_key(request, sha.encode())
         earlier = store.by_digest("files", digest, now() - window) if window else None
         if earlier is not None:
@@ -251,11 +278,8 @@ def create_app(data_dir: str | os.PathLike, api_key: str | None = None, workers:
             raise APIError(400, f"Continuing training from a fine-tuned model ({body.model}) is not supported by "
                                 f"tsynth serve; start from a base model ({', '.join(BASE_MODELS)}).",
                            "model", "model_not_available")
-        if not can_fine_tune(body.model):
-            raise APIError(400, f"Model {body.model} is not available for fine-tuning: use one of "
-                                f"{', '.join(BASE_MODELS)}, an OpenAI model name (trained as tsynth-tiny), or a "
-                                "Hugging Face model (a local directory, a .gguf file or a hub id).",
-                           "model", "model_not_available")
+        if not allowed.allows(body.model):
+            raise _model_not_found(body.model)
         if body.method is not None and body.method.type != "supervised":
             raise APIError(400, f"Fine-tuning method '{body.method.type}' is not supported; use 'supervised'.",
                            "method.type", "invalid_value")
@@ -279,7 +303,7 @@ def create_app(data_dir: str | os.PathLike, api_key: str | None = None, workers:
             method={"type": "supervised", "supervised": {"hyperparameters": hp}},
             seed=body.seed if body.seed is not None else secrets.randbelow(2**31), metadata=body.metadata,
             integrations=body.integrations, user_provided_suffix=body.suffix).model_dump()
-        store.add_job(doc, digest)
+        store.add_job(doc, digest, allowed.source(body.model))
         store.add_event(doc["id"], f"Created fine-tuning job: {doc['id']}")
         background.add_task(validate_job, store, doc["id"])
         return doc
@@ -328,11 +352,12 @@ def create_app(data_dir: str | os.PathLike, api_key: str | None = None, workers:
 
     @app.get("/v1/models")
     def list_models():
-        return {"object": "list", "data": [base_model(m) for m in BASE_MODELS] + store.models()}
+        bases = [*BASE_MODELS, *allowed.listed()]
+        return {"object": "list", "data": [base_model(m) for m in bases] + store.models()}
 
     @app.get("/v1/models/{model:path}", response_model=S.ModelObject)
     def retrieve_model(model: str):
-        if model in BASE_MODELS:
+        if model in BASE_MODELS or allowed.source(model) is not None:
             return base_model(model)
         found = store.model(model)
         if found is None:
@@ -341,7 +366,7 @@ def create_app(data_dir: str | os.PathLike, api_key: str | None = None, workers:
 
     @app.delete("/v1/models/{model:path}", response_model=S.ModelDeleted)
     def delete_model(model: str):
-        if model in BASE_MODELS:
+        if model in BASE_MODELS or allowed.source(model) is not None:
             raise APIError(403, f"You cannot delete the base model {model}.", "model", "permission_denied")
         if not store.delete_model(model):
             raise _model_not_found(model)
@@ -357,7 +382,7 @@ def create_app(data_dir: str | os.PathLike, api_key: str | None = None, workers:
             raise APIError(400, "logprobs are not supported by tsynth serve", "logprobs", "invalid_value")
         model = pool.get(body.model)
         if model is None:
-            if preset_for(body.model) is not None:
+            if preset_for(body.model) is not None or allowed.source(body.model) is not None:
                 raise APIError(400, f"The model `{body.model}` is a base model: it has not been fine-tuned on any "
                                     "series, so it cannot generate. Fine-tune it (POST /v1/fine_tuning/jobs) and use "
                                     "the job's fine_tuned_model.", "model", "model_not_available")
@@ -491,13 +516,17 @@ def _lock(path: Path):
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | os.PathLike = "tsynth-server",
-          api_key: str | None = None, workers: int = 1) -> None:
+          api_key: str | None = None, workers: int = 1, models_dir: str | os.PathLike | None = None,
+          base_models: tuple[str, ...] | list[str] = (), max_storage_bytes: int | None = None) -> None:
     """Run the server with uvicorn until interrupted."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use it", host)
-    app = create_app(data_dir, api_key=api_key, workers=workers)
+    if models_dir is not None and not Path(models_dir).is_dir():
+        raise ConfigError(f"--models-dir {models_dir}: no such folder")
+    app = create_app(data_dir, api_key=api_key, workers=workers, models_dir=models_dir, base_models=base_models,
+                     max_storage_bytes=max_storage_bytes)
     _lock(Path(data_dir) / "server.lock").close()   # one clear error now rather than a failed startup later
     print(f"tsynth serve: http://{host}:{port}/v1 (data in {Path(data_dir).resolve()}"
           f"{', API key required' if api_key else ''})", flush=True)
@@ -505,6 +534,26 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | os.PathLike
 
 
 def serve_from_cli(args) -> int:
-    """``tsynth serve``: the API key comes from ``--api-key`` or ``TSYNTH_API_KEY``."""
-    serve(args.host, args.port, args.data_dir, args.api_key or os.environ.get("TSYNTH_API_KEY") or None)
+    """``tsynth serve``: the API key comes from ``--api-key`` or ``TSYNTH_API_KEY``; an empty one is refused."""
+    key, source = (args.api_key, "--api-key") if args.api_key is not None else \
+        (os.environ.get("TSYNTH_API_KEY"), "TSYNTH_API_KEY")
+    if key is not None and not key.strip():
+        raise ConfigError(f"{source} is empty, which would turn authentication off: give a key, or leave it out "
+                          "to serve without one")
+    serve(args.host, args.port, args.data_dir, key, models_dir=args.models_dir, base_models=args.base_model or (),
+          max_storage_bytes=parse_size(args.max_storage) if args.max_storage else None)
     return 0
+
+
+def parse_size(text: str) -> int:
+    """``500M``, ``20G``, ``1.5T`` or a number of bytes, as bytes (K, M, G, T: powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        value = float(t[: len(t) - len(unit)]) * units[unit]
+    except ValueError:
+        raise ConfigError(f"--max-storage expects a size such as 500M or 20G, got {text!r}") from None
+    if not value >= 1:
+        raise ConfigError(f"--max-storage must be positive, got {text!r}")
+    return int(value)

@@ -9,8 +9,10 @@ under ``DATA_DIR/files/<id>``; a path is only ever built from an id that matched
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import shutil
 import sqlite3
 import string
 import time
@@ -22,7 +24,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
     purpose TEXT NOT NULL, digest TEXT, created_at INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    status TEXT NOT NULL, digest TEXT, created_at INTEGER NOT NULL, doc TEXT NOT NULL);
+    status TEXT NOT NULL, digest TEXT, created_at INTEGER NOT NULL, doc TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, worker TEXT, base TEXT);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
     job_id TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
@@ -33,6 +36,8 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
 CREATE INDEX IF NOT EXISTS checkpoints_job ON checkpoints (job_id, seq);
 """
 
+# columns added since the first release, added to an older database when it is opened
+JOB_COLUMNS = {"attempts": "INTEGER NOT NULL DEFAULT 0", "worker": "TEXT", "base": "TEXT"}
 ID_PATTERN = re.compile(r"^(file-|ftjob-|ftevent-|ftckpt_)[A-Za-z0-9]{24}$")
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -61,8 +66,37 @@ class Store:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for name, kind in JOB_COLUMNS.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            conn.commit()
         finally:
             conn.close()
+
+    def remove_partial_writes(self) -> int:
+        """Delete what a killed server or worker left half-written (uploads, model directories, result
+        files, snapshots: all written under a temporary name first); returns how many."""
+        leftovers = [*self.files_dir.glob(".*.upload"), *self.files_dir.glob("*.tmp"),
+                     *self.models_dir.glob(".*.tmp-*"), *self.models_dir.glob(".*.old-*"),
+                     *self.jobs_dir.glob("*/snapshots/.step-*.tmp")]
+        for path in leftovers:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def usage(self) -> int:
+        """Bytes held under the data directory (files, models, job state, the database)."""
+        total = 0
+        for dirpath, _, names in os.walk(self.root):
+            for name in names:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:  # removed meanwhile
+                    pass
+        return total
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -130,11 +164,26 @@ class Store:
         return gone
 
     # ------------------------------------------------------------------ jobs
-    def add_job(self, doc: dict[str, Any], digest: str | None = None) -> dict[str, Any]:
+    def add_job(self, doc: dict[str, Any], digest: str | None = None, base: str | None = None) -> dict[str, Any]:
+        """Record a job; ``base`` is where its base model lives (a path or hub id from the operator's allow-list;
+        None for the local presets)."""
         with self.tx() as c:
-            c.execute("INSERT INTO jobs (id, status, digest, created_at, doc) VALUES (?, ?, ?, ?, ?)",
-                      (doc["id"], doc["status"], digest, doc["created_at"], json.dumps(doc)))
+            c.execute("INSERT INTO jobs (id, status, digest, created_at, doc, base) VALUES (?, ?, ?, ?, ?, ?)",
+                      (doc["id"], doc["status"], digest, doc["created_at"], json.dumps(doc), base))
         return doc
+
+    def job_run(self, job_id: str) -> tuple[int, str | None, str | None]:
+        """How often a job was started, the worker slot that holds it, and where its base model lives."""
+        with self.tx() as c:
+            row = c.execute("SELECT attempts, worker, base FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return (int(row[0]), row[1], row[2]) if row else (0, None, None)
+
+    def jobs_on_worker(self, worker: str) -> list[dict[str, Any]]:
+        """The jobs a worker slot is running."""
+        with self.tx() as c:
+            rows = c.execute("SELECT doc FROM jobs WHERE status = 'running' AND worker = ? ORDER BY seq",
+                             (worker,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         return self._get("jobs", job_id)
@@ -152,15 +201,17 @@ class Store:
             c.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?", (doc["status"], json.dumps(doc), job_id))
         return doc
 
-    def claim_job(self) -> dict[str, Any] | None:
-        """Move the oldest queued job to running and return it (atomic across worker processes)."""
+    def claim_job(self, worker: str = "0") -> dict[str, Any] | None:
+        """Move the oldest queued job to running on worker slot ``worker``, counting the attempt, and return it
+        (atomic across worker processes)."""
         with self.tx() as c:
             row = c.execute("SELECT id, doc FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
             if row is None:
                 return None
             doc = json.loads(row[1])
             doc["status"] = "running"
-            c.execute("UPDATE jobs SET status = 'running', doc = ? WHERE id = ?", (json.dumps(doc), row[0]))
+            c.execute("UPDATE jobs SET status = 'running', doc = ?, attempts = attempts + 1, worker = ? WHERE id = ?",
+                      (json.dumps(doc), worker, row[0]))
         return doc
 
     def jobs_with_status(self, *statuses: str) -> list[dict[str, Any]]:

@@ -7,9 +7,15 @@ local backend on the series and conditions of the training file) -> ``succeeded`
 :data:`KEEP_CHECKPOINTS` become ``ft:...:ckpt-step-N`` models); cancelling stops the run at the next
 epoch end.
 
-Restart policy: a job that was ``running`` when the server stopped (or was killed) is queued again
-at the next start and **resumes from its last epoch checkpoint** (``resume=True``), with a ``warn``
-event saying so; a job still ``validating_files`` is validated again. Nothing else is touched.
+Failures: anything a job raises (while its files are validated or while it trains) ends that job
+(``failed``, with the reason in ``error``), never the worker. A worker process that dies anyway
+(killed, out of memory, a crash in native code) is started again by the server's supervisor thread,
+and the job it was running is queued again to **resume from its last epoch checkpoint**, with a
+``warn`` event saying so, unless it has already been started :data:`MAX_ATTEMPTS` times: then it is
+failed, so a job that kills its worker is not retried forever. The same holds across restarts: a job
+that was ``running`` when the server stopped (or was killed) is queued again at the next start (or
+failed, past :data:`MAX_ATTEMPTS`); a job still ``validating_files`` is validated again; what a killed
+process left half-written (an upload, a model directory) is removed.
 
 The worker is a ``python`` process running :func:`main` with its stdin connected to the server:
 when the server dies, stdin reaches end-of-file and the worker exits at once, so no orphan keeps
@@ -19,10 +25,10 @@ times faster than torch's default of a thread per core.
 
 Base models: ``tsynth-tiny``, ``tsynth-small``, ``tsynth-base`` are the local backend's presets;
 an OpenAI model name (``gpt-4o-mini-2024-07-18``, ``gpt-3.5-turbo``, ``davinci-002``...) is accepted
-and trained as :data:`DEFAULT_PRESET`. A local Hugging Face model directory, a ``.gguf`` file or a hub
-id (``org/name``) is fine-tuned with LoRA by the pretrained backend, in the training file's chat format
-(system prompt, user fields, series key, decimals); a checkpoint snapshot then holds the adapter weights
-only. Hyperparameters: ``n_epochs`` -> epochs ("auto": OpenAI's cookbook rule -- 3, more for small
+and trained as :data:`DEFAULT_PRESET`. Hugging Face models come only from the operator's allow-list
+(:class:`BaseModels`: ``tsynth serve --models-dir DIR`` and ``--base-model NAME_OR_PATH``); they are
+fine-tuned with LoRA by the pretrained backend, in the training file's chat format (system prompt,
+user fields, series key, decimals); a checkpoint snapshot then holds the adapter weights only. Hyperparameters: ``n_epochs`` -> epochs ("auto": OpenAI's cookbook rule -- 3, more for small
 files, fewer for huge ones -- capped at :data:`AUTO_EPOCH_CAP` for CPU training); ``batch_size`` ->
 batch size ("auto": the backend's default, at most the number of examples);
 ``learning_rate_multiplier`` multiplies the backend's default learning rate ("auto": 1). Both backends
@@ -36,7 +42,6 @@ import csv
 import io
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +65,8 @@ AUTO_EPOCH_CAP = 10
 MIN_EXAMPLES = 10
 KEEP_CHECKPOINTS = 3
 POLL_SECONDS = 0.3
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+MAX_ATTEMPTS = 2  # starts of one job: the first and one resumption after its worker died
+MODEL_FILES = ("config.json",)  # a folder of --models-dir holding one of these is a base model
 
 
 class Cancelled(Exception):
@@ -74,13 +80,34 @@ def preset_for(model: str) -> str | None:
     return DEFAULT_PRESET if model.startswith(OPENAI_MODEL_PREFIXES) else None
 
 
-def can_fine_tune(model: str) -> bool:
-    """Whether ``model`` is a base model: a preset or OpenAI name, or a pretrained model (a local model
-    directory, a ``.gguf`` file or a Hugging Face hub id)."""
-    if preset_for(model) is not None or HUB_ID.fullmatch(model):
-        return True
-    path = Path(model)
-    return bool(model) and (path.is_dir() or (path.suffix == ".gguf" and path.is_file()))
+class BaseModels:
+    """The base models jobs may start from: the presets and OpenAI names (see :func:`preset_for`), and the
+    Hugging Face models the operator allows: every model folder (holding a ``config.json``) or ``.gguf`` file
+    in ``models_dir``, by its name, and every entry of ``allowed`` (a path or hub id) exactly as written. A
+    client names one of these, never a path or hub id of its own: nothing else is looked up on disk or on the
+    hub, so a request cannot probe which server paths exist or start a download."""
+
+    def __init__(self, models_dir: str | os.PathLike | None = None, allowed: tuple[str, ...] | list[str] = ()) -> None:
+        self.models_dir = Path(models_dir) if models_dir else None
+        self.allowed = [a for a in allowed if a]
+
+    def listed(self) -> dict[str, str]:
+        """Name -> path or hub id of every model the operator allows (the folder is read on each call, so
+        models added to it are available at once)."""
+        out = {a: a for a in self.allowed}
+        if self.models_dir is not None and self.models_dir.is_dir():
+            for entry in sorted(self.models_dir.iterdir()):
+                if (entry.is_dir() and any((entry / f).is_file() for f in MODEL_FILES)) or \
+                        (entry.suffix == ".gguf" and entry.is_file()):
+                    out.setdefault(entry.name, str(entry.resolve()))
+        return out
+
+    def source(self, model: str) -> str | None:
+        """Where an operator-allowed model lives (None: not one of them)."""
+        return self.listed().get(model)
+
+    def allows(self, model: str) -> bool:
+        return preset_for(model) is not None or self.source(model) is not None
 
 
 @dataclass
@@ -95,8 +122,9 @@ class Plan:
     snapshot_keeps: Callable[[str], bool] | None = None
 
 
-def plan_for(model: str, codec: ChatCodec) -> Plan:
-    """The plan for base model ``model`` on a training file read as ``codec`` (see the module docstring)."""
+def plan_for(model: str, codec: ChatCodec, base: str | None = None) -> Plan:
+    """The plan for base model ``model`` (living at ``base``, for an operator-allowed Hugging Face model) on a
+    training file read as ``codec`` (see the module docstring)."""
     preset = preset_for(model)
     if preset is not None:
         from ..train import TrainConfig
@@ -106,7 +134,7 @@ def plan_for(model: str, codec: ChatCodec) -> Plan:
                     TrainConfig.batch_size, TrainConfig.learning_rate)
     from ..backends.pretrained import TRAIN_DEFAULTS, adapter_weight
 
-    options = {"base_model": model, "system_prompt": codec.system_prompt, "user_fields": list(codec.user_fields),
+    options = {"base_model": base or model, "system_prompt": codec.system_prompt, "user_fields": list(codec.user_fields),
                "series_key": codec.series_key, "decimals": codec.decimals}
     return Plan("pretrained", options, int(TRAIN_DEFAULTS["batch_size"]), TRAIN_DEFAULTS["learning_rate"], adapter_weight)
 
@@ -154,6 +182,11 @@ def validate_job(store: Store, job_id: str) -> None:
         except (DataError, UnicodeDecodeError) as e:
             fail_job(store, job_id, f"invalid_{param}", str(e), param)
             return
+        except Exception as e:  # noqa: BLE001 -- whatever the file does to the reader ends this job only
+            log.exception("validating job %s", job_id)
+            fail_job(store, job_id, f"invalid_{param}", f"The {param.replace('_', ' ')} {fid} cannot be read: "
+                                                         f"{type(e).__name__}: {e}", param)
+            return
     if store.update_job(job_id, only_if=("validating_files",), status="queued"):
         store.add_event(job_id, "Files validated, moving job to queued state")
 
@@ -167,30 +200,58 @@ def fail_job(store: Store, job_id: str, code: str, message: str, param: str | No
 
 
 def recover(store: Store) -> list[str]:
-    """After a restart: queue interrupted jobs again (they resume from their last checkpoint); return
-    the ids of jobs whose file validation must run again."""
+    """After a restart: remove half-written files, queue interrupted jobs again (they resume from their last
+    checkpoint, or fail past MAX_ATTEMPTS); return the ids of jobs whose file validation must run again."""
+    store.remove_partial_writes()
     for job in store.jobs_with_status("running"):
-        snaps = sorted(_snapshots(store.jobs_dir / job["id"]))
-        where = f"its last checkpoint (step {snaps[-1][0]})" if snaps else "the start (no checkpoint was written yet)"
-        store.update_job(job["id"], only_if=("running",), status="queued", estimated_finish=None)
-        store.add_event(job["id"], f"The server restarted while this job was running; it resumes from {where}",
-                        level="warn")
+        requeue_or_fail(store, job["id"], "The server restarted while this job was running")
     return [j["id"] for j in store.jobs_with_status("validating_files")]
 
 
+def requeue_or_fail(store: Store, job_id: str, why: str) -> None:
+    """A job whose run was cut short (its worker died, the server stopped): queue it again to resume from its
+    last checkpoint, or fail it once it has been started MAX_ATTEMPTS times."""
+    attempts = store.job_run(job_id)[0]
+    if attempts >= MAX_ATTEMPTS:
+        fail_job(store, job_id, "server_error", f"{why}, for the {_nth(attempts)} time: the job is not started "
+                                                "again (it may be what stops the training process)")
+        return
+    snaps = sorted(_snapshots(store.jobs_dir / job_id))
+    where = f"its last checkpoint (step {snaps[-1][0]})" if snaps else "the start (no checkpoint was written yet)"
+    if store.update_job(job_id, only_if=("running",), status="queued", estimated_finish=None):
+        store.add_event(job_id, f"{why}; it resumes from {where}", level="warn")
+
+
+def _nth(k: int) -> str:
+    return {1: "first", 2: "second", 3: "third"}.get(k, f"{k}th")
+
+
 # ---------------------------------------------------------------------- training (worker process)
-def run_job(store: Store, job: dict[str, Any]) -> None:
-    """Train one claimed job to its end state."""
+def run_job(store: Store, job: dict[str, Any], max_storage: int | None = None) -> None:
+    """Train one claimed job to its end state; whatever it raises fails the job, not the worker."""
+    job_dir = store.jobs_dir / job["id"]
+    try:
+        if max_storage is not None and store.usage() >= max_storage:
+            fail_job(store, job["id"], "storage_quota_exceeded", "The server's storage quota is used up: delete "
+                                                               "files or models (or ask the operator for more room)")
+            return
+        _run_job(store, job, job_dir)
+    except Exception as e:  # noqa: BLE001 -- any failure ends the job, with its reason
+        log.exception("job %s failed", job["id"])
+        fail_job(store, job["id"], "server_error", f"Training failed: {type(e).__name__}: {e}")
+    shutil.rmtree(job_dir / "train", ignore_errors=True)  # resumable state: only needed while the job runs
+
+
+def _run_job(store: Store, job: dict[str, Any], job_dir: Path) -> None:
     from ..synthesizer import Synthesizer
 
     job_id = job["id"]
-    job_dir = store.jobs_dir / job_id
     try:
         codec, _, series = read_chat_file(store, job["training_file"], "training file")
     except (DataError, UnicodeDecodeError) as e:
         fail_job(store, job_id, "invalid_training_file", str(e), "training_file")
         return
-    plan = plan_for(job["model"], codec)
+    plan = plan_for(job["model"], codec, store.job_run(job_id)[2])
     hp = resolve_hyperparameters(job["hyperparameters"], len(series), plan.batch_size)
     updated = store.update_job(job_id, only_if=("running",), hyperparameters=hp,
                                method={"type": "supervised", "supervised": {"hyperparameters": hp}})
@@ -212,10 +273,6 @@ def run_job(store: Store, job: dict[str, Any]) -> None:
         fail_job(store, job_id, "model_not_available", f"Training failed: {e}", "model")
     except DataError as e:  # the series do not fit the model (e.g. conversations longer than its context)
         fail_job(store, job_id, "invalid_training_file", f"Training failed: {e}", "training_file")
-    except Exception as e:  # noqa: BLE001 -- any training failure ends the job, with its reason
-        log.exception("job %s failed", job_id)
-        fail_job(store, job_id, "server_error", f"Training failed: {type(e).__name__}: {e}")
-    shutil.rmtree(job_dir / "train", ignore_errors=True)  # resumable state: only needed while the job runs
 
 
 class _Progress:
@@ -332,24 +389,55 @@ def _result_file(store: Store, job_id: str, metrics: list[dict[str, Any]]) -> di
 
 
 # ---------------------------------------------------------------------- the process
-def start_workers(data_dir: Path, n: int = 1, threads: int = 1) -> list[subprocess.Popen]:
-    """Start ``n`` worker processes for the data directory (each trains one job at a time on ``threads``
-    torch threads)."""
+def start_worker(data_dir: Path, slot: int, threads: int = 1, max_storage: int | None = None) -> subprocess.Popen:
+    """Start the worker process of slot ``slot`` (it trains one job at a time on ``threads`` torch threads)."""
     code = "import sys; from tsynth.server.worker import main; main(*sys.argv[1:])"
-    return [subprocess.Popen([sys.executable, "-c", code, str(data_dir), str(k), str(threads)], stdin=subprocess.PIPE)
-            for k in range(n)]
+    return subprocess.Popen([sys.executable, "-c", code, str(data_dir), str(slot), str(threads), str(max_storage or 0)],
+                            stdin=subprocess.PIPE)
 
 
-def stop_workers(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
-    """Ask the workers to exit (closing their stdin) and wait; a running job resumes at the next start."""
-    for p in procs:
-        if p.stdin:
-            p.stdin.close()
-    for p in procs:
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
+class Workers:
+    """The worker processes of a server, and the supervisor thread that starts a dead one again (the job it
+    was running resumes, or fails past MAX_ATTEMPTS: :func:`requeue_or_fail`)."""
+
+    def __init__(self, store: Store, n: int = 1, threads: int = 1, max_storage: int | None = None) -> None:
+        self.store, self.threads, self.max_storage = store, threads, max_storage
+        self.procs = [start_worker(store.root, k, threads, max_storage) for k in range(n)]
+        self.restarts = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._supervise, name="tsynth-worker-supervisor", daemon=True)
+        self.thread.start()
+
+    def _supervise(self) -> None:
+        while not self.stopping.wait(POLL_SECONDS):
+            for slot, proc in enumerate(self.procs):
+                if proc.poll() is None or self.stopping.is_set():
+                    continue
+                why = f"The training process stopped (exit status {proc.returncode}) while running this job"
+                log.error("worker %d exited with status %s; starting it again", slot, proc.returncode)
+                try:
+                    for job in self.store.jobs_on_worker(str(slot)):
+                        requeue_or_fail(self.store, job["id"], why)
+                except Exception:  # noqa: BLE001 -- the database is busy: the next round tries again
+                    log.exception("supervising worker %d", slot)
+                    continue
+                if proc.stdin:
+                    proc.stdin.close()
+                self.procs[slot] = start_worker(self.store.root, slot, self.threads, self.max_storage)
+                self.restarts += 1
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the workers to exit (closing their stdin) and wait; a running job resumes at the next start."""
+        self.stopping.set()
+        self.thread.join(timeout)
+        for p in self.procs:
+            if p.stdin:
+                p.stdin.close()
+        for p in self.procs:
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def _exit_when_server_goes() -> None:
@@ -357,8 +445,8 @@ def _exit_when_server_goes() -> None:
     os._exit(0)
 
 
-def main(data_dir: str, slot: str = "0", threads: str = "1") -> None:
-    """Worker loop: claim the oldest queued job, train it, repeat."""
+def main(data_dir: str, slot: str = "0", threads: str = "1", max_storage: str = "0") -> None:
+    """Worker loop: claim the oldest queued job, train it, repeat (a job's failure fails the job only)."""
     import fcntl
 
     import torch
@@ -375,10 +463,10 @@ def main(data_dir: str, slot: str = "0", threads: str = "1") -> None:
     lock = open(store.root / f"worker-{slot}.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a worker of a killed server to be gone
     while True:
-        job = store.claim_job()
+        job = store.claim_job(slot)
         if job is None:
             time.sleep(POLL_SECONDS)
             continue
         log.info("training job %s", job["id"])
-        run_job(store, job)
+        run_job(store, job, int(max_storage) or None)
 
