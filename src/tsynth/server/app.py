@@ -16,8 +16,9 @@ Behaviour worth knowing:
 * Uploads: purpose ``fine-tune`` only, ``.jsonl`` only, at most ``max_upload_bytes`` (512 MB, as
   OpenAI). With a storage quota (``--max-storage``) an upload that would take the data directory past
   it is refused (413, ``storage_quota_exceeded``), and so is one the disk has no room for (507); a job
-  that starts with the quota used up fails with that code. The result file ``step_metrics.csv`` of a job is served **base64-encoded**, as OpenAI
-  does (``base64.b64decode(client.files.content(id).read())``); uploaded files are served as stored.
+  that starts with the quota used up fails with that code. The result file ``step_metrics.csv`` of a
+  job is served **base64-encoded**, as OpenAI does (``base64.b64decode(client.files.content(id).read())``);
+  uploaded files are served as stored.
 * The SDK retries a POST that failed in transit without an idempotency key; a retried upload or job
   creation (``x-stainless-retry-count`` > 0) with the same content within 10 minutes returns the
   object made by the first attempt instead of a duplicate. An ``Idempotency-Key`` header is honoured

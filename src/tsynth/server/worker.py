@@ -28,9 +28,10 @@ an OpenAI model name (``gpt-4o-mini-2024-07-18``, ``gpt-3.5-turbo``, ``davinci-0
 and trained as :data:`DEFAULT_PRESET`. Hugging Face models come only from the operator's allow-list
 (:class:`BaseModels`: ``tsynth serve --models-dir DIR`` and ``--base-model NAME_OR_PATH``); they are
 fine-tuned with LoRA by the pretrained backend, in the training file's chat format (system prompt,
-user fields, series key, decimals); a checkpoint snapshot then holds the adapter weights only. Hyperparameters: ``n_epochs`` -> epochs ("auto": OpenAI's cookbook rule -- 3, more for small
-files, fewer for huge ones -- capped at :data:`AUTO_EPOCH_CAP` for CPU training); ``batch_size`` ->
-batch size ("auto": the backend's default, at most the number of examples);
+user fields, series key, decimals); a checkpoint snapshot then holds the adapter weights only.
+Hyperparameters: ``n_epochs`` -> epochs ("auto": OpenAI's cookbook rule -- 3, more for small files,
+fewer for huge ones -- capped at :data:`AUTO_EPOCH_CAP` for CPU training); ``batch_size`` -> batch size
+("auto": the backend's default, at most the number of examples);
 ``learning_rate_multiplier`` multiplies the backend's default learning rate ("auto": 1). Both backends
 keep their best epoch by the loss on a validation split of the *training* items; a job's
 ``validation_file`` is checked like the training file but does not take part in training.
