@@ -33,6 +33,33 @@ def step_errors(real: np.ndarray, synthetic: np.ndarray, suffix: str) -> dict:
     return {f"mean_err{suffix}": float(np.abs(m_s - m_r).mean()), f"pct_err{suffix}": float(np.abs(p_s - p_r).mean())}
 
 
+def horizon_stats(real: SeriesSet, synthetic: SeriesSet, week: int = 168) -> dict:
+    """How series far longer than the training ones hold their shape: the hour-of-day and day-of-week profiles
+    (means over series, in the data's units) of the synthetic first and last whole weeks against the real
+    series' profiles, and the mean level and spread of those weeks against the real first and last weeks.
+    Assumes hourly series that start at the same hour of the week (as the electricity tasks do)."""
+    def weeks(values: np.ndarray, first: int) -> np.ndarray:
+        return values[:, first:first + week, 0].astype(np.float64)
+
+    def profiles(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.nanmean(x.reshape(len(x), -1, 24), axis=(0, 1)), np.nanmean(x.reshape(len(x), 7, 24), axis=(0, 2))
+
+    last_real = (real.length // week - 1) * week
+    last_syn = (synthetic.length // week - 1) * week
+    hod, dow = profiles(np.concatenate([weeks(real.values, 0), weeks(real.values, last_real)]))
+    out = {"horizon": int(synthetic.length), "last_week_start": int(last_syn)}
+    for name, x in (("first", weeks(synthetic.values, 0)), ("last", weeks(synthetic.values, last_syn))):
+        h, d = profiles(x)
+        out[f"{name}_week_hour_profile_err"] = float(np.abs(h - hod).mean())
+        out[f"{name}_week_weekday_profile_err"] = float(np.abs(d - dow).mean())
+        out[f"{name}_week_level"] = float(np.nanmean(x))
+        out[f"{name}_week_std"] = float(np.nanmean(np.nanstd(x, axis=1)))
+    for name, x in (("real_first", weeks(real.values, 0)), ("real_last", weeks(real.values, last_real))):
+        out[f"{name}_week_level"] = float(np.nanmean(x))
+        out[f"{name}_week_std"] = float(np.nanmean(np.nanstd(x, axis=1)))
+    return out
+
+
 def holdout(task: Task, seed: int, smoke: bool) -> tuple[SeriesSet, float, float, dict]:
     """Real unseen data scored as if synthetic: the floor a perfect generator reaches."""
     return task.holdout, 0.0, 0.0, {}
@@ -103,6 +130,12 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
     more = syn.sample(20 if smoke else 1000, seed=seed + 1)
     members = syn.info["training"]["members"]
     audit = likelihood_mia(syn, task.train, task.holdout, seed=seed)
+    if task.horizon is not None and syn.info["codec"].get("kind") == "step":
+        t1 = time.time()
+        long = syn.sample(len(task.train), length=task.horizon, seed=seed + 2)
+        horizon = {**horizon_stats(task.train, long), "sample_s": time.time() - t1}
+    else:
+        horizon = None
     extra = {"privacy": syn.info.get("privacy"), **step_errors(task.train.values, more.values, "_1000"),
              "sample_1000_s": time.time() - t0, "epochs": [m["epochs_run"] for m in members],
              "time_limited": any(m["time_limited"] for m in members), "time_limit_s": opts.get("time_limit_s"),
@@ -113,7 +146,7 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
              "point_masses": sum(syn.info["codec"].get("point_masses_per_channel", [])),
              "best_epoch": [m["best_epoch"] for m in members],
              "valid_loss": [min(m["valid_loss"]) if m["valid_loss"] else None for m in members],
-             "parameters": syn.info["training"]["parameters"]}
+             "parameters": syn.info["training"]["parameters"], "horizon": horizon}
     return synthetic, fit_s, sample_s, extra
 
 
@@ -124,6 +157,7 @@ GENERATORS: dict[str, Callable] = {
     "gaussian": gaussian,
     "tsynth": tsynth_local,
     "tsynth-e12": partial(tsynth_local, ensemble=12),
+    "tsynth-token": partial(tsynth_local, codec="token"),  # the token model from scratch (the default until the step model)
     "tsynth-prior": partial(tsynth_local, prior="default", ensemble=6),
     "tsynth-load": partial(tsynth_local, prior="load", ensemble=6),  # the default before PRIOR_ENSEMBLE (rows)
     "tsynth-load-e12": partial(tsynth_local, prior="load", ensemble=12),

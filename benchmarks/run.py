@@ -32,11 +32,12 @@ from .summary import fmt as _fmt
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 HEADLINE = ["disc_gbm", "auc", "mean_err", "pct_err", "acf_err", "dcr_ratio", "share_closer_to_train",
-            "exact_copies", "mia_auc", "tstr_mae", "trtr_mae", "level_ks"]
+            "exact_copies", "mia_auc", "tstr_mae", "trtr_mae", "level_ks", "shape_disc", "acf24_err", "acf168_err",
+            "subwindow_disc"]
 TIMEGAN = ["disc_gru", "pred", "pred_real"]
 # from a generator's own extras (tsynth): errors of 1,000 draws, the likelihood audit, the spent epsilon
 EXTRAS = ["mean_err_1000", "pct_err_1000", "mia_likelihood_auc", "epsilon"]
-SUMMARY = ["disc_gbm", "mean_err", "pct_err", "mean_err_1000", "pct_err_1000", "tstr_mae", "mia_auc",
+SUMMARY = ["disc_gbm", "shape_disc", "mean_err", "pct_err", "mean_err_1000", "pct_err_1000", "tstr_mae", "mia_auc",
            "mia_likelihood_auc", "epsilon", "fit_s"]
 DIGITS = {"pred": 4, "pred_real": 4}
 SMOKE_GRU_ITERATIONS = 20
@@ -58,7 +59,25 @@ def headline(ev: dict) -> dict:
         "dcr_ratio": p.get("dcr_ratio"), "share_closer_to_train": p.get("share_closer_to_train"),
         "exact_copies": p.get("exact_copies"), "mia_auc": p.get("mia_auc"),
         "tstr_mae": fc.get("tstr_mae"), "trtr_mae": fc.get("trtr_mae"),
+        **shape_and_long(f),
     }
+
+
+def shape_and_long(f: dict) -> dict:
+    """Shape-level and long-series figures (each series standardised on its own; calendar profiles, drift)."""
+    def get(d, *path):
+        for key in path:
+            d = d.get(key) if isinstance(d, dict) else None
+        return d
+
+    acf_err = get(f, "shape", "acf", "err") or {}
+    return {"shape_disc": get(f, "shape", "disc_gbm"), "acf_err_cycle": get(f, "shape", "acf_err_cycle"),
+            "acf24_err": acf_err.get("24"), "acf168_err": acf_err.get("168"),
+            "subwindow_disc": get(f, "long", "subwindow", "disc_gbm"),
+            "hour_profile_err": get(f, "long", "profiles", "hour_of_day", "err"),
+            "weekday_profile_err": get(f, "long", "profiles", "day_of_week", "err"),
+            "level_drift_err": get(f, "long", "stability", "level_drift_err"),
+            "std_drift_err": get(f, "long", "stability", "std_drift_err")}
 
 
 def level_ks(train, synthetic) -> float:

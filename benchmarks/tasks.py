@@ -34,6 +34,7 @@ class Task:
     data_names: tuple[str, ...] = ()  # names the task's data goes by: a prior whose corpus mentions one is refused
     dp_value_range: tuple[float, float] | None = None  # public bounds for a DP fit (None: the default, [-5, 5])
     dp_epochs: int | None = None  # a DP fit's epochs where the default 60 would take days on this CPU (None: 60)
+    horizon: int | None = None  # also draw series this long and compare their first and last weeks (long series)
 
 
 def _electricity(file: str, name: str, what: str) -> Task:
@@ -41,6 +42,14 @@ def _electricity(file: str, name: str, what: str) -> Task:
     train, holdout = data.split(0.2, seed=0)  # RandomState(0).permutation(370): 296 train, 74 holdout
     return Task(name, train, holdout, f"{what}: first 100 hours of 370 clients, clients split 296/74 by RandomState(0)",
                 data_names=("electricity_hourly", "ElectricityLoadDiagrams", "LD2011_2014"))
+
+
+def _electricity_whole(file: str, name: str, what: str) -> Task:
+    data = SeriesSet.read(data_dir() / file)
+    train, holdout = data.split(0.2, seed=0)  # the same clients as electricity100 on each side
+    return Task(name, train, holdout, f"{what}: the whole 336 hours (two weeks) of 370 clients, clients split 296/74 "
+                "by RandomState(0)", data_names=("electricity_hourly", "ElectricityLoadDiagrams", "LD2011_2014"),
+                horizon=2000)
 
 
 def _timegan(file: str, name: str, blocked: bool) -> Task:
@@ -83,6 +92,7 @@ def _italy() -> Task:
 TASKS = {
     "electricity100": lambda: _electricity("electricity_hourly_std.parquet", "electricity100", "z-scored kW"),
     "electricity-raw": lambda: _electricity("electricity_hourly_raw.parquet", "electricity-raw", "raw kW"),
+    "electricity336": lambda: _electricity_whole("electricity_hourly_std.parquet", "electricity336", "z-scored kW"),
     "stocks24": lambda: _timegan("stock_data.parquet", "stocks24", blocked=False),
     "stocks24-blocked": lambda: _timegan("stock_data.parquet", "stocks24-blocked", blocked=True),
     "energy24": lambda: _timegan("energy_data.parquet", "energy24", blocked=False),

@@ -16,7 +16,8 @@ from tsynth.synthesizer import Synthesizer
 from tsynth.train import (FACTORED_POSITIONS_FROM, build_model, factor_positions, sequence_loss, smoothed_kernel,
                           step_smoothing)
 
-FAST = dict(epochs=3, preset="tiny", n_bins=32, ensemble=1)
+# the token model (what priors are); tests/test_long_series.py covers the step model, the default without a prior
+FAST = dict(epochs=3, preset="tiny", n_bins=32, ensemble=1, codec="token")
 
 
 def daily_profiles(n=40, length=24, seed=0, levels=None):

@@ -191,9 +191,6 @@ def test_a_large_sample_is_estimated_and_streamed_to_disk(model, tmp_path, capsy
     assert files_under(tmp_path) == ["many.parquet"]   # no chunk or temporary file left
 
 
-@pytest.mark.xfail(reason="reading and writing keep them (SeriesSet.timestamps); sampling from a model trained on "
-                          "one-step series stops in stepgen.sample_starts: 'trained without a frequency'",
-                   strict=False)
 def test_length_one_series_keep_their_time_stamps(tmp_path, capsys):
     data = tmp_path / "daily.csv"
     pd.DataFrame({"item_id": [f"M{i:02d}" for i in range(12)], "timestamp": "2024-03-01",

@@ -93,6 +93,12 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
                    help="global standardisation, or per-series scale with a level token (auto: by the data)")
     g.add_argument("--conditions", help="comma-separated condition fields (item_id, attributes, hour, dayofweek, month); "
                                         "'none' for none; default: attributes and varying calendar fields")
+    g.add_argument("--codec", choices=["auto", "step", "token"],
+                   help="'step': one position per time step (series of any length, many channels, gaps; the default "
+                        "without a prior); 'token': one token per value (what priors are; the default with --prior)")
+    g.add_argument("--context", type=int, metavar="STEPS",
+                   help="step model: time steps the model sees at once (default about 4 days of the data's steps, at "
+                        "most the longest series); longer series train on windows at random offsets")
     g.add_argument("--ensemble", type=int, help="train N models with different seeds and average them when sampling "
                                                 "(default 6; 24 when fine-tuning a prior without DP; 1 under DP)")
     g.add_argument("--seed", type=int, default=0)
@@ -122,7 +128,7 @@ def local_options(args: argparse.Namespace) -> dict[str, Any]:
     """The local backend keywords set on the command line."""
     names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "point_mass_series", "scaling",
              "ensemble", "seed", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_profile_share", "prior", "trainable",
-             "time_limit_s", "smoothing"]
+             "time_limit_s", "smoothing", "codec", "context"]
     opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "value_range", None):
         try:
@@ -256,7 +262,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             return sample_streamed(syn, args)
         try:
             synthetic = syn.sample(args.n, conditions=parse_conditions(args.condition), temperature=args.temperature,
-                                   top_p=args.top_p, seed=args.seed, progress=True)
+                                   top_p=args.top_p, seed=args.seed, progress=True, **series_options(args))
         except SampleError as e:  # openai backend: the API failed part-way; keep what it produced
             keep_partial_output(e, args.output)
             raise
@@ -267,6 +273,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print(f"wrote {len(synthetic)} series to {path}")
     write_validity(stats, path)
     return 0
+
+
+def series_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The --length, --start and --gaps of `tsynth sample` that were given."""
+    return {k: getattr(args, k) for k in ("length", "start", "gaps") if getattr(args, k, None) is not None}
 
 
 def check_condition_fields(syn, conditions: dict[str, str] | None, model_dir: str) -> None:
@@ -301,7 +312,7 @@ def sample_streamed(syn, args: argparse.Namespace) -> int:
             seed = int(np.random.SeedSequence([args.seed & 0xFFFFFFFF, k]).generate_state(1)[0])
             t0 = time.time()
             part = syn.sample(size, conditions=parse_conditions(args.condition), temperature=args.temperature,
-                              top_p=args.top_p, seed=seed, progress=False)
+                              top_p=args.top_p, seed=seed, progress=False, **series_options(args))
             if k == 0:
                 rest = (args.n - size) * (time.time() - t0) / size
                 print(f"sampling {args.n:,} series takes about {_duration(rest)} more at this pace ({size} in "
@@ -555,6 +566,7 @@ EXAMPLES = {
   tsynth fit electricity.parquet --length 100 -o model            # the recipe's first 100 hours per client
   tsynth fit meters.csv --id-col meter --time-col ts --value-cols kwh -o model --preset small
   tsynth fit stocks.csv --layout wide --length 24 --stride 1 -o model
+  tsynth fit meters.parquet -o model --context 168          # whole long series (NaN gaps allowed), a week of context
   tsynth fit energy.csv --layout wide --length 24 --stride 1 -o model --time-limit 600   # training <= ~10 min in all
   tsynth fit electricity.parquet --length 100 --zscore -o model --dp-epsilon 8    # item-level DP-SGD
   tsynth fit data.parquet --length 24 -o model --base-model HuggingFaceTB/SmolLM2-135M-Instruct --lora-rank 8
@@ -563,6 +575,7 @@ EXAMPLES = {
     "sample": """examples:
   tsynth sample model -n 1000 -o synthetic.parquet
   tsynth sample model -n 10 -o mt010.csv --condition item_id=MT_010 --temperature 1.1
+  tsynth sample model -n 100 --length 8760 --start 2015-01-01 --gaps none -o year.parquet   # a year of hours
   tsynth sample model -n 1000 -o synthetic.parquet --guard train.parquet --guard-holdout holdout.parquet
   tsynth sample --backend fewshot --model gpt-4o-mini --shots 10 data.parquet -n 50 -o fewshot.jsonl""",
     "evaluate": """examples:
@@ -630,6 +643,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition", action="append", help="FIELD=VALUE, repeatable (e.g. item_id=MT_010)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the model's)")
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--start", metavar="TIMESTAMP",
+                   help="first time stamp of every series (e.g. 2015-01-01); default: drawn from the training starts")
+    p.add_argument("--gaps", choices=["keep", "none"],
+                   help="step model: reproduce missing readings as the data has them (keep, the default) or draw none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["model", "fewshot"], default="model",
                    help="fewshot: prompt MODEL with example rows from the DATA file instead of a fine-tuned model")
@@ -644,6 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "default: train's leave-one-out distances)")
     g.add_argument("--guard-percentile", type=float, default=5.0, help="percentile of the reference distances (default 5)")
     add_data_options(p)
+    for action in p._actions:  # --length also sets the length of the series drawn
+        if action.dest == "length":
+            action.help = ("steps per sampled series (default: the training length; a step model draws any length, "
+                           "e.g. 8760); the fewshot DATA and --guard files are cut to it too")
 
     p = command("evaluate", cmd_evaluate, "Evaluate synthetic data: fidelity, utility, privacy; writes metrics.json + report.html")
     p.add_argument("--train", required=True)

@@ -32,7 +32,7 @@ from .errors import DataError
 log = logging.getLogger("tsynth")
 
 SUPPORTED_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".json")
-FILL_POLICIES = ("interpolate", "ffill", "zero")
+FILL_POLICIES = ("interpolate", "ffill", "zero", "gap")  # "gap": missing time steps become NaN readings
 LAYOUTS = ("auto", "long", "wide", "records", "arrays")
 _HF_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 _META_KEY = b"tsynth"
@@ -122,6 +122,19 @@ class SeriesSet:
             attributes=self.attributes.iloc[idx].reset_index(drop=True),
         )
 
+    def missing(self) -> np.ndarray:
+        """(n, length) True where a series misses a reading before its end (NaN in a channel: a gap)."""
+        inside = np.arange(self.length)[None, :] < self.lengths[:, None]
+        return np.isnan(self.values).any(axis=2) & inside
+
+    def require_complete(self, who: str) -> None:
+        """Refuse missing readings where ``who`` cannot represent them, naming the first one."""
+        gaps = self.missing()
+        if gaps.any():
+            i, t = np.argwhere(gaps)[0]
+            raise DataError(f"series '{self.item_id[i]}', step {t}: a missing reading (NaN; {int(gaps.sum())} in all): "
+                            f"{who} cannot represent gaps; fill them when reading (--fill interpolate|ffill|zero)")
+
     def __repr__(self) -> str:
         span = f"length {self.length}" if self.is_regular else f"lengths {self.lengths.min()}..{self.lengths.max()}"
         attrs = f", attributes {list(self.attributes.columns)}" if len(self.attributes.columns) else ""
@@ -201,8 +214,7 @@ class SeriesSet:
         for item, g in df.groupby(ids, sort=False):
             who = f"series '{item}'"
             g = _in_order(g, sort, source, who, steps) if time_col else g
-            _check_finite(g[value_cols].to_numpy(np.float64), source, who, value_cols, g.index.to_numpy() + 2,
-                          allow_nan=timed and fill is not None)
+            _check_finite(g[value_cols].to_numpy(np.float64), source, who, value_cols, g.index.to_numpy() + 2)
             _check_magnitude(g[value_cols].to_numpy(np.float64), source, who, value_cols, g.index.to_numpy() + 2)
             if timed:
                 g, f, filled[item] = _regularise(g, value_cols, freq, fill, source, who)
@@ -410,8 +422,8 @@ class SeriesSet:
     def zscore(self) -> "SeriesSet":
         """Standardise each series and channel over its own steps (ddof 0); a constant one becomes 0."""
         vals = self.values.astype(np.float64)
-        mask = np.arange(self.length)[None, :, None] < self.lengths[:, None, None]
-        cnt = mask.sum(axis=1, keepdims=True)
+        mask = (np.arange(self.length)[None, :, None] < self.lengths[:, None, None]) & ~np.isnan(vals)
+        cnt = np.maximum(mask.sum(axis=1, keepdims=True), 1)  # missing readings are left out (and stay NaN)
         mean = np.where(mask, vals, 0).sum(axis=1, keepdims=True) / cnt
         std = np.sqrt(np.where(mask, (vals - mean) ** 2, 0).sum(axis=1, keepdims=True) / cnt)
         const = np.nanmax(vals, axis=1, keepdims=True) == np.nanmin(vals, axis=1, keepdims=True)
@@ -547,6 +559,9 @@ def _read_table(p: Path, id_col: str) -> tuple[pd.DataFrame, dict]:
     if not isinstance(meta, dict) or not isinstance(meta.get("freq"), (str, type(None))) or \
             not isinstance(meta.get("channels"), (list, type(None))):
         raise DataError(f"{p}: its tsynth metadata (freq, channels) is damaged; write the file again")
+    plain = (table.schema.metadata or {}).get(b"freq")  # a plain `freq` key, as Hugging Face style exports have
+    if meta.get("freq") is None and plain:
+        meta = {**meta, "freq": plain.decode("utf-8", "replace")}
     return df, meta
 
 
@@ -715,13 +730,14 @@ def _numeric_column(col: pd.Series, name: Any, source: str, hint: str = "") -> p
 
 
 def _check_finite(vals: np.ndarray, source: str, who: str, channels: Sequence[str], rows: np.ndarray | None = None,
-                  allow_nan: bool = False) -> None:
+                  allow_nan: bool = True) -> None:
+    """Refuse infinite values (and NaN unless ``allow_nan``: by default NaN is a missing reading, a gap)."""
     bad = np.isinf(vals) if allow_nan else ~np.isfinite(vals)
     if bad.any():
         t, c = np.argwhere(bad)[0]
         where = f"row {rows[t]}" if rows is not None else f"step {t}"
         raise DataError(f"{source}: {who}, {where}, channel '{channels[c]}': value {vals[t, c]} is not finite "
-                        "(NaN/inf are not allowed; fill or drop them first)")
+                        "(infinite values are not allowed; NaN or an empty cell marks a missing reading)")
 
 
 MAX_ABS_VALUE = 1e15  # values are stored as 32-bit floats and squared and summed in them (scales, distances)
@@ -861,8 +877,11 @@ def _regularise(g: pd.DataFrame, value_cols: list[str], freq: str | None, fill: 
     g2 = g.set_index("__t").reindex(full)
     vals = g2[value_cols]
     n_filled = int(vals.isna().to_numpy().sum())
-    g2[value_cols] = vals.interpolate() if fill == "interpolate" else vals.ffill() if fill == "ffill" else vals.fillna(0.0)
-    return g2.ffill().rename_axis("__t").reset_index(), f, n_filled
+    if fill != "gap":
+        vals = vals.interpolate() if fill == "interpolate" else vals.ffill() if fill == "ffill" else vals.fillna(0.0)
+    g2 = g2.ffill()  # ids and attributes of the added steps
+    g2[value_cols] = vals
+    return g2.rename_axis("__t").reset_index(), f, n_filled
 
 
 def _shift(start: np.ndarray | None, offset, freq: str | None) -> np.ndarray | None:

@@ -42,7 +42,7 @@ def pretrain(specs: Sequence[str], output: str | os.PathLike, lengths: Sequence[
     # smoothing: a fixed width (the shipped priors' 2 bins), not one measured on the corpus; no point masses (the
     # windows are standardised one by one, and a fine-tune fits its own codec on its data)
     options = {"ensemble": 1, "epochs": 30, "batch_size": 64, "patience": 5, "validation_fraction": 0.05,
-               "smoothing": MAX_SMOOTHING, "point_mass_series": 0, **train_options, "prior": "none",
+               "smoothing": MAX_SMOOTHING, "point_mass_series": 0, **train_options, "prior": "none", "codec": "token",
                "n_bins": PRIOR_BINS, "binning": "quantile",
                "scaling": "none", "conditions": [], "value_range": PRIOR_RANGE, "seed": seed}
     syn = Synthesizer("local", **options)

@@ -330,12 +330,9 @@ def likelihood_mia(synthesizer, members: "SeriesSet", nonmembers: "SeriesSet", s
     """
     from sklearn.metrics import roc_auc_score
 
-    from .train import value_token_loss
-
     backend = synthesizer.backend
     if getattr(backend, "name", None) != "local":
         raise ConfigError("the likelihood audit needs a local-backend model")
-    codec = backend.codec
     with warnings.catch_warnings():  # all-NaN channels (no values) give NaN bounds: nothing is beyond them
         warnings.simplefilter("ignore", RuntimeWarning)
         lo, hi = np.nanmin(members.values, axis=(0, 1)), np.nanmax(members.values, axis=(0, 1))
@@ -354,15 +351,7 @@ def likelihood_mia(synthesizer, members: "SeriesSet", nonmembers: "SeriesSet", s
     rng = np.random.RandomState(seed)
     if len(members) > len(nonmembers):
         members = members.subset(np.sort(rng.choice(len(members), len(nonmembers), replace=False)))
-    loss = value_token_loss((codec.value_offset, codec.value_offset + codec.n_value_tokens), 0.0)
-
-    def score(data) -> np.ndarray:  # in chunks: the logits of every series at once do not fit in memory on wide data
-        tokens = torch.as_tensor(codec.encode(data))
-        with torch.no_grad():
-            return -np.mean([np.concatenate([loss(m, chunk, reduction="none").numpy() for chunk in tokens.split(256)])
-                             for m in backend.models], axis=0)
-
-    s_in, s_out = score(members), score(nonmembers)
+    s_in, s_out = -backend.series_loss(members), -backend.series_loss(nonmembers)
     auc = float(roc_auc_score(np.r_[np.ones(len(s_in)), np.zeros(len(s_out))], np.r_[s_in, s_out]))
     return {**report, "auc": auc, "members": len(s_in), "nonmembers": len(s_out),
             "mean_loss_members": float(-s_in.mean()), "mean_loss_nonmembers": float(-s_out.mean())}

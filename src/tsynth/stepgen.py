@@ -62,10 +62,16 @@ def parse_start(start: Any) -> np.datetime64:
     return np.datetime64(t.as_unit("ns").to_datetime64(), "ns")
 
 
-def sample_starts(codec: StepCodec, conds: list[dict], start: Any, rng: np.random.Generator) -> np.ndarray | None:
+def sample_starts(codec: StepCodec, conds: list[dict], start: Any, rng: np.random.Generator,
+                  lengths: np.ndarray) -> np.ndarray | None:
     """Each series' first time stamp: its condition's ``start``, else ``start``, else one drawn from the training
-    starts; None when the model has no time axis and none was given."""
+    starts; None when the model has no time axis (no frequency, unless every series is one step long) and none
+    was given."""
     given = parse_start(start) if start is not None else None
+    if codec.values.freq is None and (lengths > 1).any():  # no time axis to put series on
+        if given is not None or any(c.get("start") is not None for c in conds):
+            raise ConfigError("this model was trained without a frequency: series cannot get time stamps")
+        return None
     out = []
     for c in conds:
         s = c.get("start")
@@ -83,8 +89,6 @@ def sample_starts(codec: StepCodec, conds: list[dict], start: Any, rng: np.rando
         return None
     if any(s is None for s in out):
         raise ConfigError("give a start for every series or for none")
-    if codec.values.freq is None:
-        raise ConfigError("this model was trained without a frequency: series cannot get time stamps")
     return np.asarray(out, dtype="datetime64[ns]")
 
 
@@ -102,7 +106,7 @@ def generate_steps(models: Sequence[Any], codec: StepCodec, n: int, conditions: 
         raise ConfigError(f"{len(conds)} condition rows for {n} series")
     rng = np.random.default_rng(seed)
     lengths = sample_lengths(codec, n, length, rng)
-    starts = sample_starts(codec, conds, start, rng)
+    starts = sample_starts(codec, conds, start, rng, lengths)
     per_series = int(lengths.max()) * (codec.n_channels + len(codec.calendar)) * 8
     batch_size = batch_size or int(max(1, min(MAX_BATCH, CALENDAR_BUDGET // per_series)))
     first = range(0, n, batch_size)

@@ -240,8 +240,10 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
         r = rows.cpu().numpy()
         series, offsets = r[:, 0], r[:, 1].copy()
         draw = offsets < 0
-        if draw.any():
-            offsets[draw] = rng.integers(0, np.maximum(arrays["lengths"][series[draw]] - codec.context, 0) + 1)
+        if draw.any():  # a series' first window as often as any other (generation always starts there)
+            span = np.maximum(arrays["lengths"][series[draw]] - codec.context, 0)
+            first = rng.random(int(draw.sum())) < codec.context / (span + codec.context)
+            offsets[draw] = np.where(first, 0, rng.integers(0, span + 1))
         prefix, prev, target, calendar = codec.windows(arrays, series, offsets)
         prefix_in = prefix.copy()
         if model.training and condition_dropout > 0:

@@ -28,19 +28,24 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..codecs.steps import StepCodec, has_gaps
 from ..codecs.values import POINT_MASS_SERIES, ValueCodec, choose_scaling
 from ..data import SeriesSet, atomic_write
 from ..errors import ArtifactError, ConfigError, DataError, TsynthError
 from ..prior import CORPUS_FILE, DEFAULT_PRIOR, Prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
+from ..stepgen import GAPS, generate_steps, parse_start
+from ..stepmodel import StepModel, StepModelConfig, window_loss
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
-from ..train import (MAX_SMOOTHING, TrainConfig, build_model, factor_positions, seconds_per_step, select_trainable,
+from ..train import (MAX_SMOOTHING, PRESETS, TrainConfig, build_model, factor_positions, seconds_per_step, select_trainable,
                      step_smoothing, train_device, train_lm, value_token_loss)
 
 log = logging.getLogger("tsynth")
 
 MIN_SERIES = 8
+CODECS = ("auto", "step", "token")
+MAX_VALID_WINDOWS = 4  # step model: fixed validation windows per long validation series
 POINT_MASS_FILE = "point_masses.npz"  # the codec's point masses (ValueCodec.save_point_masses)
 # members averaged when sampling: six from scratch (more gave nothing); from a prior without DP members stop after a
 # few epochs, so more are cheap, and they keep helping (the measurements: docs/model-and-training.md, "Ensemble")
@@ -76,6 +81,8 @@ class LocalOptions:
     dp_profile_share: float | None = None
     trainable: str = "all"  # or a subset (train.TRAINABLE): less DP noise in all, no better samples so far
     prior: str | None = "auto"  # "auto" (the default prior under DP only), "default", "load", "none" or a directory
+    codec: str = "auto"  # "step" (a position per time step), "token" (a token per value: what priors are), "auto"
+    context: int | None = None  # step model: steps in its context (default: codecs.steps.default_context)
     train: TrainConfig = None  # type: ignore[assignment]
 
     @classmethod
@@ -92,6 +99,10 @@ class LocalOptions:
             opts._restrict_for_dp()
         if opts.ensemble is not None and opts.ensemble < 1:
             raise ConfigError("ensemble must be at least 1")
+        if opts.codec not in CODECS:
+            raise ConfigError(f"codec must be one of {', '.join(CODECS)}, got {opts.codec!r}")
+        if opts.context is not None and opts.context < 2:
+            raise ConfigError(f"context must be at least 2 steps, got {opts.context}")
         return opts
 
     def _restrict_for_dp(self) -> None:
@@ -164,7 +175,8 @@ class LocalBackend:
         if not validate:
             log.warning("%s: no validation split, training for a fixed %d epochs",
                         "differential privacy" if dp_settings else f"only {len(items)} items", opts.train.epochs)
-        prior = resolve_prior(opts.prior, dp_settings is not None)
+        kind = self._codec_kind(train)
+        prior = resolve_prior(opts.prior, dp_settings is not None) if kind == "token" else None
         if prior is not None:
             try:
                 self.codec = self._prior_codec(prior, train, dp_settings is not None)
@@ -172,7 +184,7 @@ class LocalBackend:
                 if opts.prior != "auto":
                     raise
                 log.warning("not starting from the default prior: %s", e)
-                prior = None
+                prior, kind = None, "step"
         if dp_settings is not None and opts.dp_profile_share is None and prior is not None \
                 and prior.path.resolve() != DEFAULT_PRIOR:
             dp_settings = replace(dp_settings, profile_share=0.0)
@@ -182,32 +194,55 @@ class LocalBackend:
             self.prior = prior.summary()
             log.info("fine-tuning from the prior at %s (%s model)", prior.path, preset)
         else:
-            self.codec = ValueCodec(n_bins=opts.n_bins, binning=opts.binning, scaling=opts.scaling,
-                                    conditions=opts.conditions, value_range=opts.value_range,
-                                    point_mass_series=opts.point_mass_series).fit(train)
-            n_positions, init, preset, self.prior = self.codec.sequence_length(train.length), None, opts.train.preset, None
+            values = ValueCodec(n_bins=opts.n_bins, binning=opts.binning, scaling=opts.scaling,
+                                conditions=opts.conditions, value_range=opts.value_range,
+                                point_mass_series=opts.point_mass_series)
+            if kind == "step":
+                self.codec = StepCodec.fit(train, values, opts.context, dp=dp_settings is not None)
+                n_positions = self.codec.prefix_length + self.codec.context
+                log.info("step model: context %d steps%s, calendar features %s", self.codec.context,
+                         " (windows at random offsets of longer series)" if self.codec.long else "",
+                         [name for name, _ in self.codec.calendar] or "none")
+            else:
+                self.codec = values.fit(train)
+                n_positions = self.codec.sequence_length(train.length)
+            init, preset, self.prior = None, opts.train.preset, None
         if opts.ensemble is None:
             opts.ensemble = DEFAULT_ENSEMBLE if prior is None else PRIOR_ENSEMBLE
         codec = self.codec
-        dp = DPEngine(dp_settings, pd.factorize(train.item_id)[0]) if dp_settings is not None else None
+        if kind == "step" and dp_settings is not None and dp_settings.profile_share > 0:
+            dp_settings = replace(dp_settings, profile_share=0.0)
+            log.info("DP: the step model releases no per-step profile (dp_profile_share=0)")
+        step_rows = step_row_items = None
+        if kind == "step":
+            step_rows = window_rows(train.lengths, codec.context)
+            step_row_items = pd.factorize(train.item_id)[0][step_rows[:, 0]]
+        dp = (DPEngine(dp_settings, pd.factorize(train.item_id)[0] if step_row_items is None else step_row_items)
+              if dp_settings is not None else None)
         if dp is not None and dp_settings.profile_share > 0:
             if train.is_regular:
                 release = dp.release_profile(codec.to_units(train.values.astype(np.float64)))
                 codec.set_profile(release, centred=prior is not None)  # a prior's bins expect centred values
             else:
                 log.warning("DP: series of different lengths, so no per-step profile is released")
+        values = codec.values if kind == "step" else codec
         if dp is not None:
-            check_dp_range(codec, train)
+            check_dp_range(values, train)
         smoothing = opts.train.smoothing
         if smoothing is None:  # under DP a fixed width: one measured on the data would leak it
-            smoothing = MAX_SMOOTHING if dp is not None else step_smoothing(codec.value_bins(train, warn=False)[0],
+            smoothing = MAX_SMOOTHING if dp is not None else step_smoothing(values.value_bins(train, warn=False)[0],
                                                                             train.lengths)
+        arrays = codec.encode(train) if kind == "step" else None
         jobs = []
         for member in range(opts.ensemble):
             # seeds seed*E .. seed*E+E-1: ensembles of different seeds share no member (one model: the seed itself)
             cfg = TrainConfig(**{**asdict(opts.train), "seed": opts.train.seed * opts.ensemble + member, "preset": preset})
             # each member holds out its own validation items, so together the ensemble sees every item
             fit_set, valid_set = train.split(opts.validation_fraction, seed=cfg.seed) if validate else (train, None)
+            if kind == "step":
+                jobs.append(self._step_job(member, cfg, arrays, train, fit_set, valid_set, step_rows, smoothing,
+                                           checkpoint_dir, resume, dp))
+                continue
             train_tokens = codec.encode(fit_set)
             jobs.append({
                 "member": member, "cfg": cfg, "train_tokens": train_tokens, "vocab_size": len(codec.vocab),
@@ -229,8 +264,8 @@ class LocalBackend:
         runs = [o["result"] for o in outcomes]
         self.privacy = outcomes[0]["privacy"]
         self.training = {
-            "train_series": len(jobs[0]["train_tokens"]),
-            "valid_series": 0 if jobs[0]["valid_tokens"] is None else len(jobs[0]["valid_tokens"]),
+            "train_series": jobs[0].get("train_series", len(jobs[0]["train_tokens"])),
+            "valid_series": jobs[0].get("valid_series", 0 if jobs[0]["valid_tokens"] is None else len(jobs[0]["valid_tokens"])),
             "parameters": int(sum(p.numel() for p in self.models[0].parameters())),
             "seconds": time.time() - t0,  # wall clock; members train in parallel, each reports its own
             "members": runs,
@@ -238,6 +273,42 @@ class LocalBackend:
             **({"time_plan": plan} if plan else {}),
         }
         self.schema = data_schema(train)
+
+    def _codec_kind(self, train: SeriesSet) -> str:
+        """Which model to train: 'step' (one position per time step: any length, many channels, gaps) unless a
+        prior is asked for (priors are token models) or ``codec='token'``. Under DP with the default prior choice,
+        'token' from the default prior where the data has no gaps (it falls back to 'step' where the prior does
+        not fit)."""
+        opts = self.options
+        gaps = has_gaps(train)
+        explicit_prior = opts.prior not in (None, "none", "auto")
+        if opts.codec == "step" and explicit_prior:
+            raise ConfigError(f"prior {opts.prior!r} is a token model: pass codec 'token' (--codec token) to start from "
+                              "it, or no prior")
+        token = opts.codec == "token" or (opts.codec == "auto" and (explicit_prior or (
+            opts.prior == "auto" and opts.dp_epsilon is not None and not gaps)))
+        if token and gaps:
+            raise DataError("the token model cannot learn missing readings (NaN inside a series): use the step model "
+                            "(codec 'step', no prior) or fill them when reading (--fill)")
+        if not token and opts.trainable != "all":
+            raise ConfigError(f"trainable {opts.trainable!r} applies to token models (priors); the step model trains all")
+        return "token" if token else "step"
+
+    def _step_job(self, member: int, cfg: TrainConfig, arrays: dict, train: SeriesSet, fit_set: SeriesSet,
+                  valid_set: SeriesSet | None, rows: np.ndarray, smoothing, checkpoint_dir, resume: bool, dp) -> dict:
+        """A member's training job for the step model: rows of ``arrays`` (series, offset) to train and validate on."""
+        codec = self.codec
+        fit_rows, valid_rows = rows, None
+        if valid_set is not None:
+            fit_rows = rows[np.isin(train.item_id[rows[:, 0]], np.asarray(fit_set.item_id))]
+            held = np.flatnonzero(np.isin(train.item_id, np.asarray(valid_set.item_id)))
+            valid_rows = fixed_windows(train.lengths, codec.context, held)
+        return {"member": member, "kind": "step", "cfg": cfg, "codec": codec, "arrays": arrays,
+                "train_tokens": fit_rows, "valid_tokens": valid_rows,
+                "model_config": codec.model_config(PRESETS[cfg.preset], cfg.dropout), "smoothing": smoothing,
+                "slots": [], "checkpoint": Path(checkpoint_dir) / f"member_{member}" if checkpoint_dir else None,
+                "resume": resume, "dp": dp, "init": None, "trainable": "all", "n_channels": codec.n_channels,
+                "train_series": len(fit_set), "valid_series": 0 if valid_set is None else len(valid_set)}
 
     def _share_time(self, jobs: list[dict], deadline: float, checkpoint_dir: str | Path | None,
                     resume: bool) -> tuple[list[dict], dict]:
@@ -309,17 +380,51 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ sample
     def sample(self, n: int, conditions: Sequence[dict] | None = None, temperature: float | None = None,
-               top_p: float = 1.0, seed: int | None = 0, length: int | None = None, progress: bool = False) -> SeriesSet:
-        """Draw ``n`` series; fields missing from ``conditions`` are drawn from the learned distribution."""
+               top_p: float = 1.0, seed: int | None = 0, length: int | None = None, progress: bool = False,
+               start=None, gaps: str = "keep") -> SeriesSet:
+        """Draw ``n`` series; fields missing from ``conditions`` are drawn from the learned distribution. Step
+        models draw series of any ``length`` from time stamp ``start`` (default: one of the training starts) and
+        reproduce missing readings (``gaps="keep"``) or not (``"none"``)."""
         if not self.models or self.codec is None:
             raise ConfigError("the model is not fitted")
+        if gaps not in GAPS:
+            raise ConfigError(f"gaps must be one of {', '.join(GAPS)}, got {gaps!r}")
         temperature = self.options.temperature if temperature is None else temperature
+        if isinstance(self.codec, StepCodec):
+            if start is None and not self.codec.starts:  # under DP: the data's one common start, if it has one
+                start = self.schema.get("start")
+            return generate_steps(self.models, self.codec, n, conditions, length, start, gaps, temperature, top_p,
+                                  seed, progress=progress)
         out = generate(self.models, self.codec, n, conditions, length, temperature, top_p, seed, progress=progress)
-        if out.start is None and self.schema.get("start") is not None:
+        first = parse_start(start) if start is not None else (
+            np.datetime64(self.schema["start"], "ns") if self.schema.get("start") is not None else None)
+        if first is not None and (out.start is None or start is not None):
             out = SeriesSet(out.values, out.lengths, out.item_id, out.channels,
-                            start=np.full(len(out), np.datetime64(self.schema["start"]), dtype="datetime64[ns]"),
+                            start=np.full(len(out), first, dtype="datetime64[ns]"),
                             freq=self.schema.get("freq"), attributes=out.attributes)
         return out
+
+    def values_codec(self) -> ValueCodec:
+        """The scaler, bins, point masses and condition vocabulary (the step codec's, or the codec itself)."""
+        return self.codec.values if isinstance(self.codec, StepCodec) else self.codec
+
+    def series_loss(self, data: SeriesSet) -> np.ndarray:
+        """Each series' mean loss per predicted value (or token) under the model, averaged over the members
+        (unsmoothed; the likelihood audit's score)."""
+        if isinstance(self.codec, StepCodec):
+            arrays = self.codec.encode(data)
+            rows = fixed_windows(data.lengths, self.codec.context, np.arange(len(data)), most=None)
+            loss = window_loss(self.codec, arrays, 0.0, 0.0, 0)
+        else:
+            rows = self.codec.encode(data)
+            loss = value_token_loss((self.codec.value_offset, self.codec.value_offset + self.codec.n_value_tokens), 0.0)
+        with torch.no_grad():  # in chunks: the logits of every series at once do not fit in memory on wide data
+            per_row = np.mean([np.concatenate([loss(m, chunk, reduction="none").numpy()
+                                               for chunk in torch.as_tensor(rows).split(256)])
+                               for m in self.models], axis=0)
+        if isinstance(self.codec, StepCodec):
+            return np.bincount(rows[:, 0], weights=per_row, minlength=len(data)) / np.bincount(rows[:, 0], minlength=len(data))
+        return per_row
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
@@ -333,15 +438,16 @@ class LocalBackend:
     def save(self, directory: Path) -> None:
         """Write each member as a Hugging Face model directory with the codec's tokenizer."""
         _quiet_transformers()
-        tok = self.codec.hf_tokenizer()
+        tok = None if isinstance(self.codec, StepCodec) else self.codec.hf_tokenizer()
         for k, m in enumerate(self.models):
             d = directory / ("model" if k == 0 else f"model_{k}")
             m.save_pretrained(d)
-            tok.save_pretrained(d)
+            if tok is not None:
+                tok.save_pretrained(d)
         if self.corpus:
             (directory / CORPUS_FILE).write_text(json.dumps(self.corpus, indent=2))
-        if self.codec.point_masses:
-            self.codec.save_point_masses(directory / POINT_MASS_FILE)
+        if self.values_codec().point_masses:
+            self.values_codec().save_point_masses(directory / POINT_MASS_FILE)
 
     @classmethod
     def load(cls, directory: Path, state: dict[str, Any]) -> "LocalBackend":
@@ -352,9 +458,10 @@ class LocalBackend:
         opts = dict(state["options"])
         train_opts = opts.pop("train")
         self = cls(**opts, **train_opts)
-        self.codec = ValueCodec.from_dict(state["codec"])
+        step = state["codec"].get("kind") == "step"
+        self.codec = StepCodec.from_dict(state["codec"]) if step else ValueCodec.from_dict(state["codec"])
         if (directory / POINT_MASS_FILE).exists():
-            self.codec.load_point_masses(directory / POINT_MASS_FILE)
+            self.values_codec().load_point_masses(directory / POINT_MASS_FILE)
         elif sum(state["codec"].get("point_masses_per_channel", [])):
             raise ArtifactError(f"{directory}: {POINT_MASS_FILE} is missing (tsynth.json records point masses)")
         self.training, self.schema = state.get("training", {}), state.get("schema", {})
@@ -371,18 +478,49 @@ def member_model(job: dict):
     """A member's model before training: built from its config, the prior's weights loaded if any, only the
     chosen parameters trainable."""
     cfg: TrainConfig = job["cfg"]
-    model = build_model(job["vocab_size"], job["n_positions"], cfg.preset, cfg.dropout)
+    model = fresh_model(job, cfg.dropout)
     if job["init"] is not None:
         model.load_state_dict(job["init"])
-    else:
+    elif job.get("kind") != "step":
         factor_positions(model, job["first_value"], job["n_channels"])
     select_trainable(model, job["trainable"])
     return model
 
 
+def fresh_model(job: dict, dropout: float):
+    """A member's untrained model: the step model, or a GPT-2 over value tokens."""
+    if job.get("kind") == "step":
+        return StepModel(StepModelConfig(**{**job["model_config"], "dropout": dropout}))
+    return build_model(job["vocab_size"], job["n_positions"], job["cfg"].preset, dropout)
+
+
 def member_loss(job: dict) -> Callable:
-    """A member's training loss: next-token cross-entropy, value targets smoothed by the job's width(s)."""
+    """A member's training loss: next-token (or next-step) cross-entropy, value targets smoothed by the job's
+    width(s)."""
+    if job.get("kind") == "step":
+        return window_loss(job["codec"], job["arrays"], job["smoothing"], job["cfg"].condition_dropout, job["cfg"].seed)
     return value_token_loss(job["value_ids"], job["smoothing"], job["first_value"])
+
+
+def window_rows(lengths: np.ndarray, context: int) -> np.ndarray:
+    """An epoch of step-model training rows (series, -1: a random offset each time): as many windows of each
+    series as its length holds contexts, so an epoch sees about every step once."""
+    per = np.maximum(1, -(-np.asarray(lengths) // context))
+    series = np.repeat(np.arange(len(per)), per)
+    return np.stack([series, np.full(len(series), -1)], axis=1).astype(np.int64)
+
+
+def fixed_windows(lengths: np.ndarray, context: int, series: np.ndarray, most: int | None = MAX_VALID_WINDOWS) -> np.ndarray:
+    """Rows (series, offset) of fixed windows spread evenly over each of ``series``: as many as its length holds
+    contexts, at most ``most`` (None: all)."""
+    out = []
+    for i in series:
+        n = int(lengths[i])
+        k = max(1, -(-n // context))
+        k = k if most is None else min(k, most)
+        for off in np.unique(np.linspace(0, max(n - context, 0), k).astype(np.int64)):
+            out.append((int(i), int(off)))
+    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
 
 
 def train_member(job: dict, callback: Callable[[dict], None] | None, progress: bool) -> dict:
@@ -433,7 +571,7 @@ def run_members(jobs: list[dict], callback: Callable[[dict], None] | None, progr
                     raise RuntimeError(f"training member {member} failed (exit code {proc.returncode}); see the log above")
                 res = torch.load(out, weights_only=False)
                 job = jobs[member]
-                model = build_model(job["vocab_size"], job["n_positions"], job["cfg"].preset, job["cfg"].dropout)
+                model = fresh_model(job, job["cfg"].dropout)
                 model.load_state_dict(res["weights"])
                 done[member] = {"model": model.eval(), "result": res["result"], "privacy": res["privacy"]}
                 bar.update(job["cfg"].epochs - res["result"]["epochs_run"])  # epochs skipped by early stopping

@@ -105,6 +105,7 @@ class ChatCodec:
     # ------------------------------------------------------------------ settings
     def fit(self, data: SeriesSet) -> "ChatCodec":
         """Take the channels and the (regular) length from ``data``; check the user fields exist."""
+        data.require_complete("the chat format")
         missing = [f for f in self.user_fields if f != "item_id" and f not in data.attributes.columns]
         if missing:
             raise DataError(f"user field(s) {missing} are not attributes of the data "
@@ -155,6 +156,7 @@ class ChatCodec:
         """One chat example ``{"messages": [...]}`` per series of ``data``."""
         if not self.channels:
             self.fit(data)
+        data.require_complete("the chat format")
         return [{"messages": self.prompt(c) + [{"role": "assistant", "content": self.render(data.series(i))}]}
                 for i, c in enumerate(self.conditions(data))]
 
