@@ -241,3 +241,20 @@ def test_step_model_conditions_point_masses_and_drawn_lengths():
     assert np.array_equal(counts, np.round(counts))
     forced = syn.sample(6, conditions={"season": "summer"}, seed=2)
     assert list(forced.attributes["season"]) == ["summer"] * 6
+
+
+def test_edge_bins_decode_like_the_data_tails():
+    """Equal-mass edge bins reach out to the most extreme reading; values decoded there follow the data's tail
+    (an exponential of its mean excess) instead of spreading uniformly to that extreme."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((200, 50))
+    x[0, 0] = 40.0  # one extreme reading makes the top bin span about 2.2..41
+    data = SeriesSet(x[..., None].astype(np.float32), np.full(200, 50), [f"s{i}" for i in range(200)], ["v"])
+    codec = ValueCodec(n_bins=64).fit(data)
+    bins, _ = codec.value_bins(data)
+    back = codec._bin_values(bins, np.random.default_rng(0))
+    top = bins == 63
+    assert top.sum() > 100 and (back > 6).sum() <= 2
+    assert abs(back[top].mean() - codec.to_units(x[..., None])[top].mean()) < 0.2
+    assert ValueCodec.from_dict(codec.to_dict()).tails == codec.tails
+    assert ValueCodec(binning="uniform", value_range=(-5, 5)).fit(data).tails == []  # public bins under DP: uniform

@@ -100,6 +100,7 @@ class ValueCodec:
     profile: list[list[float]] | None = None  # per-step offset (steps x channels) removed after scaling (DP release)
     point_mass_series: int = POINT_MASS_SERIES  # 0: no point masses (under DP: they would be data-dependent)
     point_masses: list[dict] = field(default_factory=list)  # per channel: values, counts, rest (per bin)
+    tails: list[list[float]] = field(default_factory=list)  # per channel: mean distance into the two edge bins
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data: SeriesSet, edges: Sequence[float] | None = None) -> "ValueCodec":
@@ -143,6 +144,7 @@ class ValueCodec:
         else:
             self.edges = self._fit_edges(vals, mask)
         self.point_masses = self._fit_point_masses(data) if self.point_mass_series > 0 else []
+        self.tails = self._fit_tails(vals) if self.binning == "quantile" and self.value_range is None else []
         return self
 
     def _fit_edges(self, vals: np.ndarray, mask: np.ndarray) -> list[float]:
@@ -162,6 +164,21 @@ class ValueCodec:
             if len(edges) - 1 < self.n_bins:
                 log.info("quantile binning: %d distinct bins instead of %d (repeated values)", len(edges) - 1, self.n_bins)
         return edges.tolist()
+
+    def _fit_tails(self, vals: np.ndarray) -> list[list[float]]:
+        """Per channel, how far beyond their bin's inner edge the training values of the two edge bins lie on
+        average (codec units). Equal-mass edge bins reach out to the most extreme value, so they are wide (one
+        holds -17..-2 standard deviations of z-scored load); values decoded uniformly there came out as spikes
+        far beyond what the data has. They are drawn from an exponential tail with this mean instead."""
+        units = self.to_units(vals)
+        e = np.asarray(self.edges)
+        out = []
+        for c in range(units.shape[2]):
+            x = units[:, :, c][~np.isnan(units[:, :, c])]
+            low, high = x[x < e[1]], x[x >= e[-2]]
+            out.append([float(np.mean(e[1] - low)) if len(low) else float(e[1] - e[0]) / 2,
+                        float(np.mean(high - e[-2])) if len(high) else float(e[-1] - e[-2]) / 2])
+        return out
 
     def _fit_point_masses(self, data: SeriesSet) -> list[dict]:
         """Per channel: the values (codec units) that at least ``point_mass_series`` items hold (series with
@@ -434,6 +451,13 @@ class ValueCodec:
         training values are all point masses, a bin without any gets the point mass nearest its centre."""
         edges = np.asarray(self.edges)
         out = rng.uniform(edges[k], edges[k + 1])
+        for c, (low, high) in enumerate(self.tails):  # edge bins: a truncated exponential from the inner edge
+            for b, mean, inner, sign in ((0, low, edges[1], -1.0), (len(edges) - 2, high, edges[-2], 1.0)):
+                hit = k[..., c] == b
+                if hit.any() and mean > 0:
+                    width = edges[b + 1] - edges[b]
+                    u = rng.uniform(size=int(hit.sum()))
+                    out[..., c][hit] = inner + sign * -mean * np.log1p(-u * (1 - np.exp(-width / mean)))
         for c, pm in enumerate(self.point_masses):
             values = np.asarray(pm["values"], dtype=np.float64)
             if not len(values):
@@ -469,6 +493,7 @@ class ValueCodec:
             "loc": self.loc, "scale": self.scale, "edges": self.edges, "level_edges": self.level_edges,
             "value_range": list(self.value_range) if self.value_range else None, "profile": self.profile,
             "point_mass_series": self.point_mass_series,  # the masses themselves: save_point_masses
+            "tails": self.tails,
             "point_masses_per_channel": [len(m["values"]) for m in self.point_masses],
             "fields": [{"name": f.name, "values": f.values, "edges": f.edges} for f in self.fields],
         }
@@ -481,7 +506,7 @@ class ValueCodec:
                    conditions=[f.name for f in fields], channels=d["channels"], length=d["length"],
                    freq=d["freq"], loc=d["loc"], scale=d["scale"], edges=d["edges"],
                    level_edges=d["level_edges"], fields=fields, value_range=vr, profile=d.get("profile"),
-                   point_mass_series=d.get("point_mass_series", 0))
+                   point_mass_series=d.get("point_mass_series", 0), tails=d.get("tails", []))
 
     def save_point_masses(self, path: Path) -> None:
         """Write the point masses (if any) to ``path`` (.npz): too many numbers for ``tsynth.json``."""
