@@ -48,8 +48,9 @@ def meter_data(n: int, length: int, seed: int = 0, gaps: float = 0.01) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def run_measured(cmd: list[str], env: dict) -> dict:
-    """Run ``cmd``; its wall time, exit code and the peak summed RSS of its process tree (MB)."""
+def run_measured(cmd: list[str], env: dict, work: Path) -> dict:
+    """Run ``cmd``; its wall time, exit code and the peak summed RSS of its process tree (MB). The command is
+    recorded with paths relative to ``work``."""
     import psutil
 
     t0 = time.time()
@@ -72,8 +73,8 @@ def run_measured(cmd: list[str], env: dict) -> dict:
     out, _ = proc.communicate()
     done.set()
     thread.join()
-    return {"cmd": " ".join(cmd[2:]), "seconds": time.time() - t0, "exit": proc.returncode, "peak_mb": peak[0],
-            "tail": out[-1500:]}
+    return {"cmd": " ".join(cmd[3:]).replace(f"{work}/", ""), "seconds": time.time() - t0, "exit": proc.returncode, "peak_mb": peak[0],
+            "tail": out[-1500:].replace(f"{work}/", "")}
 
 
 def tsynth(*args: str) -> list[str]:
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
             data = work / "meters.parquet"
             meter_data(args.series, 8760).to_parquet(data)
             fit = run_measured(tsynth("fit", str(data), "-o", str(work / "model"), "--time-limit",
-                                      str(args.time_limit)), env)
+                                      str(args.time_limit)), env, work)
             report["runs"]["fit"] = {**fit, "series": args.series, "steps": 8760}
             if fit["exit"] == 0:
                 doc = json.loads((work / "model" / "tsynth.json").read_text())
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
                 report["runs"]["fit"]["epochs"] = [m["epochs_run"] for m in doc["training"]["members"]]
                 report["runs"]["fit"]["steps_trained"] = [m["steps"] for m in doc["training"]["members"]]
                 sample = run_measured(tsynth("sample", str(work / "model"), "-n", "100", "--length", "8760",
-                                             "-o", str(work / "year.parquet")), env)
+                                             "-o", str(work / "year.parquet")), env, work)
                 report["runs"]["sample"] = {**sample, "series": 100, "steps": 8760}
                 if sample["exit"] == 0:
                     out = pd.read_parquet(work / "year.parquet")
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
                 data = work / f"linear_{factor}.parquet"
                 meter_data(100, length, seed=1).to_parquet(data)
                 run = run_measured(tsynth("fit", str(data), "-o", str(work / f"m{factor}"), "--ensemble", "1",
-                                          "--epochs", "1", "--context", "96"), env)
+                                          "--epochs", "1", "--context", "96"), env, work)
                 if run["exit"] == 0:
                     doc = json.loads((work / f"m{factor}" / "tsynth.json").read_text())
                     member = doc["training"]["members"][0]

@@ -194,6 +194,54 @@ def save(task_name: str, rows: list[dict], smoke: bool, out_dir: Path = RESULTS)
     return atomic_write(path, lambda f: Path(f).write_text(json.dumps(doc, indent=1)))
 
 
+def long_section(out_dir: Path = RESULTS) -> list[str]:
+    """Long series: memory and time at scale (``benchmarks/bench_long.py``) and how series far longer than the
+    training ones hold their shape (the ``horizon`` figures of electricity336's tsynth rows)."""
+    lines = ["## Long series", ""]
+    scale = out_dir / "long_scale.json"
+    if scale.exists():
+        doc = json.loads(scale.read_text())
+        runs = doc["runs"]
+        lines += [f"`python -m benchmarks.bench_long` ({doc['date']}, {doc['cores']} cores): seeded meter-like hourly "
+                  "series (daily and weekly shape, per-series level, 1 % missing readings), each command in its own "
+                  "process tree; peak memory is the tree's summed resident memory.", "",
+                  "| command | series x steps | seconds | peak MB | models, epochs |", "|---|---|---|---|---|"]
+        for name in ("fit", "sample"):
+            r = runs.get(name)
+            if r:
+                what = f"{r.get('members', '-')}, {r.get('epochs', '-')}" if name == "fit" else "-"
+                lines.append(f"| `tsynth {r['cmd']}` | {r['series']} x {r['steps']} | {r['seconds']:.0f} | "
+                             f"{r['peak_mb']:.0f} | {what} |")
+        if runs.get("linear"):
+            lines += ["", "Seconds per epoch of one model (`--ensemble 1 --epochs 1 --context 96`, 100 series):", "",
+                      "| length | x | epoch s | per step of data, ms |", "|---|---|---|---|"]
+            for r in runs["linear"]:
+                lines.append(f"| {r['length']} | {r['factor']} | {_fmt(r.get('epoch_s'), 1)} | "
+                             f"{_fmt(1000 * r['epoch_s'] / (100 * r['length']) if r.get('epoch_s') else None, 3)} |")
+        lines.append("")
+    task = out_dir / "electricity336.json"
+    horizon = [r for r in json.loads(task.read_text())["rows"]
+               if (r.get("extra") or {}).get("horizon")] if task.exists() else []
+    if horizon:
+        keys = ["first_week_hour_profile_err", "last_week_hour_profile_err", "first_week_weekday_profile_err",
+                "last_week_weekday_profile_err", "first_week_level", "last_week_level", "first_week_std",
+                "last_week_std"]
+        lines += ["electricity336: series of 2,000 hours drawn from the model fitted on 336-hour series; profiles of "
+                  "their first and last whole weeks against the real series' (mean absolute error, data units), and "
+                  "the weeks' mean level and within-week standard deviation (real: first / last week "
+                  f"{horizon[0]['extra']['horizon']['real_first_week_level']:.3f} / "
+                  f"{horizon[0]['extra']['horizon']['real_last_week_level']:.3f} level, "
+                  f"{horizon[0]['extra']['horizon']['real_first_week_std']:.3f} / "
+                  f"{horizon[0]['extra']['horizon']['real_last_week_std']:.3f} std).", "",
+                  "| generator | seed | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+                  "|---" * (len(keys) + 2) + "|"]
+        for r in horizon:
+            h = r["extra"]["horizon"]
+            lines.append(f"| {r['generator']} | {r['seed']} | " + " | ".join(_fmt(h.get(k)) for k in keys) + " |")
+        lines.append("")
+    return lines if len(lines) > 2 else []
+
+
 def render_markdown(out_dir: Path = RESULTS) -> str:
     """BENCHMARKS.md from every full-mode results file, then the published TimeGAN-protocol figures."""
     from .summary import summary_section
@@ -212,7 +260,7 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "`benchmarks/tasks.py`; the peers (DGAN, PAR) need the separate environment of "
              "`benchmarks/requirements-peers.txt`. What the defaults rest on is explained in `docs/` "
              "(each page links the rows here).", "",
-             *summary_section(out_dir), "## Rows", ""]
+             *summary_section(out_dir), *long_section(out_dir), "## Rows", ""]
     for path in sorted(out_dir.glob("*.json"), key=lambda p: (TASK_ORDER.index(p.stem) if p.stem in TASK_ORDER else
                                                               len(TASK_ORDER), p.stem)):
         if path.stem.endswith("-smoke") or path.stem.startswith(("evaluate_", "server_", "domain_prior")):

@@ -19,11 +19,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KEY = [("disc_gbm", "disc_gbm", 3), ("disc_gru", "disc_gru", 3), ("mean err", "mean_err", 3),
        ("pct err", "pct_err", 3), ("utility MAE", "tstr_mae", 3), ("next-step MAE", "pred", 4),
        ("dcr ratio", "dcr_ratio", 2), ("MIA", "mia_auc", 3), ("MIA likelihood", "mia_likelihood_auc", 3),
-       ("epsilon", "epsilon", 2), ("fit s", "fit_s", 0)]
+       ("epsilon", "epsilon", 2), ("shape disc", "shape_disc", 3), ("fit s", "fit_s", 0)]
 # what each generator is (the order of the rows); unknown generators follow in name order
 GENERATORS = {
     "holdout": "real held-out series scored as if synthetic: the floor",
-    "tsynth": "defaults, from scratch (six members)",
+    "tsynth": "defaults: the step model from scratch (six members)",
+    "tsynth-token": "the token model from scratch, six members (the default until the step model; rows before the "
+                    "edge-bin tails)",
     "tsynth-e12": "from scratch, twelve members",
     "tsynth-prior": "from the default prior, six members",
     "tsynth-load": "`--prior load --ensemble 6`",
@@ -42,11 +44,11 @@ GENERATORS = {
     "dgan": "gretel DoppelGANger (peer)",
     "copy": "the training series themselves: what no privacy looks like",
 }
-TASK_ORDER = ["electricity100", "italy24", "electricity-raw", "stocks24", "stocks24-blocked", "energy24",
+TASK_ORDER = ["electricity100", "electricity336", "italy24", "electricity-raw", "stocks24", "stocks24-blocked", "energy24",
               "energy24-blocked"]
 # README: the recipe's task and two others; tsynth's defaults (and the load prior for energy data) against peers
 README_TASKS = ["electricity100", "italy24", "stocks24"]
-README_ROWS = ["holdout", "tsynth", "tsynth-load-e24", "gaussian", "par", "dgan"]
+README_ROWS = ["holdout", "tsynth", "tsynth-token", "tsynth-load-e24", "gaussian", "par", "dgan"]
 
 
 def fmt(v: Any, digits: int = 3) -> str:

@@ -155,6 +155,10 @@ class StepCodec:
         if ctx > longest:
             log.info("context %d is longer than the longest series (%d steps): using %d", ctx, longest, longest)
             ctx = longest
+        short = int((data.lengths < ctx).sum())
+        if short:
+            log.info("%d series are shorter than the context (%d steps): their windows are padded, and padded steps "
+                     "are never predicted", short, ctx)
         self = cls(values=values, context=ctx, long=longest > ctx)
         self.calendar = self._fit_calendar(data)
         self.gaps = has_gaps(data)
