@@ -163,7 +163,7 @@ def test_many_channels_share_a_position():
 
 def test_step_model_under_dp_reports_its_accounting():
     data = hourly_set(n=60, days=2, seed=3).zscore()
-    syn = Synthesizer(epochs=1, dp_epsilon=8.0, prior="none", n_bins=16).fit(data, progress=False)
+    syn = Synthesizer(epochs=1, dp_epsilon=8.0, prior="none", codec="step", n_bins=16).fit(data, progress=False)
     assert syn.info["codec"]["kind"] == "step"
     assert 0 < syn.info["privacy"]["epsilon"] <= 8.0 + 1e-6
     assert syn.sample(3, seed=0).values.shape == (3, 48, 1)

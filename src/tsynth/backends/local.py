@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..codecs.steps import StepCodec, has_gaps
+from ..codecs.steps import StepCodec, default_context, has_gaps
 from ..codecs.values import POINT_MASS_SERIES, ValueCodec, choose_scaling
 from ..data import SeriesSet, atomic_write
 from ..errors import ArtifactError, ConfigError, DataError, TsynthError
@@ -184,7 +184,7 @@ class LocalBackend:
                 if opts.prior != "auto":
                     raise
                 log.warning("not starting from the default prior: %s", e)
-                prior, kind = None, "step"
+                prior = None
         if dp_settings is not None and opts.dp_profile_share is None and prior is not None \
                 and prior.path.resolve() != DEFAULT_PRIOR:
             dp_settings = replace(dp_settings, profile_share=0.0)
@@ -276,17 +276,18 @@ class LocalBackend:
 
     def _codec_kind(self, train: SeriesSet) -> str:
         """Which model to train: 'step' (one position per time step: any length, many channels, gaps) unless a
-        prior is asked for (priors are token models) or ``codec='token'``. Under DP with the default prior choice,
-        'token' from the default prior where the data has no gaps (it falls back to 'step' where the prior does
-        not fit)."""
+        prior is asked for (priors are token models) or ``codec='token'``. Under DP, 'token' (from the default
+        prior where it fits, with its per-step profile release) where the data has no gaps and its series fit in
+        one step-model context; 'step' for longer series or gaps."""
         opts = self.options
         gaps = has_gaps(train)
         explicit_prior = opts.prior not in (None, "none", "auto")
         if opts.codec == "step" and explicit_prior:
             raise ConfigError(f"prior {opts.prior!r} is a token model: pass codec 'token' (--codec token) to start from "
                               "it, or no prior")
+        long = default_context(train.freq, int(train.lengths.max())) < int(train.lengths.max())
         token = opts.codec == "token" or (opts.codec == "auto" and (explicit_prior or (
-            opts.prior == "auto" and opts.dp_epsilon is not None and not gaps)))
+            opts.dp_epsilon is not None and not gaps and not long)))
         if token and gaps:
             raise DataError("the token model cannot learn missing readings (NaN inside a series): use the step model "
                             "(codec 'step', no prior) or fill them when reading (--fill)")
