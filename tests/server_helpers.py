@@ -108,9 +108,17 @@ def worker_pids(parent: int | None = None) -> list[int]:
     return pids
 
 
-def kill_worker(parent: int | None = None, timeout: float = 60) -> int:
-    """SIGKILL the (one) worker process of the server in ``parent``, waiting for it to be up; its pid."""
+def kill_worker(parent: int | None = None, timeout: float = 60, server=None) -> int:
+    """SIGKILL the (one) worker process of the server in ``parent``, waiting for it to be up; its pid. With an
+    in-process ``server`` (a ThreadServer), its own worker: this process may hold other servers' workers too."""
     deadline = time.time() + timeout
+    if server is not None:
+        while (proc := server.app.state.workers.procs[0]).poll() is not None:
+            if time.time() > deadline:
+                raise TimeoutError("no worker process to kill")
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        return proc.pid
     while not (pids := worker_pids(parent)):
         if time.time() > deadline:
             raise TimeoutError("no worker process to kill")

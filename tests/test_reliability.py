@@ -307,7 +307,7 @@ def test_a_dead_worker_is_restarted_and_a_job_that_keeps_killing_it_fails(server
     job = client.fine_tuning.jobs.create(model="tsynth-tiny", training_file=file_id,
                                          hyperparameters={"n_epochs": 50, "batch_size": 4})
     wait_for_event(client, job.id, lambda e: e.type == "metrics")
-    kill_worker()
+    kill_worker(server=server)
     resumed = wait_for_event(client, job.id, lambda e: "resumes from" in e.message)
     assert resumed.level == "warn" and "The training process stopped (exit status -9)" in resumed.message
     deadline = time.time() + 120
@@ -317,7 +317,7 @@ def test_a_dead_worker_is_restarted_and_a_job_that_keeps_killing_it_fails(server
             break
         assert time.time() < deadline
         time.sleep(0.1)
-    kill_worker()
+    kill_worker(server=server)
     job = wait_for_job(client, job.id)
     assert job.status == "failed" and job.error.code == "server_error"
     assert "for the second time" in job.error.message and "not started again" in job.error.message
