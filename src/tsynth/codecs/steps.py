@@ -18,8 +18,9 @@ what a model over time steps needs:
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -200,7 +201,8 @@ class StepCodec:
     def _series_stats(self, data: SeriesSet) -> tuple[np.ndarray, np.ndarray]:
         """Per series and channel: mean and log10 spread (standard deviation) in the codec's units."""
         units = self.values.to_units(data.values.astype(np.float64))
-        with np.errstate(invalid="ignore", divide="ignore"), _quiet():
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a series that misses a whole channel: empty mean
             means = np.nanmean(units, axis=1)
             spreads = np.log10(np.maximum(np.nanstd(units, axis=1), 1e-3))
         return np.nan_to_num(means), np.nan_to_num(spreads, nan=-3.0)
@@ -375,16 +377,3 @@ def _bin(edges: Sequence[float], x: np.ndarray) -> np.ndarray:
     e = np.asarray(edges)
     return np.clip(np.searchsorted(e, x, side="right") - 1, 0, len(e) - 2)
 
-
-class _quiet:
-    """Silence numpy's 'mean of empty slice' warnings (series that miss a whole channel)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: Any) -> None:
-        self._w.__exit__(*exc)
