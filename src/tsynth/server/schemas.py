@@ -164,6 +164,11 @@ class ModelDeleted(BaseModel):
     deleted: bool = True
 
 
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]
+
+
 # ---------------------------------------------------------------------- chat completions
 class ChatMessage(_Wire):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -210,10 +215,20 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+FinishReason = Literal["stop", "length"]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: Optional[str] = None
+    annotations: list[dict[str, Any]] = []
+
+
 class ChatChoice(BaseModel):
     index: int
-    message: dict[str, Any]
-    finish_reason: Literal["stop", "length"]
+    message: AssistantMessage
+    finish_reason: FinishReason
     logprobs: None = None
 
 
@@ -226,3 +241,20 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str
     service_tier: str = "default"
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: dict[str, str]     # {"role", "content": ""} first, then {"content": piece}, then {} with the reason
+    finish_reason: Optional[FinishReason] = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed completion (``usage`` only on the last, when asked for)."""
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str = "fp_tsynth"
+    choices: list[ChunkChoice]
+    usage: Optional[Usage] = None

@@ -54,7 +54,7 @@ def now() -> int:
 class Store:
     """Typed access to the database of one data directory."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | os.PathLike) -> None:
         self.root = Path(data_dir)
         self.files_dir = self.root / "files"
         self.jobs_dir = self.root / "jobs"
