@@ -34,7 +34,7 @@ LAYERS = {
     "engine": ["tsynth.train", "tsynth.sample", "tsynth.privacy", "tsynth.prior", "tsynth.corpus"],
     "backends": ["tsynth.backends"],
     "api": ["tsynth", "tsynth.synthesizer", "tsynth.pretrain"],
-    "apps": ["tsynth.cli", "tsynth.server"],
+    "apps": ["tsynth.cli", "tsynth.server", "tsynth.__main__"],
 }
 BELOW = {"base": set(), "data": {"base"}, "codecs": {"base", "data"}, "evaluate": {"base", "data"},
          "engine": {"base", "data", "codecs"}, "backends": {"base", "data", "codecs", "engine"},

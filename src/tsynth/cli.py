@@ -174,10 +174,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a backend on DATA and write a model directory."""
+    from .distributed import is_main_process, launch, world_size
     from .synthesizer import Synthesizer
 
+    if getattr(args, "processes", None) is not None and world_size() == 1:
+        if args.processes < 1 or args.backend != "local" or args.base_model:
+            raise TsynthError("--processes needs a positive number of processes and the local backend's own model")
+        if args.processes > 1:  # N copies of this command, data-parallel (as accelerate launch runs it)
+            return launch(without_option(args.argv, "--processes"), args.processes)
+    main_process = is_main_process()
     data = load_data(args)
-    print(f"data: {data}")
+    if main_process:
+        print(f"data: {data}")
     if args.backend == "local":
         few_series_hint(args, data)
         if args.base_model:
@@ -189,6 +197,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             syn = Synthesizer("local", **local_options(args))
         ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else Path(args.output).with_name(Path(args.output).name + ".checkpoints")
         syn.fit(data, checkpoint_dir=ckpt, resume=args.resume, progress=True)
+        if not main_process:  # data-parallel: the main process writes the model directory, once
+            return 0
     else:
         syn = fit_openai(args, data)
     path = syn.save(args.output)
@@ -205,6 +215,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
             vl = min(m["valid_loss"]) if m["valid_loss"] else float("nan")
             print(f"  member {k}: {m['epochs_run']} epochs (best {m['best_epoch']}), best validation loss {vl:.4f}, {m['seconds']:.0f} s")
     return 0
+
+
+def without_option(argv: Sequence[str], flag: str) -> list[str]:
+    """``argv`` less ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
 
 
 def few_series_hint(args: argparse.Namespace, data: "SeriesSet") -> None:
@@ -569,6 +592,8 @@ EXAMPLES = {
   tsynth fit meters.parquet -o model --context 168          # whole long series (NaN gaps allowed), a week of context
   tsynth fit energy.csv --layout wide --length 24 --stride 1 -o model --time-limit 600   # training <= ~10 min in all
   tsynth fit electricity.parquet --length 100 --zscore -o model --dp-epsilon 8    # item-level DP-SGD
+  tsynth fit meters.parquet -o model --processes 2 --ensemble 1     # data-parallel in 2 processes
+  accelerate launch --num_processes 8 -m tsynth fit meters.parquet -o model --ensemble 1   # 8 GPUs
   tsynth fit data.parquet --length 24 -o model --base-model HuggingFaceTB/SmolLM2-135M-Instruct --lora-rank 8
   tsynth fit data.parquet --length 100 -o model --backend openai --model gpt-4o-mini-2024-07-18 \\
       --n-epochs 10 --batch-size 2 --learning-rate-multiplier 2 --suffix elec""",
@@ -625,6 +650,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last checkpoint")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the checkpoints once the model is written (default: removed)")
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="local backend: train data-parallel in N processes on this machine, each on its share of "
+                        "every batch (the batch stays the global one); the same as `accelerate launch "
+                        "--num_processes N -m tsynth fit ...`, which also runs it on several GPUs or nodes "
+                        "(docs/scale-out.md)")
     add_data_options(p)
     add_local_options(p)
     g = p.add_argument_group("openai backend")
@@ -733,6 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --processes runs again in each process
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="tsynth: %(message)s")
     previous = None
     if args.command != "serve":  # uvicorn handles the server's signals

@@ -265,13 +265,15 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     the run (:func:`run_fingerprint`; ``source_arrays``: arrays the rows of ``train_tokens`` index, as the step
     model's do), and ``resume`` refuses a checkpoint whose fingerprint differs, naming the difference.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+    from .distributed import check_same_data, make_accelerator, mean_over_processes, shard_rows, sharded_loss
+
     fingerprint = run_fingerprint(model, train_tokens, valid_tokens, cfg, source_arrays)
     set_seed(cfg.seed)
-    accelerator = Accelerator(cpu=train_device() == "cpu")
+    accelerator = make_accelerator(train_device() == "cpu")  # several processes under accelerate launch
+    check_same_data(accelerator, fingerprint)
     gen = torch.Generator().manual_seed(cfg.seed)
     data = torch.as_tensor(train_tokens)
     n = len(data)
@@ -304,8 +306,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         start_epoch, best_loss, bad_epochs = saved["epoch"], saved["best_loss"], saved["bad_epochs"]
         gen.set_state(torch.load(state_dir / "generator.pt"))
         best_state = torch.load(state_dir / "best.pt") if (state_dir / "best.pt").exists() else None
-    bar = tqdm(total=result.epochs_planned, initial=start_epoch, desc="training", unit="epoch", disable=not progress,
-               leave=False)
+    bar = tqdm(total=result.epochs_planned, initial=start_epoch, desc="training", unit="epoch",
+               disable=not progress or not accelerator.is_main_process, leave=False)
     clock = _TimeLimit(cfg.time_limit_s, steps_per_epoch, cfg.epochs * steps_per_epoch,
                        None if valid_tokens is None else
                        lambda: evaluate_loss(model, valid_tokens[:batch], loss_fn, accelerator.device, batch),
@@ -318,7 +320,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
             batches = dp.batches()
         else:
             perm = torch.randperm(n, generator=gen)
-            batches = [perm[i: i + batch] for i in range(0, n, batch)]
+            batches = [shard_rows(perm[i: i + batch], accelerator) for i in range(0, n, batch)]
         for idx in batches:
             if result.steps >= result.steps_planned:
                 break  # the time limit ends the run inside this epoch
@@ -337,9 +339,11 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
             result.tokens += int((tokens != 0).sum())
             clock.after_step(result)
         result.epochs_run = epoch + 1
-        result.train_loss.append(float(np.mean(losses)) if losses else float("nan"))
+        result.train_loss.append(mean_over_processes(accelerator, float(np.sum(losses)), len(losses)) if losses
+                                 else float("nan"))
         clock.validation_starts()
-        vloss = evaluate_loss(model, valid_tokens, loss_fn, accelerator.device, batch) if valid_tokens is not None else None
+        vloss = (sharded_loss(accelerator, lambda rows: evaluate_loss(model, rows, loss_fn, accelerator.device, batch),
+                              valid_tokens) if valid_tokens is not None else None)
         clock.validation_ends()
         if vloss is not None:
             result.valid_loss.append(vloss)
@@ -532,10 +536,15 @@ def _save_checkpoint(accelerator, directory: Path, gen: torch.Generator, best_st
     directory.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{epoch}"
     tmp = directory / f"{name}.tmp"
-    for stale in (tmp, directory / name):
-        if stale.exists():
-            shutil.rmtree(stale)
+    if accelerator.is_main_process:  # under data-parallel training every process saves its own random state
+        for stale in (tmp, directory / name):
+            if stale.exists():
+                shutil.rmtree(stale)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return directory / name
     torch.save(gen.get_state(), tmp / "generator.pt")
     if best_state is not None:
         torch.save(best_state, tmp / "best.pt")
@@ -547,4 +556,5 @@ def _save_checkpoint(accelerator, directory: Path, gen: torch.Generator, best_st
     for old in directory.glob("epoch-*"):
         if old.name != name:
             shutil.rmtree(old)
+    accelerator.wait_for_everyone()
     return directory / name

@@ -31,6 +31,8 @@ import torch
 from ..codecs.steps import StepCodec, default_context, has_gaps
 from ..codecs.values import POINT_MASS_SERIES, ValueCodec, choose_scaling
 from ..data import SeriesSet, atomic_write
+from ..distributed import check_options as check_distributed_options
+from ..distributed import world_size
 from ..errors import ArtifactError, ConfigError, DataError, TsynthError
 from ..prior import CORPUS_FILE, DEFAULT_PRIOR, Prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
@@ -171,6 +173,7 @@ class LocalBackend:
             if resume:
                 raise ConfigError("a DP fit cannot resume: the accountant would not count the steps taken before the "
                                   "interruption, so the reported epsilon would be too small; start the fit again")
+        check_distributed_options(dp_settings is not None, opts.train.time_limit_s)
         validate = len(items) >= MIN_ITEMS_FOR_VALIDATION and opts.validation_fraction > 0 and dp_settings is None
         if not validate:
             log.warning("%s: no validation split, training for a fixed %d epochs",
@@ -551,7 +554,7 @@ def run_members(jobs: list[dict], callback: Callable[[dict], None] | None, progr
     interrupted), the children are stopped and the error propagates. A child's input (the encoded training
     data) goes to :func:`_inputs_dir`, removed when training ends, however it ends."""
     workers = min(len(jobs), workers or len(os.sched_getaffinity(0)))
-    if workers <= 1:
+    if workers <= 1 or world_size() > 1:  # data-parallel: the processes train each member together, in turn
         return [train_member(job, callback, progress) for job in jobs]
     from tqdm.auto import tqdm
 

@@ -1,0 +1,90 @@
+"""Beyond one machine (docs/scale-out.md): data-parallel training in real processes (gloo), sampling on a real
+local Ray cluster, training from a partitioned Parquet data set read as a stream, evaluation on a subsample."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tsynth import SeriesSet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def meters(n: int = 64, length: int = 72, seed: int = 0) -> SeriesSet:
+    """Hourly daily-cycle series with noise, their phases drawn at random."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    vals = [10 + 5 * np.sin(2 * np.pi * (t + rng.integers(24)) / 24) + rng.normal(0, 1, length) for _ in range(n)]
+    return SeriesSet.from_arrays(vals, item_id=[f"m{i}" for i in range(n)], channels=["load"],
+                                 start=["2020-01-01"] * n, freq="h")
+
+
+def tsynth(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tsynth", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=600)
+
+
+FIT = ("--ensemble", "1", "--epochs", "4", "--batch-size", "16", "--seed", "3")
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path):
+    """2 gloo processes at the same global batch: the same loss curve within noise, the same model directory."""
+    meters().write(tmp_path / "m.parquet")
+    one = tsynth("fit", "m.parquet", "-o", "one", *FIT, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = tsynth("fit", "m.parquet", "-o", "two", *FIT, "--processes", "2", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    docs = [json.loads((tmp_path / d / "tsynth.json").read_text()) for d in ("one", "two")]
+    runs = [d["training"]["members"][0] for d in docs]
+    for key in ("train_loss", "valid_loss"):
+        a, b = np.asarray(runs[0][key]), np.asarray(runs[1][key])
+        assert len(a) == len(b) == 4
+        assert np.all(np.abs(a - b) / a < 0.03), (key, a, b)  # random offsets and dropout differ: noise only
+    assert runs[0]["steps"] == runs[1]["steps"]  # the same global batches
+    assert sorted(p.name for p in (tmp_path / "one").rglob("*")) == sorted(p.name for p in (tmp_path / "two").rglob("*"))
+    assert docs[0]["codec"] == docs[1]["codec"] and docs[0]["schema"] == docs[1]["schema"]
+    assert not (tmp_path / "two.checkpoints").exists()
+    from tsynth import Synthesizer
+
+    assert len(Synthesizer.load(tmp_path / "two").sample(4, seed=0)) == 4
+
+
+@pytest.mark.slow
+def test_processes_that_disagree_on_the_data_are_refused(tmp_path):
+    """Two processes of one launch given other data files: refused before the first step, exit status 2."""
+    meters(seed=0).write(tmp_path / "a.parquet")
+    meters(seed=1).write(tmp_path / "b.parquet")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, "-m", "tsynth", "fit", data, "-o", f"out{rank}", *FIT], cwd=tmp_path,
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for rank, data in enumerate(("a.parquet", "b.parquet"))]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    assert "training processes disagree" in outs[0][1] and "training data" in outs[0][1]
+    assert not (tmp_path / "out0").exists() and not (tmp_path / "out1").exists()
+
+
+def test_data_parallel_refuses_dp_and_time_limit(monkeypatch):
+    """What data-parallel training does not support is refused before any work, in one line."""
+    from tsynth import Synthesizer
+    from tsynth.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="differential privacy is not supported with 2 training processes"):
+        Synthesizer(dp_epsilon=8.0, epochs=1).fit(meters(60, 24).zscore())
+    with pytest.raises(ConfigError, match="time limit is not supported with 2 training processes"):
+        Synthesizer(time_limit_s=10.0, epochs=1).fit(meters(16, 24))
