@@ -17,6 +17,11 @@ A series becomes one token sequence::
   learns the unconditional distribution too.
 
 The vocabulary is saved as a standard Hugging Face tokenizer (``AutoTokenizer`` loads it).
+
+:class:`ValueCodec` lays out the tokens and composes three parts, each fitted on the training set:
+:class:`Scaler` (data units to codec units, levels, the DP profile), :class:`Bins` (edges, point masses, edge-bin
+tails; values to bins and back) and :class:`ConditionVocabulary` (the condition fields). Its saved form
+(``to_dict``) is the flat dictionary it always was.
 """
 
 from __future__ import annotations
@@ -81,245 +86,83 @@ class ConditionField:
 
 
 @dataclass
-class ValueCodec:
-    """Scaler + quantisation bins + condition vocabulary; see the module docstring."""
+class Scaler:
+    """Data units <-> codec units: a per-channel standardisation ('global'), the series' mean absolute level as
+    well ('series', whose log-level is a level token), or none (a DP fit's public range onto the bins), less an
+    optional per-step profile."""
 
-    n_bins: int = 256
-    binning: str = "quantile"
     scaling: str = "auto"
-    conditions: Sequence[str] | str = "auto"
-    channels: list[str] = field(default_factory=list)
-    length: int | None = None
-    freq: str | None = None
     loc: list[float] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
-    edges: list[float] = field(default_factory=list)
     level_edges: list[float] = field(default_factory=list)
-    fields: list[ConditionField] = field(default_factory=list)
-    value_range: tuple[float, float] | None = None
     profile: list[list[float]] | None = None  # per-step offset (steps x channels) removed after scaling (DP release)
-    point_mass_series: int = POINT_MASS_SERIES  # 0: no point masses (under DP: they would be data-dependent)
-    point_masses: list[dict] = field(default_factory=list)  # per channel: values, counts, rest (per bin)
-    tails: list[list[float]] = field(default_factory=list)  # per channel: mean distance into the two edge bins
 
-    # ------------------------------------------------------------------ fitting
-    def fit(self, data: SeriesSet, edges: Sequence[float] | None = None) -> "ValueCodec":
-        """Fit scaler, bins and condition vocabulary on the training set. ``edges``: fixed bin edges (a
-        prior's, in scaled units) instead of bins fitted to ``data``; with scaling 'none' and a
-        ``value_range``, that range is mapped linearly onto the edges' range."""
-        if len(data) == 0:
-            raise DataError("cannot fit a codec on an empty data set")
-        if self.binning not in ("quantile", "uniform"):
-            raise ConfigError(f"binning must be 'quantile' or 'uniform', got {self.binning!r}")
-        if self.n_bins < 2:
-            raise ConfigError("n_bins must be at least 2")
-        self.channels = list(data.channels)
-        self.freq = data.freq
-        self.length = data.length if data.is_regular else None
+    def fit(self, data: SeriesSet, vals: np.ndarray, edges: Sequence[float] | None,
+            value_range: tuple[float, float] | None) -> None:
+        """Choose the scaling ('auto') and fit it to ``vals`` (``data``'s values as float64). With fixed ``edges``,
+        scaling 'none' and a ``value_range``, that range is mapped linearly onto the edges' range."""
         if self.scaling == "auto":
             self.scaling = choose_scaling(data)
         if self.scaling not in ("global", "series", "none"):
             raise ConfigError(f"scaling must be 'auto', 'global', 'series' or 'none', got {self.scaling!r}")
-        vals = data.values.astype(np.float64)
-        mask = ~np.isnan(vals)
+        n_channels = data.n_channels
         if self.scaling == "global":
-            self.loc = [float(np.nanmean(vals[..., c])) for c in range(data.n_channels)]
-            self.scale = [float(np.nanstd(vals[..., c])) or 1.0 for c in range(data.n_channels)]
+            self.loc = [float(np.nanmean(vals[..., c])) for c in range(n_channels)]
+            self.scale = [float(np.nanstd(vals[..., c])) or 1.0 for c in range(n_channels)]
         else:
-            self.loc = [0.0] * data.n_channels
-            self.scale = [1.0] * data.n_channels
-        if edges is not None and self.scaling == "none" and self.value_range is not None:
-            lo, hi = map(float, self.value_range)
+            self.loc = [0.0] * n_channels
+            self.scale = [1.0] * n_channels
+        if edges is not None and self.scaling == "none" and value_range is not None:
+            lo, hi = map(float, value_range)
             s = (hi - lo) / (edges[-1] - edges[0])
-            self.loc, self.scale = [lo - edges[0] * s] * data.n_channels, [s] * data.n_channels
+            self.loc, self.scale = [lo - edges[0] * s] * n_channels, [s] * n_channels
         if self.scaling == "series":
-            levels = self._levels(vals)
+            levels = self.levels(vals)
             finite = levels[np.isfinite(levels)]
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
             pad = max(0.05 * (hi - lo), 1e-3)
             self.level_edges = np.linspace(lo - pad, hi + pad, N_LEVEL_BINS + 1).tolist()
-        self.fields = self._fit_conditions(data)
-        if edges is not None:
-            self.edges = [float(e) for e in edges]
-        else:
-            self.edges = self._fit_edges(vals, mask)
-        self.point_masses = self._fit_point_masses(data) if self.point_mass_series > 0 else []
-        self.tails = self._fit_tails(vals) if self.binning == "quantile" and self.value_range is None else []
-        return self
-
-    def _fit_edges(self, vals: np.ndarray, mask: np.ndarray) -> list[float]:
-        scaled = self.to_units(vals)
-        flat = scaled[mask]
-        if self.value_range is not None:
-            lo, hi = map(float, self.value_range)
-        else:
-            lo, hi = float(flat.min()), float(flat.max())
-            pad = max(0.02 * (hi - lo), 1e-6)
-            lo, hi = lo - pad, hi + pad
-        if self.binning == "uniform":
-            edges = np.linspace(lo, hi, self.n_bins + 1)
-        else:  # equal-mass bins of the values inside [lo, hi]
-            inner = np.quantile(np.clip(flat, lo, hi), np.linspace(0, 1, self.n_bins + 1)[1:-1])
-            edges = np.unique(np.concatenate([[lo], inner, [hi]]))
-            if len(edges) - 1 < self.n_bins:
-                log.info("quantile binning: %d distinct bins instead of %d (repeated values)", len(edges) - 1, self.n_bins)
-        return edges.tolist()
-
-    def _fit_tails(self, vals: np.ndarray) -> list[list[float]]:
-        """Per channel, how far beyond their bin's inner edge the training values of the two edge bins lie on
-        average (codec units). Equal-mass edge bins reach out to the most extreme value, so they are wide (one
-        holds -17..-2 standard deviations of z-scored load); values decoded uniformly there came out as spikes
-        far beyond what the data has. They are drawn from an exponential tail with this mean instead."""
-        units = self.to_units(vals)
-        e = np.asarray(self.edges)
-        out = []
-        for c in range(units.shape[2]):
-            x = units[:, :, c][~np.isnan(units[:, :, c])]
-            low, high = x[x < e[1]], x[x >= e[-2]]
-            out.append([float(np.mean(e[1] - low)) if len(low) else float(e[1] - e[0]) / 2,
-                        float(np.mean(high - e[-2])) if len(high) else float(e[-1] - e[-2]) / 2])
-        return out
-
-    def _fit_point_masses(self, data: SeriesSet) -> list[dict]:
-        """Per channel: the values (codec units) that at least ``point_mass_series`` items hold (series with
-        distinct item ids: windows of one item count once, so overlapping windows cannot make one item's value a
-        point mass), how often the training data has each, and how many of each bin's training values are not
-        point masses."""
-        if self.scaling == "series":
-            log.info("no point masses with per-series scaling (a value's units differ from series to series)")
-            return []
-        bins, _ = self.value_bins(data, warn=False)
-        units = self.to_units(data.values.astype(np.float64))
-        items = np.broadcast_to(pd.factorize(data.item_id)[0][:, None], units.shape[:2])
-        n_bins = len(self.edges) - 1
-        out, covered = [], 0
-        for c in range(data.n_channels):
-            observed = ~np.isnan(units[:, :, c])  # NaN: missing, or beyond a series' length
-            vals = units[:, :, c][observed]
-            order = np.lexsort((items[observed], vals))
-            v, item = vals[order], items[observed][order]
-            new_holder = np.r_[True, (v[1:] != v[:-1]) | (item[1:] != item[:-1])]
-            held, n_items = np.unique(v[new_holder], return_counts=True)
-            masses = held[n_items >= self.point_mass_series]
-            is_mass = np.isin(vals, masses)
-            values, counts = np.unique(vals[is_mass], return_counts=True)
-            rest = np.bincount(bins[:, :, c][observed][~is_mass], minlength=n_bins)
-            covered += int(is_mass.sum())
-            out.append({"values": values.tolist(), "counts": counts.tolist(), "rest": rest.tolist()})
-        if covered:
-            log.info("point masses: %d values held by >= %d items each, %.1f%% of the training values, are decoded "
-                     "exactly", sum(len(m["values"]) for m in out), self.point_mass_series,
-                     100 * covered / max(int((~np.isnan(units)).sum()), 1))
-        return out if covered else []
-
-    def _fit_conditions(self, data: SeriesSet) -> list[ConditionField]:
-        requested = self.conditions
-        if requested == "auto":
-            requested = [c for c in data.attributes.columns if c != "window_offset" and data.attributes[c].nunique() > 1]
-            if data.start is not None:
-                requested += [c for c in CALENDAR_FIELDS if len(np.unique(self._calendar(data, c))) > 1]
-        fields = []
-        for name in requested:
-            if name == "item_id":
-                raw = pd.Series(data.item_id)
-            elif name in data.attributes.columns:
-                raw = data.attributes[name]
-            elif name in CALENDAR_FIELDS:
-                cal = self._calendar(data, name)
-                if cal is None:
-                    raise ConfigError(f"condition '{name}' needs start timestamps and a frequency; this data has none")
-                raw = pd.Series(cal)
-            else:
-                raise ConfigError(f"unknown condition '{name}': not 'item_id', an attribute "
-                                  f"({list(data.attributes.columns)}) or a calendar field ({list(CALENDAR_FIELDS)})")
-            if pd.api.types.is_float_dtype(raw) and raw.nunique() > N_NUMERIC_ATTRIBUTE_BINS:
-                edges = np.unique(np.quantile(raw.dropna(), np.linspace(0, 1, N_NUMERIC_ATTRIBUTE_BINS + 1)))
-                fields.append(ConditionField(name, [f"bin{k}" for k in range(len(edges) - 1)], edges.tolist()))
-            else:
-                fields.append(ConditionField(name, sorted(raw.dropna().astype(str).unique().tolist())))
-        return fields
-
-    @staticmethod
-    def _calendar(data: SeriesSet, name: str) -> np.ndarray | None:
-        if data.start is None:
-            return None
-        return getattr(pd.DatetimeIndex(data.start), CALENDAR_FIELDS[name]).to_numpy()
-
-    # ------------------------------------------------------------------ vocabulary
-    @property
-    def n_channels(self) -> int:
-        return len(self.channels)
-
-    @property
-    def value_offset(self) -> int:
-        return len(SPECIAL_TOKENS)
-
-    @property
-    def n_value_tokens(self) -> int:
-        return len(self.edges) - 1
-
-    @property
-    def level_offset(self) -> int:
-        return self.value_offset + self.n_value_tokens
 
     @property
     def n_level_tokens(self) -> int:
         return N_LEVEL_BINS if self.scaling == "series" else 0
 
-    def field_offset(self, k: int) -> int:
-        """Id of field k's unknown token; its values follow."""
-        off = self.level_offset + self.n_level_tokens
-        for f in self.fields[:k]:
-            off += len(f.values) + 1
-        return off
-
-    @property
-    def vocab(self) -> list[str]:
-        toks = list(SPECIAL_TOKENS) + [f"<v_{k}>" for k in range(self.n_value_tokens)]
-        toks += [f"<level_{k}>" for k in range(self.n_level_tokens)]
-        for f in self.fields:
-            toks += f.tokens()
-        return toks
-
-    @property
-    def prefix_length(self) -> int:
-        """Tokens before the first value: bos, one per condition field, one level token per channel."""
-        return 1 + len(self.fields) + (self.n_channels if self.scaling == "series" else 0)
-
-    def sequence_length(self, steps: int) -> int:
-        return self.prefix_length + steps * self.n_channels + 1
-
-    # ------------------------------------------------------------------ encoding
-    def _levels(self, vals: np.ndarray) -> np.ndarray:
+    def levels(self, vals: np.ndarray) -> np.ndarray:
         """log10 of each series' mean absolute value per channel, shape (n, channels)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             m = np.nanmean(np.abs(vals), axis=1)
         floor = max(float(np.nanmedian(m)) * 1e-4, 1e-12) if self.level_edges == [] else 10 ** self.level_edges[0]
         return np.log10(np.maximum(m, floor))
 
-    def to_units(self, vals: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+    def level_ids(self, levels: np.ndarray) -> np.ndarray:
+        """The level bin of each level."""
+        return np.clip(np.searchsorted(self.level_edges, levels, side="right") - 1, 0, N_LEVEL_BINS - 1)
+
+    def draw_levels(self, level_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A level for each level bin: uniform inside it."""
+        le = np.asarray(self.level_edges)
+        return rng.uniform(le[level_ids], le[level_ids + 1])
+
+    def to_units(self, vals: np.ndarray, levels: np.ndarray | None, n_channels: int) -> np.ndarray:
         """Values (n, steps, channels) in the codec's units: scaled, less the per-step profile."""
         loc = np.asarray(self.loc)
         scale = np.asarray(self.scale)
         out = (vals - loc) / scale
         if self.scaling == "series":
-            lv = self._levels(vals) if levels is None else levels
+            lv = self.levels(vals) if levels is None else levels
             out = out / (10 ** lv)[:, None, :]
-        return out - self._profile(out.shape[1])
+        return out - self.step_profile(out.shape[1], n_channels)
 
-    def set_profile(self, profile: np.ndarray, centred: bool) -> None:
-        """Take a released per-step profile (steps x channels, in the codec's units) and re-map the public
-        ``value_range`` onto the edges so that every value in it, less its step's profile, stays inside them.
-        Without that, subtracting the profile pushed every value below its step's mean out of a range like
-        [0, 1] and into the lowest bin (every value below its step's mean). ``centred`` (a prior's edges, fitted on
-        standardised series): a value equal to its step's profile stays at the edges' centre, as the prior
-        expects, and the scale grows only as far as covering the range needs; else (the uniform bins of a fit
-        from scratch) the range less the profile is mapped onto the edges exactly. The profile is first clipped
-        to the range (a mean of values in the range lies in it); all of it only post-processes the release."""
-        if self.scaling != "none" or self.value_range is None:
-            raise ConfigError("a per-step profile needs scaling 'none' and a public value_range (a DP fit)")
-        lo, hi = map(float, self.value_range)
-        first, last = self.edges[0], self.edges[-1]
+    def from_units(self, units: np.ndarray, levels: np.ndarray | None) -> np.ndarray:
+        """Values in data units from codec units to which the per-step profile is already added back."""
+        if levels is not None:
+            units = units * (10 ** levels)[:, None, :]
+        return units * np.asarray(self.scale) + np.asarray(self.loc)
+
+    def set_profile(self, profile: np.ndarray, centred: bool, value_range: tuple[float, float],
+                    first: float, last: float) -> None:
+        """See :meth:`ValueCodec.set_profile`; ``first`` and ``last`` are the bins' outer edges."""
+        lo, hi = map(float, value_range)
         centre = np.clip(np.asarray(self.loc) + np.asarray(profile) * np.asarray(self.scale), lo, hi)  # data units
         low, high = lo - centre.max(axis=0), hi - centre.min(axis=0)  # per channel: values less their step's centre
         if centred:
@@ -332,120 +175,107 @@ class ValueCodec:
         self.loc, self.scale = loc.tolist(), scale.tolist()
         self.profile = (centre / scale).tolist()
 
-    def _profile(self, steps: int) -> np.ndarray:
+    def step_profile(self, steps: int, n_channels: int) -> np.ndarray:
         """The per-step offset for ``steps`` steps (zeros without a profile)."""
         if self.profile is None:
-            return np.zeros((steps, self.n_channels))
+            return np.zeros((steps, n_channels))
         if steps > len(self.profile):
             raise ConfigError(f"this model's per-step profile covers {len(self.profile)} steps; {steps} were asked")
         return np.asarray(self.profile)[:steps]
 
-    def condition_ids(self, conditions: dict[str, Any], rng: np.random.Generator | None = None) -> list[int]:
-        """Token ids of the condition fields for one series; unseen values map to the unknown token."""
-        ids = []
-        for k, f in enumerate(self.fields):
-            label = f.label(conditions.get(f.name)) if f.name in conditions else None
-            if f.name in conditions and label is None:
-                log.warning("condition %s=%r was never seen in training: sampling it unconditionally",
-                            f.name, conditions[f.name])
-            ids.append(self.field_offset(k) + (0 if label is None else 1 + f.values.index(label)))
-        return ids
 
-    def series_conditions(self, data: SeriesSet) -> list[dict[str, Any]]:
-        """The raw condition values of every series in ``data``."""
-        out = [dict() for _ in range(len(data))]
-        for f in self.fields:
-            if f.name == "item_id":
-                col = list(data.item_id)
-            elif f.name in CALENDAR_FIELDS:
-                cal = self._calendar(data, f.name)
-                col = [None] * len(data) if cal is None else list(cal)
-            elif f.name in data.attributes.columns:
-                col = list(data.attributes[f.name])
-            else:
-                col = [None] * len(data)
-            for d, v in zip(out, col):
-                d[f.name] = v
-        return out
+@dataclass
+class Bins:
+    """The value bins in codec units (uniform, or equal-mass 'quantile'), with the point masses decoded exactly
+    and, for quantile bins, the mean excess of the two edge bins that their values are drawn from."""
 
-    def value_bins(self, data: SeriesSet, warn: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Each value's bin, shape (n, steps, channels) (meaningless beyond a series' length), and the series'
-        levels (scaling 'series'; else None). Values outside the range go to the edge bins (``warn``: say how many)."""
-        scaled, levels = self._scaled(data)
-        edges = np.asarray(self.edges)
-        finite, outside = self._outside(scaled)
-        if warn and outside.any():
-            log.warning("%d values (%.2f%%) fall outside the codec's range [%.3g, %.3g] and were put in the edge bins",
-                        int(outside.sum()), 100 * outside.sum() / finite.sum(), edges[0], edges[-1])
-        bins = np.clip(np.searchsorted(edges, np.where(finite, scaled, 0.0), side="right") - 1, 0, len(edges) - 2)
-        return bins, levels
+    n_bins: int = 256
+    binning: str = "quantile"
+    edges: list[float] = field(default_factory=list)
+    point_mass_series: int = POINT_MASS_SERIES  # 0: no point masses (under DP: they would be data-dependent)
+    point_masses: list[dict] = field(default_factory=list)  # per channel: values, counts, rest (per bin)
+    tails: list[list[float]] = field(default_factory=list)  # per channel: mean distance into the two edge bins
 
-    def outside_share(self, data: SeriesSet) -> float:
-        """The share of ``data``'s values that fall outside the bins' range (encoding clips them to the edge bins)."""
-        finite, outside = self._outside(self._scaled(data)[0])
-        return float(outside.sum() / finite.sum()) if finite.any() else 0.0
+    def check(self) -> None:
+        if self.binning not in ("quantile", "uniform"):
+            raise ConfigError(f"binning must be 'quantile' or 'uniform', got {self.binning!r}")
+        if self.n_bins < 2:
+            raise ConfigError("n_bins must be at least 2")
 
-    def _scaled(self, data: SeriesSet) -> tuple[np.ndarray, np.ndarray | None]:
-        """``data``'s values in the codec's units, and the series' levels (scaling 'series'; else None)."""
-        if list(data.channels) != self.channels:
-            raise DataError(f"data has channels {data.channels}, the codec was fitted on {self.channels}")
-        vals = data.values.astype(np.float64)
-        levels = self._levels(vals) if self.scaling == "series" else None
-        return self.to_units(vals, levels), levels
+    @property
+    def n_tokens(self) -> int:
+        return len(self.edges) - 1
 
-    def _outside(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def fit_edges(self, flat: np.ndarray, value_range: tuple[float, float] | None) -> None:
+        """Bins over the observed values ``flat`` (codec units), or over ``value_range`` when given."""
+        if value_range is not None:
+            lo, hi = map(float, value_range)
+        else:
+            lo, hi = float(flat.min()), float(flat.max())
+            pad = max(0.02 * (hi - lo), 1e-6)
+            lo, hi = lo - pad, hi + pad
+        if self.binning == "uniform":
+            edges = np.linspace(lo, hi, self.n_bins + 1)
+        else:  # equal-mass bins of the values inside [lo, hi]
+            inner = np.quantile(np.clip(flat, lo, hi), np.linspace(0, 1, self.n_bins + 1)[1:-1])
+            edges = np.unique(np.concatenate([[lo], inner, [hi]]))
+            if len(edges) - 1 < self.n_bins:
+                log.info("quantile binning: %d distinct bins instead of %d (repeated values)", len(edges) - 1, self.n_bins)
+        self.edges = edges.tolist()
+
+    def fit_tails(self, units: np.ndarray) -> None:
+        """Per channel, how far beyond their bin's inner edge the training values of the two edge bins lie on
+        average (codec units). Equal-mass edge bins reach out to the most extreme value, so they are wide (one
+        holds -17..-2 standard deviations of z-scored load); values decoded uniformly there came out as spikes
+        far beyond what the data has. They are drawn from an exponential tail with this mean instead."""
+        e = np.asarray(self.edges)
+        out = []
+        for c in range(units.shape[2]):
+            x = units[:, :, c][~np.isnan(units[:, :, c])]
+            low, high = x[x < e[1]], x[x >= e[-2]]
+            out.append([float(np.mean(e[1] - low)) if len(low) else float(e[1] - e[0]) / 2,
+                        float(np.mean(high - e[-2])) if len(high) else float(e[-1] - e[-2]) / 2])
+        self.tails = out
+
+    def fit_point_masses(self, units: np.ndarray, item_id: np.ndarray) -> None:
+        """Per channel: the values (codec units) that at least ``point_mass_series`` items hold (series with
+        distinct item ids: windows of one item count once, so overlapping windows cannot make one item's value a
+        point mass), how often the training data has each, and how many of each bin's training values are not
+        point masses."""
+        bins = self.assign(units)
+        items = np.broadcast_to(pd.factorize(np.asarray(item_id, dtype=object))[0][:, None], units.shape[:2])
+        out, covered = [], 0
+        for c in range(units.shape[2]):
+            observed = ~np.isnan(units[:, :, c])  # NaN: missing, or beyond a series' length
+            vals = units[:, :, c][observed]
+            order = np.lexsort((items[observed], vals))
+            v, item = vals[order], items[observed][order]
+            new_holder = np.r_[True, (v[1:] != v[:-1]) | (item[1:] != item[:-1])]
+            held, n_items = np.unique(v[new_holder], return_counts=True)
+            masses = held[n_items >= self.point_mass_series]
+            is_mass = np.isin(vals, masses)
+            values, counts = np.unique(vals[is_mass], return_counts=True)
+            rest = np.bincount(bins[:, :, c][observed][~is_mass], minlength=self.n_tokens)
+            covered += int(is_mass.sum())
+            out.append({"values": values.tolist(), "counts": counts.tolist(), "rest": rest.tolist()})
+        if covered:
+            log.info("point masses: %d values held by >= %d items each, %.1f%% of the training values, are decoded "
+                     "exactly", sum(len(m["values"]) for m in out), self.point_mass_series,
+                     100 * covered / max(int((~np.isnan(units)).sum()), 1))
+        self.point_masses = out if covered else []
+
+    def outside(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks of the finite values and of those beyond the edges."""
-        finite = ~np.isnan(scaled)
-        return finite, finite & ((scaled < self.edges[0]) | (scaled > self.edges[-1]))
+        finite = ~np.isnan(units)
+        return finite, finite & ((units < self.edges[0]) | (units > self.edges[-1]))
 
-    def encode(self, data: SeriesSet) -> np.ndarray:
-        """Token ids, shape (n, max sequence length), padded with <pad> after <eos>."""
-        bins, levels = self.value_bins(data)
-        conds = self.series_conditions(data)
-        out = np.full((len(data), self.sequence_length(data.length)), PAD, dtype=np.int64)
-        for i in range(len(data)):
-            seq = [BOS] + self.condition_ids(conds[i])
-            if levels is not None:
-                lb = np.clip(np.searchsorted(self.level_edges, levels[i], side="right") - 1, 0, N_LEVEL_BINS - 1)
-                seq += (self.level_offset + lb).tolist()
-            n = int(data.lengths[i])
-            seq += (self.value_offset + bins[i, :n].reshape(-1)).tolist() + [EOS]
-            out[i, : len(seq)] = seq
-        return out
-
-    # ------------------------------------------------------------------ decoding
-    def decode(self, prefix: np.ndarray, value_ids: np.ndarray, lengths: np.ndarray,
-               rng: np.random.Generator, item_id: Sequence[str] | None = None,
-               start=None) -> SeriesSet:
-        """Series from generated tokens: ``prefix`` (n, prefix_length) and ``value_ids`` (n, steps*channels)."""
-        n = len(value_ids)
-        steps = value_ids.shape[1] // self.n_channels
+    def assign(self, units: np.ndarray) -> np.ndarray:
+        """Each value's bin; values outside the range go to the edge bins, NaN to bin 0."""
         edges = np.asarray(self.edges)
-        k = value_ids.reshape(n, steps, self.n_channels) - self.value_offset
-        k = np.clip(k, 0, len(edges) - 2)
-        scaled = self._bin_values(k, rng) + self._profile(steps)
-        if self.scaling == "series":
-            lv_ids = prefix[:, 1 + len(self.fields):] - self.level_offset
-            le = np.asarray(self.level_edges)
-            levels = rng.uniform(le[lv_ids], le[lv_ids + 1])
-            scaled = scaled * (10 ** levels)[:, None, :]
-        vals = scaled * np.asarray(self.scale) + np.asarray(self.loc)
-        vals = np.where(np.arange(steps)[None, :, None] < lengths[:, None, None], vals, np.nan)
-        attrs = {}
-        ids = list(item_id) if item_id is not None else [f"synthetic_{i}" for i in range(n)]
-        for j, f in enumerate(self.fields):
-            tok = prefix[:, 1 + j] - self.field_offset(j)
-            labels = [None if t == 0 else f.values[t - 1] for t in tok]
-            raw = [None if lab is None else f.raw(lab, rng) for lab in labels]
-            if f.name == "item_id":
-                ids = [r if r is not None else ids[i] for i, r in enumerate(raw)]
-            elif f.name not in CALENDAR_FIELDS:
-                attrs[f.name] = raw
-        return SeriesSet(vals.astype(np.float32), lengths, ids, self.channels, start=start,
-                         freq=self.freq if start is not None else None,
-                         attributes=pd.DataFrame(attrs) if attrs else None)
+        finite = ~np.isnan(units)
+        return np.clip(np.searchsorted(edges, np.where(finite, units, 0.0), side="right") - 1, 0, len(edges) - 2)
 
-    def _bin_values(self, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def draw(self, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A value for each bin id in ``k`` (n, steps, channels): uniform inside the bin, or one of the bin's point
         masses of that channel, drawn in the proportions of the training values in the bin. In a channel whose
         training values are all point masses, a bin without any gets the point mass nearest its centre."""
@@ -485,6 +315,335 @@ class ValueCodec:
                 out[..., c] = np.where(bin_total[kc] > 0, out[..., c], nearest)
         return out
 
+    def save_point_masses(self, path: Path) -> None:
+        """Write the point masses (if any) to ``path`` (.npz): too many numbers for ``tsynth.json``."""
+        arrays = {f"{key}_{c}": np.asarray(m[key]) for c, m in enumerate(self.point_masses)
+                  for key in ("values", "counts", "rest")}
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+
+    def load_point_masses(self, path: Path, n_channels: int) -> None:
+        """Read what :meth:`save_point_masses` wrote."""
+        with np.load(path) as z:
+            self.point_masses = [{key: z[f"{key}_{c}"].tolist() for key in ("values", "counts", "rest")}
+                                 for c in range(n_channels)]
+
+
+@dataclass
+class ConditionVocabulary:
+    """The condition fields and their tokens: item id, categorical attributes, numeric attributes (binned),
+    calendar position of the window start; each field's first token is its unknown value ``<field=?>``."""
+
+    conditions: Sequence[str] | str = "auto"
+    fields: list[ConditionField] = field(default_factory=list)
+
+    def fit(self, data: SeriesSet) -> None:
+        requested = self.conditions
+        if requested == "auto":
+            requested = [c for c in data.attributes.columns if c != "window_offset" and data.attributes[c].nunique() > 1]
+            if data.start is not None:
+                requested += [c for c in CALENDAR_FIELDS if len(np.unique(_calendar(data.start, c))) > 1]
+        fields = []
+        for name in requested:
+            if name == "item_id":
+                raw = pd.Series(data.item_id)
+            elif name in data.attributes.columns:
+                raw = data.attributes[name]
+            elif name in CALENDAR_FIELDS:
+                cal = self.calendar(data, name)
+                if cal is None:
+                    raise ConfigError(f"condition '{name}' needs start timestamps and a frequency; this data has none")
+                raw = pd.Series(cal)
+            else:
+                raise ConfigError(f"unknown condition '{name}': not 'item_id', an attribute "
+                                  f"({list(data.attributes.columns)}) or a calendar field ({list(CALENDAR_FIELDS)})")
+            if pd.api.types.is_float_dtype(raw) and raw.nunique() > N_NUMERIC_ATTRIBUTE_BINS:
+                edges = np.unique(np.quantile(raw.dropna(), np.linspace(0, 1, N_NUMERIC_ATTRIBUTE_BINS + 1)))
+                fields.append(ConditionField(name, [f"bin{k}" for k in range(len(edges) - 1)], edges.tolist()))
+            else:
+                fields.append(ConditionField(name, sorted(raw.dropna().astype(str).unique().tolist())))
+        self.fields = fields
+
+    @staticmethod
+    def calendar(data: SeriesSet, name: str) -> np.ndarray | None:
+        """Calendar field ``name`` of each series' start (None without start times)."""
+        return None if data.start is None else _calendar(data.start, name)
+
+    def offset(self, k: int, first: int) -> int:
+        """Id of field k's unknown token when the fields' tokens start at id ``first``; its values follow."""
+        return first + sum(len(f.values) + 1 for f in self.fields[:k])
+
+    def tokens(self) -> list[str]:
+        return [t for f in self.fields for t in f.tokens()]
+
+    def ids(self, conditions: dict[str, Any], first: int) -> list[int]:
+        """Token ids of the fields for one series; unseen values map to the unknown token."""
+        ids = []
+        for k, f in enumerate(self.fields):
+            label = f.label(conditions.get(f.name)) if f.name in conditions else None
+            if f.name in conditions and label is None:
+                log.warning("condition %s=%r was never seen in training: sampling it unconditionally",
+                            f.name, conditions[f.name])
+            ids.append(self.offset(k, first) + (0 if label is None else 1 + f.values.index(label)))
+        return ids
+
+    def series_conditions(self, data: SeriesSet) -> list[dict[str, Any]]:
+        """The raw condition values of every series in ``data``."""
+        out: list[dict[str, Any]] = [dict() for _ in range(len(data))]
+        for f in self.fields:
+            if f.name == "item_id":
+                col = list(data.item_id)
+            elif f.name in CALENDAR_FIELDS:
+                cal = self.calendar(data, f.name)
+                col = [None] * len(data) if cal is None else list(cal)
+            elif f.name in data.attributes.columns:
+                col = list(data.attributes[f.name])
+            else:
+                col = [None] * len(data)
+            for d, v in zip(out, col):
+                d[f.name] = v
+        return out
+
+    def decode(self, tokens: np.ndarray, first: int, ids: list[str],
+               rng: np.random.Generator) -> tuple[list[str], dict[str, list]]:
+        """Item ids and attributes from the field tokens (n, fields): a field's raw values replace ``ids`` (item
+        id) or become an attribute (calendar fields are neither: the start time carries them)."""
+        attrs = {}
+        for j, f in enumerate(self.fields):
+            tok = tokens[:, j] - self.offset(j, first)
+            labels = [None if t == 0 else f.values[t - 1] for t in tok]
+            raw = [None if lab is None else f.raw(lab, rng) for lab in labels]
+            if f.name == "item_id":
+                ids = [r if r is not None else ids[i] for i, r in enumerate(raw)]
+            elif f.name not in CALENDAR_FIELDS:
+                attrs[f.name] = raw
+        return ids, attrs
+
+
+class _Part:
+    """An attribute of :class:`ValueCodec` that one of its parts holds (``codec.edges`` is ``codec.bins.edges``)."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(getattr(obj, self.part), self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(getattr(obj, self.part), self.name, value)
+
+
+class ValueCodec:
+    """The token layout over three parts: :class:`Scaler` (``scaler``), :class:`Bins` (``bins``) and
+    :class:`ConditionVocabulary` (``vocabulary``); see the module docstring. The parts' settings and fitted
+    numbers read and write as the codec's own attributes (``codec.edges``, ``codec.loc``, ``codec.fields``...)."""
+
+    scaling = _Part("scaler")
+    loc = _Part("scaler")
+    scale = _Part("scaler")
+    level_edges = _Part("scaler")
+    profile = _Part("scaler")
+    n_bins = _Part("bins")
+    binning = _Part("bins")
+    edges = _Part("bins")
+    point_mass_series = _Part("bins")
+    point_masses = _Part("bins")
+    tails = _Part("bins")
+    conditions = _Part("vocabulary")
+    fields = _Part("vocabulary")
+
+    def __init__(self, n_bins: int = 256, binning: str = "quantile", scaling: str = "auto",
+                 conditions: Sequence[str] | str = "auto", channels: list[str] | None = None, length: int | None = None,
+                 freq: str | None = None, loc: list[float] | None = None, scale: list[float] | None = None,
+                 edges: list[float] | None = None, level_edges: list[float] | None = None,
+                 fields: list[ConditionField] | None = None, value_range: tuple[float, float] | None = None,
+                 profile: list[list[float]] | None = None, point_mass_series: int = POINT_MASS_SERIES,
+                 point_masses: list[dict] | None = None, tails: list[list[float]] | None = None) -> None:
+        self.scaler = Scaler(scaling, _list(loc), _list(scale), _list(level_edges), profile)
+        self.bins = Bins(n_bins, binning, _list(edges), point_mass_series, _list(point_masses), _list(tails))
+        self.vocabulary = ConditionVocabulary(conditions, _list(fields))
+        self.channels: list[str] = _list(channels)
+        self.length = length
+        self.freq = freq
+        self.value_range = value_range  # a public range of the values (DP): the bins span it
+
+    def __repr__(self) -> str:
+        return (f"ValueCodec(scaling={self.scaling!r}, n_bins={self.n_bins}, binning={self.binning!r}, "
+                f"channels={self.channels}, fields={[f.name for f in self.fields]}, value_range={self.value_range})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ValueCodec):
+            return NotImplemented
+        return ((self.scaler, self.bins, self.vocabulary, self.channels, self.length, self.freq, self.value_range)
+                == (other.scaler, other.bins, other.vocabulary, other.channels, other.length, other.freq,
+                    other.value_range))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, data: SeriesSet, edges: Sequence[float] | None = None) -> "ValueCodec":
+        """Fit scaler, bins and condition vocabulary on the training set. ``edges``: fixed bin edges (a
+        prior's, in scaled units) instead of bins fitted to ``data``; with scaling 'none' and a
+        ``value_range``, that range is mapped linearly onto the edges' range."""
+        if len(data) == 0:
+            raise DataError("cannot fit a codec on an empty data set")
+        self.bins.check()
+        self.channels = list(data.channels)
+        self.freq = data.freq
+        self.length = data.length if data.is_regular else None
+        vals = data.values.astype(np.float64)
+        self.scaler.fit(data, vals, edges, self.value_range)
+        self.vocabulary.fit(data)
+        units = self.to_units(vals)
+        if edges is not None:
+            self.edges = [float(e) for e in edges]
+        else:
+            self.bins.fit_edges(units[~np.isnan(vals)], self.value_range)
+        self.point_masses = []
+        if self.point_mass_series > 0:
+            if self.scaling == "series":
+                log.info("no point masses with per-series scaling (a value's units differ from series to series)")
+            else:
+                self.bins.fit_point_masses(units, data.item_id)
+        self.tails = []
+        if self.binning == "quantile" and self.value_range is None:
+            self.bins.fit_tails(units)
+        return self
+
+    # ------------------------------------------------------------------ vocabulary
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def value_offset(self) -> int:
+        return len(SPECIAL_TOKENS)
+
+    @property
+    def n_value_tokens(self) -> int:
+        return self.bins.n_tokens
+
+    @property
+    def level_offset(self) -> int:
+        return self.value_offset + self.n_value_tokens
+
+    @property
+    def n_level_tokens(self) -> int:
+        return self.scaler.n_level_tokens
+
+    def field_offset(self, k: int) -> int:
+        """Id of field k's unknown token; its values follow."""
+        return self.vocabulary.offset(k, self.level_offset + self.n_level_tokens)
+
+    @property
+    def vocab(self) -> list[str]:
+        toks = list(SPECIAL_TOKENS) + [f"<v_{k}>" for k in range(self.n_value_tokens)]
+        toks += [f"<level_{k}>" for k in range(self.n_level_tokens)]
+        return toks + self.vocabulary.tokens()
+
+    @property
+    def prefix_length(self) -> int:
+        """Tokens before the first value: bos, one per condition field, one level token per channel."""
+        return 1 + len(self.fields) + (self.n_channels if self.scaling == "series" else 0)
+
+    def sequence_length(self, steps: int) -> int:
+        return self.prefix_length + steps * self.n_channels + 1
+
+    # ------------------------------------------------------------------ encoding
+    def to_units(self, vals: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+        """Values (n, steps, channels) in the codec's units: scaled, less the per-step profile."""
+        return self.scaler.to_units(vals, levels, self.n_channels)
+
+    def set_profile(self, profile: np.ndarray, centred: bool) -> None:
+        """Take a released per-step profile (steps x channels, in the codec's units) and re-map the public
+        ``value_range`` onto the edges so that every value in it, less its step's profile, stays inside them.
+        Without that, subtracting the profile pushed every value below its step's mean out of a range like
+        [0, 1] and into the lowest bin (every value below its step's mean). ``centred`` (a prior's edges, fitted on
+        standardised series): a value equal to its step's profile stays at the edges' centre, as the prior
+        expects, and the scale grows only as far as covering the range needs; else (the uniform bins of a fit
+        from scratch) the range less the profile is mapped onto the edges exactly. The profile is first clipped
+        to the range (a mean of values in the range lies in it); all of it only post-processes the release."""
+        if self.scaling != "none" or self.value_range is None:
+            raise ConfigError("a per-step profile needs scaling 'none' and a public value_range (a DP fit)")
+        self.scaler.set_profile(profile, centred, self.value_range, self.edges[0], self.edges[-1])
+
+    def _profile(self, steps: int) -> np.ndarray:
+        """The per-step offset for ``steps`` steps (zeros without a profile)."""
+        return self.scaler.step_profile(steps, self.n_channels)
+
+    def condition_ids(self, conditions: dict[str, Any], rng: np.random.Generator | None = None) -> list[int]:
+        """Token ids of the condition fields for one series; unseen values map to the unknown token."""
+        return self.vocabulary.ids(conditions, self.field_offset(0))
+
+    def series_conditions(self, data: SeriesSet) -> list[dict[str, Any]]:
+        """The raw condition values of every series in ``data``."""
+        return self.vocabulary.series_conditions(data)
+
+    def value_bins(self, data: SeriesSet, warn: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each value's bin, shape (n, steps, channels) (meaningless beyond a series' length), and the series'
+        levels (scaling 'series'; else None). Values outside the range go to the edge bins (``warn``: say how many)."""
+        scaled, levels = self._scaled(data)
+        finite, outside = self.bins.outside(scaled)
+        if warn and outside.any():
+            log.warning("%d values (%.2f%%) fall outside the codec's range [%.3g, %.3g] and were put in the edge bins",
+                        int(outside.sum()), 100 * outside.sum() / finite.sum(), self.edges[0], self.edges[-1])
+        return self.bins.assign(scaled), levels
+
+    def outside_share(self, data: SeriesSet) -> float:
+        """The share of ``data``'s values that fall outside the bins' range (encoding clips them to the edge bins)."""
+        finite, outside = self.bins.outside(self._scaled(data)[0])
+        return float(outside.sum() / finite.sum()) if finite.any() else 0.0
+
+    def _scaled(self, data: SeriesSet) -> tuple[np.ndarray, np.ndarray | None]:
+        """``data``'s values in the codec's units, and the series' levels (scaling 'series'; else None)."""
+        if list(data.channels) != self.channels:
+            raise DataError(f"data has channels {data.channels}, the codec was fitted on {self.channels}")
+        vals = data.values.astype(np.float64)
+        levels = self.scaler.levels(vals) if self.scaling == "series" else None
+        return self.to_units(vals, levels), levels
+
+    def encode(self, data: SeriesSet) -> np.ndarray:
+        """Token ids, shape (n, max sequence length), padded with <pad> after <eos>."""
+        bins, levels = self.value_bins(data)
+        conds = self.series_conditions(data)
+        out = np.full((len(data), self.sequence_length(data.length)), PAD, dtype=np.int64)
+        for i in range(len(data)):
+            seq = [BOS] + self.condition_ids(conds[i])
+            if levels is not None:
+                seq += (self.level_offset + self.scaler.level_ids(levels[i])).tolist()
+            n = int(data.lengths[i])
+            seq += (self.value_offset + bins[i, :n].reshape(-1)).tolist() + [EOS]
+            out[i, : len(seq)] = seq
+        return out
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, prefix: np.ndarray, value_ids: np.ndarray, lengths: np.ndarray,
+               rng: np.random.Generator, item_id: Sequence[str] | None = None,
+               start=None) -> SeriesSet:
+        """Series from generated tokens: ``prefix`` (n, prefix_length) and ``value_ids`` (n, steps*channels)."""
+        n = len(value_ids)
+        steps = value_ids.shape[1] // self.n_channels
+        k = value_ids.reshape(n, steps, self.n_channels) - self.value_offset
+        k = np.clip(k, 0, len(self.edges) - 2)
+        units = self._bin_values(k, rng) + self._profile(steps)
+        levels = None
+        if self.scaling == "series":
+            levels = self.scaler.draw_levels(prefix[:, 1 + len(self.fields):] - self.level_offset, rng)
+        vals = self.scaler.from_units(units, levels)
+        vals = np.where(np.arange(steps)[None, :, None] < lengths[:, None, None], vals, np.nan)
+        ids = list(item_id) if item_id is not None else [f"synthetic_{i}" for i in range(n)]
+        ids, attrs = self.vocabulary.decode(prefix[:, 1:1 + len(self.fields)], self.field_offset(0), ids, rng)
+        return SeriesSet(vals.astype(np.float32), lengths, np.asarray(ids, dtype=object), self.channels, start=start,
+                         freq=self.freq if start is not None else None,
+                         attributes=pd.DataFrame(attrs) if attrs else None)
+
+    def _bin_values(self, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A value for each bin id in ``k`` (n, steps, channels): see :meth:`Bins.draw`."""
+        return self.bins.draw(k, rng)
+
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
         return {
@@ -510,15 +669,11 @@ class ValueCodec:
 
     def save_point_masses(self, path: Path) -> None:
         """Write the point masses (if any) to ``path`` (.npz): too many numbers for ``tsynth.json``."""
-        arrays = {f"{key}_{c}": np.asarray(m[key]) for c, m in enumerate(self.point_masses)
-                  for key in ("values", "counts", "rest")}
-        np.savez_compressed(path, **arrays)
+        self.bins.save_point_masses(path)
 
     def load_point_masses(self, path: Path) -> None:
         """Read what :meth:`save_point_masses` wrote."""
-        with np.load(path) as z:
-            self.point_masses = [{key: z[f"{key}_{c}"].tolist() for key in ("values", "counts", "rest")}
-                                 for c in range(self.n_channels)]
+        self.bins.load_point_masses(path, self.n_channels)
 
     def hf_tokenizer(self):
         """The vocabulary as a Hugging Face fast tokenizer (word level, whitespace separated)."""
@@ -529,6 +684,15 @@ class ValueCodec:
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
                                        pad_token="<pad>", model_max_length=self.sequence_length(self.length or 0))
+
+
+def _calendar(start: np.ndarray, name: str) -> np.ndarray:
+    return getattr(pd.DatetimeIndex(start), CALENDAR_FIELDS[name]).to_numpy()
+
+
+def _list(x: list | None) -> list:
+    """``x``, or a new empty list (the same object when given: as the dataclass fields were)."""
+    return [] if x is None else x
 
 
 def choose_scaling(data: SeriesSet, span: float = 20.0) -> str:
