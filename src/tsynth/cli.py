@@ -181,7 +181,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.processes < 1 or args.backend != "local" or args.base_model:
             raise TsynthError("--processes needs a positive number of processes and the local backend's own model")
         if args.processes > 1:  # N copies of this command, data-parallel (as accelerate launch runs it)
-            return launch(without_option(args.argv, "--processes"), args.processes)
+            status, message = launch(without_option(args.argv, "--processes"), args.processes)
+            if message:
+                print(f"tsynth: {message}", file=sys.stderr)
+            return status
     main_process = is_main_process()
     data = load_data(args)
     if main_process:
@@ -281,6 +284,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         syn = Synthesizer.load(args.model_dir)
         check_condition_fields(syn, parse_conditions(args.condition), args.model_dir)
+        if args.engine:
+            return sample_partitioned(syn, args)
         if args.n > STREAM_FROM and not args.guard:
             return sample_streamed(syn, args)
         try:
@@ -356,6 +361,30 @@ def sample_streamed(syn, args: argparse.Namespace) -> int:
         bar.close()
     print(f"wrote {done} series to {path}")
     write_validity(stats, path)
+    return 0
+
+
+def sample_partitioned(syn, args: argparse.Namespace) -> int:
+    """``tsynth sample MODEL -n N -o FOLDER --engine local|ray``: a partitioned Parquet data set, batch by batch."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.n, desc=f"sampling ({args.engine})", unit="series", leave=False)
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "batch":
+            bar.update(event["series"])
+        elif event["type"] == "worker lost":
+            print(f"a Ray worker died while drawing batch {event['batch']}: its batches are drawn again", flush=True)
+
+    try:
+        figures = syn.sample(args.n, conditions=parse_conditions(args.condition), temperature=args.temperature,
+                             top_p=args.top_p, seed=args.seed, output=args.output, engine=args.engine,
+                             batch_size=args.sample_batch or 4096, resume=args.resume, overwrite=args.overwrite,
+                             workers=args.workers, on_event=on_event, **series_options(args))
+    finally:
+        bar.close()
+    print(f"wrote {figures['series']} series in {figures['batches']} partitions to {args.output} "
+          f"({figures['drawn']} drawn now, {figures['already_there']} already there; {figures['seconds']:.0f} s)")
     return 0
 
 
@@ -546,7 +575,18 @@ def check_request(args: argparse.Namespace) -> None:
     if args.command in ("fit", "pretrain"):
         check_model_dir(args.output, "-o", overwrite)
     elif args.command == "sample":
-        check_output_file(args.output, "-o", overwrite)
+        if args.engine:  # a folder of partitions: checked against what it holds once the request is known
+            if Path(args.output).is_file():
+                raise TsynthError(f"-o {args.output}: is a file; with --engine the output is a folder of Parquet "
+                                  "partitions")
+            if args.guard:
+                raise TsynthError("--guard works on one output file: drop --engine, or guard the partitions one by one")
+            if args.sample_batch is not None and args.sample_batch < 1:
+                raise TsynthError(f"--batch-size must be at least 1, got {args.sample_batch}")
+        else:
+            check_output_file(args.output, "-o", overwrite)
+            if args.resume:
+                raise TsynthError("--resume continues a sample into a folder of partitions: give --engine")
         if args.n < 1:
             raise TsynthError(f"-n must be at least 1, got {args.n}")
         if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
@@ -602,6 +642,9 @@ EXAMPLES = {
   tsynth sample model -n 10 -o mt010.csv --condition item_id=MT_010 --temperature 1.1
   tsynth sample model -n 100 --length 8760 --start 2015-01-01 --gaps none -o year.parquet   # a year of hours
   tsynth sample model -n 1000 -o synthetic.parquet --guard train.parquet --guard-holdout holdout.parquet
+  tsynth sample model -n 10000000 -o synthetic/ --engine ray       # Ray workers ($RAY_ADDRESS or a local cluster)
+  tsynth sample model -n 10000000 -o synthetic/ --engine ray --resume   # continue an interrupted run
+  tsynth sample model -n 1000000 -o synthetic/ --engine local --batch-size 8192   # partitions, in this process
   tsynth sample --backend fewshot --model gpt-4o-mini --shots 10 data.parquet -n 50 -o fewshot.jsonl""",
     "evaluate": """examples:
   tsynth evaluate --train train.parquet --synthetic synthetic.parquet --holdout holdout.parquet -o report/
@@ -680,6 +723,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["model", "fewshot"], default="model",
                    help="fewshot: prompt MODEL with example rows from the DATA file instead of a fine-tuned model")
+    g = p.add_argument_group("large samples: a folder of Parquet partitions, one per batch (docs/scale-out.md)")
+    g.add_argument("--engine", choices=["local", "ray"],
+                   help="write -o as a partitioned Parquet data set, batch by batch: in this process (local) or on "
+                        "a Ray cluster (ray: $RAY_ADDRESS, else a local cluster of --workers CPUs); each worker loads "
+                        "the model once")
+    g.add_argument("--batch-size", dest="sample_batch", type=int, metavar="N",
+                   help="series per partition with --engine (default 4096)")
+    g.add_argument("--workers", type=int, metavar="N", help="--engine ray: workers (default: the cluster's CPUs)")
+    g.add_argument("--resume", action="store_true",
+                   help="--engine: continue the same request into -o, keeping the partitions already written")
     p.add_argument("--model", help="fewshot: the chat model")
     p.add_argument("--shots", type=int, default=10, help="fewshot: example rows per prompt")
     p.add_argument("--base-url")

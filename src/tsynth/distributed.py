@@ -129,13 +129,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(argv: Sequence[str], processes: int, threads: int | None = None) -> int:
+def launch(argv: Sequence[str], processes: int, threads: int | None = None) -> tuple[int, str | None]:
     """Run ``python -m tsynth.cli ARGV`` as ``processes`` data-parallel processes on this machine and wait for
-    them; returns the first non-zero exit status (the others are then stopped), else 0.
+    them; returns the first non-zero exit status (the others are then stopped), else 0, and the last line another
+    process than the main one wrote to its standard error when it failed first (else None).
 
     The main process' output goes to this terminal; the others' standard output is discarded and their standard
-    error kept in a private temporary file, shown only when one of them fails and the main process has not
-    already said why. ``threads``: torch threads per process (default: the cores divided among them)."""
+    error kept in a private temporary file. ``threads``: torch threads per process (default: the cores divided
+    among them)."""
     if processes < 1:
         raise ConfigError(f"--processes must be at least 1, got {processes}")
     cores = len(os.sched_getaffinity(0))
@@ -152,7 +153,7 @@ def launch(argv: Sequence[str], processes: int, threads: int | None = None) -> i
                                           stdout=None if rank == 0 else subprocess.DEVNULL, stderr=err))
             if err is not None:
                 err.close()
-        status = 0
+        status, message = 0, None
         pending = list(range(processes))
         while pending:
             for rank in list(pending):
@@ -166,10 +167,10 @@ def launch(argv: Sequence[str], processes: int, threads: int | None = None) -> i
                     if rank != 0:
                         text = (logs / f"rank{rank}.err").read_text(errors="replace").strip().splitlines()
                         if text:
-                            print(f"tsynth: training process {rank} failed: {text[-1]}", file=sys.stderr)
+                            message = f"training process {rank} failed: {text[-1]}"
                     for other in pending:  # the rest would wait for the failed one for ever
                         procs[other].terminate()
-        return status
+        return status, message
     finally:
         for p in procs:
             if p.poll() is None:

@@ -39,6 +39,7 @@ class Synthesizer:
         self.backend_name = backend
         self.backend = backend_class(backend)(**options)
         self.fitted = False
+        self.path: Path | None = None  # the model directory it was loaded from or saved to
 
     def fit(self, data: SeriesSet, **kwargs: Any) -> "Synthesizer":
         """Train on ``data`` (backend-specific keywords: callback, checkpoint_dir, resume, progress)."""
@@ -49,10 +50,25 @@ class Synthesizer:
         return self
 
     def sample(self, n: int, conditions: dict | Sequence[dict] | None = None, temperature: float | None = None,
-               top_p: float = 1.0, seed: int | None = 0, **kwargs: Any) -> SeriesSet:
-        """Draw ``n`` series. ``conditions``: one dict for all, or one per series."""
+               top_p: float = 1.0, seed: int | None = 0, output: str | os.PathLike | None = None,
+               engine: str = "local", **kwargs: Any) -> Any:
+        """Draw ``n`` series. ``conditions``: one dict for all, or one per series.
+
+        With ``output`` (a folder) the series are not returned but written batch by batch as a partitioned
+        Parquet data set, in this process (``engine="local"``) or on a Ray cluster (``engine="ray"``; the model
+        must have been loaded or saved); keywords ``batch_size``, ``resume``, ``overwrite``, ``address``,
+        ``workers``, ``on_event`` go to :func:`tsynth.partitions.sample_to_directory`, whose figures are returned.
+        """
         if not self.fitted:
             raise ConfigError("call fit() or Synthesizer.load() before sample()")
+        if output is not None:
+            from .partitions import sample_to_directory
+
+            if conditions is not None and not isinstance(conditions, dict):
+                raise ConfigError("sampling to a folder takes one dict of conditions for all series")
+            kwargs.pop("progress", None)
+            return sample_to_directory(self, n, output, model_dir=self.path, engine=engine, seed=seed or 0,
+                                       conditions=conditions, temperature=temperature, top_p=top_p, **kwargs)
         if isinstance(conditions, dict):
             conditions = [dict(conditions) for _ in range(n)] if n > 0 else []
         return self.backend.sample(n, conditions=conditions, temperature=temperature, top_p=top_p, seed=seed, **kwargs)
@@ -66,7 +82,8 @@ class Synthesizer:
         """Write the model directory atomically."""
         if not self.fitted:
             raise ConfigError("nothing to save: the synthesizer is not fitted")
-        return write_artifact(path, {"backend": self.backend_name, **self.backend.state()}, self.backend.save)
+        self.path = write_artifact(path, {"backend": self.backend_name, **self.backend.state()}, self.backend.save)
+        return self.path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Synthesizer":
@@ -82,4 +99,5 @@ class Synthesizer:
             raise ArtifactError(f"{Path(path) / 'tsynth.json'}: incomplete or damaged, cannot load the model "
                                 f"({type(e).__name__}: {e})") from None
         self.fitted = True
+        self.path = Path(path)
         return self
