@@ -40,8 +40,9 @@ from ..sample import generate
 from ..stepgen import GAPS, generate_steps, parse_start
 from ..stepmodel import StepModel, StepModelConfig, window_loss
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
-from ..train import (MAX_SMOOTHING, PRESETS, TrainConfig, build_model, factor_positions, seconds_per_step, select_trainable,
-                     step_smoothing, train_device, train_lm, value_token_loss)
+from ..tokenmodel import PRESETS, build_model, factor_positions, select_trainable
+from ..train import (MAX_SMOOTHING, TrainConfig, seconds_per_step, step_smoothing, train_device, train_lm,
+                     value_token_loss)
 
 log = logging.getLogger("tsynth")
 
@@ -236,7 +237,7 @@ class LocalBackend:
             smoothing = MAX_SMOOTHING if dp is not None else step_smoothing(values.value_bins(train, warn=False)[0],
                                                                             train.lengths)
         arrays = codec.encode(train) if kind == "step" else None
-        jobs = []
+        jobs: list[MemberJob] = []
         for member in range(opts.ensemble):
             # seeds seed*E .. seed*E+E-1: ensembles of different seeds share no member (one model: the seed itself)
             cfg = TrainConfig(**{**asdict(opts.train), "seed": opts.train.seed * opts.ensemble + member, "preset": preset})
@@ -247,17 +248,15 @@ class LocalBackend:
                                            checkpoint_dir, resume, dp))
                 continue
             train_tokens = codec.encode(fit_set)
-            jobs.append({
-                "member": member, "cfg": cfg, "train_tokens": train_tokens, "vocab_size": len(codec.vocab),
-                "valid_tokens": codec.encode(valid_set) if valid_set is not None else None,
-                "value_ids": (codec.value_offset, codec.value_offset + codec.n_value_tokens),
-                "smoothing": smoothing, "first_value": codec.prefix_length, "n_channels": codec.n_channels,
-                "slots": [(1 + k, codec.field_offset(k)) for k in range(len(codec.fields))],
-                "checkpoint": Path(checkpoint_dir) / f"member_{member}" if checkpoint_dir else None, "resume": resume,
-                "dp": dp,
-                "n_positions": n_positions, "init": init,
-                "trainable": opts.trainable,
-            })
+            valid_tokens = codec.encode(valid_set) if valid_set is not None else None
+            jobs.append(TokenJob(
+                member=member, cfg=cfg, train_tokens=train_tokens, vocab_size=len(codec.vocab),
+                valid_tokens=valid_tokens, value_ids=(codec.value_offset, codec.value_offset + codec.n_value_tokens),
+                smoothing=smoothing, first_value=codec.prefix_length, n_channels=codec.n_channels,
+                slots=[(1 + k, codec.field_offset(k)) for k in range(len(codec.fields))],
+                checkpoint=Path(checkpoint_dir) / f"member_{member}" if checkpoint_dir else None, resume=resume,
+                dp=dp, n_positions=n_positions, init=init, trainable=opts.trainable,
+                train_series=len(train_tokens), valid_series=0 if valid_tokens is None else len(valid_tokens)))
         plan = None
         if opts.train.time_limit_s is not None:
             jobs, plan = self._share_time(jobs, started + opts.train.time_limit_s, checkpoint_dir, resume)
@@ -267,8 +266,8 @@ class LocalBackend:
         runs = [o["result"] for o in outcomes]
         self.privacy = outcomes[0]["privacy"]
         self.training = {
-            "train_series": jobs[0].get("train_series", len(jobs[0]["train_tokens"])),
-            "valid_series": jobs[0].get("valid_series", 0 if jobs[0]["valid_tokens"] is None else len(jobs[0]["valid_tokens"])),
+            "train_series": jobs[0].train_series,
+            "valid_series": jobs[0].valid_series,
             "parameters": int(sum(p.numel() for p in self.models[0].parameters())),
             "seconds": time.time() - t0,  # wall clock; members train in parallel, each reports its own
             "members": runs,
@@ -299,7 +298,8 @@ class LocalBackend:
         return "token" if token else "step"
 
     def _step_job(self, member: int, cfg: TrainConfig, arrays: dict, train: SeriesSet, fit_set: SeriesSet,
-                  valid_set: SeriesSet | None, rows: np.ndarray, smoothing, checkpoint_dir, resume: bool, dp) -> dict:
+                  valid_set: SeriesSet | None, rows: np.ndarray, smoothing, checkpoint_dir, resume: bool,
+                  dp) -> StepJob:
         """A member's training job for the step model: rows of ``arrays`` (series, offset) to train and validate on."""
         codec = self.codec
         fit_rows, valid_rows = rows, None
@@ -307,18 +307,18 @@ class LocalBackend:
             fit_rows = rows[np.isin(train.item_id[rows[:, 0]], np.asarray(fit_set.item_id))]
             held = np.flatnonzero(np.isin(train.item_id, np.asarray(valid_set.item_id)))
             valid_rows = fixed_windows(train.lengths, codec.context, held)
-        return {"member": member, "kind": "step", "cfg": cfg, "codec": codec, "arrays": arrays,
-                "train_tokens": fit_rows, "valid_tokens": valid_rows,
-                "model_config": codec.model_config(PRESETS[cfg.preset], cfg.dropout), "smoothing": smoothing,
-                "slots": [], "checkpoint": Path(checkpoint_dir) / f"member_{member}" if checkpoint_dir else None,
-                "resume": resume, "dp": dp, "init": None, "trainable": "all", "n_channels": codec.n_channels,
-                "train_series": len(fit_set), "valid_series": 0 if valid_set is None else len(valid_set)}
+        return StepJob(member=member, cfg=cfg, codec=codec, arrays=arrays, train_tokens=fit_rows,
+                       valid_tokens=valid_rows, model_config=codec.model_config(PRESETS[cfg.preset], cfg.dropout),
+                       smoothing=smoothing, slots=[],
+                       checkpoint=Path(checkpoint_dir) / f"member_{member}" if checkpoint_dir else None,
+                       resume=resume, dp=dp, init=None, trainable="all", n_channels=codec.n_channels,
+                       train_series=len(fit_set), valid_series=0 if valid_set is None else len(valid_set))
 
-    def _share_time(self, jobs: list[dict], deadline: float, checkpoint_dir: str | Path | None,
-                    resume: bool) -> tuple[list[dict], dict]:
+    def _share_time(self, jobs: list[MemberJob], deadline: float, checkpoint_dir: str | Path | None,
+                    resume: bool) -> tuple[list[MemberJob], dict]:
         """Split the time left until ``deadline`` (the fit's time limit) between the members, which train
         ``workers`` at a time: each gets an equal share, and a member of round r stops by the end of that round's
-        share (``job["deadline"]``), so what a member's start-up costs (a child process, its imports) comes out of
+        share (``job.deadline``), so what a member's start-up costs (a child process, its imports) comes out of
         its own training time, not on top of the limit. A probe of a few steps here gives the time of one epoch.
         Unless the ensemble size was given, members are dropped (down to one round) while a member's share would
         not hold one epoch: an ensemble of models stopped inside their first epoch is worse than fewer trained
@@ -338,35 +338,34 @@ class LocalBackend:
                 n -= 1
             share = max(seconds, 1e-3) / math.ceil(n / workers)  # time already spent: one step each
             plan = {"members": n, "time_limit_s": share, "epoch_s": epoch_s,
-                    "dropout": jobs[0]["cfg"].dropout if share >= epoch_s else 0.0}
+                    "dropout": jobs[0].cfg.dropout if share >= epoch_s else 0.0}
             if n < len(jobs):
                 log.warning("time limit: one epoch takes about %.1f s per model here, so %d of %d models are "
                             "trained (%.1f s each)", epoch_s, n, len(jobs), share)
-            if plan["dropout"] != jobs[0]["cfg"].dropout:
+            if plan["dropout"] != jobs[0].cfg.dropout:
                 log.info("time limit: less than one epoch per model, so no dropout")
             if plan_file is not None:
                 atomic_write(plan_file, lambda tmp: Path(tmp).write_text(json.dumps(plan)))
         now = time.time()
-        return [{**job, "cfg": replace(job["cfg"], time_limit_s=plan["time_limit_s"], dropout=plan["dropout"]),
-                 "deadline": now + (i // workers + 1) * plan["time_limit_s"]}
+        return [replace(job, cfg=replace(job.cfg, time_limit_s=plan["time_limit_s"], dropout=plan["dropout"]),
+                        deadline=now + (i // workers + 1) * plan["time_limit_s"])
                 for i, job in enumerate(jobs[:plan["members"]])], plan
 
     @staticmethod
-    def _epoch_seconds(job: dict, one_thread: bool) -> float:
+    def _epoch_seconds(job: MemberJob, one_thread: bool) -> float:
         """One member's epoch (training steps and a validation pass) in seconds, from a probe of a few steps
         on the device a member trains on, with the threads it gets (one when members train in parallel processes)."""
-        cfg, threads = job["cfg"], torch.get_num_threads()
+        cfg, threads = job.cfg, torch.get_num_threads()
         if one_thread:
             torch.set_num_threads(1)
         try:
-            pace = seconds_per_step(member_model(job).to(train_device()), job["train_tokens"], member_loss(job),
-                                    cfg.batch_size)
+            pace = seconds_per_step(member_model(job).to(train_device()), job.train_tokens, job.loss(), cfg.batch_size)
         finally:
             torch.set_num_threads(threads)
-        batch = min(cfg.batch_size, len(job["train_tokens"]))
-        valid_rows = 0 if job["valid_tokens"] is None else len(job["valid_tokens"])
+        batch = min(cfg.batch_size, len(job.train_tokens))
+        valid_rows = 0 if job.valid_tokens is None else len(job.valid_tokens)
         # a validation batch (forward only) costs about a third of a training step
-        return pace * (math.ceil(len(job["train_tokens"]) / batch) + math.ceil(valid_rows / batch) / 3)
+        return pace * (math.ceil(len(job.train_tokens) / batch) + math.ceil(valid_rows / batch) / 3)
 
     def _prior_codec(self, prior: Prior, train: SeriesSet, dp: bool) -> ValueCodec:
         """The prior's codec adapted to ``train``; refuses settings the prior cannot serve."""
@@ -478,32 +477,90 @@ class LocalBackend:
         return self
 
 
-def member_model(job: dict):
+@dataclass(kw_only=True)
+class MemberJob:
+    """One ensemble member's training, as the fit plans it; a child process receives it pickled, so a kind's
+    behaviour is in its methods (``python -m`` loads this module twice, under two names)."""
+
+    member: int
+    cfg: TrainConfig
+    train_tokens: np.ndarray  # token model: encoded sequences; step model: rows (series, offset) of its arrays
+    valid_tokens: np.ndarray | None
+    smoothing: float | list[float]  # label-smoothing width(s) in bins: one, or one per channel
+    slots: list[tuple[int, int]]  # per condition field: (position, id of its unknown token), for condition dropout
+    checkpoint: Path | None
+    resume: bool
+    dp: DPEngine | None
+    init: dict | None  # a prior's weights
+    trainable: str
+    n_channels: int
+    train_series: int
+    valid_series: int
+    deadline: float | None = None  # under a time limit: when the member stops (time.time()), start-up included
+
+    def fresh_model(self, dropout: float) -> torch.nn.Module:
+        """The member's untrained model."""
+        raise NotImplementedError
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        """What a model that does not start from a prior's weights gets before training (nothing by default)."""
+
+    def loss(self) -> Callable:
+        """The training loss: next-token (or next-step) cross-entropy, value targets smoothed by ``smoothing``."""
+        raise NotImplementedError
+
+    def source_arrays(self) -> dict | None:
+        """The arrays whose rows ``train_tokens`` index (the step model's), for the run's fingerprint."""
+        return None
+
+
+@dataclass(kw_only=True)
+class TokenJob(MemberJob):
+    """A member of the token model: a GPT-2 over value tokens."""
+
+    vocab_size: int
+    n_positions: int
+    value_ids: tuple[int, int]  # the value tokens' ids: [first, last + 1)
+    first_value: int  # sequence position of the first value token
+
+    def fresh_model(self, dropout: float) -> torch.nn.Module:
+        return build_model(self.vocab_size, self.n_positions, self.cfg.preset, dropout)
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        factor_positions(model, self.first_value, self.n_channels)
+
+    def loss(self) -> Callable:
+        return value_token_loss(self.value_ids, self.smoothing, self.first_value)
+
+
+@dataclass(kw_only=True)
+class StepJob(MemberJob):
+    """A member of the step model: windows of the encoded series."""
+
+    codec: StepCodec
+    arrays: dict
+    model_config: dict
+
+    def fresh_model(self, dropout: float) -> torch.nn.Module:
+        return StepModel(StepModelConfig(**{**self.model_config, "dropout": dropout}))
+
+    def loss(self) -> Callable:
+        return window_loss(self.codec, self.arrays, self.smoothing, self.cfg.condition_dropout, self.cfg.seed)
+
+    def source_arrays(self) -> dict | None:
+        return self.arrays
+
+
+def member_model(job: MemberJob):
     """A member's model before training: built from its config, the prior's weights loaded if any, only the
     chosen parameters trainable."""
-    cfg: TrainConfig = job["cfg"]
-    model = fresh_model(job, cfg.dropout)
-    if job["init"] is not None:
-        model.load_state_dict(job["init"])
-    elif job.get("kind") != "step":
-        factor_positions(model, job["first_value"], job["n_channels"])
-    select_trainable(model, job["trainable"])
+    model = job.fresh_model(job.cfg.dropout)
+    if job.init is not None:
+        model.load_state_dict(job.init)
+    else:
+        job.prepare(model)
+    select_trainable(model, job.trainable)
     return model
-
-
-def fresh_model(job: dict, dropout: float):
-    """A member's untrained model: the step model, or a GPT-2 over value tokens."""
-    if job.get("kind") == "step":
-        return StepModel(StepModelConfig(**{**job["model_config"], "dropout": dropout}))
-    return build_model(job["vocab_size"], job["n_positions"], job["cfg"].preset, dropout)
-
-
-def member_loss(job: dict) -> Callable:
-    """A member's training loss: next-token (or next-step) cross-entropy, value targets smoothed by the job's
-    width(s)."""
-    if job.get("kind") == "step":
-        return window_loss(job["codec"], job["arrays"], job["smoothing"], job["cfg"].condition_dropout, job["cfg"].seed)
-    return value_token_loss(job["value_ids"], job["smoothing"], job["first_value"])
 
 
 def window_rows(lengths: np.ndarray, context: int) -> np.ndarray:
@@ -527,26 +584,26 @@ def fixed_windows(lengths: np.ndarray, context: int, series: np.ndarray, most: i
     return np.asarray(out, dtype=np.int64).reshape(-1, 2)
 
 
-def train_member(job: dict, callback: Callable[[dict], None] | None, progress: bool) -> dict:
+def train_member(job: MemberJob, callback: Callable[[dict], None] | None, progress: bool) -> dict:
     """Build and train one ensemble member; returns the model, its figures and its privacy report."""
-    cfg: TrainConfig = job["cfg"]
-    if job.get("deadline") is not None:  # the time limit counts from the plan, start-up included
-        cfg = replace(cfg, time_limit_s=max(job["deadline"] - time.time(), 1e-3))
+    cfg = job.cfg
+    if job.deadline is not None:  # the time limit counts from the plan, start-up included
+        cfg = replace(cfg, time_limit_s=max(job.deadline - time.time(), 1e-3))
     torch.manual_seed(cfg.seed)
     model = member_model(job)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    dp = job["dp"]
-    member_callback = None if callback is None else (lambda e: callback({**e, "member": job["member"]}))
-    model, result = train_lm(model, job["train_tokens"], job["valid_tokens"], member_loss(job), job["slots"], cfg,
-                             job["checkpoint"], job["resume"], member_callback, dp=dp, progress=progress,
-                             source_arrays=job.get("arrays"))
+    dp = job.dp
+    member_callback = None if callback is None else (lambda e: callback({**e, "member": job.member}))
+    model, result = train_lm(model, job.train_tokens, job.valid_tokens, job.loss(), job.slots, cfg,
+                             job.checkpoint, job.resume, member_callback, dp=dp, progress=progress,
+                             source_arrays=job.source_arrays())
     for p in model.parameters():
         p.requires_grad_(True)
-    return {"model": model, "result": {**asdict(result), "trainable": job["trainable"], "trainable_values": trainable},
+    return {"model": model, "result": {**asdict(result), "trainable": job.trainable, "trainable_values": trainable},
             "privacy": dp.report() if dp is not None else None}
 
 
-def run_members(jobs: list[dict], callback: Callable[[dict], None] | None, progress: bool,
+def run_members(jobs: list[MemberJob], callback: Callable[[dict], None] | None, progress: bool,
                 workers: int | None = None) -> list[dict]:
     """Train every member: in this process when there is one member or one core, else in parallel child
     processes (``python -m tsynth.backends.local JOB``, one torch thread each, at most ``workers`` or the
@@ -560,14 +617,14 @@ def run_members(jobs: list[dict], callback: Callable[[dict], None] | None, progr
 
     events: Queue = Queue()
     pending, running, done = list(jobs), {}, {}
-    bar = tqdm(total=sum(j["cfg"].epochs for j in jobs), desc=f"training {len(jobs)} members", unit="epoch",
+    bar = tqdm(total=sum(j.cfg.epochs for j in jobs), desc=f"training {len(jobs)} members", unit="epoch",
                disable=not progress, leave=False)
     tmp = _inputs_dir(jobs)
     try:
         while pending or running:
             while pending and len(running) < workers:
                 job = pending.pop(0)
-                running[job["member"]] = _start_member(job, tmp, events)
+                running[job.member] = _start_member(job, tmp, events)
             member, line = events.get()
             if line is None:  # the child closed its output: finished or died
                 proc, out = running.pop(member)
@@ -575,10 +632,10 @@ def run_members(jobs: list[dict], callback: Callable[[dict], None] | None, progr
                     raise RuntimeError(f"training member {member} failed (exit code {proc.returncode}); see the log above")
                 res = torch.load(out, weights_only=False)
                 job = jobs[member]
-                model = fresh_model(job, job["cfg"].dropout)
+                model = job.fresh_model(job.cfg.dropout)
                 model.load_state_dict(res["weights"])
                 done[member] = {"model": model.eval(), "result": res["result"], "privacy": res["privacy"]}
-                bar.update(job["cfg"].epochs - res["result"]["epochs_run"])  # epochs skipped by early stopping
+                bar.update(job.cfg.epochs - res["result"]["epochs_run"])  # epochs skipped by early stopping
                 continue
             event = json.loads(line)
             if "error" in event:  # the child refused its input (e.g. a checkpoint of another fit)
@@ -593,23 +650,23 @@ def run_members(jobs: list[dict], callback: Callable[[dict], None] | None, progr
             proc.wait()
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    return [done[j["member"]] for j in jobs]
+    return [done[j.member] for j in jobs]
 
 
-def _inputs_dir(jobs: list[dict]) -> Path:
+def _inputs_dir(jobs: list[MemberJob]) -> Path:
     """Where the members' inputs go: ``inputs/`` of the fit's checkpoint directory, owner-only (never a shared
     temporary directory), or a private temporary directory (also owner-only) when the fit has none."""
-    if jobs[0]["checkpoint"] is None:
+    if jobs[0].checkpoint is None:
         return Path(tempfile.mkdtemp(prefix="tsynth-members-"))
-    d = Path(jobs[0]["checkpoint"]).parent / "inputs"
+    d = Path(jobs[0].checkpoint).parent / "inputs"
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
     return d
 
 
-def _start_member(job: dict, tmp: Path, events: Queue):
+def _start_member(job: MemberJob, tmp: Path, events: Queue):
     """Start a child process for ``job``; a thread forwards its event lines (then None) to ``events``."""
-    path = tmp / f"member_{job['member']}.pt"
+    path = tmp / f"member_{job.member}.pt"
     torch.save(job, path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tsynth.backends.local", str(path)], stdout=subprocess.PIPE,
@@ -618,8 +675,8 @@ def _start_member(job: dict, tmp: Path, events: Queue):
     def forward() -> None:
         for line in proc.stdout:
             if line.startswith("{"):
-                events.put((job["member"], line))
-        events.put((job["member"], None))
+                events.put((job.member, line))
+        events.put((job.member, None))
 
     threading.Thread(target=forward, daemon=True).start()
     return proc, path.with_suffix(".out")
