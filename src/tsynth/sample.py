@@ -119,6 +119,7 @@ def _generate_batch(models, codec: ValueCodec, conds: list[dict], steps: int, te
                 raise RuntimeError("this transformers version ignored the key/value cache; tsynth needs transformers>=5.24")
             p = torch.softmax(out.logits[:, -1].float().cpu() / temperature, dim=-1)
             probs = p if probs is None else probs + p
+        assert probs is not None  # there is always at least one model
         slot = pos - 1
         if slot < len(ranges):
             lo, hi = ranges[slot]

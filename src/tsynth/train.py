@@ -379,6 +379,7 @@ class _TimeLimit:
         result.epochs_planned = math.ceil(planned / self.steps_per_epoch)
 
     def _replan(self, result: TrainResult) -> None:
+        assert self.limit is not None  # replanning happens only under a time limit
         pace = self._pace()
         into = result.steps % self.steps_per_epoch
         self._plan(result, result.steps + steps_that_fit(self.limit - (time.time() - self.t0), pace,
