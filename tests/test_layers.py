@@ -31,7 +31,7 @@ LAYERS = {
     "data": ["tsynth.data", "tsynth.distance", "tsynth.artifact"],
     "codecs": ["tsynth.codecs"],
     "evaluate": ["tsynth.evaluate"],
-    "engine": ["tsynth.train", "tsynth.sample", "tsynth.privacy", "tsynth.prior", "tsynth.corpus"],
+    "engine": ["tsynth.tokenmodel", "tsynth.train", "tsynth.sample", "tsynth.privacy", "tsynth.prior", "tsynth.corpus"],
     "backends": ["tsynth.backends"],
     "api": ["tsynth", "tsynth.synthesizer", "tsynth.pretrain", "tsynth.partitions"],
     "apps": ["tsynth.cli", "tsynth.server", "tsynth.__main__"],
