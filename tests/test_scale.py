@@ -186,3 +186,89 @@ def test_unanswering_ray_address_fails_fast(small_model, tmp_path):
     assert f"the Ray cluster at 127.0.0.1:{port} does not answer" in r.stderr
     assert time.time() - t0 < 60  # the interpreter's start-up included; the check itself waits at most 3 s
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------- a partitioned data set, read as a stream
+def write_partitions(folder: Path, sizes=(30, 25, 40), length: int = 60) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    first = 0
+    for k, n in enumerate(sizes):
+        part = meters(n, length, seed=k)
+        part.item_id[:] = [f"m{first + i}" for i in range(n)]
+        part.write(folder / f"part-{k}.parquet")
+        first += n
+
+
+def test_row_stream_visits_every_training_window_once(tmp_path):
+    """An epoch's rows cover each training series' windows exactly once (leftovers carried across buffers), never
+    a validation series; the sample is uniform-sized and seeded."""
+    from tsynth.backends.local import window_rows
+    from tsynth.codecs.steps import StepCodec
+    from tsynth.codecs.values import ValueCodec
+    import torch
+
+    from tsynth.streaming import PartitionedSeries, RowStream
+
+    write_partitions(tmp_path / "d")
+    data = PartitionedSeries(tmp_path / "d", sample_size=40, seed=0)
+    sample = data.scan()
+    assert len(sample) == 40 and data.n_series == 95
+    assert list(PartitionedSeries(tmp_path / "d", sample_size=40, seed=0).scan().item_id) == list(sample.item_id)
+    codec = StepCodec.fit(sample, ValueCodec(), context=24)
+    valid = sample.subset(np.arange(5))
+    stream = RowStream(data, codec, valid, lambda lengths: window_rows(lengths, 24), buffer_series=20)
+    seen = []
+    for rows in stream.epoch(torch.Generator().manual_seed(0), 16):
+        assert len(rows) <= 16 and (rows[:, 1] == -1).all()
+        assert (rows[:, 0] >= len(valid)).all()  # validation series come first in the arrays, never trained on
+        assert (rows[:, 0] < len(stream.arrays["lengths"])).all()  # rows of the buffer loaded for them
+        seen += rows[:, 0].tolist()
+    assert len(seen) == len(stream) == (95 - 5) * 3  # 60 steps, context 24: three windows a series
+
+
+@pytest.mark.slow
+def test_fit_streams_a_partitioned_data_set(tmp_path):
+    """tsynth fit FOLDER: the codec from a stated uniform sample, the model trains and samples."""
+    write_partitions(tmp_path / "d")
+    r = tsynth("fit", "d", "-o", "model", "--ensemble", "1", "--epochs", "2", "--context", "24", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "model" / "tsynth.json").read_text())
+    data = doc["training"]["data"]
+    assert data["partitions"] == 3 and data["series"] == 95
+    assert data["codec_fitted_on"]["series"] == 95 and "uniform sample" in data["codec_fitted_on"]["how"]
+    assert doc["training"]["members"][0]["epochs_run"] == 2
+    from tsynth import Synthesizer
+
+    assert Synthesizer.load(tmp_path / "model").sample(3, seed=0).length == 60
+
+
+def test_partition_with_another_schema_is_refused_before_training(tmp_path):
+    """A partition with other columns or types is named, exit status 2, before anything is read or trained."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_partitions(tmp_path / "d")
+    table = pq.read_table(tmp_path / "d" / "part-1.parquet")
+    pq.write_table(table.append_column("region", pa.array(["north"] * len(table))), tmp_path / "d" / "part-1.parquet")
+    from tsynth.cli import main
+
+    assert main(["fit", str(tmp_path / "d"), "-o", str(tmp_path / "model")]) == 2
+    assert not (tmp_path / "model").exists()
+    from tsynth.errors import DataError
+    from tsynth.streaming import PartitionedSeries
+
+    with pytest.raises(DataError, match="part-1.parquet: this partition has another schema than part-0.parquet "
+                                        r"\(an extra column 'region'\)"):
+        PartitionedSeries(tmp_path / "d")
+
+
+def test_series_split_over_partitions_is_refused(tmp_path):
+    from tsynth.errors import DataError
+    from tsynth.streaming import PartitionedSeries
+
+    write_partitions(tmp_path / "d", sizes=(10, 10))
+    again = meters(10, 60, seed=5)
+    again.item_id[:] = [f"m{i}" for i in range(10)]  # the ids of part-0
+    again.write(tmp_path / "d" / "part-9.parquet")
+    with pytest.raises(DataError, match=r"a series id appears 2 times \(in part-0.parquet, part-9.parquet\)"):
+        PartitionedSeries(tmp_path / "d").scan()

@@ -52,6 +52,18 @@ def load_data(args: argparse.Namespace, path: str | None = None) -> "SeriesSet":
 
     path = path or args.data
     split_list = lambda s: [x.strip() for x in s.split(",")] if s else None  # noqa: E731
+    from .streaming import PartitionedSeries, is_partitioned
+
+    if is_partitioned(path):  # a folder or glob of Parquet partitions: read as a stream, a partition at a time
+        flags = [f for f, on in (("--length", args.length), ("--offset", args.offset), ("--stride", args.stride),
+                                 ("--zscore", args.zscore)) if on]
+        if flags:
+            raise TsynthError(f"{path}: {flags[0]} does not apply to a partitioned data set (read a partition at a "
+                              "time); window or standardise the series when writing the partitions")
+        return PartitionedSeries(path, seed=getattr(args, "seed", 0) or 0, layout=args.layout, id_col=args.id_col,
+                                 time_col=args.time_col, value_cols=split_list(args.value_cols),
+                                 attribute_cols=split_list(args.attribute_cols), freq=args.freq, sort=args.sort,
+                                 fill=args.fill, orient=args.orient)  # type: ignore[return-value]
     if path.startswith("hf:"):
         data = load_hf_dataset(path[3:], freq=args.freq)
     else:
@@ -174,6 +186,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a backend on DATA and write a model directory."""
+    from .data import SeriesSet
     from .distributed import is_main_process, launch, world_size
     from .synthesizer import Synthesizer
 
@@ -190,7 +203,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if main_process:
         print(f"data: {data}")
     if args.backend == "local":
-        few_series_hint(args, data)
+        if isinstance(data, SeriesSet):
+            few_series_hint(args, data)
         if args.base_model:
             lora = {k: getattr(args, k) for k in ("lora_rank", "lora_alpha", "target_modules") if getattr(args, k)}
             opts = {k: v for k, v in local_options(args).items()
@@ -633,6 +647,7 @@ EXAMPLES = {
   tsynth fit energy.csv --layout wide --length 24 --stride 1 -o model --time-limit 600   # training <= ~10 min in all
   tsynth fit electricity.parquet --length 100 --zscore -o model --dp-epsilon 8    # item-level DP-SGD
   tsynth fit meters.parquet -o model --processes 2 --ensemble 1     # data-parallel in 2 processes
+  tsynth fit meters/ -o model --ensemble 1          # a folder (or 'meters/*.parquet') of partitions, streamed
   accelerate launch --num_processes 8 -m tsynth fit meters.parquet -o model --ensemble 1   # 8 GPUs
   tsynth fit data.parquet --length 24 -o model --base-model HuggingFaceTB/SmolLM2-135M-Instruct --lora-rank 8
   tsynth fit data.parquet --length 100 -o model --backend openai --model gpt-4o-mini-2024-07-18 \\
@@ -686,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = command("fit", cmd_fit, "Fit a generator on DATA and write a model directory")
-    p.add_argument("data", help="data file or hf:NAME_OR_PATH")
+    p.add_argument("data", help="data file, hf:NAME_OR_PATH, or a folder or glob of Parquet partitions (read as a stream)")
     p.add_argument("-o", "--output", required=True, help="model directory to write")
     p.add_argument("--backend", default="local", choices=["local", "openai"])
     p.add_argument("--checkpoint-dir", help="where per-epoch checkpoints go (default OUTPUT.checkpoints)")

@@ -41,10 +41,21 @@ class Synthesizer:
         self.fitted = False
         self.path: Path | None = None  # the model directory it was loaded from or saved to
 
-    def fit(self, data: SeriesSet, **kwargs: Any) -> "Synthesizer":
-        """Train on ``data`` (backend-specific keywords: callback, checkpoint_dir, resume, progress)."""
+    def fit(self, data: Any, **kwargs: Any) -> "Synthesizer":
+        """Train on ``data``, a SeriesSet or (local backend) a :class:`tsynth.streaming.PartitionedSeries` read as a
+        stream (backend-specific keywords: callback, checkpoint_dir, resume, progress)."""
+        from .streaming import PartitionedSeries
+
+        if isinstance(data, PartitionedSeries):  # a partitioned Parquet data set, read as a stream
+            if self.backend_name != "local":
+                raise ConfigError(f"the {self.backend_name} backend needs the data in memory: read one file")
+            from .backends.streamfit import fit_streaming
+
+            fit_streaming(self.backend, data, **kwargs)
+            self.fitted = True
+            return self
         if not isinstance(data, SeriesSet):
-            raise ConfigError(f"fit expects a SeriesSet, got {type(data).__name__}")
+            raise ConfigError(f"fit expects a SeriesSet or a PartitionedSeries, got {type(data).__name__}")
         self.backend.fit(data, **kwargs)
         self.fitted = True
         return self

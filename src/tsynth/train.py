@@ -195,7 +195,8 @@ def drop_conditions(tokens: torch.Tensor, field_slots: list[tuple[int, int]], p:
 def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, loss_fn: Callable,
              field_slots: list[tuple[int, int]], cfg: TrainConfig, checkpoint_dir: Path | None = None,
              resume: bool = False, callback: Callable[[dict], None] | None = None, dp=None,
-             progress: bool = True, source_arrays: dict[str, np.ndarray] | None = None) -> tuple[object, TrainResult]:
+             progress: bool = True, source_arrays: dict[str, np.ndarray] | None = None,
+             stream=None) -> tuple[object, TrainResult]:
     """Train ``model`` on token arrays; returns the best model (lowest validation loss) and the figures.
 
     ``loss_fn(model, batch, reduction)`` computes the loss of a batch of rows of the token arrays
@@ -204,6 +205,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     epoch stays). ``dp`` is a :class:`tsynth.privacy.DPEngine` or None. Each checkpoint records a fingerprint of
     the run (:func:`run_fingerprint`; ``source_arrays``: arrays the rows of ``train_tokens`` index, as the step
     model's do), and ``resume`` refuses a checkpoint whose fingerprint differs, naming the difference.
+    ``stream`` (a :class:`tsynth.streaming.RowStream`) gives each epoch's rows instead of ``train_tokens`` (then
+    unused): data read partition by partition, never held whole.
     """
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -215,8 +218,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     accelerator = make_accelerator(train_device() == "cpu")  # several processes under accelerate launch
     check_same_data(accelerator, fingerprint)
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = torch.as_tensor(train_tokens)
-    n = len(data)
+    data = torch.as_tensor(train_tokens) if stream is None else None
+    n = len(data) if data is not None else len(stream)
     batch = min(cfg.batch_size, n)
     steps_per_epoch = max(1, math.ceil(n / batch))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -258,13 +261,16 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         losses = []
         if dp is not None:
             batches = dp.batches()
+        elif stream is not None:
+            batches = (shard_rows(rows, accelerator) for rows in stream.epoch(gen, batch))
         else:
             perm = torch.randperm(n, generator=gen)
             batches = [shard_rows(perm[i: i + batch], accelerator) for i in range(0, n, batch)]
         for idx in batches:
             if result.steps >= result.steps_planned:
                 break  # the time limit ends the run inside this epoch
-            tokens = drop_conditions(data[idx], field_slots, cfg.condition_dropout, gen).to(accelerator.device)
+            tokens = drop_conditions(data[idx] if data is not None else idx, field_slots, cfg.condition_dropout,
+                                     gen).to(accelerator.device)
             if dp is not None:
                 loss = dp.step(model, optimizer, tokens, loss_fn)
             else:
