@@ -250,9 +250,9 @@ def _run_on_ray(load: Callable[[str], Any], model_dir: str, out_dir: str, n: int
             ref = actors[slot].run.remote(out_dir, k, k * bs, min(bs, n - k * bs), seed, options)
             inflight[ref] = (slot, actors[slot], k)
 
-    for slot in range(size):  # two batches a worker: the next is queued while one is drawn
-        submit(slot)
-        submit(slot)
+    for _ in range(2):  # two batches a worker, one round at a time: the next is queued while one is drawn
+        for slot in range(size):
+            submit(slot)
     lost = 0
     while inflight:
         ready, _ = ray.wait(list(inflight), num_returns=1)

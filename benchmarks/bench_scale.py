@@ -1,0 +1,133 @@
+"""Beyond one machine (issue 34, docs/scale-out.md): streaming fit and sampling on Ray, measured on this machine.
+
+Two parts, each writing its own results file; the data are meter-like hourly series from a seeded process
+(:func:`benchmarks.bench_long.meter_data`, 1 % missing readings) written into a private temporary folder that
+is removed afterwards:
+
+* ``stream`` (``results/scale_stream.json``): N series x 168 hours (default 100,000) written as a partitioned
+  Parquet data set (partitions of 1,000 series), then ``tsynth fit FOLDER`` (streamed) and ``tsynth fit
+  FILE`` (the same series in one file, read into memory), both ``--ensemble 1 --epochs 1 --context 168``, each
+  in its own process tree whose peak summed resident memory is polled every 0.2 s. Seconds per epoch are the
+  member's training seconds from ``tsynth.json`` (validation included); the streamed fit's scan (lengths, ids,
+  the uniform sample) is the rest of its wall time.
+* ``ray`` (``results/scale_sample.json``): a tiny model fitted on 2,000 series x 100 hours, then N series of
+  100 steps (default 1,000,000) sampled with ``engine="ray"`` on a fresh local Ray cluster of 1 worker and then
+  of 2 workers, side by side in one run: throughput (series per second of sampling, the workers' model loading
+  included, the cluster's start-up not), peak resident memory per worker, and a check that the output is
+  complete (every id once) and readable with pyarrow.
+
+The machine is shared (2 cores, other work running), so times carry that noise; run the parts one at a time.
+
+``python -m benchmarks.bench_scale [--parts stream,ray] [--stream-series 100000] [--sample-series 1000000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.bench_long import RESULTS, meter_data, run_measured, tsynth
+
+PARTITION = 1000  # series per partition of the streamed data set
+
+
+def write_json(path: Path, report: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
+
+
+def bench_stream(n: int, work: Path, env: dict) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = work / "meters"
+    folder.mkdir()
+    t0 = time.time()
+    for k in range(-(-n // PARTITION)):
+        size = min(PARTITION, n - k * PARTITION)
+        df = meter_data(size, 168, seed=k)
+        df["item_id"] = [f"M{k * PARTITION + i:07d}" for i in range(size)]
+        df.to_parquet(folder / f"part-{k:05d}.parquet")
+    whole = work / "meters.parquet"
+    pq.write_table(pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("*.parquet"))]), whole)
+    report = {"series": n, "steps": 168, "partitions": -(-n // PARTITION), "data_seconds": time.time() - t0, "runs": {}}
+    common = ["--ensemble", "1", "--epochs", "1", "--context", "168"]
+    for name, source in (("streamed", folder), ("in_memory", whole)):
+        run = run_measured(tsynth("fit", str(source), "-o", str(work / name), *common), env, work)
+        if run["exit"] == 0:
+            doc = json.loads((work / name / "tsynth.json").read_text())
+            member = doc["training"]["members"][0]
+            run.update(epoch_s=member["seconds"], steps=member["steps"], train_series=doc["training"]["train_series"],
+                       valid_series=doc["training"]["valid_series"], valid_loss=member["valid_loss"],
+                       data=doc["training"].get("data"))
+            run["s_per_train_series"] = member["seconds"] / max(1, doc["training"]["train_series"])
+        report["runs"][name] = run
+        print(name, {k: run.get(k) for k in ("seconds", "epoch_s", "steps", "peak_mb", "exit")}, flush=True)
+    s, m = report["runs"]["streamed"], report["runs"]["in_memory"]
+    if "epoch_s" in s and "epoch_s" in m:
+        report["epoch_ratio"] = s["epoch_s"] / m["epoch_s"]
+        report["per_series_ratio"] = s["s_per_train_series"] / m["s_per_train_series"]
+    return report
+
+
+def bench_ray(n: int, work: Path) -> dict:
+    import pyarrow.dataset as ds
+
+    from tsynth import SeriesSet, Synthesizer
+
+    train = SeriesSet.from_records(meter_data(2000, 100, seed=7), freq="h")
+    t0 = time.time()
+    Synthesizer(ensemble=1, epochs=1, seed=0).fit(train, progress=False).save(work / "model")
+    report = {"series": n, "steps": 100, "model_fit_seconds": time.time() - t0, "runs": {}}
+    syn = Synthesizer.load(work / "model")
+    for workers in (1, 2):
+        out = work / f"sample_{workers}"
+        figures = syn.sample(n, seed=0, output=out, engine="ray", workers=workers, batch_size=2000)
+        table = ds.dataset(out, format="parquet").to_table(columns=["item_id"])
+        ids = table.column("item_id").to_pylist()
+        figures.update(rows_read=len(ids), unique_ids=len(set(ids)), series_per_s=n / figures["seconds"])
+        report["runs"][f"{workers}_worker{'s' if workers > 1 else ''}"] = figures
+        print(workers, {k: figures[k] for k in ("seconds", "series_per_s", "peak_mb_per_worker", "rows_read")},
+              flush=True)
+        shutil.rmtree(out)
+    a, b = report["runs"]["1_worker"], report["runs"]["2_workers"]
+    report["speedup"] = b["series_per_s"] / a["series_per_s"]
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="stream,ray", help="comma-separated: stream, ray")
+    ap.add_argument("--stream-series", type=int, default=100_000)
+    ap.add_argument("--sample-series", type=int, default=1_000_000)
+    args = ap.parse_args(argv)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    parts = set(args.parts.split(","))
+    head = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": len(os.sched_getaffinity(0)),
+            "machine": "shared: other agents' work ran at the same time, so times carry that noise",
+            "command": "python -m benchmarks.bench_scale " + " ".join(argv if argv is not None else sys.argv[1:])}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for part in ("stream", "ray"):
+        if part not in parts:
+            continue
+        work = Path(tempfile.mkdtemp(prefix="tsynth-bench-scale-"))
+        os.chmod(work, 0o700)
+        try:
+            if part == "stream":
+                write_json(RESULTS / "scale_stream.json", {**head, **bench_stream(args.stream_series, work, env)})
+            else:
+                write_json(RESULTS / "scale_sample.json", {**head, **bench_ray(args.sample_series, work)})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
