@@ -33,7 +33,7 @@ LAYERS = {
     "evaluate": ["tsynth.evaluate"],
     "engine": ["tsynth.tokenmodel", "tsynth.train", "tsynth.sample", "tsynth.privacy", "tsynth.prior", "tsynth.corpus"],
     "backends": ["tsynth.backends"],
-    "api": ["tsynth", "tsynth.synthesizer", "tsynth.pretrain", "tsynth.partitions"],
+    "api": ["tsynth", "tsynth.synthesizer", "tsynth.pretrain", "tsynth.partitions", "tsynth.evalscale"],
     "apps": ["tsynth.cli", "tsynth.server", "tsynth.__main__"],
 }
 BELOW = {"base": set(), "data": {"base"}, "codecs": {"base", "data"}, "evaluate": {"base", "data"},

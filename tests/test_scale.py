@@ -272,3 +272,32 @@ def test_series_split_over_partitions_is_refused(tmp_path):
     again.write(tmp_path / "d" / "part-9.parquet")
     with pytest.raises(DataError, match=r"a series id appears 2 times \(in part-0.parquet, part-9.parquet\)"):
         PartitionedSeries(tmp_path / "d").scan()
+
+
+# ---------------------------------------------------------------------- evaluation on a subsample
+def test_evaluate_on_a_seeded_subsample_with_confidence_intervals(tmp_path):
+    """A partitioned set is sampled as a stream; repeats give 95 % intervals of the headline figures; the draw
+    is stated and seeded."""
+    from tsynth.evalscale import evaluate_subsampled
+    from tsynth.streaming import PartitionedSeries
+
+    write_partitions(tmp_path / "d", sizes=(30, 30), length=24)
+    synthetic = meters(80, 24, seed=9)
+    ev, sets = evaluate_subsampled(PartitionedSeries(tmp_path / "d"), synthetic, size=25, repeats=3, seed=4, fast=True)
+    info = ev.summary["subsample"]
+    assert info["sets"] == {"train": 60, "synthetic": 80} and info["seeds"] == [4, 5, 6]
+    assert len(sets["train"]) == len(sets["synthetic"]) == 25 == ev.summary["n_train"]
+    lo, hi = info["ci95"]["disc_gbm"]
+    assert lo <= np.mean(info["values"]["disc_gbm"]) <= hi
+    again, _ = evaluate_subsampled(PartitionedSeries(tmp_path / "d"), synthetic, size=25, repeats=1, seed=4, fast=True)
+    assert again.summary["headline"]["disc_gbm"] == ev.summary["headline"]["disc_gbm"]  # seeded: the same draw
+
+
+def test_evaluate_refuses_a_partitioned_set_without_subsample(tmp_path):
+    from tsynth.cli import main
+
+    write_partitions(tmp_path / "d", sizes=(10, 10), length=24)
+    meters(20, 24, seed=9).write(tmp_path / "s.parquet")
+    assert main(["evaluate", "--train", str(tmp_path / "d"), "--synthetic", str(tmp_path / "s.parquet"),
+                 "-o", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r" / "metrics.json").exists()

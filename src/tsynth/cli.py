@@ -134,6 +134,9 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 16)")
     g.add_argument("--target-modules", help="comma-separated linear layers to adapt (default all-linear)")
     g.add_argument("--merge", action="store_true", help="save merged weights instead of the adapter")
+    g.add_argument("--max-memory", metavar="SIZE",
+                   help="memory the fit may use, e.g. 3G or 512M (default on a CPU: the weights and as much again, at "
+                        "least 1 GiB more); micro-batches and activation checkpointing are chosen to fit it")
 
 
 def local_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,7 +209,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if isinstance(data, SeriesSet):
             few_series_hint(args, data)
         if args.base_model:
-            lora = {k: getattr(args, k) for k in ("lora_rank", "lora_alpha", "target_modules") if getattr(args, k)}
+            lora = {k: getattr(args, k) for k in ("lora_rank", "lora_alpha", "target_modules", "max_memory")
+                    if getattr(args, k)}
             opts = {k: v for k, v in local_options(args).items()
                     if k in ("epochs", "batch_size", "learning_rate", "seed", "time_limit_s")}
             syn = Synthesizer("pretrained", base_model=args.base_model, merge=args.merge, **lora, **opts)
@@ -220,6 +224,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         syn = fit_openai(args, data)
     path = syn.save(args.output)
     print(f"model written to {path}")
+    if (syn.info.get("training") or {}).get("memory"):
+        print(f"memory: {syn.info['training']['memory']['summary']}")
     if args.backend == "local" and not args.keep_checkpoints:
         from .outputs import discard_checkpoints
 
@@ -476,11 +482,27 @@ def guarded_sample(syn, synthetic: "SeriesSet", args: argparse.Namespace) -> "Se
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate synthetic series against train (and a holdout) and write metrics.json + report.html."""
+    from .data import SeriesSet
     from .evaluate import evaluate_to_dir
 
     train = load_data(args, args.train)
     synthetic = load_data(args, args.synthetic)
     holdout = load_data(args, args.holdout) if args.holdout else None
+    evaluation = None
+    if args.subsample:  # a seeded subsample of each set, repeated for confidence intervals
+        from .evalscale import evaluate_subsampled
+
+        evaluation, sets = evaluate_subsampled(train, synthetic, holdout, size=args.subsample, repeats=args.repeats,
+                                               seed=args.seed, validity=read_validity(args.validity) if args.validity
+                                               else None, label=args.label, freq=args.freq, subwindow=args.subwindow)
+        train, synthetic, holdout = sets["train"], sets["synthetic"], sets.get("holdout")
+        info = evaluation.summary["subsample"]
+        print(f"evaluated on {args.subsample:,} series of each set ({', '.join(f'{k} of {v:,}' for k, v in info['sets'].items())}), "
+              f"seed {args.seed}, {args.repeats} repeat(s)")
+        for key, (lo, hi) in info.get("ci95", {}).items():
+            print(f"  {key:<20} 95 % CI [{lo:.3f}, {hi:.3f}]")
+    elif not all(isinstance(s, SeriesSet) for s in (train, synthetic, holdout) if s is not None):
+        raise TsynthError("a partitioned data set is evaluated on a subsample: give --subsample N (e.g. 5000)")
     validity = read_validity(args.validity) if args.validity else None
     extra = model_details(args.model) if args.model else None
     if extra is not None and holdout is not None and extra["backend"] == "local":
@@ -493,7 +515,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if audit["left_out"]:
             extra[key + ", holdout series left out (beyond the training range)"] = audit["left_out"]
     ev = evaluate_to_dir(train, synthetic, holdout, args.output, validity=validity, label=args.label, seed=args.seed,
-                         extra=extra, freq=args.freq, subwindow=args.subwindow)
+                         extra=extra, freq=args.freq, subwindow=args.subwindow, evaluation=evaluation)
     print_verdict(ev)
     print(f"wrote {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'report.html'}")
     return 0
@@ -663,7 +685,8 @@ EXAMPLES = {
   tsynth sample --backend fewshot --model gpt-4o-mini --shots 10 data.parquet -n 50 -o fewshot.jsonl""",
     "evaluate": """examples:
   tsynth evaluate --train train.parquet --synthetic synthetic.parquet --holdout holdout.parquet -o report/
-  tsynth evaluate --train train.csv --synthetic syn.csv --id-col item_id --time-col timestamp -o report/""",
+  tsynth evaluate --train train.csv --synthetic syn.csv --id-col item_id --time-col timestamp -o report/
+  tsynth evaluate --train meters/ --synthetic synthetic/ -o report/ --subsample 5000 --repeats 5   # large sets""",
     "prepare": """examples:
   tsynth prepare electricity.parquet --length 100 -o openai_files/
   tsynth prepare data.parquet -o files/ --series-key load --decimals 2 --user-fields item_id,region""",
@@ -775,6 +798,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "discriminative score (default a week of the data's steps)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subsample", type=int, metavar="N",
+                   help="large sets: score N series drawn uniformly (seeded by --seed) from each set; needed for a "
+                        "folder or glob of Parquet partitions, which is sampled as a stream")
+    p.add_argument("--repeats", type=int, default=1, metavar="R",
+                   help="with --subsample: R subsamples (seeds SEED..SEED+R-1) give 95 %% confidence intervals of "
+                        "the headline figures (metrics.json summary.subsample)")
     p.set_defaults(data=None)
     add_data_options(p)
 

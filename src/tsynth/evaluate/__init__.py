@@ -184,11 +184,13 @@ def _evaluate(train, synthetic, holdout, validity, label, lags, cross_lag, seed,
 
 
 def evaluate_to_dir(train: SeriesSet, synthetic: SeriesSet, holdout: SeriesSet | None, out_dir: str | os.PathLike, *,
-                    title: str | None = None, extra: dict | None = None, **kwargs: Any) -> Evaluation:
+                    title: str | None = None, extra: dict | None = None, evaluation: Evaluation | None = None,
+                    **kwargs: Any) -> Evaluation:
     """Evaluate (``kwargs`` as for :func:`evaluate`) and write ``metrics.json`` and ``report.html``
     into ``out_dir``, each atomically. ``extra``: run details (model, settings) stored under
-    ``"extra"`` in metrics.json and listed in the report."""
-    ev = evaluate(train, synthetic, holdout, **kwargs)
+    ``"extra"`` in metrics.json and listed in the report. ``evaluation``: one already made of these sets
+    (e.g. on a subsample, :mod:`tsynth.evalscale`), written instead of evaluating again."""
+    ev = evaluation if evaluation is not None else evaluate(train, synthetic, holdout, **kwargs)
     out = Path(out_dir)
     metrics = ev.to_dict()
     if extra:
