@@ -10,6 +10,10 @@ is removed afterwards:
   in its own process tree whose peak summed resident memory is polled every 0.2 s. Seconds per epoch are the
   member's training seconds from ``tsynth.json`` (validation included); the streamed fit's scan (lengths, ids,
   the uniform sample) is the rest of its wall time.
+* ``parallel`` (``results/scale_parallel.json``): electricity100 (``benchmarks.tasks``) fitted by ``tsynth fit
+  --ensemble 1`` in 1 process and with ``--processes 2`` (gloo), the same seed and global batch: best
+  validation loss of each, then as many series sampled from each model as the holdout has, scored by
+  :func:`tsynth.evaluate.evaluate` against the task's train and holdout (disc_gbm and the other headline figures).
 * ``ray`` (``results/scale_sample.json``): a tiny model fitted on 2,000 series x 100 hours, then N series of
   100 steps (default 1,000,000) sampled with ``engine="ray"`` on a fresh local Ray cluster of 1 worker and then
   of 2 workers, side by side in one run: throughput (series per second of sampling, the workers' model loading
@@ -18,7 +22,7 @@ is removed afterwards:
 
 The machine is shared (2 cores, other work running), so times carry that noise; run the parts one at a time.
 
-``python -m benchmarks.bench_scale [--parts stream,ray] [--stream-series 100000] [--sample-series 1000000]``
+``python -m benchmarks.bench_scale [--parts stream,ray,parallel] [--stream-series 100000] [--sample-series 1000000]``
 """
 
 from __future__ import annotations
@@ -102,6 +106,80 @@ def bench_ray(n: int, work: Path) -> dict:
     return report
 
 
+def bench_parallel(work: Path, env: dict, seed: int = 0) -> dict:
+    from benchmarks.tasks import TASKS
+    from tsynth import Synthesizer
+    from tsynth.evaluate import evaluate
+
+    task = TASKS["electricity100"]()
+    task.train.write(work / "train.parquet")
+    report: dict = {"task": "electricity100", "seed": seed, "train_series": len(task.train), "runs": {}}
+    for name, extra in (("1_process", []), ("2_processes", ["--processes", "2"])):
+        run = run_measured(tsynth("fit", str(work / "train.parquet"), "-o", str(work / name), "--ensemble", "1",
+                                  "--seed", str(seed), *extra), env, work)
+        if run["exit"] == 0:
+            member = json.loads((work / name / "tsynth.json").read_text())["training"]["members"][0]
+            synthetic = Synthesizer.load(work / name).sample(len(task.holdout), seed=seed)
+            ev = evaluate(task.train, synthetic, task.holdout, seed=0).to_dict()
+            run.update(best_valid_loss=min(member["valid_loss"]), epochs=member["epochs_run"],
+                       best_epoch=member["best_epoch"], headline=ev["summary"]["headline"])
+        report["runs"][name] = run
+        print(name, {k: run.get(k) for k in ("seconds", "best_valid_loss", "epochs", "exit")}, flush=True)
+    a, b = report["runs"]["1_process"], report["runs"]["2_processes"]
+    if "best_valid_loss" in a and "best_valid_loss" in b:
+        report["valid_loss_rel_diff"] = abs(b["best_valid_loss"] - a["best_valid_loss"]) / a["best_valid_loss"]
+    return report
+
+
+def scale_section(out_dir: Path = RESULTS) -> list[str]:
+    """BENCHMARKS.md's section on these measurements (empty when none was run)."""
+    lines = ["## Beyond one machine", ""]
+    stream, ray, par = (out_dir / f"scale_{k}.json" for k in ("stream", "sample", "parallel"))
+    if stream.exists():
+        d = json.loads(stream.read_text())
+        lines += [f"`{d['command']}` ({d['date']}, {d['cores']} cores, {d['machine']}): {d['series']:,} seeded "
+                  f"meter-like series x {d['steps']} hours, {d['partitions']} Parquet partitions; `--ensemble 1 "
+                  "--epochs 1 --context 168`; peak memory of each command's process tree.", "",
+                  "| fit | wall s | epoch s | steps | train series | s per 1,000 train series | peak MB |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in d["runs"].items():
+            per = r.get("s_per_train_series")
+            lines.append(f"| {name.replace('_', ' ')} | {r['seconds']:.0f} | {r.get('epoch_s', float('nan')):.0f} | "
+                         f"{r.get('steps', '-')} | {r.get('train_series', '-')} | "
+                         f"{'-' if per is None else f'{1000 * per:.2f}'} | {r['peak_mb']:.0f} |")
+        if "epoch_ratio" in d:
+            lines += ["", f"Streamed / in memory: epoch time x{d['epoch_ratio']:.2f}, time per training series "
+                          f"x{d['per_series_ratio']:.2f} (the in-memory fit validates on 10 % of the series, the "
+                          "streamed one on at most 512 of its sample)."]
+        lines.append("")
+    if ray.exists():
+        d = json.loads(ray.read_text())
+        lines += [f"`{d['command']}` ({d['date']}, {d['cores']} cores, {d['machine']}): {d['series']:,} series x "
+                  f"{d['steps']} steps sampled on a fresh local Ray cluster of 1, then 2 workers.", "",
+                  "| workers | seconds | series / s | peak MB per worker | rows read | unique ids |", "|---|---|---|---|---|---|"]
+        for name, r in d["runs"].items():
+            lines.append(f"| {r['workers']} | {r['seconds']:.0f} | {r['series_per_s']:.0f} | "
+                         f"{', '.join(f'{m:.0f}' for m in r['peak_mb_per_worker'])} | {r['rows_read']:,} | "
+                         f"{r['unique_ids']:,} |")
+        lines += ["", f"Throughput of 2 workers / 1 worker: x{d['speedup']:.2f}.", ""]
+    if par.exists():
+        d = json.loads(par.read_text())
+        lines += [f"`{d['command']}` ({d['date']}, {d['cores']} cores, {d['machine']}): {d['task']}, one model "
+                  f"(`--ensemble 1 --seed {d['seed']}`), the same global batch.", "",
+                  "| training | wall s | epochs (best) | best valid loss | disc_gbm | dcr_ratio | mia_auc |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in d["runs"].items():
+            h = r.get("headline", {})
+            lines.append(f"| {name.replace('_', ' ')} | {r['seconds']:.0f} | {r.get('epochs', '-')} "
+                         f"({r.get('best_epoch', '-')}) | {r.get('best_valid_loss', float('nan')):.4f} | "
+                         f"{h.get('disc_gbm', float('nan')):.3f} | {h.get('dcr_ratio') or float('nan'):.3f} | "
+                         f"{h.get('mia_auc') or float('nan'):.3f} |")
+        if "valid_loss_rel_diff" in d:
+            lines += ["", f"Validation loss, 2 processes against 1: {100 * d['valid_loss_rel_diff']:.2f} % apart."]
+        lines.append("")
+    return lines if len(lines) > 2 else []
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="stream,ray", help="comma-separated: stream, ray")
@@ -114,7 +192,7 @@ def main(argv=None) -> int:
             "machine": "shared: other agents' work ran at the same time, so times carry that noise",
             "command": "python -m benchmarks.bench_scale " + " ".join(argv if argv is not None else sys.argv[1:])}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for part in ("stream", "ray"):
+    for part in ("stream", "ray", "parallel"):
         if part not in parts:
             continue
         work = Path(tempfile.mkdtemp(prefix="tsynth-bench-scale-"))
@@ -122,8 +200,10 @@ def main(argv=None) -> int:
         try:
             if part == "stream":
                 write_json(RESULTS / "scale_stream.json", {**head, **bench_stream(args.stream_series, work, env)})
-            else:
+            elif part == "ray":
                 write_json(RESULTS / "scale_sample.json", {**head, **bench_ray(args.sample_series, work)})
+            else:
+                write_json(RESULTS / "scale_parallel.json", {**head, **bench_parallel(work, env)})
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -244,6 +244,7 @@ def long_section(out_dir: Path = RESULTS) -> list[str]:
 
 def render_markdown(out_dir: Path = RESULTS) -> str:
     """BENCHMARKS.md from every full-mode results file, then the published TimeGAN-protocol figures."""
+    from .bench_scale import scale_section
     from .summary import summary_section
 
     lines = ["# Benchmarks", "",
@@ -260,7 +261,7 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "`benchmarks/tasks.py`; the peers (DGAN, PAR) need the separate environment of "
              "`benchmarks/requirements-peers.txt`. What the defaults rest on is explained in `docs/` "
              "(each page links the rows here).", "",
-             *summary_section(out_dir), *long_section(out_dir), "## Rows", ""]
+             *summary_section(out_dir), *long_section(out_dir), *scale_section(out_dir), "## Rows", ""]
     for path in sorted(out_dir.glob("*.json"), key=lambda p: (TASK_ORDER.index(p.stem) if p.stem in TASK_ORDER else
                                                               len(TASK_ORDER), p.stem)):
         if path.stem.endswith("-smoke") or path.stem.startswith(("evaluate_", "server_", "domain_prior")):
