@@ -236,56 +236,58 @@ def _run_on_ray(load: Callable[[str], Any], model_dir: str, out_dir: str, n: int
     size = min(size, max(1, len(todo)))
     actor_class: Any = ray.remote(num_cpus=1, max_restarts=0)(SampleWorker)
     actors = [actor_class.remote(load, model_dir, 1) for _ in range(size)]
-    if on_event is not None:
-        on_event({"type": "workers", "pids": ray.get([a.pid.remote() for a in actors])})
-    bs, seed = request["batch_size"], request["seed"]
-    pending = list(todo)
-    tries: dict[int, int] = {}
-    inflight: dict[Any, tuple[int, Any, int]] = {}  # ref -> (worker slot, actor, batch)
-    runs: list[dict] = []
-
-    def submit(slot: int) -> None:
-        if pending:
-            k = pending.pop(0)
-            ref = actors[slot].run.remote(out_dir, k, k * bs, min(bs, n - k * bs), seed, options)
-            inflight[ref] = (slot, actors[slot], k)
-
-    for _ in range(2):  # two batches a worker, one round at a time: the next is queued while one is drawn
-        for slot in range(size):
-            submit(slot)
-    lost = 0
-    while inflight:
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        slot, actor, k = inflight.pop(ready[0])
-        try:
-            result = ray.get(ready[0])
-        except (RayActorError, WorkerCrashedError) as e:
-            tries[k] = tries.get(k, 0) + 1
-            if tries[k] >= MAX_TRIES:
-                raise TsynthError(f"sampling batch {k} killed its worker {tries[k]} times ({e}); see the Ray "
-                                  "logs (out of memory?)") from None
-            pending.insert(0, k)  # redone first; its partition name is fixed, so it is written once
-            if actors[slot] is actor:  # the first of its batches to report: replace the worker
-                lost += 1
-                if lost > 2 * size + MAX_TRIES:
-                    raise TsynthError(f"{lost} Ray workers died while sampling; see the Ray logs") from None
-                actors[slot] = actor_class.remote(load, model_dir, 1)
-                if on_event is not None:
-                    on_event({"type": "worker lost", "batch": k, "error": type(e).__name__})
-                submit(slot)
-            submit(slot)
-            continue
-        except RayTaskError as e:  # the worker raised: a tsynth error is the user's, one line
-            cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
-            if isinstance(cause, TsynthError):
-                raise cause from None
-            raise
-        result["redone"] = tries.get(k, 0)
-        runs.append(result)
+    try:
         if on_event is not None:
-            on_event({"type": "batch", **result})
-        submit(slot)
-    for a in actors:
-        ray.kill(a)
-    return runs
+            on_event({"type": "workers", "pids": ray.get([a.pid.remote() for a in actors])})
+        bs, seed = request["batch_size"], request["seed"]
+        pending = list(todo)
+        tries: dict[int, int] = {}
+        inflight: dict[Any, tuple[int, Any, int]] = {}  # ref -> (worker slot, actor, batch)
+        runs: list[dict] = []
+
+        def submit(slot: int) -> None:
+            if pending:
+                k = pending.pop(0)
+                ref = actors[slot].run.remote(out_dir, k, k * bs, min(bs, n - k * bs), seed, options)
+                inflight[ref] = (slot, actors[slot], k)
+
+        for _ in range(2):  # two batches a worker, one round at a time: the next is queued while one is drawn
+            for slot in range(size):
+                submit(slot)
+        lost = 0
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            slot, actor, k = inflight.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except (RayActorError, WorkerCrashedError) as e:
+                tries[k] = tries.get(k, 0) + 1
+                if tries[k] >= MAX_TRIES:
+                    raise TsynthError(f"sampling batch {k} killed its worker {tries[k]} times ({e}); see the Ray "
+                                      "logs (out of memory?)") from None
+                pending.insert(0, k)  # redone first; its partition name is fixed, so it is written once
+                if actors[slot] is actor:  # the first of its batches to report: replace the worker
+                    lost += 1
+                    if lost > 2 * size + MAX_TRIES:
+                        raise TsynthError(f"{lost} Ray workers died while sampling; see the Ray logs") from None
+                    actors[slot] = actor_class.remote(load, model_dir, 1)
+                    if on_event is not None:
+                        on_event({"type": "worker lost", "batch": k, "error": type(e).__name__})
+                    submit(slot)
+                submit(slot)
+                continue
+            except RayTaskError as e:  # the worker raised: a tsynth error is the user's, one line
+                cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
+                if isinstance(cause, TsynthError):
+                    raise cause from None
+                raise
+            result["redone"] = tries.get(k, 0)
+            runs.append(result)
+            if on_event is not None:
+                on_event({"type": "batch", **result})
+            submit(slot)
+        return runs
+    finally:  # the workers go however the run ends (on a shared cluster they would hold their CPUs)
+        for a in actors:
+            ray.kill(a)
 
