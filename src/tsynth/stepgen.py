@@ -190,7 +190,8 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
         hs = [m.hidden(inputs(m, t, t + 1), p_len + t - first, caches[j])[:, -1] for j, m in enumerate(models)]
         before = [torch.zeros_like(h) for h in hs]
         for c in range(codec.n_channels):
-            probs = mean_probs(lambda j, m: m.channel_logits(hs[j], c, before[j]))
+            prev = (ids[:, t - 1, c] if t > 0 else start_ids[:, 0, c]).to(device)
+            probs = mean_probs(lambda j, m: m.channel_logits(hs[j], c, before[j], prev))
             if gaps == "none" or not codec.gaps:
                 probs[:, k] = 0.0
             empty = probs.sum(-1) <= 0

@@ -12,6 +12,11 @@ A sequence is a short prefix of series-level tokens followed by one position per
   channel ``c``'s bin (or "missing") is predicted from the step's hidden state plus the embeddings of the
   channels before it (drawn or, in training, true), through a small feed-forward head. Cost per step grows
   linearly with the channels, and the attention runs over steps, not values;
+* with ``copy`` (every new model), that distribution is a mixture of the head's free distribution and a
+  discretised Gaussian over bins centred near the channel's own previous bin (gate, shift and width come from
+  the head). The summed step input cannot carry dozens of channels' exact values, and a smooth sensor moves by
+  a few bins per step; the copy component gives each channel its own previous value directly, so smooth
+  channels stay smooth, and the gate learns to ignore it where steps do not follow each other;
 * the prefix positions predict the next prefix token (series-level tokens are drawn first, then held in the
   context for the whole series).
 
@@ -44,8 +49,9 @@ class StepModelConfig(PretrainedConfig):
 
     def __init__(self, n_channels: int = 1, n_bins: int = 256, prefix_vocab: int = 8, prefix_length: int = 1,
                  context: int = 96, calendar_sizes: list[int] | tuple[int, ...] = (), n_layer: int = 2,
-                 n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, **kwargs) -> None:
+                 n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, copy: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.copy = bool(copy)  # False for models saved before the copy component
         self.n_channels, self.n_bins = int(n_channels), int(n_bins)
         self.prefix_vocab, self.prefix_length, self.context = int(prefix_vocab), int(prefix_length), int(context)
         self.calendar_sizes = [int(s) for s in calendar_sizes]
@@ -101,11 +107,8 @@ class _Block(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        if cache is None and self.training and self.p > 0:  # torch's fused attention with dropout is 10x slower
-            w = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-            w = w.masked_fill(torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
-            att = F.dropout(w.softmax(-1), self.p, training=True) @ v
-        elif cache is None:  # the whole window at once
+        if cache is None:  # the whole window at once (no dropout on attention weights: on a CPU, dropping
+            # from the (steps x steps) weights costs more than the rest of the step; the residual paths keep theirs)
             att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # generation: new positions after the cached ones (several only into an empty cache)
             lo, hi = cache.fill, cache.fill + t
@@ -142,6 +145,7 @@ class StepModel(PreTrainedModel):
         self.head_ln, self.head_out_ln = nn.LayerNorm(d), nn.LayerNorm(d)
         self.head_fc, self.head_proj = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
         self.value_head = nn.Linear(d, config.n_bins + 1)  # bins, then "missing"
+        self.copy_head = nn.Linear(d, 3) if config.copy else None  # gate, shift, width of the copy component
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -185,35 +189,49 @@ class StepModel(PreTrainedModel):
         """A training window: prefix tokens (b, p), the previous step's values of each step (b, steps, channels)
         and each step's calendar features (b, steps, features). Without ``targets``: the hidden states
         (b, p + steps, d). With the steps' value ids as ``targets``: the prefix logits (b, p - 1, prefix vocab;
-        None when p is 1) and the value logits (b, steps, channels, bins + 1)."""
+        None when p is 1) and the values' log-probabilities (b, steps, channels, bins + 1)."""
         x = torch.cat([self.prefix_emb(prefix_ids), self.step_inputs(prev_ids, calendar)], dim=1)
         h = self.hidden(x)
         if targets is None:
             return h
         p = prefix_ids.shape[1]
-        return (self.prefix_head(h[:, :p - 1]) if p > 1 else None), self.channel_logits_all(h[:, p:], targets)
+        return (self.prefix_head(h[:, :p - 1]) if p > 1 else None), self.channel_logits_all(h[:, p:], targets, prev_ids)
 
     # ------------------------------------------------------------------ outputs
-    def _head(self, u: torch.Tensor) -> torch.Tensor:
-        z = u + self.head_proj(F.gelu(self.head_fc(self.head_ln(u))))
-        return self.value_head(self.head_out_ln(z))
+    def _head(self, u: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (..., bins + 1) from head inputs ``u`` (..., d) and the channel's previous value ids
+        ``prev`` (...) (used by the copy component; a start or missing id turns it off)."""
+        z = self.head_out_ln(u + self.head_proj(F.gelu(self.head_fc(self.head_ln(u)))))
+        free = F.log_softmax(self.value_head(z).float(), dim=-1)
+        if self.copy_head is None:
+            return free
+        k = self.config.n_bins
+        gate, shift, width = self.copy_head(z).float().unbind(-1)
+        centre = prev.clamp(max=k - 1).float() + 4.0 * torch.tanh(shift / 4.0)
+        sigma = F.softplus(width + 1.0) + 0.3  # bins
+        grid = torch.arange(k, device=u.device, dtype=torch.float32)
+        near = F.log_softmax(-0.5 * ((grid - centre[..., None]) / sigma[..., None]) ** 2, dim=-1)
+        gate = torch.where(prev < k, gate, torch.full_like(gate, -30.0))  # no previous value: the free part only
+        copied = torch.cat([near, torch.full_like(near[..., :1], -1e4)], dim=-1) + F.logsigmoid(gate)[..., None]
+        return torch.logaddexp(copied, free + F.logsigmoid(-gate)[..., None])
 
-    def channel_logits_all(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Logits (b, t, channels, bins + 1) of every channel of every step, each given the true values of the
-        channels before it (teacher forcing): ``h`` (b, t, d), ``targets`` (b, t, channels) value ids."""
+    def channel_logits_all(self, h: torch.Tensor, targets: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (b, t, channels, bins + 1) of every channel of every step, each given the true values
+        of the channels before it (teacher forcing): ``h`` (b, t, d), ``targets`` and ``prev`` (b, t, channels)
+        the steps' value ids and their previous steps'."""
         b, t, c = targets.shape
         chain = self.chain_emb(targets.clamp(max=self.config.n_ids - 1) + self._channel_offsets(targets.device))
         before = torch.cumsum(chain, dim=2) - chain
         denom = torch.arange(c, device=h.device).clamp(min=1).sqrt()[:, None]
         ch = self.channel_emb(torch.arange(c, device=h.device).expand(b, c))[:, None]  # (b, 1, c, d)
-        return self._head(h[:, :, None] + ch + before / denom)
+        return self._head(h[:, :, None] + ch + before / denom, prev)
 
-    def channel_logits(self, h: torch.Tensor, channel: int, before: torch.Tensor) -> torch.Tensor:
-        """Logits (b, bins + 1) of ``channel`` at one step: ``h`` (b, d), ``before`` (b, d) the summed chain
-        embeddings of the channels already drawn."""
+    def channel_logits(self, h: torch.Tensor, channel: int, before: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (b, bins + 1) of ``channel`` at one step: ``h`` (b, d), ``before`` (b, d) the summed
+        chain embeddings of the channels already drawn, ``prev`` (b,) the channel's previous value ids."""
         b = h.shape[0]
         ch = self.channel_emb(torch.full((b,), channel, dtype=torch.long, device=h.device))
-        return self._head(h + ch + before / math.sqrt(max(channel, 1)))
+        return self._head(h + ch + before / math.sqrt(max(channel, 1)), prev)
 
     def chain(self, channel: int, ids: torch.Tensor) -> torch.Tensor:
         """The chain embedding (b, d) of ``channel`` holding value ids ``ids`` (b,)."""

@@ -40,9 +40,15 @@ MIN_CALENDAR_COVERAGE = 0.9  # share of a feature's values that the training dat
 STEPS_PER_DAY_MAX = 1440
 
 
+WHOLE_SERIES = 512  # series up to this many steps are seen whole
+
+
 def default_context(freq: str | None, length: int) -> int:
-    """Steps the model sees at once: four days of sub-daily data (96 hours, 384 quarter hours, capped at 512),
-    eight weeks of daily data, 128 steps otherwise; the whole series where the longest is at most twice that."""
+    """Steps the model sees at once: the whole series where the longest has at most ``WHOLE_SERIES`` steps (or
+    twice the windowed context), so that what happens at a given step of the data (a holiday, a clock change
+    shared by every series) is a position the model can learn; longer series are seen in windows of four days
+    of sub-daily data (96 hours, 384 quarter hours, capped at 512), eight weeks of daily data, 128 steps
+    otherwise."""
     per_day = steps_per_day(freq)
     if per_day is not None and per_day > 1:
         ctx = min(4 * per_day, 512)
@@ -50,7 +56,7 @@ def default_context(freq: str | None, length: int) -> int:
         ctx = 56
     else:
         ctx = 128
-    return int(max(2, length if length <= 2 * ctx else ctx))
+    return int(max(2, length if length <= max(2 * ctx, WHOLE_SERIES) else ctx))
 
 
 def step_delta(freq: str | None) -> int | None:
@@ -58,8 +64,14 @@ def step_delta(freq: str | None) -> int | None:
     if not freq:
         return None
     try:
-        return int(pd.to_timedelta(pd.tseries.frequencies.to_offset(freq)).value)
+        offset = pd.tseries.frequencies.to_offset(freq)
     except ValueError:
+        return None
+    if isinstance(offset, pd.offsets.Day):  # a calendar day in pandas 3, 24 hours in tz-naive stamps
+        return int(offset.n) * DAY_NS
+    try:
+        return int(pd.to_timedelta(offset).value)
+    except (ValueError, TypeError):
         return None
 
 
@@ -260,7 +272,7 @@ class StepCodec:
         """Keyword arguments of :class:`tsynth.stepmodel.StepModelConfig` for this codec."""
         return dict(n_channels=self.n_channels, n_bins=self.n_bins, prefix_vocab=self.prefix_vocab,
                     prefix_length=self.prefix_length, context=self.context,
-                    calendar_sizes=[s for _, s in self.calendar], dropout=dropout, **preset)
+                    calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=True, **preset)
 
     # ------------------------------------------------------------------ encoding
     def encode(self, data: SeriesSet) -> dict[str, np.ndarray]:
