@@ -96,7 +96,8 @@ def bench_ray(n: int, work: Path) -> dict:
         figures = syn.sample(n, seed=0, output=out, engine="ray", workers=workers, batch_size=2000)
         table = ds.dataset(out, format="parquet").to_table(columns=["item_id"])
         ids = table.column("item_id").to_pylist()
-        figures.update(rows_read=len(ids), unique_ids=len(set(ids)), series_per_s=n / figures["seconds"])
+        figures.update(rows_read=len(ids), unique_ids=len(set(ids)), series_per_s=n / figures["seconds"],
+                       series_per_cpu_s=n / figures["cpu_seconds"])
         report["runs"][f"{workers}_worker{'s' if workers > 1 else ''}"] = figures
         print(workers, {k: figures[k] for k in ("seconds", "series_per_s", "peak_mb_per_worker", "rows_read")},
               flush=True)
@@ -156,9 +157,12 @@ def scale_section(out_dir: Path = RESULTS) -> list[str]:
         d = json.loads(ray.read_text())
         lines += [f"`{d['command']}` ({d['date']}, {d['cores']} cores, {d['machine']}): {d['series']:,} series x "
                   f"{d['steps']} steps sampled on a fresh local Ray cluster of 1, then 2 workers.", "",
-                  "| workers | seconds | series / s | peak MB per worker | rows read | unique ids |", "|---|---|---|---|---|---|"]
+                  "| workers | seconds | series / s | series / CPU s | peak MB per worker | rows read | unique ids |",
+                  "|---|---|---|---|---|---|---|"]
         for name, r in d["runs"].items():
+            per_cpu = r.get("series_per_cpu_s")
             lines.append(f"| {r['workers']} | {r['seconds']:.0f} | {r['series_per_s']:.0f} | "
+                         f"{'-' if per_cpu is None else f'{per_cpu:.0f}'} | "
                          f"{', '.join(f'{m:.0f}' for m in r['peak_mb_per_worker'])} | {r['rows_read']:,} | "
                          f"{r['unique_ids']:,} |")
         lines += ["", f"Throughput of 2 workers / 1 worker: x{d['speedup']:.2f}.", ""]

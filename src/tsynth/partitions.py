@@ -66,14 +66,14 @@ def write_batch(syn, out_dir: str | os.PathLike, k: int, first: int, size: int, 
                 options: dict[str, Any]) -> dict[str, Any]:
     """Draw batch ``k`` (``size`` series, ids counted from ``first``) and write its partition; returns what the
     driver counts (never the series)."""
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     part = syn.sample(size, seed=batch_seed(seed, k), progress=False, **options)
     for i, x in enumerate(part.item_id):  # unconditional ids count on across batches
         if x == f"synthetic_{i}":
             part.item_id[i] = f"synthetic_{first + i}"
     part.write(Path(out_dir) / partition_name(k))
-    return {"batch": k, "series": len(part), "seconds": time.time() - t0, "pid": os.getpid(),
-            "peak_mb": peak_memory_mb()}
+    return {"batch": k, "series": len(part), "seconds": time.time() - t0, "cpu_seconds": time.process_time() - cpu0,
+            "pid": os.getpid(), "peak_mb": peak_memory_mb()}
 
 
 def prepare_output(out_dir: str | os.PathLike, request: dict[str, Any], resume: bool, overwrite: bool) -> list[int]:
@@ -169,7 +169,8 @@ def sample_to_directory(syn, n: int, out_dir: str | os.PathLike, *, model_dir: s
         peaks[r["pid"]] = max(peaks.get(r["pid"], 0.0), r["peak_mb"])
     return {"batches": batches, "drawn": len(runs), "already_there": batches - len(todo), "series": n,
             "seconds": time.time() - t0, "engine": engine, "workers": len(peaks),
-            "peak_mb_per_worker": sorted(peaks.values()), "redone": sum(r.get("redone", 0) for r in runs)}
+            "peak_mb_per_worker": sorted(peaks.values()), "redone": sum(r.get("redone", 0) for r in runs),
+            "cpu_seconds": sum(r["cpu_seconds"] for r in runs)}
 
 
 # ---------------------------------------------------------------------- Ray
