@@ -134,6 +134,9 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 16)")
     g.add_argument("--target-modules", help="comma-separated linear layers to adapt (default all-linear)")
     g.add_argument("--merge", action="store_true", help="save merged weights instead of the adapter")
+    g.add_argument("--text-style", choices=["integer", "compact", "recipe"],
+                   help="how the values are written in the chat text: 'integer' (default: values x 10^decimals, no "
+                        "spaces, ~4 tokens a value), 'compact' (no spaces), 'recipe' (the recipe's exact JSON, ~7)")
     g.add_argument("--max-memory", metavar="SIZE",
                    help="memory the fit may use, e.g. 3G or 512M (default on a CPU: the weights and as much again, at "
                         "least 1 GiB more); micro-batches and activation checkpointing are chosen to fit it")
@@ -187,6 +190,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_plan(event: dict) -> None:
+    """The fit's plan, printed before training (other training events pass)."""
+    if event.get("type") != "plan":
+        return
+    stop = f"early stopping, cap {event['epochs_cap']}" if event["early_stopping"] else "fixed"
+    line = (f"plan: {event['models']} {event['model']} model{'s' * (event['models'] > 1)}, {event['workers']} at a time, "
+            f"about {event['expected_epochs']} epochs each ({stop}) of {event['train_rows']} rows")
+    if event.get("epoch_s") is not None:
+        line += f"; {event['epoch_s']:.1f} s per epoch, about {event['expected_s'] / 60:.1f} min"
+    if event.get("time_limit_s"):
+        line += f" (time limit {event['time_limit_s']:.0f} s)"
+    print(line, flush=True)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a backend on DATA and write a model directory."""
     from .data import SeriesSet
@@ -211,13 +228,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.base_model:
             lora = {k: getattr(args, k) for k in ("lora_rank", "lora_alpha", "target_modules", "max_memory")
                     if getattr(args, k)}
+            lora.update({"style": args.text_style} if args.text_style else {})
             opts = {k: v for k, v in local_options(args).items()
                     if k in ("epochs", "batch_size", "learning_rate", "seed", "time_limit_s")}
             syn = Synthesizer("pretrained", base_model=args.base_model, merge=args.merge, **lora, **opts)
         else:
             syn = Synthesizer("local", **local_options(args))
         ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else Path(args.output).with_name(Path(args.output).name + ".checkpoints")
-        syn.fit(data, checkpoint_dir=ckpt, resume=args.resume, progress=True)
+        if args.dry_run:
+            if args.base_model or not isinstance(data, SeriesSet):
+                raise TsynthError("--dry-run plans the local model's fit of a data file (not --base-model or a stream)")
+            syn.fit(data, callback=print_plan, progress=False, dry_run=True)
+            return 0
+        syn.fit(data, checkpoint_dir=ckpt, resume=args.resume, progress=True,
+                **({"callback": print_plan} if not args.base_model and isinstance(data, SeriesSet) else {}))
         if not main_process:  # data-parallel: the main process writes the model directory, once
             return 0
     else:
@@ -554,13 +578,18 @@ def _short(v: Any) -> str:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Write OpenAI chat-format training files (train.jsonl, validation.jsonl)."""
     from .backends.openai import prepare_files
-    from .codecs.chat import ChatCodec
+    from .codecs.chat import ChatCodec, tokens_per_value
 
     fields_ = [f.strip() for f in args.user_fields.split(",") if f.strip()] if args.user_fields else []
     codec = ChatCodec(**({"system_prompt": args.system_prompt} if args.system_prompt else {}),
                       user_fields=fields_, series_key=args.series_key, decimals=args.decimals)
-    report = prepare_files(load_data(args), args.output, codec, args.validation_fraction, args.seed, args.model)
+    data = load_data(args)
+    report = prepare_files(data, args.output, codec, args.validation_fraction, args.seed, args.model)
     print(report.summary())
+    dense = ChatCodec(series_key=args.series_key, decimals=args.decimals, style="integer").fit(data)
+    print(f"tokens per value (estimated): {tokens_per_value(codec, data):.1f} in these files (the recipe's JSON); "
+          f"{tokens_per_value(dense, data):.1f} as integers at the data's resolution, the text that tsynth fit "
+          "--base-model trains open models on")
     return 0
 
 
@@ -663,6 +692,7 @@ EXAMPLES = {
   tsynth demo -o /tmp/demo --epochs 20""",
     "fit": """examples:
   tsynth fit electricity.parquet --length 100 -o model            # the recipe's first 100 hours per client
+  tsynth fit electricity.parquet --length 100 -o model --dry-run  # say the plan (models, epochs, minutes), train nothing
   tsynth fit meters.csv --id-col meter --time-col ts --value-cols kwh -o model --preset small
   tsynth fit stocks.csv --layout wide --length 24 --stride 1 -o model
   tsynth fit meters.parquet -o model --context 168          # whole long series (NaN gaps allowed), a week of context
@@ -672,6 +702,7 @@ EXAMPLES = {
   tsynth fit meters/ -o model --ensemble 1          # a folder (or 'meters/*.parquet') of partitions, streamed
   accelerate launch --num_processes 8 -m tsynth fit meters.parquet -o model --ensemble 1   # 8 GPUs
   tsynth fit data.parquet --length 24 -o model --base-model HuggingFaceTB/SmolLM2-135M-Instruct --lora-rank 8
+  tsynth fit data.parquet -o model --base-model SmolLM2-135M-Instruct.Q4_1.gguf --max-memory 3G --epochs 1
   tsynth fit data.parquet --length 100 -o model --backend openai --model gpt-4o-mini-2024-07-18 \\
       --n-epochs 10 --batch-size 2 --learning-rate-multiplier 2 --suffix elec""",
     "sample": """examples:
@@ -731,6 +762,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last checkpoint")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the checkpoints once the model is written (default: removed)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="local backend: read the data, time a few training steps and print the plan (models, "
+                        "expected epochs, minutes); train and write nothing")
     p.add_argument("--processes", type=int, metavar="N",
                    help="local backend: train data-parallel in N processes on this machine, each on its share of "
                         "every batch (the batch stays the global one); the same as `accelerate launch "

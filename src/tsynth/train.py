@@ -196,7 +196,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
              field_slots: list[tuple[int, int]], cfg: TrainConfig, checkpoint_dir: Path | None = None,
              resume: bool = False, callback: Callable[[dict], None] | None = None, dp=None,
              progress: bool = True, source_arrays: dict[str, np.ndarray] | None = None,
-             stream=None) -> tuple[object, TrainResult]:
+             stream=None, micro_batches: Callable[[torch.Tensor], list[tuple[torch.Tensor, float]]] | None = None
+             ) -> tuple[object, TrainResult]:
     """Train ``model`` on token arrays; returns the best model (lowest validation loss) and the figures.
 
     ``loss_fn(model, batch, reduction)`` computes the loss of a batch of rows of the token arrays
@@ -206,7 +207,9 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     the run (:func:`run_fingerprint`; ``source_arrays``: arrays the rows of ``train_tokens`` index, as the step
     model's do), and ``resume`` refuses a checkpoint whose fingerprint differs, naming the difference.
     ``stream`` (a :class:`tsynth.streaming.RowStream`) gives each epoch's rows instead of ``train_tokens`` (then
-    unused): data read partition by partition, never held whole.
+    unused): data read partition by partition, never held whole. ``micro_batches(rows)`` splits a batch into
+    ``(part, share)`` pairs whose gradients accumulate (the batch loss is the sum of share x part loss), so that
+    only one part's activations are held at a time. Only trainable parameters are copied as the best state.
     """
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -234,6 +237,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     plain = accelerator.unwrap_model(model)
     plain = dp.detach(plain) if dp is not None else plain  # the HF model inside every wrapper
     best_state, best_loss, bad_epochs, start_epoch = None, math.inf, 0, 0
+    # frozen weights (a LoRA fit's base model) never change: the best state holds the trained ones only
+    frozen = {k for k, p in plain.named_parameters(remove_duplicate=False) if not p.requires_grad}
     t0 = time.time()
     state_file = checkpoint_dir / "progress.json" if checkpoint_dir else None
     if resume and state_file is not None and state_file.exists():
@@ -249,7 +254,10 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         start_epoch, best_loss, bad_epochs = saved["epoch"], saved["best_loss"], saved["bad_epochs"]
         gen.set_state(torch.load(state_dir / "generator.pt"))
         best_state = torch.load(state_dir / "best.pt") if (state_dir / "best.pt").exists() else None
-    bar = tqdm(total=result.epochs_planned, initial=start_epoch, desc="training", unit="epoch",
+    validated = valid_tokens is not None
+    bar = tqdm(total=initial_epochs(cfg, validated) if start_epoch == 0 else
+               expected_epochs(result, bad_epochs, cfg.patience, validated),
+               initial=start_epoch, desc="training", unit="epoch",
                disable=not progress or not accelerator.is_main_process, leave=False)
     clock = _TimeLimit(cfg.time_limit_s, steps_per_epoch, cfg.epochs * steps_per_epoch,
                        None if valid_tokens is None else
@@ -274,8 +282,13 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
             if dp is not None:
                 loss = dp.step(model, optimizer, tokens, loss_fn)
             else:
-                loss = loss_fn(model, tokens)
-                accelerator.backward(loss)
+                parts = micro_batches(tokens) if micro_batches is not None else [(tokens, 1.0)]
+                done = []
+                for part, share in parts:
+                    part_loss = loss_fn(model, part) * share
+                    accelerator.backward(part_loss)
+                    done.append(part_loss.detach())
+                loss = torch.stack(done).sum()
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -296,20 +309,22 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         score = vloss if vloss is not None else result.train_loss[-1]
         if score < best_loss - 1e-4:
             best_loss, bad_epochs, result.best_epoch = score, 0, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in plain.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in plain.state_dict().items() if k not in frozen}
         else:
             bad_epochs += 1
         result.seconds = time.time() - t0
         early = valid_tokens is not None and bad_epochs >= cfg.patience
         if not early:
             clock.after_epoch(result)
-            bar.total = result.epochs_planned
+        expected = result.epochs_run if early else expected_epochs(result, bad_epochs, cfg.patience, validated)
+        bar.total = expected
         state_dir = None if checkpoint_dir is None else _save_checkpoint(
             accelerator, checkpoint_dir, gen, best_state, epoch + 1, best_loss, bad_epochs, result, fingerprint)
         bar.set_postfix(train=f"{result.train_loss[-1]:.3f}", valid="-" if vloss is None else f"{vloss:.3f}")
         bar.update(1)
         if callback is not None:
-            callback({"type": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "step": result.steps,
+            callback({"type": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "expected_epochs": expected,
+                      "step": result.steps,
                       "train_loss": result.train_loss[-1], "valid_loss": vloss, "tokens": result.tokens,
                       "checkpoint": str(state_dir) if state_dir else None})
         if early:
@@ -320,9 +335,31 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     if dp is not None:
         dp.close(model)
     if best_state is not None:
-        plain.load_state_dict(best_state)
+        plain.load_state_dict(best_state, strict=not frozen)
     plain.eval()
     return plain, result
+
+
+TYPICAL_PATIENCE_SPANS = 2.5  # a run's length in patience spans, before its own validation losses say more
+
+
+def initial_epochs(cfg: TrainConfig, validated: bool) -> int:
+    """Epochs a run is expected to train before it starts: the cap without validation; with it, early stopping
+    typically ends a run after two and a half patience spans (see :func:`expected_epochs`)."""
+    return cfg.epochs if not validated else int(min(cfg.epochs, TYPICAL_PATIENCE_SPANS * cfg.patience))
+
+
+def expected_epochs(result: TrainResult, bad_epochs: int, patience: int, validated: bool) -> int:
+    """Epochs a run is expected to train, from what it has done: the plan (the cap, or what the time limit leaves)
+    without validation; with it, early stopping ends the run ``patience`` epochs after its best epoch, and the best
+    epoch keeps moving while the validation loss falls, taken as half again the best epoch so far, and a run is
+    taken to last at least what a typical one does. Progress bars count this, so their totals and time estimates
+    follow the work that will really be done."""
+    if not validated:
+        return result.epochs_planned
+    guess = max(result.epochs_run + patience - bad_epochs, math.ceil(1.5 * result.best_epoch) + patience,
+                math.ceil(TYPICAL_PATIENCE_SPANS * patience))
+    return int(min(result.epochs_planned, guess))
 
 
 def _lr_factor(step: int, result: TrainResult, warmup: int) -> float:

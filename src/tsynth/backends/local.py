@@ -41,7 +41,7 @@ from ..stepgen import GAPS, generate_steps, parse_start
 from ..stepmodel import StepModel, StepModelConfig, window_loss
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
 from ..tokenmodel import PRESETS, build_model, factor_positions, select_trainable
-from ..train import (MAX_SMOOTHING, TrainConfig, seconds_per_step, step_smoothing, train_device, train_lm,
+from ..train import (MAX_SMOOTHING, TrainConfig, initial_epochs, seconds_per_step, step_smoothing, train_device, train_lm,
                      value_token_loss)
 
 log = logging.getLogger("tsynth")
@@ -154,13 +154,17 @@ class LocalBackend:
         self.training: dict[str, Any] = {}
         self.schema: dict[str, Any] = {}
         self.privacy: dict[str, Any] | None = None
+        self.plan: dict[str, Any] | None = None  # what the last fit planned (see fit)
         self.prior: dict[str, Any] | None = None  # the prior this model was fine-tuned from
         self.corpus: dict[str, Any] | None = None  # set when this model *is* a prior (see tsynth.prior)
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: SeriesSet, callback: Callable[[dict], None] | None = None,
-            checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> None:
-        """Fit the codec and train the model(s) on ``train``."""
+            checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+            dry_run: bool = False) -> None:
+        """Fit the codec and train the model(s) on ``train``. Before training, ``callback`` gets the plan (an event
+        of type "plan", also kept as ``self.plan``: models, expected epochs, and, timed by a probe of a few steps
+        when ``progress`` or ``dry_run`` is set, seconds per epoch and expected minutes); ``dry_run`` stops there."""
         if len(train) < MIN_SERIES:
             raise DataError(f"{len(train)} series are too few to learn from; the local backend needs at least {MIN_SERIES}")
         started = time.time()
@@ -260,6 +264,11 @@ class LocalBackend:
         plan = None
         if opts.train.time_limit_s is not None:
             jobs, plan = self._share_time(jobs, started + opts.train.time_limit_s, checkpoint_dir, resume)
+        self.plan = self._plan(kind, jobs, plan, probe=progress or dry_run)
+        if callback is not None:
+            callback(self.plan)
+        if dry_run:
+            return
         t0 = time.time()
         outcomes = run_members(jobs, callback, progress, opts.workers)
         self.models = [o["model"] for o in outcomes]
@@ -350,6 +359,27 @@ class LocalBackend:
         return [replace(job, cfg=replace(job.cfg, time_limit_s=plan["time_limit_s"], dropout=plan["dropout"]),
                         deadline=now + (i // workers + 1) * plan["time_limit_s"])
                 for i, job in enumerate(jobs[:plan["members"]])], plan
+
+    def _plan(self, kind: str, jobs: list[MemberJob], time_plan: dict | None, probe: bool) -> dict:
+        """What the fit will do: models, workers, epochs (cap and expected), and, with ``probe`` or a time limit,
+        seconds per epoch and the expected minutes (members train ``workers`` at a time)."""
+        job = jobs[0]
+        workers = min(len(jobs), self.options.workers or len(os.sched_getaffinity(0)))
+        validated = job.valid_tokens is not None
+        epochs = initial_epochs(job.cfg, validated)
+        plan: dict = {"type": "plan", "model": kind, "models": len(jobs), "workers": workers,
+                      "epochs_cap": job.cfg.epochs, "expected_epochs": epochs, "early_stopping": validated,
+                      "train_rows": len(job.train_tokens), "batch_size": job.cfg.batch_size,
+                      "time_limit_s": self.options.train.time_limit_s}
+        epoch_s = time_plan["epoch_s"] if time_plan else (
+            self._epoch_seconds(job, one_thread=workers > 1) if probe else None)
+        if epoch_s is not None:
+            rounds = math.ceil(len(jobs) / workers)
+            if time_plan:
+                plan["expected_epochs"] = epochs = max(1, min(epochs, math.ceil(time_plan["time_limit_s"] / epoch_s)))
+            seconds = rounds * epochs * epoch_s
+            plan.update(epoch_s=epoch_s, expected_s=min(seconds, self.options.train.time_limit_s or seconds))
+        return plan
 
     @staticmethod
     def _epoch_seconds(job: MemberJob, one_thread: bool) -> float:
@@ -617,8 +647,18 @@ def run_members(jobs: list[MemberJob], callback: Callable[[dict], None] | None, 
 
     events: Queue = Queue()
     pending, running, done = list(jobs), {}, {}
-    bar = tqdm(total=sum(j.cfg.epochs for j in jobs), desc=f"training {len(jobs)} members", unit="epoch",
+    # the bar counts the epochs each member is expected to train (members report their estimate after every
+    # epoch; members not yet started are taken to train as many as the latest estimate)
+    expected = {j.member: initial_epochs(j.cfg, j.valid_tokens is not None) for j in jobs}
+    bar = tqdm(total=sum(expected.values()), desc=f"training {len(jobs)} members", unit="epoch",
                disable=not progress, leave=False)
+
+    def recount(member: int, epochs: int) -> None:
+        expected[member] = epochs
+        for j in pending:
+            expected[j.member] = epochs
+        bar.total = sum(expected.values())
+
     tmp = _inputs_dir(jobs)
     try:
         while pending or running:
@@ -635,11 +675,13 @@ def run_members(jobs: list[MemberJob], callback: Callable[[dict], None] | None, 
                 model = job.fresh_model(job.cfg.dropout)
                 model.load_state_dict(res["weights"])
                 done[member] = {"model": model.eval(), "result": res["result"], "privacy": res["privacy"]}
-                bar.update(job.cfg.epochs - res["result"]["epochs_run"])  # epochs skipped by early stopping
+                recount(member, res["result"]["epochs_run"])
+                bar.refresh()
                 continue
             event = json.loads(line)
             if "error" in event:  # the child refused its input (e.g. a checkpoint of another fit)
                 raise ConfigError(event["error"])
+            recount(member, event.get("expected_epochs", event["epochs"]))
             bar.update(1)
             bar.set_postfix(member=member, train=f"{event['train_loss']:.3f}")
             if callback is not None:

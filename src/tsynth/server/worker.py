@@ -136,7 +136,7 @@ def plan_for(model: str, codec: ChatCodec, base: str | None = None) -> Plan:
     from ..backends.pretrained import TRAIN_DEFAULTS, adapter_weight
 
     options = {"base_model": base or model, "system_prompt": codec.system_prompt, "user_fields": list(codec.user_fields),
-               "series_key": codec.series_key, "decimals": codec.decimals}
+               "series_key": codec.series_key, "decimals": codec.decimals, "style": codec.style}
     return Plan("pretrained", options, int(TRAIN_DEFAULTS["batch_size"]), TRAIN_DEFAULTS["learning_rate"], adapter_weight)
 
 
@@ -290,9 +290,12 @@ class _Progress:
         job = self.store.job(self.job_id)
         if job is None or job["status"] != "running":
             raise Cancelled
+        if ev.get("type", "epoch") != "epoch":  # the fit's plan: nothing to record yet
+            return
         epoch, step = ev["epoch"], ev["step"]
+        expected = ev.get("expected_epochs", self.epochs)  # what early stopping or the time limit will leave
         self.first_epoch = self.first_epoch or epoch
-        total = step // epoch * self.epochs
+        total = step // epoch * expected
         data = {"step": step, "train_loss": ev["train_loss"], "total_steps": total}
         msg = f"Step {step}/{total}: training loss={ev['train_loss']:.2f}"
         if ev.get("valid_loss") is not None:
@@ -308,7 +311,7 @@ class _Progress:
                 old.unlink()
         per_epoch = (time.time() - self.t0) / (epoch - self.first_epoch + 1)
         self.store.update_job(self.job_id, only_if=("running",),
-                              estimated_finish=int(time.time() + per_epoch * (self.epochs - epoch)))
+                              estimated_finish=int(time.time() + per_epoch * max(expected - epoch, 0)))
 
     def _snapshot(self, weights: Path, dest: Path) -> None:
         """Copy the epoch's weights (only those ``keeps`` selects, where given) to ``dest``."""
