@@ -155,7 +155,7 @@ def test_clear_errors(base, tmp_path):
         PretrainedLoRABackend(base_model=plain).fit(series(8), progress=False)
     with pytest.raises(DataError, match="reads at most 256"):
         PretrainedLoRABackend(base_model=base, **FAST).fit(series(8, length=60), progress=False)
-    with pytest.raises(ConfigError, match="cannot load"):
+    with pytest.raises(ConfigError, match="no such file or folder"):
         PretrainedLoRABackend(base_model=str(tmp_path / "missing")).fit(series(8), progress=False)
 
 
@@ -169,3 +169,169 @@ def test_cli_fit_with_base_model(base, tmp_path):
     doc = json.loads((model / "tsynth.json").read_text())
     assert doc["backend"] == "pretrained" and doc["options"]["lora_rank"] == 4
     assert main(["sample", str(model), "-n", "3", "-o", str(tmp_path / "syn.csv")]) == 0
+
+
+# ---------------------------------------------------------------------- bounded memory
+def test_micro_batches_accumulate_the_full_batch_gradient(base):
+    """Gradients summed over token-bounded micro-batches (share x part loss) equal the whole batch's, and the
+    chunked answer loss equals cross-entropy over full logits."""
+    import torch
+    import torch.nn.functional as F
+
+    from tsynth.backends.pretrained import (PretrainedOptions, add_lora, answer_nll, chat_loss, load_model,
+                                            load_tokenizer, micro_batches)
+
+    tok = load_tokenizer(base)
+    data = series(5, length=7)
+    codec = ChatCodec(system_prompt="S.", decimals=2, style="integer").fit(data)
+    rows = torch.as_tensor(encode_chats(tok, codec, data, tok.eos_token_id))
+    torch.manual_seed(0)
+    model = add_lora(load_model(base, "float32"), PretrainedOptions(base_model=base, lora_dropout=0.0)).eval()
+    ids = (rows.abs() - 1).clamp(min=0)
+    logits = model(input_ids=ids[:, :-1], attention_mask=(rows[:, :-1] != 0).long()).logits
+    targets = torch.where(rows[:, 1:] > 0, ids[:, 1:], -100)
+    reference = F.cross_entropy(logits.transpose(1, 2), targets, reduction="sum")
+    nll, count = answer_nll(model, rows)
+    assert torch.allclose(nll.sum(), reference, rtol=1e-5) and int(count.sum()) == int((rows > 0).sum())
+
+    parts = micro_batches(2 * rows.shape[1])(rows)
+    assert [len(p) for p, _ in parts] == [2, 2, 1] and abs(sum(s for _, s in parts) - 1) < 1e-9
+    loss = chat_loss(10_000)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    whole = torch.autograd.grad(loss(model, rows), trained)
+    summed = [torch.zeros_like(p) for p in trained]
+    for part, share in parts:
+        for acc, g in zip(summed, torch.autograd.grad(loss(model, part) * share, trained)):
+            acc += g
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, summed))
+
+
+def test_memory_plan_checkpoints_only_when_activations_do_not_fit():
+    import torch
+    from transformers import LlamaConfig
+
+    from tsynth.backends.pretrained import GiB, plan_memory
+
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
+    roomy = plan_memory(cfg, 135_000_000, torch.float32, 8, 400, "12G")
+    assert roomy.checkpoint_every == 0 and roomy.micro_batch_rows == 8 and roomy.estimate <= 12 * GiB
+    tight = plan_memory(cfg, 135_000_000, torch.float32, 8, 400, "2G")
+    assert tight.checkpoint_every > 0 and 1 <= tight.micro_batch_rows and tight.estimate <= 2 * GiB
+    assert "checkpointing on" in tight.describe() and tight.to_dict()["micro_batch_tokens"] == 400 * tight.micro_batch_rows
+    with pytest.raises(ConfigError, match="even one row at a time.*raise --max-memory"):
+        plan_memory(cfg, 135_000_000, torch.float32, 8, 400, "1G")
+    with pytest.raises(ConfigError, match="max_memory must be a size"):
+        PretrainedLoRABackend(base_model="x", max_memory="lots")
+
+
+def test_fit_records_its_memory_plan_and_tokens_per_value(base):
+    backend = PretrainedLoRABackend(base_model=base, max_memory="3G", **{**FAST, "epochs": 1})
+    backend.fit(series(8, length=6), progress=False)
+    tr = backend.training
+    assert tr["memory"]["budget"] == 3 * 2**30 and tr["memory"]["source"] == "max_memory"
+    assert "micro-batches of up to" in tr["memory"]["summary"]
+    rendered = backend.codec.render(series(8, length=6).series(0))
+    assert tr["tokens_per_value"] > 1 and rendered.startswith('{"consumption":[') and "." not in rendered
+
+
+# ---------------------------------------------------------------------- bad input: one line, exit 2, nothing written
+def _gguf(path, arch):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def _huge_llama(path):
+    """A chat tokenizer and the configuration (no weights) of a 400-billion-parameter Llama."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=128256, hidden_size=16384, intermediate_size=53248, num_hidden_layers=126,
+                num_attention_heads=128, num_key_value_heads=8).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def test_bad_base_models_fail_before_any_work(base, tmp_path, capsys):
+    from transformers import T5Config
+
+    from tsynth.cli import main
+
+    pytest.importorskip("gguf")
+    series(8).write(tmp_path / "data.csv")
+    T5Config(d_model=8, d_ff=16, num_layers=1, num_heads=2, d_kv=4, vocab_size=20).save_pretrained(tmp_path / "t5")
+    cases = {
+        str(tmp_path / "missing"): "no such file or folder",
+        str(tmp_path / "t5"): "is a T5 model, not a causal language model",
+        _gguf(tmp_path / "rwkv.gguf", "rwkv6"): "architecture rwkv6 is not supported",
+        _huge_llama(tmp_path / "huge"): r"parameters take .* but only .* free",
+        save_base(tmp_path / "plain", chat_template=None): "no chat template",
+    }
+    for k, (model, message) in enumerate(cases.items()):
+        out = tmp_path / f"m{k}"
+        capsys.readouterr()
+        assert main(["fit", str(tmp_path / "data.csv"), "-o", str(out), "--base-model", model]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tsynth")]
+        assert len(err) == 1 and __import__("re").search(message, err[0]), err
+        assert not out.exists() and not (tmp_path / f"m{k}.checkpoints").exists()
+    assert main(["fit", str(tmp_path / "data.csv"), "-o", str(tmp_path / "small"), "--base-model", base,
+                 "--max-memory", "1M"]) == 2
+    assert "even one row at a time" in capsys.readouterr().err and not (tmp_path / "small").exists()
+
+
+# ---------------------------------------------------------------------- compact text
+def test_text_styles_round_trip_at_the_datas_resolution():
+    from tsynth.codecs.chat import resolution_decimals, tokens_per_value
+
+    quarters = SeriesSet.from_arrays([np.array([0.25, -1.5, 12.0, 0.0, -0.75])], ["a"], ["consumption"])
+    recipe = ChatCodec(style="recipe").fit(quarters)
+    compact = ChatCodec(style="compact").fit(quarters)
+    integer = ChatCodec(style="integer").fit(quarters)
+    assert recipe.render(quarters.series(0)) == '{"consumption": [0.25, -1.5, 12.0, 0.0, -0.75]}'
+    assert compact.decimals == integer.decimals == 2 and recipe.decimals == 3
+    assert compact.render(quarters.series(0)) == '{"consumption":[0.25,-1.5,12,0,-0.75]}'
+    assert integer.render(quarters.series(0)) == '{"consumption":[25,-150,1200,0,-75]}'
+    for codec in (recipe, compact, integer):
+        back = ChatCodec.from_dict(codec.to_dict())
+        assert np.array_equal(back.parse(codec.render(quarters.series(0))), quarters.series(0))
+    assert tokens_per_value(integer, quarters) < tokens_per_value(recipe, quarters)
+
+    z = series(4, length=20, channels=("a", "b"))  # full float resolution: the requested 3 decimals stay
+    dense = ChatCodec(style="integer").fit(z)
+    assert dense.decimals == 3 and dense.render(z.series(0)).startswith('{"a":[')
+    recipe = ChatCodec().fit(z)  # decodes to what the recipe's own text decodes to
+    assert np.array_equal(dense.parse(dense.render(z.series(0))), recipe.parse(recipe.render(z.series(0))))
+    assert resolution_decimals(np.array([1.0, 20.0, np.nan]), 3) == 0
+    assert resolution_decimals(np.array([1.5, 2.25]), 1) == 1
+    with pytest.raises(DataError, match="text style"):
+        ChatCodec(style="yaml")
+
+
+def test_compact_grammar_accepts_rendered_answers_only():
+    codec = ChatCodec(style="integer").fit(series(1, channels=("a", "b")))
+    g = AnswerGrammar(codec.keys, 3, 0, int_digits=5, compact=True)
+    good = codec.render(np.array([[0.0, -1.5], [12.25, 3.0], [-0.001, 7.0]]))
+    assert good == '{"a":[0,12250,-1],"b":[-1500,3000,7000]}' and g.done(g.walk(g.start, good))
+    for bad in [good.replace(",", ", ", 1), good.replace("12250", "12250.5"), good.replace("12250", "0125"),
+                good.replace("3000", "300000"), good.replace('"b"', '"c"'), good.replace(":[", ": [", 1)]:
+        s = g.walk(g.start, bad)
+        assert s is None or not g.done(s), bad
+    g2 = AnswerGrammar(["x"], 2, 2, int_digits=3, compact=True)
+    assert g2.done(g2.walk(g2.start, '{"x":[1.25,-3]}')) and g2.walk(g2.start, '{"x":[1.255') is None
+
+
+def test_prepare_reports_tokens_per_value(tmp_path, capsys):
+    from tsynth.cli import main
+
+    series(12, length=24).write(tmp_path / "data.csv")
+    assert main(["prepare", str(tmp_path / "data.csv"), "-o", str(tmp_path / "files")]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("tokens per value"))
+    recipe, dense = (float(x) for x in __import__("re").findall(r"(\d+\.\d) (?:in these|as integers)", line))
+    assert dense < recipe

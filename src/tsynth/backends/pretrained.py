@@ -10,6 +10,20 @@ are trained by the one training loop (:func:`tsynth.train.train_lm`: ``accelerat
 split of other items with early stopping, a checkpoint every epoch, resume). On a GPU the base
 weights are loaded in bfloat16 (float16 where bfloat16 is unsupported), on a CPU in float32.
 
+Memory is bounded before any weight is loaded (:func:`plan_memory`): the model is read on the ``meta``
+device for its parameter count (a missing model, one that is not a causal LM or a GGUF architecture
+transformers cannot read fails here), and a fit that cannot stay within ``max_memory`` (default: the
+weights, plus as much again and at least 1 GiB for activations, on a CPU; 80 % of the free memory on a
+GPU; never more than the memory free now) is refused. Within it, the plan picks how many rows a
+micro-batch holds (gradients accumulate over the micro-batches of a batch) and how many decoder layers
+recompute their activations in the backward pass (activation checkpointing, only where the activations
+would not fit otherwise). The loss never materialises the logits of the whole batch: the output layer
+runs on the answer positions only, :data:`HEAD_CHUNK` positions at a time, recomputed in the backward
+pass. Rows are right-padded, so no attention mask is needed (causal attention never looks right). On
+Linux with glibc, freed blocks of 1 MiB and more go back to the system at once (``mallopt``): without
+it, freed activations stay in the process as fragments and the resident size grows far past what is
+in use.
+
 Sampling is batched and seeded and always valid: a :class:`~tsynth.codecs.grammar.TokenConstraint`
 allows only tokens that keep the answer a prefix of ``{"<key>": [n1, ..., nL]}`` with exactly L finite
 numbers, then the end-of-turn token. ``save`` writes ``model/``: the adapter (or, with ``merge=True``,
@@ -19,8 +33,12 @@ loaded back onto ``base_model`` as recorded in ``tsynth.json``.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import math
+import re
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..codecs.chat import DEFAULT_SYSTEM_PROMPT, ChatCodec
 from ..codecs.grammar import AnswerGrammar, TokenConstraint
@@ -62,9 +81,11 @@ class PretrainedOptions:
     user_fields: list[str] = field(default_factory=lambda: ["item_id"])
     series_key: str = "consumption"
     decimals: int = 3
+    style: str = "integer"  # the chat codec's text style: "recipe" (the recipe's exact JSON), "compact", "integer"
     validation_fraction: float = 0.1
     temperature: float = 1.0
     sample_batch_size: int = 16
+    max_memory: str | int | None = None   # bytes or "3G"/"512M" (binary units); None: see plan_memory
     train: TrainConfig = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -79,6 +100,8 @@ class PretrainedOptions:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.sample_batch_size < 1:
             raise ConfigError("sample_batch_size must be at least 1")
+        if self.max_memory is not None:
+            parse_memory(self.max_memory)
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
             self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
         self.user_fields = list(self.user_fields)
@@ -95,7 +118,7 @@ class PretrainedOptions:
 
     def chat_codec(self) -> ChatCodec:
         return ChatCodec(system_prompt=self.system_prompt, user_fields=list(self.user_fields),
-                         series_key=self.series_key, decimals=self.decimals)
+                         series_key=self.series_key, decimals=self.decimals, style=self.style)
 
 
 class PretrainedLoRABackend:
@@ -125,9 +148,9 @@ class PretrainedLoRABackend:
         o, cfg = self.options, self.options.train
         self.codec = o.chat_codec().fit(train)
         conds = self.codec.conditions(train)
+        config, n_params = inspect_model(o.base_model)
         self.tokenizer = load_tokenizer(o.base_model)
         self.end_id = end_of_turn(self.tokenizer, self.codec, conds[0], train.series(0))
-        model: Any = load_model(o.base_model, o.dtype)
         validate = len(pd.unique(train.item_id)) >= MIN_ITEMS_FOR_VALIDATION and o.validation_fraction > 0
         if not validate:
             log.warning("fewer than %d items: no validation split, training for a fixed %d epochs",
@@ -136,22 +159,35 @@ class PretrainedLoRABackend:
         rows = encode_chats(self.tokenizer, self.codec, fit_set, self.end_id)
         valid_rows = encode_chats(self.tokenizer, self.codec, valid_set, self.end_id) if valid_set is not None else None
         longest = max(rows.shape[1], 0 if valid_rows is None else valid_rows.shape[1])
-        limit = getattr(model.config, "max_position_embeddings", None)
+        limit = getattr(config, "max_position_embeddings", None)
         if limit and longest > limit:
             raise DataError(f"a conversation takes {longest} tokens but {o.base_model} reads at most {limit}: "
                             "cut shorter windows (--length) or use fewer decimals")
+        dtype = _dtype(o.dtype)
+        plan = plan_memory(config, n_params, dtype, min(cfg.batch_size, len(rows)), longest, o.max_memory,
+                           o.base_model)
+        log.info("memory: %s", plan.describe())
+        return_freed_memory()
+        model: Any = load_model(o.base_model, o.dtype)
         torch.manual_seed(cfg.seed)
         model = add_lora(model, o)
-        model, result = train_lm(model, rows, valid_rows, chat_loss(cfg.batch_size), [], cfg,
-                                 Path(checkpoint_dir) if checkpoint_dir else None, resume, callback, progress=progress)
+        set_checkpointing(model, plan.checkpoint_every)
+        model, result = train_lm(model, rows, valid_rows, chat_loss(plan.micro_batch_tokens), [], cfg,
+                                 Path(checkpoint_dir) if checkpoint_dir else None, resume, callback, progress=progress,
+                                 micro_batches=micro_batches(plan.micro_batch_tokens))
+        set_checkpointing(model, 0)
+        answer_tokens = int((rows > 0).sum()) - len(rows)  # without each row's end-of-turn token
         self.training = {
             "train_series": len(fit_set), "valid_series": 0 if valid_set is None else len(valid_set),
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+            "tokens_per_value": round(answer_tokens / max(int(np.isfinite(fit_set.values).sum()), 1), 3),
+            "tokens_per_conversation": round(float((rows != 0).sum(1).mean()), 1),
+            "memory": plan.to_dict(),
             "seconds": result.seconds, "members": [asdict(result)],
         }
         self.model = model.merge_and_unload() if o.merge else model
-        finite = np.abs(train.values[np.isfinite(train.values)])
+        finite = np.abs(train.values[np.isfinite(train.values)]) * self.codec.scale
         self.int_digits = len(str(int(finite.max()))) + 1 if finite.size else 1  # room for 10x the largest value
         self.conditions = list({json.dumps(c, sort_keys=True): c for c in conds}.values())
         self.schema = data_schema(train)
@@ -170,7 +206,9 @@ class PretrainedLoRABackend:
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         if self._texts is None:
             self._texts = token_texts(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
-        grammar = AnswerGrammar(self.codec.keys, length, self.codec.decimals, self.int_digits)
+        c = self.codec
+        grammar = AnswerGrammar(c.keys, length, 0 if c.style == "integer" else c.decimals, self.int_digits,
+                                compact=c.style != "recipe")
         constraint = TokenConstraint(grammar, self._texts, self.end_id)
         prompts = [prompt_ids(self.tokenizer, self.codec, c) for c in conds]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
@@ -246,6 +284,33 @@ def load_tokenizer(name: str):
     return tok
 
 
+def _missing_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local file or folder (not a hub id) and is not there."""
+    return not Path(name).exists() and (name.endswith(".gguf") or name.startswith((".", "/", "~"))
+                                        or name.count("/") > 1 or "\\" in name)
+
+
+def inspect_model(name: str) -> tuple[Any, int]:
+    """The configuration and parameter count of the causal LM ``name``, read without its weights (on the
+    ``meta`` device); a clear error where it is missing, unreadable or not a causal LM."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if _missing_path(name):
+        raise ConfigError(f"base model {name!r}: no such file or folder")
+    src, kw = _source(name)
+    try:
+        config = AutoConfig.from_pretrained(src, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"cannot load the model {name!r}: {str(e).splitlines()[0]}") from None
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except ValueError:
+        raise ConfigError(f"{name} is a {type(config).__name__.removesuffix('Config')} model, not a causal "
+                          "language model: choose a decoder-only chat model (e.g. SmolLM2-135M-Instruct)") from None
+    return config, int(sum(p.numel() for p in model.parameters()))
+
+
 def load_model(name: str, dtype: str):
     """The causal LM ``name`` in ``dtype`` ("auto": bfloat16/float16 on a GPU, float32 on a CPU)."""
     from transformers import AutoModelForCausalLM
@@ -255,6 +320,160 @@ def load_model(name: str, dtype: str):
         return AutoModelForCausalLM.from_pretrained(src, dtype=_dtype(dtype), **kw)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load the causal LM {name!r}: {e}") from None
+
+
+# ---------------------------------------------------------------------- memory
+GiB = 1 << 30
+RUNTIME_BYTES = GiB // 2  # python, torch, transformers and the tokenizer before any weight is loaded
+HEAD_CHUNK = 256  # answer positions whose full-vocabulary logits exist at once
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": GiB, "t": 1 << 40}
+
+
+def parse_memory(value: str | int) -> int:
+    """Bytes of ``value``: an integer, or a number with a binary unit (``"3G"``, ``"512MiB"``, ``"1.5gb"``)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(value).lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"max_memory must be a size such as 3G or 512M, got {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB / 4 else f"{n / (1 << 20):.0f} MiB"
+
+
+def available_memory(on_gpu: bool) -> int | None:
+    """Bytes still free for this process: the GPU's free memory, else the system's available memory (lower
+    where a cgroup limit is closer); None where it cannot be read."""
+    if on_gpu:
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+@dataclass
+class MemoryPlan:
+    """How a fit stays within ``budget`` bytes (recorded in ``tsynth.json`` under training.memory)."""
+
+    budget: int
+    weights: int
+    micro_batch_rows: int
+    micro_batch_tokens: int
+    checkpoint_every: int  # 0: no activation checkpointing; n: every n-th decoder layer recomputes
+    layers: int
+    estimate: int
+    source: str  # what set the budget
+
+    def describe(self) -> str:
+        ckpt = ("no activation checkpointing" if not self.checkpoint_every else
+                f"activation checkpointing on {math.ceil(self.layers / self.checkpoint_every)} of {self.layers} layers")
+        return (f"micro-batches of up to {self.micro_batch_rows} rows ({self.micro_batch_tokens} tokens), {ckpt}; "
+                f"about {format_bytes(self.estimate)} of the {format_bytes(self.budget)} allowed ({self.source}), "
+                f"{format_bytes(self.weights)} of it the weights")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "summary": self.describe()}
+
+
+def plan_memory(config, n_params: int, dtype: torch.dtype, batch: int, row_tokens: int,
+                max_memory: str | int | None, name: str = "the base model") -> MemoryPlan:
+    """Micro-batch size and activation checkpointing that keep a LoRA fit within its memory budget.
+
+    The estimate counts, per token of a micro-batch, the activations a decoder layer keeps for the backward
+    pass (about 18 hidden-size and 6 intermediate-size vectors) in each layer that keeps them, one
+    hidden-size vector in each checkpointed layer plus one layer's worth while it recomputes; on top of
+    it the weights, the runtime (on a CPU) and the output layer's chunk of logits. Plans with less
+    recomputation come first, then the most rows. A budget that not even one row with every layer
+    checkpointed fits, or weights that do not fit the free memory, are refused before loading anything.
+    """
+    on_gpu = train_device() == "cuda"
+    size = torch.finfo(dtype).bits // 8
+    text = getattr(config, "get_text_config", lambda: config)()
+    hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0) or 1024)
+    inter = int(getattr(text, "intermediate_size", 0) or 4 * hidden)
+    layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0) or 12)
+    vocab = int(getattr(text, "vocab_size", 0) or 50000)
+    weights = n_params * size
+    fixed = weights + (0 if on_gpu else RUNTIME_BYTES) + HEAD_CHUNK * vocab * 4 * 3
+    free = available_memory(on_gpu)
+    if max_memory is not None:
+        budget, source = parse_memory(max_memory), "max_memory"
+    elif on_gpu:
+        budget, source = int(0.8 * (free or 0)), "80 % of the free GPU memory"
+    else:
+        budget, source = fixed + max(GiB, weights), "default: the weights, and as much again (at least 1 GiB)"
+    if free is not None and budget > free:
+        budget, source = free, "the memory free now"
+    loading = fixed + (weights if name.endswith(".gguf") else 0)  # a GGUF file is de-quantised into a copy
+    if free is not None and loading > free:
+        raise ConfigError(f"{name}: {n_params / 1e6:,.0f}M parameters take {format_bytes(weights)} in {dtype} "
+                          f"(about {format_bytes(loading)} to load and train), but only {format_bytes(free)} of "
+                          f"{'GPU ' if on_gpu else ''}memory is free: choose a smaller model or free memory")
+    full, kept = size * (18 * hidden + 6 * inter), size * hidden
+
+    def need(rows: int, k: int) -> int:
+        return fixed + rows * row_tokens * ((layers - k) * full + k * kept + (full if k else 0))
+
+    for every in [0, *range(layers, 0, -1)]:
+        k = math.ceil(layers / every) if every else 0
+        if every and every < layers and math.ceil(layers / (every + 1)) == k:
+            continue  # the same number of checkpointed layers as a larger step
+        if need(1, k) <= budget:
+            rows = max(r for r in range(1, batch + 1) if need(r, k) <= budget)
+            return MemoryPlan(budget, weights, rows, rows * row_tokens, every, layers, need(rows, k), source)
+    raise ConfigError(f"{name}: training on conversations of {row_tokens} tokens needs about "
+                      f"{format_bytes(need(1, layers))} even one row at a time with every layer checkpointed, more "
+                      f"than the {format_bytes(budget)} allowed ({source}): raise --max-memory, use fewer decimals or "
+                      "shorter windows (--length), or a smaller model")
+
+
+def return_freed_memory() -> None:
+    """Have glibc return freed blocks of 1 MiB and more to the system at once (see the module docstring)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        except (OSError, AttributeError):  # another C library: its own policy stays
+            pass
+
+
+def set_checkpointing(model, every: int) -> None:
+    """Activation checkpointing on every ``every``-th decoder layer of ``model`` (0: off)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if every and base.supports_gradient_checkpointing:
+        base.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=every)
+    elif getattr(base, "is_activation_checkpointing", False):
+        base.activation_checkpointing_disable()
+
+
+def micro_batches(max_tokens: int) -> Callable[[torch.Tensor], list[tuple[torch.Tensor, float]]]:
+    """``split(rows)``: consecutive groups of rows of :func:`encode_chats` whose padded size (rows x the
+    longest) stays within ``max_tokens`` (one row at least), each with its share of the batch's answer
+    tokens, so that the shares times the groups' mean losses sum to the batch's mean loss."""
+
+    def split(rows: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+        lengths = (rows != 0).sum(1).tolist()
+        answers = (rows > 0).sum(1).tolist()
+        total = max(sum(answers), 1)
+        parts, start, longest = [], 0, 0
+        for i, n in enumerate(lengths):
+            if i > start and max(longest, n) * (i + 1 - start) > max_tokens:
+                parts.append((start, i))
+                start, longest = i, 0
+            longest = max(longest, n)
+        parts.append((start, len(lengths)))
+        return [(rows[a:b], sum(answers[a:b]) / total) for a, b in parts]
+
+    return split
 
 
 def adapter_weight(name: str) -> bool:
@@ -314,32 +533,46 @@ def encode_chats(tok, codec: ChatCodec, data: SeriesSet, end_id: int) -> np.ndar
     return out
 
 
-def chat_loss(micro_batch: int) -> Callable:
+def chat_loss(max_tokens: int) -> Callable:
     """``loss(model, rows, reduction)``: next-token cross-entropy on the answer tokens of rows of
-    :func:`encode_chats`; with ``reduction="none"`` the mean of each row, computed ``micro_batch`` rows
-    at a time."""
+    :func:`encode_chats`; with ``reduction="none"`` (validation) the mean of each row, without gradients,
+    in groups of at most ``max_tokens`` padded tokens."""
 
     def loss(model, rows: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if reduction == "none":
-            return torch.cat([_row_losses(model, part) for part in rows.split(micro_batch)])
-        nll, mask = _token_losses(model, rows)
-        return nll.sum() / mask.sum().clamp(min=1)
+            with torch.no_grad():
+                sums, counts = zip(*(answer_nll(model, part) for part, _ in micro_batches(max_tokens)(rows)))
+            return torch.cat(sums) / torch.cat(counts).clamp(min=1)
+        nll, count = answer_nll(model, rows)
+        return nll.sum() / count.sum().clamp(min=1)
 
     return loss
 
 
-def _token_losses(model, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_nll(model, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of :func:`encode_chats`, the summed next-token negative log-likelihood of its answer tokens and
+    their count. The decoder runs once; the output layer runs on the answer positions only, ``HEAD_CHUNK`` at
+    a time and recomputed in the backward pass, so full-vocabulary logits of the batch never exist."""
     rows = rows[:, : int((rows != 0).sum(1).max())]
     ids = (rows.abs() - 1).clamp(min=0)
-    logits = model(input_ids=ids[:, :-1], attention_mask=(rows[:, :-1] != 0).long()).logits
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = lm.get_decoder()(input_ids=ids[:, :-1], use_cache=False).last_hidden_state  # right padding: causal needs no mask
     trained = rows[:, 1:] > 0
-    targets = torch.where(trained, ids[:, 1:], torch.full_like(ids[:, 1:], -100))
-    return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none"), trained
+    h, targets = hidden[trained], ids[:, 1:][trained]
+    head, cap = lm.get_output_embeddings(), getattr(lm.config, "final_logit_softcapping", None)
+    parts = [checkpoint(_head_nll, head, h[i: i + HEAD_CHUNK], targets[i: i + HEAD_CHUNK], cap, use_reentrant=False)
+             if torch.is_grad_enabled() else _head_nll(head, h[i: i + HEAD_CHUNK], targets[i: i + HEAD_CHUNK], cap)
+             for i in range(0, len(h), HEAD_CHUNK)]
+    nll = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    owner = trained.nonzero()[:, 0]
+    return nll.new_zeros(len(rows)).index_add(0, owner, nll), trained.sum(1)
 
 
-def _row_losses(model, rows: torch.Tensor) -> torch.Tensor:
-    nll, mask = _token_losses(model, rows)
-    return nll.sum(1) / mask.sum(1).clamp(min=1)
+def _head_nll(head, h: torch.Tensor, targets: torch.Tensor, cap: float | None) -> torch.Tensor:
+    logits = head(h).float()
+    if cap:  # Gemma-style soft-capped logits
+        logits = torch.tanh(logits / cap) * cap
+    return F.cross_entropy(logits, targets, reduction="none")
 
 
 # ---------------------------------------------------------------------- constrained generation

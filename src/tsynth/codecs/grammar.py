@@ -3,7 +3,9 @@
 :class:`AnswerGrammar` is a character-level state machine of the :class:`~tsynth.codecs.chat.ChatCodec`'s
 answer in its canonical JSON form, ``{"consumption": [-1.507, 0.25, ...]}`` (one key per channel for
 multivariate data): exactly ``length`` numbers per key, each ``-?(0|[1-9][0-9]*)(\\.[0-9]+)?`` with at
-most ``int_digits`` integer and ``decimals`` fraction digits, so every number is finite.
+most ``int_digits`` integer and ``decimals`` fraction digits, so every number is finite. With
+``compact`` (the codec's compact and integer styles) the text has no spaces,
+``{"consumption":[-1507,250]}``, and ``decimals=0`` allows no fraction at all.
 
 :class:`TokenConstraint` lifts it to a tokenizer's vocabulary: the token texts are computed once and
 kept in a trie; the allowed tokens of a state are found by walking the trie with the state machine
@@ -30,19 +32,23 @@ State = tuple[int, int, int, int]  # (phase, channel or literal index, numbers l
 class AnswerGrammar:
     """The canonical answer for ``keys``, ``length`` numbers each, as a character-level state machine."""
 
-    def __init__(self, keys: Sequence[str], length: int, decimals: int, int_digits: int = 15) -> None:
+    def __init__(self, keys: Sequence[str], length: int, decimals: int, int_digits: int = 15,
+                 compact: bool = False) -> None:
         if length < 1 or int_digits < 1:
             raise ConfigError(f"length and int_digits must be at least 1, got {length} and {int_digits}")
-        self.length, self.int_digits = int(length), int(int_digits)
-        self.frac_digits = max(int(decimals), 1)  # json.dumps writes 2.0 for a float even at 0 decimals
+        self.length, self.int_digits, self.compact = int(length), int(int_digits), compact
+        # json.dumps writes 2.0 for a float even at 0 decimals; the compact text writes 2
+        self.frac_digits = int(decimals) if compact else max(int(decimals), 1)
         keys = [json.dumps(k) for k in keys]
         # the fixed text before each list and after the last one; each piece after the first opens with ']'
-        self.literals = ["{" + keys[0] + ": ["] + [f"], {k}: [" for k in keys[1:]] + ["]}"]
+        colon, comma = (":", ",") if compact else (": ", ", ")
+        self.literals = ["{" + keys[0] + colon + "["] + [f"]{comma}{k}{colon}[" for k in keys[1:]] + ["]}"]
         self.start: State = (LIT, 0, 0, 0)
 
     @property
     def alphabet(self) -> set[str]:
-        return set(DIGITS + "-., ]").union(*self.literals)
+        return set(DIGITS + "-,]" + ("." if self.frac_digits else "") + ("" if self.compact else " ")
+                   ).union(*self.literals)
 
     def done(self, s: State) -> bool:
         return s == (LIT, len(self.literals) - 1, 0, len(self.literals[-1]))
@@ -70,11 +76,11 @@ class AnswerGrammar:
         if ch == "-":
             return (NEG, c, left, 0) if phase == START else None
         if ch == ".":
-            return (DOT, c, left, 0) if phase in (ZERO, INT) else None
+            return (DOT, c, left, 0) if phase in (ZERO, INT) and self.frac_digits else None
         if phase not in (ZERO, INT, FRAC):  # the number is not complete yet
             return None
         if ch == "," and left > 1:
-            return SEP, c, left - 1, 0
+            return (START if self.compact else SEP), c, left - 1, 0
         if ch == "]" and left == 1:
             return LIT, c + 1, 0, 1
         return None
