@@ -150,6 +150,13 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
     return synthetic, fit_s, sample_s, extra
 
 
+def tsynth_pretrained(task: Task, seed: int, smoke: bool) -> tuple[SeriesSet, float, float, dict]:
+    """LoRA on SmolLM2-135M-Instruct, the recipe's own method (``benchmarks/bench_pretrained.py``)."""
+    from .bench_pretrained import tsynth_pretrained as run
+
+    return run(task, seed, smoke)
+
+
 DP_EPSILONS = (1.0, 3.0, 8.0)
 GENERATORS: dict[str, Callable] = {
     "holdout": holdout,
@@ -157,6 +164,7 @@ GENERATORS: dict[str, Callable] = {
     "gaussian": gaussian,
     "tsynth": tsynth_local,
     "tsynth-e12": partial(tsynth_local, ensemble=12),
+    "tsynth-pretrained": tsynth_pretrained,
     "tsynth-token": partial(tsynth_local, codec="token"),  # the token model from scratch (the default until the step model)
     "tsynth-prior": partial(tsynth_local, prior="default", ensemble=6),
     "tsynth-load": partial(tsynth_local, prior="load", ensemble=6),  # the default before PRIOR_ENSEMBLE (rows)

@@ -244,6 +244,7 @@ def long_section(out_dir: Path = RESULTS) -> list[str]:
 
 def render_markdown(out_dir: Path = RESULTS) -> str:
     """BENCHMARKS.md from every full-mode results file, then the published TimeGAN-protocol figures."""
+    from .bench_pretrained import pretrained_section
     from .bench_scale import scale_section
     from .summary import summary_section
 
@@ -261,10 +262,11 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "`benchmarks/tasks.py`; the peers (DGAN, PAR) need the separate environment of "
              "`benchmarks/requirements-peers.txt`. What the defaults rest on is explained in `docs/` "
              "(each page links the rows here).", "",
-             *summary_section(out_dir), *long_section(out_dir), *scale_section(out_dir), "## Rows", ""]
+             *summary_section(out_dir), *long_section(out_dir), *scale_section(out_dir), *pretrained_section(out_dir),
+             "## Rows", ""]
     for path in sorted(out_dir.glob("*.json"), key=lambda p: (TASK_ORDER.index(p.stem) if p.stem in TASK_ORDER else
                                                               len(TASK_ORDER), p.stem)):
-        if path.stem.endswith("-smoke") or path.stem.startswith(("evaluate_", "server_", "domain_prior")):
+        if path.stem.endswith("-smoke") or path.stem.startswith(("evaluate_", "server_", "domain_prior", "pretrained_")):
             continue
         doc = json.loads(path.read_text())
         if "rows" not in doc:
