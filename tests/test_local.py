@@ -478,7 +478,7 @@ def test_variable_length_training_samples_variable_lengths():
 
 def test_time_limit_trains_fewer_members_when_an_epoch_of_each_would_not_fit(tmp_path, caplog):
     """The limit is the whole fit's: without --ensemble, members are dropped (down to one round of workers)
-    while one epoch of each would not fit its share; a given ensemble size is kept; a resumed fit follows the
+    while MIN_MEMBER_EPOCHS epochs of each would not fit its share; a given ensemble size is kept; a resumed fit follows the
     plan kept with the checkpoints."""
     torch.set_num_threads(1)
     data = daily_profiles(n=30)

@@ -53,6 +53,7 @@ POINT_MASS_FILE = "point_masses.npz"  # the codec's point masses (ValueCodec.sav
 # members averaged when sampling: six from scratch (more gave nothing); from a prior without DP members stop after a
 # few epochs, so more are cheap, and they keep helping (the measurements: docs/model-and-training.md, "Ensemble")
 DEFAULT_ENSEMBLE = 6
+MIN_MEMBER_EPOCHS = 20  # under a time limit, members are dropped while each would train fewer epochs
 PRIOR_ENSEMBLE = 24
 
 DP_MAX_OUTSIDE = 0.25  # a DP fit refuses data with more of its values beyond the public value range (clipped)
@@ -330,8 +331,9 @@ class LocalBackend:
         share (``job.deadline``), so what a member's start-up costs (a child process, its imports) comes out of
         its own training time, not on top of the limit. A probe of a few steps here gives the time of one epoch.
         Unless the ensemble size was given, members are dropped (down to one round) while a member's share would
-        not hold one epoch: an ensemble of models stopped inside their first epoch is worse than fewer trained
-        ones. Members that still cannot finish one epoch train without dropout, as single-pass language-model
+        not hold ``MIN_MEMBER_EPOCHS`` epochs: an ensemble's draws average its members' distributions, so
+        undertrained members blur every draw (rough steps where the data is smooth), and fewer trained ones do
+        better. Members that still cannot finish one epoch train without dropout, as single-pass language-model
         pretraining does: nothing is seen twice, so there is nothing to regularise, and attention dropout makes
         long windows 3x slower. The plan (returned; ``training["time_plan"]``) is kept with the checkpoints, so a
         resumed fit trains the same members the same way."""
@@ -343,7 +345,7 @@ class LocalBackend:
             epoch_s = self._epoch_seconds(jobs[0], one_thread=workers > 1)
             seconds = deadline - time.time()
             n = len(jobs)
-            while not self.ensemble_given and n > workers and seconds / math.ceil(n / workers) < epoch_s:
+            while not self.ensemble_given and n > workers and seconds / math.ceil(n / workers) < MIN_MEMBER_EPOCHS * epoch_s:
                 n -= 1
             share = max(seconds, 1e-3) / math.ceil(n / workers)  # time already spent: one step each
             plan = {"members": n, "time_limit_s": share, "epoch_s": epoch_s,
