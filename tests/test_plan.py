@@ -52,3 +52,12 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "plan: 2 step models" in text and "s per epoch, about" in text and "min" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meters.csv"]  # no model, no checkpoints
+
+
+def test_step_model_batches_hold_about_the_same_number_of_steps_whatever_the_context():
+    data = daily_cycles(n=24, days=14)   # 336 steps, seen whole
+    plans = []
+    Synthesizer(ensemble=1, epochs=1).fit(data, callback=plans.append, dry_run=True, progress=False)
+    Synthesizer(ensemble=1, epochs=1, context=96).fit(data, callback=plans.append, dry_run=True, progress=False)
+    Synthesizer(ensemble=1, epochs=1, batch_size=32).fit(data, callback=plans.append, dry_run=True, progress=False)
+    assert [p["batch_size"] for p in plans] == [3072 // 336, 32, 32]

@@ -53,6 +53,7 @@ POINT_MASS_FILE = "point_masses.npz"  # the codec's point masses (ValueCodec.sav
 # members averaged when sampling: six from scratch (more gave nothing); from a prior without DP members stop after a
 # few epochs, so more are cheap, and they keep helping (the measurements: docs/model-and-training.md, "Ensemble")
 DEFAULT_ENSEMBLE = 6
+STEP_BATCH_POSITIONS, MIN_STEP_BATCH = 32 * 96, 8  # step model: time steps per batch, fewest windows per batch
 MIN_MEMBER_EPOCHS = 20  # under a time limit, members are dropped while each would train fewer epochs
 PRIOR_ENSEMBLE = 24
 
@@ -150,6 +151,7 @@ class LocalBackend:
     def __init__(self, **options: Any) -> None:
         self.options = LocalOptions.from_kwargs(**options)
         self.ensemble_given = options.get("ensemble") is not None  # else a time limit may train fewer members
+        self.batch_given = options.get("batch_size") is not None  # else the step model's batch follows its context
         self.codec: ValueCodec | None = None
         self.models: list = []
         self.training: dict[str, Any] = {}
@@ -310,8 +312,13 @@ class LocalBackend:
     def _step_job(self, member: int, cfg: TrainConfig, arrays: dict, train: SeriesSet, fit_set: SeriesSet,
                   valid_set: SeriesSet | None, rows: np.ndarray, smoothing, checkpoint_dir, resume: bool,
                   dp) -> StepJob:
-        """A member's training job for the step model: rows of ``arrays`` (series, offset) to train and validate on."""
+        """A member's training job for the step model: rows of ``arrays`` (series, offset) to train and validate on.
+        Unless the batch size was given (or under DP, whose accounting fixes it), a batch holds about
+        ``STEP_BATCH_POSITIONS`` time steps: long contexts get smaller batches of windows, so an epoch of whole
+        two-week series takes as many optimiser steps as one of four-day windows of the same data."""
         codec = self.codec
+        if not self.batch_given and dp is None:
+            cfg = replace(cfg, batch_size=int(np.clip(STEP_BATCH_POSITIONS // codec.context, MIN_STEP_BATCH, cfg.batch_size)))
         fit_rows, valid_rows = rows, None
         if valid_set is not None:
             fit_rows = rows[np.isin(train.item_id[rows[:, 0]], np.asarray(fit_set.item_id))]
