@@ -324,7 +324,9 @@ def load_model(name: str, dtype: str):
 
 # ---------------------------------------------------------------------- memory
 GiB = 1 << 30
-RUNTIME_BYTES = GiB // 2  # python, torch, transformers and the tokenizer before any weight is loaded
+# python, torch, transformers, the tokenizer and the C library's slack beside the weights and activations (the
+# resident size of a CPU fit runs about this much above the other terms of the estimate)
+RUNTIME_BYTES = GiB
 HEAD_CHUNK = 256  # answer positions whose full-vocabulary logits exist at once
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": GiB, "t": 1 << 40}
