@@ -42,6 +42,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 
+# log-probabilities are floored here: exp() of far smaller numbers gives float32 subnormals, which a CPU computes
+# tens of times slower (the floor's probability, 1e-26 per bin, changes nothing a sample or loss can show)
+LOG_FLOOR = -60.0
+
+
 class StepModelConfig(PretrainedConfig):
     """Shape of a step model: channels, bins, prefix vocabulary and length, context, calendar features."""
 
@@ -204,16 +209,17 @@ class StepModel(PreTrainedModel):
         z = self.head_out_ln(u + self.head_proj(F.gelu(self.head_fc(self.head_ln(u)))))
         free = F.log_softmax(self.value_head(z).float(), dim=-1)
         if self.copy_head is None:
-            return free
+            return free.clamp(min=LOG_FLOOR)
         k = self.config.n_bins
         gate, shift, width = self.copy_head(z).float().unbind(-1)
         centre = prev.clamp(max=k - 1).float() + 4.0 * torch.tanh(shift / 4.0)
         sigma = F.softplus(width + 1.0) + 0.3  # bins
         grid = torch.arange(k, device=u.device, dtype=torch.float32)
-        near = F.log_softmax(-0.5 * ((grid - centre[..., None]) / sigma[..., None]) ** 2, dim=-1)
+        z2 = (((grid - centre[..., None]) / sigma[..., None]) ** 2).clamp(max=-2 * LOG_FLOOR)
+        near = F.log_softmax(-0.5 * z2, dim=-1)
         gate = torch.where(prev < k, gate, torch.full_like(gate, -30.0))  # no previous value: the free part only
-        copied = torch.cat([near, torch.full_like(near[..., :1], -1e4)], dim=-1) + F.logsigmoid(gate)[..., None]
-        return torch.logaddexp(copied, free + F.logsigmoid(-gate)[..., None])
+        copied = torch.cat([near, torch.full_like(near[..., :1], LOG_FLOOR)], dim=-1) + F.logsigmoid(gate)[..., None]
+        return torch.logaddexp(copied.clamp(min=LOG_FLOOR), (free + F.logsigmoid(-gate)[..., None]).clamp(min=LOG_FLOOR))
 
     def channel_logits_all(self, h: torch.Tensor, targets: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (b, t, channels, bins + 1) of every channel of every step, each given the true values
@@ -273,7 +279,7 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
                                             torch.as_tensor(prev, device=device),
                                             None if calendar is None else torch.as_tensor(calendar, device=device),
                                             targets=tgt)
-        logp = F.log_softmax(value_logits.float(), dim=-1)
+        logp = value_logits.float()  # already normalised log-probabilities
         valid, is_value = tgt <= k, tgt < k  # pad (k + 2) is never predicted; k is "missing"
         channel = torch.arange(tgt.shape[2], device=device) % len(kernels)
         soft = kernels.to(device)[channel, tgt.clamp(max=k - 1)]
