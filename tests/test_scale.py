@@ -31,7 +31,7 @@ def tsynth(*args: str, env: dict | None = None, cwd: Path | None = None) -> subp
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=600)
 
 
-FIT = ("--ensemble", "1", "--epochs", "4", "--batch-size", "16", "--seed", "3")
+FIT = ("--ensemble", "1", "--epochs", "3", "--batch-size", "16", "--seed", "3")
 
 
 @pytest.mark.slow
@@ -46,7 +46,7 @@ def test_two_processes_train_like_one(tmp_path):
     runs = [d["training"]["members"][0] for d in docs]
     for key in ("train_loss", "valid_loss"):
         a, b = np.asarray(runs[0][key]), np.asarray(runs[1][key])
-        assert len(a) == len(b) == 4
+        assert len(a) == len(b) == 3
         assert np.all(np.abs(a - b) / a < 0.03), (key, a, b)  # random offsets and dropout differ: noise only
     assert runs[0]["steps"] == runs[1]["steps"]  # the same global batches
     assert sorted(p.name for p in (tmp_path / "one").rglob("*")) == sorted(p.name for p in (tmp_path / "two").rglob("*"))
@@ -149,7 +149,7 @@ def test_sample_on_ray_matches_local_and_survives_a_dead_worker(small_model, tmp
     from tsynth import Synthesizer
 
     syn = Synthesizer.load(small_model)
-    syn.sample(120, seed=5, output=tmp_path / "local", batch_size=10)
+    syn.sample(60, seed=5, output=tmp_path / "local", batch_size=10)
     events, killed = [], []
 
     def on_event(event):  # the first partition written: kill the first worker, which has batches in flight
@@ -159,13 +159,13 @@ def test_sample_on_ray_matches_local_and_survives_a_dead_worker(small_model, tmp
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
 
-    figures = syn.sample(120, seed=5, output=tmp_path / "ray", batch_size=10, engine="ray", on_event=on_event)
-    assert figures["batches"] == 12 and figures["engine"] == "ray"
+    figures = syn.sample(60, seed=5, output=tmp_path / "ray", batch_size=10, engine="ray", on_event=on_event)
+    assert figures["batches"] == 6 and figures["engine"] == "ray"
     assert any(e["type"] == "worker lost" for e in events)
     batches = [e["batch"] for e in events if e["type"] == "batch"]
-    assert sorted(batches) == list(range(12))  # each batch reported written once
+    assert sorted(batches) == list(range(6))  # each batch reported written once
     got, want = read_partitions(tmp_path / "ray"), read_partitions(tmp_path / "local")
-    assert len(got) == 120 and got["item_id"].is_unique
+    assert len(got) == 60 and got["item_id"].is_unique
     key = ["item_id"]
     assert got.sort_values(key).reset_index(drop=True).equals(want.sort_values(key).reset_index(drop=True))
     assert not list((tmp_path / "ray").glob(".part-*"))
