@@ -16,7 +16,9 @@ A sequence is a short prefix of series-level tokens followed by one position per
   discretised Gaussian over bins centred near the channel's own previous bin (gate, shift and width come from
   the head). The summed step input cannot carry dozens of channels' exact values, and a smooth sensor moves by
   a few bins per step; the copy component gives each channel its own previous value directly, so smooth
-  channels stay smooth, and the gate learns to ignore it where steps do not follow each other;
+  channels stay smooth, and the gate learns to ignore it where steps do not follow each other; with ``season``
+  (the data's day in steps, or its week for daily data), a second such component sits near the channel's bin one
+  season earlier, so a series' day repeats its own yesterday where the data does;
 * the prefix positions predict the next prefix token (series-level tokens are drawn first, then held in the
   context for the whole series).
 
@@ -54,9 +56,11 @@ class StepModelConfig(PretrainedConfig):
 
     def __init__(self, n_channels: int = 1, n_bins: int = 256, prefix_vocab: int = 8, prefix_length: int = 1,
                  context: int = 96, calendar_sizes: list[int] | tuple[int, ...] = (), n_layer: int = 2,
-                 n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, copy: bool = False, **kwargs) -> None:
+                 n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, copy: bool = False, season: int = 0,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.copy = bool(copy)  # False for models saved before the copy component
+        self.season = int(season) if copy else 0  # lag of the seasonal copy component (0: none)
         self.n_channels, self.n_bins = int(n_channels), int(n_bins)
         self.prefix_vocab, self.prefix_length, self.context = int(prefix_vocab), int(prefix_length), int(context)
         self.calendar_sizes = [int(s) for s in calendar_sizes]
@@ -150,7 +154,8 @@ class StepModel(PreTrainedModel):
         self.head_ln, self.head_out_ln = nn.LayerNorm(d), nn.LayerNorm(d)
         self.head_fc, self.head_proj = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
         self.value_head = nn.Linear(d, config.n_bins + 1)  # bins, then "missing"
-        self.copy_head = nn.Linear(d, 3) if config.copy else None  # gate, shift, width of the copy component
+        # gate, shift and width of the copy component (and of the seasonal one)
+        self.copy_head = nn.Linear(d, 6 if config.season else 3) if config.copy else None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -190,7 +195,7 @@ class StepModel(PreTrainedModel):
         return self.ln_f(x)
 
     def forward(self, prefix_ids: torch.Tensor, prev_ids: torch.Tensor, calendar: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None):
+                targets: torch.Tensor | None = None, season_ids: torch.Tensor | None = None):
         """A training window: prefix tokens (b, p), the previous step's values of each step (b, steps, channels)
         and each step's calendar features (b, steps, features). Without ``targets``: the hidden states
         (b, p + steps, d). With the steps' value ids as ``targets``: the prefix logits (b, p - 1, prefix vocab;
@@ -200,44 +205,57 @@ class StepModel(PreTrainedModel):
         if targets is None:
             return h
         p = prefix_ids.shape[1]
-        return (self.prefix_head(h[:, :p - 1]) if p > 1 else None), self.channel_logits_all(h[:, p:], targets, prev_ids)
+        return ((self.prefix_head(h[:, :p - 1]) if p > 1 else None),
+                self.channel_logits_all(h[:, p:], targets, prev_ids, season_ids))
 
     # ------------------------------------------------------------------ outputs
-    def _head(self, u: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (..., bins + 1) from head inputs ``u`` (..., d) and the channel's previous value ids
-        ``prev`` (...) (used by the copy component; a start or missing id turns it off)."""
+    def _head(self, u: torch.Tensor, prev: torch.Tensor, season: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities (..., bins + 1) from head inputs ``u`` (..., d), the channel's previous value ids
+        ``prev`` (...) and, with a seasonal component, its value ids one season earlier ``season`` (...) (used by
+        the copy components; a start, missing or pad id turns one off)."""
         z = self.head_out_ln(u + self.head_proj(F.gelu(self.head_fc(self.head_ln(u)))))
         free = F.log_softmax(self.value_head(z).float(), dim=-1)
         if self.copy_head is None:
             return free.clamp(min=LOG_FLOOR)
         k = self.config.n_bins
-        gate, shift, width = self.copy_head(z).float().unbind(-1)
-        centre = prev.clamp(max=k - 1).float() + 4.0 * torch.tanh(shift / 4.0)
-        sigma = F.softplus(width + 1.0) + 0.3  # bins
+        params = self.copy_head(z).float()
+        anchors = [prev] + ([season if season is not None else torch.full_like(prev, k + 1)] if self.config.season else [])
         grid = torch.arange(k, device=u.device, dtype=torch.float32)
-        z2 = (((grid - centre[..., None]) / sigma[..., None]) ** 2).clamp(max=-2 * LOG_FLOOR)
-        near = F.log_softmax(-0.5 * z2, dim=-1)
-        gate = torch.where(prev < k, gate, torch.full_like(gate, -30.0))  # no previous value: the free part only
-        copied = torch.cat([near, torch.full_like(near[..., :1], LOG_FLOOR)], dim=-1) + F.logsigmoid(gate)[..., None]
-        return torch.logaddexp(copied.clamp(min=LOG_FLOOR), (free + F.logsigmoid(-gate)[..., None]).clamp(min=LOG_FLOOR))
+        gates, parts = [torch.zeros_like(params[..., 0])], []
+        for j, anchor in enumerate(anchors):
+            gate, shift, width = params[..., 3 * j:3 * j + 3].unbind(-1)
+            centre = anchor.clamp(max=k - 1).float() + 4.0 * torch.tanh(shift / 4.0)
+            sigma = F.softplus(width + 1.0) + 0.3  # bins
+            z2 = (((grid - centre[..., None]) / sigma[..., None]) ** 2).clamp(max=-2 * LOG_FLOOR)
+            near = F.log_softmax(-0.5 * z2, dim=-1)
+            parts.append(torch.cat([near, torch.full_like(near[..., :1], LOG_FLOOR)], dim=-1))
+            gates.append(torch.where(anchor < k, gate, torch.full_like(gate, -30.0)))  # no such value: component off
+        weights = F.log_softmax(torch.stack(gates, dim=-1), dim=-1)  # free part first
+        out = (free + weights[..., :1]).clamp(min=LOG_FLOOR)
+        for j, part in enumerate(parts):
+            out = torch.logaddexp(out, (part + weights[..., j + 1:j + 2]).clamp(min=LOG_FLOOR))
+        return out
 
-    def channel_logits_all(self, h: torch.Tensor, targets: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    def channel_logits_all(self, h: torch.Tensor, targets: torch.Tensor, prev: torch.Tensor,
+                           season: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (b, t, channels, bins + 1) of every channel of every step, each given the true values
         of the channels before it (teacher forcing): ``h`` (b, t, d), ``targets`` and ``prev`` (b, t, channels)
-        the steps' value ids and their previous steps'."""
+        the steps' value ids and their previous steps', ``season`` (b, t, channels) the ids one season earlier."""
         b, t, c = targets.shape
         chain = self.chain_emb(targets.clamp(max=self.config.n_ids - 1) + self._channel_offsets(targets.device))
         before = torch.cumsum(chain, dim=2) - chain
         denom = torch.arange(c, device=h.device).clamp(min=1).sqrt()[:, None]
         ch = self.channel_emb(torch.arange(c, device=h.device).expand(b, c))[:, None]  # (b, 1, c, d)
-        return self._head(h[:, :, None] + ch + before / denom, prev)
+        return self._head(h[:, :, None] + ch + before / denom, prev, season)
 
-    def channel_logits(self, h: torch.Tensor, channel: int, before: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    def channel_logits(self, h: torch.Tensor, channel: int, before: torch.Tensor, prev: torch.Tensor,
+                       season: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (b, bins + 1) of ``channel`` at one step: ``h`` (b, d), ``before`` (b, d) the summed
-        chain embeddings of the channels already drawn, ``prev`` (b,) the channel's previous value ids."""
+        chain embeddings of the channels already drawn, ``prev`` (b,) the channel's previous value ids, ``season``
+        (b,) its ids one season earlier."""
         b = h.shape[0]
         ch = self.channel_emb(torch.full((b,), channel, dtype=torch.long, device=h.device))
-        return self._head(h + ch + before / math.sqrt(max(channel, 1)), prev)
+        return self._head(h + ch + before / math.sqrt(max(channel, 1)), prev, season)
 
     def chain(self, channel: int, ids: torch.Tensor) -> torch.Tensor:
         """The chain embedding (b, d) of ``channel`` holding value ids ``ids`` (b,)."""
@@ -269,6 +287,7 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
             first = rng.random(int(draw.sum())) < codec.context / (span + codec.context)
             offsets[draw] = np.where(first, 0, rng.integers(0, span + 1))
         prefix, prev, target, calendar = codec.windows(arrays, series, offsets)
+        season = codec.lagged(arrays, series, offsets, codec.season) if codec.season else None  # unused by a model without it
         prefix_in = prefix.copy()
         if model.training and condition_dropout > 0:
             for pos, unknown in slots:
@@ -278,7 +297,8 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
         prefix_logits, value_logits = model(torch.as_tensor(prefix_in, device=device),
                                             torch.as_tensor(prev, device=device),
                                             None if calendar is None else torch.as_tensor(calendar, device=device),
-                                            targets=tgt)
+                                            targets=tgt,
+                                            season_ids=None if season is None else torch.as_tensor(season, device=device))
         logp = value_logits.float()  # already normalised log-probabilities
         valid, is_value = tgt <= k, tgt < k  # pad (k + 2) is never predicted; k is "missing"
         channel = torch.arange(tgt.shape[2], device=device) % len(kernels)

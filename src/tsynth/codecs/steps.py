@@ -272,7 +272,16 @@ class StepCodec:
         """Keyword arguments of :class:`tsynth.stepmodel.StepModelConfig` for this codec."""
         return dict(n_channels=self.n_channels, n_bins=self.n_bins, prefix_vocab=self.prefix_vocab,
                     prefix_length=self.prefix_length, context=self.context,
-                    calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=True, **preset)
+                    calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=True, season=self.season,
+                    **preset)
+
+    @property
+    def season(self) -> int:
+        """Lag of the seasonal copy component: a day of sub-daily data, a week of daily data, where the context
+        holds it at least twice; 0 otherwise (chosen from the frequency, a public fact)."""
+        per_day = steps_per_day(self.values.freq)
+        lag = per_day if per_day is not None and per_day > 1 else 7 if per_day == 1 else 0
+        return lag if 0 < 2 * lag <= self.context else 0
 
     # ------------------------------------------------------------------ encoding
     def encode(self, data: SeriesSet) -> dict[str, np.ndarray]:
@@ -319,17 +328,25 @@ class StepCodec:
         idx = offsets[:, None] + t
         ids, lengths = arrays["ids"], arrays["lengths"][rows]
         width = ids.shape[1]
-        pad, start_id = self.n_bins + 2, self.n_bins + 1
+        pad = self.n_bins + 2
         target = ids[rows[:, None], np.minimum(idx, width - 1)].astype(np.int64)
         target[idx >= lengths[:, None]] = pad
-        prev = ids[rows[:, None], np.clip(idx - 1, 0, width - 1)].astype(np.int64)
-        prev[idx == 0] = start_id
-        prev[idx - 1 >= lengths[:, None]] = pad
+        prev = self.lagged(arrays, rows, offsets, 1)
         calendar = None
         if self.calendar:
             times = step_times(arrays["start"][rows].astype("datetime64[ns]"), idx, self.values.freq)
             calendar = calendar_values(times, self.calendar, self.values.freq)
         return arrays["prefix"][rows], prev, target, calendar
+
+    def lagged(self, arrays: dict[str, np.ndarray], rows: np.ndarray, offsets: np.ndarray, lag: int) -> np.ndarray:
+        """Value ids (b, t, c) ``lag`` steps before each step of the windows of :meth:`windows`: the ``<start>``
+        id before a series' first step, pad beyond its end."""
+        idx = offsets[:, None] + np.arange(self.context)[None, :] - lag
+        ids, lengths = arrays["ids"], arrays["lengths"][rows]
+        out = ids[rows[:, None], np.clip(idx, 0, ids.shape[1] - 1)].astype(np.int64)
+        out[idx < 0] = self.n_bins + 1
+        out[idx >= lengths[:, None]] = self.n_bins + 2
+        return out
 
     # ------------------------------------------------------------------ decoding
     def decode(self, prefix: np.ndarray, ids: np.ndarray, lengths: np.ndarray, rng: np.random.Generator,
