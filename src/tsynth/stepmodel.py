@@ -47,6 +47,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Pretrained
 # log-probabilities are floored here: exp() of far smaller numbers gives float32 subnormals, which a CPU computes
 # tens of times slower (the floor's probability, 1e-26 per bin, changes nothing a sample or loss can show)
 LOG_FLOOR = -60.0
+SHIFTED_SHARE = 0.25  # training windows of series that fit the context which start at a later step
 
 
 class StepModelConfig(PretrainedConfig):
@@ -283,9 +284,14 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
         series, offsets = r[:, 0], r[:, 1].copy()
         draw = offsets < 0
         if draw.any():  # a series' first window as often as any other (generation always starts there)
-            span = np.maximum(arrays["lengths"][series[draw]] - codec.context, 0)
-            first = rng.random(int(draw.sum())) < codec.context / (span + codec.context)
-            offsets[draw] = np.where(first, 0, rng.integers(0, span + 1))
+            n = arrays["lengths"][series[draw]]
+            span = np.maximum(n - codec.context, 0)
+            first = rng.random(len(n)) < codec.context / (span + codec.context)
+            offset = np.where(first, 0, rng.integers(0, span + 1))
+            # a series seen whole is also seen, now and then, from a later step (without its <start>), as
+            # generation beyond its length sees it once the context slides
+            shifted = (span == 0) & (n >= 4) & (rng.random(len(n)) < SHIFTED_SHARE)
+            offsets[draw] = np.where(shifted, rng.integers(1, np.maximum(n // 2, 1) + 1), offset)
         prefix, prev, target, calendar = codec.windows(arrays, series, offsets)
         season = codec.lagged(arrays, series, offsets, codec.season) if codec.season else None  # unused by a model without it
         prefix_in = prefix.copy()
