@@ -30,9 +30,11 @@ def test_expected_epochs_follow_early_stopping_and_the_plan():
 
 
 def test_the_estimate_after_a_tenth_of_the_fit_is_within_2x_of_the_epochs_run():
-    events = []
-    syn = Synthesizer(ensemble=1, seed=0).fit(daily_cycles(), callback=events.append, progress=False)
-    plan, epochs = events[0], [e for e in events if e.get("type") == "epoch"]
+    events, plans = [], []
+    syn = Synthesizer(ensemble=1, seed=0).fit(daily_cycles(), callback=events.append, on_plan=plans.append,
+                                              progress=False)
+    plan, epochs = plans[0], events
+    assert all(e["type"] == "epoch" for e in events)
     assert plan["type"] == "plan" and plan["models"] == 1 and plan["early_stopping"]
     run = syn.info["training"]["members"][0]["epochs_run"]
     assert run == len(epochs) < 150  # early stopping ended it
@@ -57,7 +59,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
 def test_step_model_batches_hold_about_the_same_number_of_steps_whatever_the_context():
     data = daily_cycles(n=24, days=14)   # 336 steps, seen whole
     plans = []
-    Synthesizer(ensemble=1, epochs=1).fit(data, callback=plans.append, dry_run=True, progress=False)
-    Synthesizer(ensemble=1, epochs=1, context=96).fit(data, callback=plans.append, dry_run=True, progress=False)
-    Synthesizer(ensemble=1, epochs=1, batch_size=32).fit(data, callback=plans.append, dry_run=True, progress=False)
+    Synthesizer(ensemble=1, epochs=1).fit(data, on_plan=plans.append, dry_run=True, progress=False)
+    Synthesizer(ensemble=1, epochs=1, context=96).fit(data, on_plan=plans.append, dry_run=True, progress=False)
+    Synthesizer(ensemble=1, epochs=1, batch_size=32).fit(data, on_plan=plans.append, dry_run=True, progress=False)
     assert [p["batch_size"] for p in plans] == [3072 // 336, 32, 32]

@@ -191,9 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def print_plan(event: dict) -> None:
-    """The fit's plan, printed before training (other training events pass)."""
-    if event.get("type") != "plan":
-        return
+    """The fit's plan, printed before training."""
     stop = f"early stopping, cap {event['epochs_cap']}" if event["early_stopping"] else "fixed"
     line = (f"plan: {event['models']} {event['model']} model{'s' * (event['models'] > 1)}, {event['workers']} at a time, "
             f"about {event['expected_epochs']} epochs each ({stop}) of {event['train_rows']} rows")
@@ -238,10 +236,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.dry_run:
             if args.base_model or not isinstance(data, SeriesSet):
                 raise TsynthError("--dry-run plans the local model's fit of a data file (not --base-model or a stream)")
-            syn.fit(data, callback=print_plan, progress=False, dry_run=True)
+            syn.fit(data, on_plan=print_plan, progress=False, dry_run=True)
             return 0
         syn.fit(data, checkpoint_dir=ckpt, resume=args.resume, progress=True,
-                **({"callback": print_plan} if not args.base_model and isinstance(data, SeriesSet) else {}))
+                **({"on_plan": print_plan} if not args.base_model and isinstance(data, SeriesSet) else {}))
         if not main_process:  # data-parallel: the main process writes the model directory, once
             return 0
     else:

@@ -51,7 +51,8 @@ def resolve_partitions(source: str | os.PathLike) -> list[Path]:
     else:
         raise DataError(f"{text}: not a folder of Parquet files nor a glob")
     if not files:
-        raise DataError(f"{text}: no Parquet files there")
+        what = "is a directory with no Parquet files in it" if Path(text).is_dir() else "matches no Parquet files"
+        raise DataError(f"{text}: {what} (give a data file, or a folder or glob of Parquet partitions)")
     other = [p for p in files if p.suffix.lower() != ".parquet"]
     if other:
         raise DataError(f"{other[0]}: a partitioned data set holds .parquet files only")

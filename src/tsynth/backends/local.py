@@ -164,10 +164,11 @@ class LocalBackend:
     # ------------------------------------------------------------------ fit
     def fit(self, train: SeriesSet, callback: Callable[[dict], None] | None = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-            dry_run: bool = False) -> None:
-        """Fit the codec and train the model(s) on ``train``. Before training, ``callback`` gets the plan (an event
-        of type "plan", also kept as ``self.plan``: models, expected epochs, and, timed by a probe of a few steps
-        when ``progress`` or ``dry_run`` is set, seconds per epoch and expected minutes); ``dry_run`` stops there."""
+            dry_run: bool = False, on_plan: Callable[[dict], None] | None = None) -> None:
+        """Fit the codec and train the model(s) on ``train``; ``callback`` gets every member's epoch events. Before
+        training, ``on_plan`` gets the plan (also kept as ``self.plan``: models, expected epochs, and, timed by a
+        probe of a few steps when ``progress``, ``dry_run`` or ``on_plan`` is set, seconds per epoch and expected
+        minutes); ``dry_run`` stops there."""
         if len(train) < MIN_SERIES:
             raise DataError(f"{len(train)} series are too few to learn from; the local backend needs at least {MIN_SERIES}")
         started = time.time()
@@ -267,9 +268,9 @@ class LocalBackend:
         plan = None
         if opts.train.time_limit_s is not None:
             jobs, plan = self._share_time(jobs, started + opts.train.time_limit_s, checkpoint_dir, resume)
-        self.plan = self._plan(kind, jobs, plan, probe=progress or dry_run)
-        if callback is not None:
-            callback(self.plan)
+        self.plan = self._plan(kind, jobs, plan, probe=progress or dry_run or on_plan is not None)
+        if on_plan is not None:
+            on_plan(self.plan)
         if dry_run:
             return
         t0 = time.time()

@@ -290,7 +290,7 @@ class _Progress:
         job = self.store.job(self.job_id)
         if job is None or job["status"] != "running":
             raise Cancelled
-        if ev.get("type", "epoch") != "epoch":  # the fit's plan: nothing to record yet
+        if ev.get("type", "epoch") != "epoch":  # only epoch events carry metrics
             return
         epoch, step = ev["epoch"], ev["step"]
         expected = ev.get("expected_epochs", self.epochs)  # what early stopping or the time limit will leave
