@@ -261,31 +261,38 @@ def test_edge_bins_decode_like_the_data_tails():
     assert ValueCodec(binning="uniform", value_range=(-5, 5)).fit(data).tails == []  # public bins under DP: uniform
 
 
+def loss_after_training(codec: StepCodec, data: SeriesSet, offset: int, **config) -> float:
+    """Held-in loss of a one-layer step model (``config`` overrides its config) after 60 AdamW steps on windows
+    of ``data`` from ``offset`` (-1: random offsets)."""
+    arrays = codec.encode(data)
+    torch.manual_seed(0)
+    model = StepModel(StepModelConfig(**{**codec.model_config(dict(n_layer=1, n_embd=32, n_head=4), 0.0), **config}))
+    loss = window_loss(codec, arrays, 0.0, 0.0, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rows = torch.tensor([[i % len(data), offset] for i in range(32)])
+    for _ in range(60):
+        opt.zero_grad()
+        loss(model, rows).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        return float(loss(model, torch.tensor([[i, max(offset, 0) + 10 * (offset < 0)] for i in range(len(data))])))
+
+
+def series_of(values: np.ndarray) -> SeriesSet:
+    n, length, channels = values.shape
+    return SeriesSet(values.astype(np.float32), np.full(n, length), [f"m{i}" for i in range(n)],
+                     [f"c{j}" for j in range(channels)], start=np.full(n, np.datetime64("2024-01-01T00:00")), freq="h")
+
+
 def test_the_copy_component_keeps_smooth_channels_smooth():
     """A channel that moves by about a bin per step: with the copy component, the model's distribution for the
     next step sits near the previous bin and its loss falls below that of the free head alone after the same
     training."""
     rng = np.random.default_rng(0)
-    walk = np.cumsum(rng.normal(0, 0.05, (40, 96, 4)), axis=1) + rng.normal(0, 1, (40, 1, 4))
-    data = SeriesSet(walk.astype(np.float32), np.full(40, 96), [f"m{i}" for i in range(40)], [f"c{j}" for j in range(4)],
-                     start=np.full(40, np.datetime64("2024-01-01T00:00")), freq="h")
+    data = series_of(np.cumsum(rng.normal(0, 0.05, (40, 96, 4)), axis=1) + rng.normal(0, 1, (40, 1, 4)))
     codec = StepCodec.fit(data, ValueCodec(n_bins=64), 48)
-    arrays = codec.encode(data)
-    losses = {}
-    for copy in (True, False):
-        torch.manual_seed(0)
-        model = StepModel(StepModelConfig(**{**codec.model_config(dict(n_layer=1, n_embd=32, n_head=4), 0.0),
-                                             "copy": copy}))
-        loss = window_loss(codec, arrays, 0.0, 0.0, seed=0)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        rows = torch.tensor([[i % 40, -1] for i in range(32)])
-        for _ in range(60):
-            opt.zero_grad()
-            loss(model, rows).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            losses[copy] = float(loss(model, torch.tensor([[i, 10] for i in range(40)])))
+    losses = {copy: loss_after_training(codec, data, -1, copy=copy) for copy in (True, False)}
     assert losses[True] < losses[False] - 0.5, losses
 
 
@@ -293,25 +300,8 @@ def test_the_seasonal_copy_component_repeats_each_series_own_day():
     """Each series repeats its own random daily shape: the seasonal component (a day back, chosen from the
     frequency) lowers the loss well below that of the copy of the previous step alone, after the same training."""
     rng = np.random.default_rng(1)
-    days = np.tile(rng.normal(0, 1, (40, 24, 1)), (1, 4, 1)) + rng.normal(0, 0.05, (40, 96, 1))
-    data = SeriesSet(days.astype(np.float32), np.full(40, 96), [f"m{i}" for i in range(40)], ["load"],
-                     start=np.full(40, np.datetime64("2024-01-01T00:00")), freq="h")
+    data = series_of(np.tile(rng.normal(0, 1, (40, 24, 1)), (1, 4, 1)) + rng.normal(0, 0.05, (40, 96, 1)))
     codec = StepCodec.fit(data, ValueCodec(n_bins=64), 96)
     assert codec.season == 24 and codec.model_config({}, 0.0)["season"] == 24
-    arrays = codec.encode(data)
-    losses = {}
-    for season in (24, 0):
-        torch.manual_seed(0)
-        model = StepModel(StepModelConfig(**{**codec.model_config(dict(n_layer=1, n_embd=32, n_head=4), 0.0),
-                                             "season": season}))
-        loss = window_loss(codec, arrays, 0.0, 0.0, seed=0)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        rows = torch.tensor([[i % 40, 0] for i in range(32)])
-        for _ in range(60):
-            opt.zero_grad()
-            loss(model, rows).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            losses[season] = float(loss(model, torch.tensor([[i, 0] for i in range(40)])))
+    losses = {season: loss_after_training(codec, data, 0, season=season) for season in (24, 0)}
     assert losses[24] < losses[0] - 0.5, losses
