@@ -87,6 +87,11 @@ def check_same_data(accelerator, fingerprint: dict) -> None:
     everyone = gather_object([fingerprint])
     differ = [rank for rank, fp in enumerate(everyone) if fp != everyone[0]]
     if differ:
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # leave the group together: a peer gone first makes gloo abort this process
+            dist.barrier()
+            dist.destroy_process_group()
         keys = sorted(k for k in everyone[0] if everyone[differ[0]].get(k) != everyone[0].get(k))
         raise ConfigError(f"the {accelerator.num_processes} training processes disagree: process {differ[0]} has "
                           f"other {', '.join(keys)} than process 0; give every process the same data and options")
