@@ -326,12 +326,7 @@ class StepCodec:
         value ids (b, t, c), target value ids (b, t, c) and calendar features (b, t, f) or None."""
         t = np.arange(self.context)[None, :]
         idx = offsets[:, None] + t
-        ids, lengths = arrays["ids"], arrays["lengths"][rows]
-        width = ids.shape[1]
-        pad = self.n_bins + 2
-        target = ids[rows[:, None], np.minimum(idx, width - 1)].astype(np.int64)
-        target[idx >= lengths[:, None]] = pad
-        prev = self.lagged(arrays, rows, offsets, 1)
+        target, prev = self.lagged(arrays, rows, offsets, 0), self.lagged(arrays, rows, offsets, 1)
         calendar = None
         if self.calendar:
             times = step_times(arrays["start"][rows].astype("datetime64[ns]"), idx, self.values.freq)
