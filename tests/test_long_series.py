@@ -302,6 +302,38 @@ def test_the_seasonal_copy_component_repeats_each_series_own_day():
     rng = np.random.default_rng(1)
     data = series_of(np.tile(rng.normal(0, 1, (40, 24, 1)), (1, 4, 1)) + rng.normal(0, 0.05, (40, 96, 1)))
     codec = StepCodec.fit(data, ValueCodec(n_bins=64), 96)
-    assert codec.season == 24 and codec.model_config({}, 0.0)["season"] == 24
-    losses = {season: loss_after_training(codec, data, 0, season=season) for season in (24, 0)}
+    assert codec.seasons == [24] and codec.model_config({}, 0.0)["seasons"] == [24]  # a week needs 336 steps
+    losses = {lag: loss_after_training(codec, data, 0, seasons=[lag] if lag else []) for lag in (24, 0)}
     assert losses[24] < losses[0] - 0.5, losses
+
+
+def test_the_weekly_copy_component_repeats_each_series_own_week():
+    """Each series repeats its own random week (days differ): with a context of two weeks the codec adds a week
+    back to the day back, and the loss falls well below that of the day back alone."""
+    rng = np.random.default_rng(2)
+    data = series_of(np.tile(rng.normal(0, 1, (24, 168, 1)), (1, 2, 1)) + rng.normal(0, 0.05, (24, 336, 1)))
+    codec = StepCodec.fit(data, ValueCodec(n_bins=64), 336)
+    assert codec.seasons == [24, 168]
+    losses = {len(lags): loss_after_training(codec, data, 0, seasons=lags) for lags in ([24, 168], [24])}
+    assert losses[2] < losses[1] - 0.5, losses
+
+
+def test_decoding_holds_values_for_runs_as_the_data_does():
+    """A meter that reads in whole units holds its value for runs of steps, a continuous sensor never does: the
+    codec learns each channel's share of exact repeats among steps that stay in their bin, and decoding the
+    data's own bins gives back runs of exactly repeated values at that share (and none for the sensor)."""
+    rng = np.random.default_rng(3)
+    meter = np.round(np.cumsum(rng.normal(0, 0.4, (30, 200)), axis=1))  # whole units: long runs
+    sensor = np.cumsum(rng.normal(0, 0.05, (30, 200)), axis=1)
+    data = series_of(np.stack([meter, sensor], axis=-1))
+    codec = StepCodec.fit(data, ValueCodec(n_bins=64), 96)
+    assert codec.repeats[0] > 0.5 and codec.repeats[1] == 0.0, codec.repeats
+    arrays = codec.encode(data)
+    out = codec.decode(arrays["prefix"], arrays["ids"].astype(np.int64), arrays["lengths"], np.random.default_rng(0),
+                       item_id=None, start=None)
+    ids = arrays["ids"]
+    same_bin = ids[:, 1:] == ids[:, :-1]
+    exact = out.values[:, 1:] == out.values[:, :-1]
+    share = (exact & same_bin).sum(axis=(0, 1)) / same_bin.sum(axis=(0, 1))
+    assert abs(share[0] - codec.repeats[0]) < 0.05 and share[1] == 0.0, (share, codec.repeats)
+    assert StepCodec.from_dict(codec.to_dict()).repeats == codec.repeats

@@ -174,7 +174,7 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
     ids = torch.full((b, steps, codec.n_channels), k + 2, dtype=torch.long)
     start_ids = torch.full((b, 1, codec.n_channels), k + 1, dtype=torch.long)
     keep = ctx - max(1, ctx // 4)
-    lag = models[0].config.season
+    lags = models[0].config.seasons
     first = 0  # the first step in the context
 
     def inputs(m, lo: int, hi: int) -> torch.Tensor:
@@ -192,7 +192,8 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
         before = [torch.zeros_like(h) for h in hs]
         for c in range(codec.n_channels):
             prev = (ids[:, t - 1, c] if t > 0 else start_ids[:, 0, c]).to(device)
-            season = (ids[:, t - lag, c] if t >= lag else start_ids[:, 0, c]).to(device) if lag else None
+            season = torch.stack([ids[:, t - lag, c] if t >= lag else start_ids[:, 0, c] for lag in lags],
+                                 dim=-1).to(device) if lags else None
             probs = mean_probs(lambda j, m: m.channel_logits(hs[j], c, before[j], prev, season))
             if gaps == "none" or not codec.gaps:
                 probs[:, k] = 0.0

@@ -16,9 +16,10 @@ A sequence is a short prefix of series-level tokens followed by one position per
   discretised Gaussian over bins centred near the channel's own previous bin (gate, shift and width come from
   the head). The summed step input cannot carry dozens of channels' exact values, and a smooth sensor moves by
   a few bins per step; the copy component gives each channel its own previous value directly, so smooth
-  channels stay smooth, and the gate learns to ignore it where steps do not follow each other; with ``season``
-  (the data's day in steps, or its week for daily data), a second such component sits near the channel's bin one
-  season earlier, so a series' day repeats its own yesterday where the data does;
+  channels stay smooth, and the gate learns to ignore it where steps do not follow each other; with ``seasons``
+  (the data's day and week in steps, or its week for daily data), one more such component per lag sits near the
+  channel's bin one season earlier, so a series' day repeats its own yesterday, and its Monday its last Monday,
+  where the data does;
 * the prefix positions predict the next prefix token (series-level tokens are drawn first, then held in the
   context for the whole series).
 
@@ -57,11 +58,13 @@ class StepModelConfig(PretrainedConfig):
 
     def __init__(self, n_channels: int = 1, n_bins: int = 256, prefix_vocab: int = 8, prefix_length: int = 1,
                  context: int = 96, calendar_sizes: list[int] | tuple[int, ...] = (), n_layer: int = 2,
-                 n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, copy: bool = False, season: int = 0,
-                 **kwargs) -> None:
+                 n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, copy: bool = False,
+                 seasons: list[int] | tuple[int, ...] | None = None, season: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.copy = bool(copy)  # False for models saved before the copy component
-        self.season = int(season) if copy else 0  # lag of the seasonal copy component (0: none)
+        # lags of the seasonal copy components (models saved with one lag have ``season``)
+        lags = [int(s) for s in seasons] if seasons is not None else [int(season)] if season else []
+        self.seasons = lags if copy else []
         self.n_channels, self.n_bins = int(n_channels), int(n_bins)
         self.prefix_vocab, self.prefix_length, self.context = int(prefix_vocab), int(prefix_length), int(context)
         self.calendar_sizes = [int(s) for s in calendar_sizes]
@@ -155,8 +158,8 @@ class StepModel(PreTrainedModel):
         self.head_ln, self.head_out_ln = nn.LayerNorm(d), nn.LayerNorm(d)
         self.head_fc, self.head_proj = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
         self.value_head = nn.Linear(d, config.n_bins + 1)  # bins, then "missing"
-        # gate, shift and width of the copy component (and of the seasonal one)
-        self.copy_head = nn.Linear(d, 6 if config.season else 3) if config.copy else None
+        # gate, shift and width of the copy component and of each seasonal one
+        self.copy_head = nn.Linear(d, 3 * (1 + len(config.seasons))) if config.copy else None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -212,15 +215,18 @@ class StepModel(PreTrainedModel):
     # ------------------------------------------------------------------ outputs
     def _head(self, u: torch.Tensor, prev: torch.Tensor, season: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (..., bins + 1) from head inputs ``u`` (..., d), the channel's previous value ids
-        ``prev`` (...) and, with a seasonal component, its value ids one season earlier ``season`` (...) (used by
-        the copy components; a start, missing or pad id turns one off)."""
+        ``prev`` (...) and, with seasonal components, its value ids one season earlier ``season`` (..., lags) (used
+        by the copy components; a start, missing or pad id turns one off)."""
         z = self.head_out_ln(u + self.head_proj(F.gelu(self.head_fc(self.head_ln(u)))))
         free = F.log_softmax(self.value_head(z).float(), dim=-1)
         if self.copy_head is None:
             return free.clamp(min=LOG_FLOOR)
         k = self.config.n_bins
         params = self.copy_head(z).float()
-        anchors = [prev] + ([season if season is not None else torch.full_like(prev, k + 1)] if self.config.season else [])
+        lags = len(self.config.seasons)
+        if lags and season is None:
+            season = torch.full(prev.shape + (lags,), k + 1, dtype=prev.dtype, device=prev.device)
+        anchors = [prev] + [season[..., j] for j in range(lags)]
         grid = torch.arange(k, device=u.device, dtype=torch.float32)
         gates, parts = [torch.zeros_like(params[..., 0])], []
         for j, anchor in enumerate(anchors):
@@ -241,7 +247,8 @@ class StepModel(PreTrainedModel):
                            season: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (b, t, channels, bins + 1) of every channel of every step, each given the true values
         of the channels before it (teacher forcing): ``h`` (b, t, d), ``targets`` and ``prev`` (b, t, channels)
-        the steps' value ids and their previous steps', ``season`` (b, t, channels) the ids one season earlier."""
+        the steps' value ids and their previous steps', ``season`` (b, t, channels, lags) the ids one season
+        earlier, per lag."""
         b, t, c = targets.shape
         chain = self.chain_emb(targets.clamp(max=self.config.n_ids - 1) + self._channel_offsets(targets.device))
         before = torch.cumsum(chain, dim=2) - chain
@@ -253,7 +260,7 @@ class StepModel(PreTrainedModel):
                        season: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (b, bins + 1) of ``channel`` at one step: ``h`` (b, d), ``before`` (b, d) the summed
         chain embeddings of the channels already drawn, ``prev`` (b,) the channel's previous value ids, ``season``
-        (b,) its ids one season earlier."""
+        (b, lags) its ids one season earlier, per lag."""
         b = h.shape[0]
         ch = self.channel_emb(torch.full((b,), channel, dtype=torch.long, device=h.device))
         return self._head(h + ch + before / math.sqrt(max(channel, 1)), prev, season)
@@ -261,6 +268,13 @@ class StepModel(PreTrainedModel):
     def chain(self, channel: int, ids: torch.Tensor) -> torch.Tensor:
         """The chain embedding (b, d) of ``channel`` holding value ids ``ids`` (b,)."""
         return self.chain_emb(ids + channel * self.config.n_ids)
+
+
+def _config(model: nn.Module) -> StepModelConfig:
+    """The config of a step model, also when DP-SGD (``_module``) or data parallelism (``module``) wraps it."""
+    while not hasattr(model, "config"):
+        model = getattr(model, "_module", None) or model.module
+    return model.config
 
 
 def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_dropout: float, seed: int):
@@ -293,7 +307,8 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
             shifted = (span == 0) & (n >= 4) & (rng.random(len(n)) < SHIFTED_SHARE)
             offsets[draw] = np.where(shifted, rng.integers(1, np.maximum(n // 2, 1) + 1), offset)
         prefix, prev, target, calendar = codec.windows(arrays, series, offsets)
-        season = codec.lagged(arrays, series, offsets, codec.season) if codec.season else None  # unused by a model without it
+        lags = _config(model).seasons
+        season = np.stack([codec.lagged(arrays, series, offsets, lag) for lag in lags], axis=-1) if lags else None
         prefix_in = prefix.copy()
         if model.training and condition_dropout > 0:
             for pos, unknown in slots:

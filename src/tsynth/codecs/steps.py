@@ -145,6 +145,8 @@ class StepCodec:
     gaps: bool = False  # the training data misses readings (else "missing" is never drawn)
     lengths: dict[int, int] = field(default_factory=dict)  # training series lengths and their counts (not under DP)
     starts: list[str] = field(default_factory=list)  # training start time stamps to draw from (not under DP)
+    # per channel: the share of steps in the same bin as the step before that hold exactly its value (not under DP)
+    repeats: list[float] = field(default_factory=list)
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -185,6 +187,7 @@ class StepCodec:
                 self.mean_edges = _quantile_edges(means, N_MEAN_BINS)
                 self.spread_edges = _quantile_edges(spreads, N_SPREAD_BINS)
         if not dp:
+            self.repeats = repeat_shares(data, values.value_bins(data, warn=False)[0])
             u, c = np.unique(data.lengths, return_counts=True)
             self.lengths = {int(a): int(b) for a, b in zip(u, c)}
             if data.start is not None:
@@ -272,16 +275,16 @@ class StepCodec:
         """Keyword arguments of :class:`tsynth.stepmodel.StepModelConfig` for this codec."""
         return dict(n_channels=self.n_channels, n_bins=self.n_bins, prefix_vocab=self.prefix_vocab,
                     prefix_length=self.prefix_length, context=self.context,
-                    calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=True, season=self.season,
+                    calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=True, seasons=self.seasons,
                     **preset)
 
     @property
-    def season(self) -> int:
-        """Lag of the seasonal copy component: a day of sub-daily data, a week of daily data, where the context
-        holds it at least twice; 0 otherwise (chosen from the frequency, a public fact)."""
+    def seasons(self) -> list[int]:
+        """Lags of the seasonal copy components: a day and a week of sub-daily data, a week of daily data, each
+        where the context holds it at least twice (chosen from the frequency, a public fact)."""
         per_day = steps_per_day(self.values.freq)
-        lag = per_day if per_day is not None and per_day > 1 else 7 if per_day == 1 else 0
-        return lag if 0 < 2 * lag <= self.context else 0
+        lags = [per_day, 7 * per_day] if per_day is not None and per_day > 1 else [7] if per_day == 1 else []
+        return [lag for lag in lags if 2 * lag <= self.context]
 
     # ------------------------------------------------------------------ encoding
     def encode(self, data: SeriesSet) -> dict[str, np.ndarray]:
@@ -351,6 +354,8 @@ class StepCodec:
         missing = ids >= self.n_bins
         value_ids = vc.value_offset + np.where(missing, 0, ids).reshape(len(ids), -1)
         out = vc.decode(prefix[:, :self.value_prefix_length], value_ids, lengths, rng, item_id=item_id, start=start)
+        if self.repeats:
+            out.values[:] = repeat_values(out.values, ids[:, :out.length], self.repeats, rng)
         out.values[missing[:, :out.length]] = np.nan
         return out
 
@@ -359,14 +364,38 @@ class StepCodec:
         return {**self.values.to_dict(), "kind": "step", "context": self.context, "long": self.long,
                 "calendar": [list(c) for c in self.calendar], "mean_edges": self.mean_edges,
                 "spread_edges": self.spread_edges, "gap_slot": self.gap_slot, "gaps": self.gaps,
-                "lengths": {str(k): v for k, v in self.lengths.items()}, "starts": self.starts}
+                "lengths": {str(k): v for k, v in self.lengths.items()}, "starts": self.starts,
+                "repeats": self.repeats}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StepCodec":
         return cls(values=ValueCodec.from_dict(d), context=d["context"], long=d["long"],
                    calendar=[(str(a), int(b)) for a, b in d["calendar"]], mean_edges=d["mean_edges"],
                    spread_edges=d["spread_edges"], gap_slot=d["gap_slot"], gaps=d.get("gaps", True),
-                   lengths={int(k): int(v) for k, v in d.get("lengths", {}).items()}, starts=d.get("starts", []))
+                   lengths={int(k): int(v) for k, v in d.get("lengths", {}).items()}, starts=d.get("starts", []),
+                   repeats=[float(r) for r in d.get("repeats", [])])
+
+
+def repeat_shares(data: SeriesSet, bins: np.ndarray) -> list[float]:
+    """Per channel: of the steps whose bin is the previous step's, the share that hold exactly the previous value.
+    Meters that read in whole units, sensors that report an unchanged reading and prices that do not move hold a
+    value for several steps; decoding a bin draws a value within it, which alone would never repeat one."""
+    x = data.values
+    same_bin = (bins[:, 1:] == bins[:, :-1]) & ~np.isnan(x[:, 1:]) & ~np.isnan(x[:, :-1])
+    same = same_bin & (x[:, 1:] == x[:, :-1])
+    pairs = same_bin.sum(axis=(0, 1))
+    return [float(a / b) if b else 0.0 for a, b in zip(same.sum(axis=(0, 1)), pairs)]
+
+
+def repeat_values(values: np.ndarray, ids: np.ndarray, shares: list[float], rng: np.random.Generator) -> np.ndarray:
+    """``values`` (n, steps, channels) decoded from bin ids ``ids`` where a step in its previous step's bin holds
+    exactly the previous value with its channel's share (:func:`repeat_shares`); runs carry the first value on."""
+    n, t, c = values.shape
+    hold = np.zeros((n, t, c), dtype=bool)
+    hold[:, 1:] = (ids[:, 1:] == ids[:, :-1]) & (rng.random((n, t - 1, c)) < np.asarray(shares)[None, None, :])
+    source = np.where(hold, 0, np.arange(t)[None, :, None])
+    source = np.maximum.accumulate(source, axis=1)  # the step each held value comes from: the run's first
+    return np.take_along_axis(values, source, axis=1)
 
 
 def check_gaps(data: SeriesSet) -> None:
