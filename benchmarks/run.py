@@ -343,6 +343,10 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "At d633315 the prior path mapped the range exactly too, which moved the values off the prior's centre: "
              "stocks24's seed-0 row then scored per-step mean error 0.087 and next-step MAE 0.224 (0.017 / 0.106 "
              "before), and was rerun at 8a261ae. The `-load` rows release no profile: unaffected.",
+             "  - 84ff463 (rows at a985f85 predate it): a seasonal copy component a week back besides the one a day "
+             "back where the context holds two weeks (electricity336 only, among these tasks), and decoding holds "
+             "the previous value exactly at each channel's share of exact repeats among steps in the same bin as "
+             "the step before (every task whose data holds values: electricity336 4 % of its steps).",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
