@@ -27,7 +27,7 @@ def meters(n: int = 64, length: int = 72, seed: int = 0) -> SeriesSet:
 
 
 def tsynth(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tsynth", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "tsynth.cli", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=600)
 
 
@@ -68,7 +68,7 @@ def test_processes_that_disagree_on_the_data_are_refused(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}
-    procs = [subprocess.Popen([sys.executable, "-m", "tsynth", "fit", data, "-o", f"out{rank}", *FIT], cwd=tmp_path,
+    procs = [subprocess.Popen([sys.executable, "-m", "tsynth.cli", "fit", data, "-o", f"out{rank}", *FIT], cwd=tmp_path,
                               env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
              for rank, data in enumerate(("a.parquet", "b.parquet"))]

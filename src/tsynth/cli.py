@@ -698,7 +698,7 @@ EXAMPLES = {
   tsynth fit electricity.parquet --length 100 --zscore -o model --dp-epsilon 8    # item-level DP-SGD
   tsynth fit meters.parquet -o model --processes 2 --ensemble 1     # data-parallel in 2 processes
   tsynth fit meters/ -o model --ensemble 1          # a folder (or 'meters/*.parquet') of partitions, streamed
-  accelerate launch --num_processes 8 -m tsynth fit meters.parquet -o model --ensemble 1   # 8 GPUs
+  accelerate launch --num_processes 8 -m tsynth.cli fit meters.parquet -o model --ensemble 1   # 8 GPUs
   tsynth fit data.parquet --length 24 -o model --base-model HuggingFaceTB/SmolLM2-135M-Instruct --lora-rank 8
   tsynth fit data.parquet -o model --base-model SmolLM2-135M-Instruct.Q4_1.gguf --max-memory 3G --epochs 1
   tsynth fit data.parquet --length 100 -o model --backend openai --model gpt-4o-mini-2024-07-18 \\
@@ -766,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, metavar="N",
                    help="local backend: train data-parallel in N processes on this machine, each on its share of "
                         "every batch (the batch stays the global one); the same as `accelerate launch "
-                        "--num_processes N -m tsynth fit ...`, which also runs it on several GPUs or nodes "
+                        "--num_processes N -m tsynth.cli fit ...`, which also runs it on several GPUs or nodes "
                         "(docs/scale-out.md)")
     add_data_options(p)
     add_local_options(p)
