@@ -296,11 +296,22 @@ def test_the_copy_component_keeps_smooth_channels_smooth():
     assert losses[True] < losses[False] - 0.5, losses
 
 
+def test_copy_components_only_where_a_step_holds_several_channels():
+    """One channel: its exact previous bin is the step's input, so the model has no copy components (they made
+    samples wander from the series' level); two channels share a step's input and get them."""
+    rng = np.random.default_rng(4)
+    one, two = (series_of(rng.normal(0, 1, (8, 96, c))) for c in (1, 2))
+    config = StepModelConfig(**StepCodec.fit(one, ValueCodec(n_bins=16), 96).model_config({}, 0.0))
+    assert not config.copy and config.seasons == [] and StepModel(config).copy_head is None
+    config = StepModelConfig(**StepCodec.fit(two, ValueCodec(n_bins=16), 96).model_config({}, 0.0))
+    assert config.copy and config.seasons == [24] and StepModel(config).copy_head.out_features == 6
+
+
 def test_the_seasonal_copy_component_repeats_each_series_own_day():
     """Each series repeats its own random daily shape: the seasonal component (a day back, chosen from the
     frequency) lowers the loss well below that of the copy of the previous step alone, after the same training."""
     rng = np.random.default_rng(1)
-    data = series_of(np.tile(rng.normal(0, 1, (40, 24, 1)), (1, 4, 1)) + rng.normal(0, 0.05, (40, 96, 1)))
+    data = series_of(np.tile(rng.normal(0, 1, (40, 24, 2)), (1, 4, 1)) + rng.normal(0, 0.05, (40, 96, 2)))
     codec = StepCodec.fit(data, ValueCodec(n_bins=64), 96)
     assert codec.seasons == [24] and codec.model_config({}, 0.0)["seasons"] == [24]  # a week needs 336 steps
     losses = {lag: loss_after_training(codec, data, 0, seasons=[lag] if lag else []) for lag in (24, 0)}
@@ -311,7 +322,7 @@ def test_the_weekly_copy_component_repeats_each_series_own_week():
     """Each series repeats its own random week (days differ): with a context of two weeks the codec adds a week
     back to the day back, and the loss falls well below that of the day back alone."""
     rng = np.random.default_rng(2)
-    data = series_of(np.tile(rng.normal(0, 1, (24, 168, 1)), (1, 2, 1)) + rng.normal(0, 0.05, (24, 336, 1)))
+    data = series_of(np.tile(rng.normal(0, 1, (24, 168, 2)), (1, 2, 1)) + rng.normal(0, 0.05, (24, 336, 2)))
     codec = StepCodec.fit(data, ValueCodec(n_bins=64), 336)
     assert codec.seasons == [24, 168]
     losses = {len(lags): loss_after_training(codec, data, 0, seasons=lags) for lags in ([24, 168], [24])}

@@ -12,7 +12,7 @@ A sequence is a short prefix of series-level tokens followed by one position per
   channel ``c``'s bin (or "missing") is predicted from the step's hidden state plus the embeddings of the
   channels before it (drawn or, in training, true), through a small feed-forward head. Cost per step grows
   linearly with the channels, and the attention runs over steps, not values;
-* with ``copy`` (every new model), that distribution is a mixture of the head's free distribution and a
+* with ``copy`` (every new model whose steps hold several channels), that distribution is a mixture of the head's free distribution and a
   discretised Gaussian over bins centred near the channel's own previous bin (gate, shift and width come from
   the head). The summed step input cannot carry dozens of channels' exact values, and a smooth sensor moves by
   a few bins per step; the copy component gives each channel its own previous value directly, so smooth
@@ -49,6 +49,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Pretrained
 # tens of times slower (the floor's probability, 1e-26 per bin, changes nothing a sample or loss can show)
 LOG_FLOOR = -60.0
 SHIFTED_SHARE = 0.25  # training windows of series that fit the context which start at a later step
+COPY_SHIFT = 4.0  # bins a copy component's centre may sit away from its anchor value
 
 
 class StepModelConfig(PretrainedConfig):
@@ -231,7 +232,7 @@ class StepModel(PreTrainedModel):
         gates, parts = [torch.zeros_like(params[..., 0])], []
         for j, anchor in enumerate(anchors):
             gate, shift, width = params[..., 3 * j:3 * j + 3].unbind(-1)
-            centre = anchor.clamp(max=k - 1).float() + 4.0 * torch.tanh(shift / 4.0)
+            centre = anchor.clamp(max=k - 1).float() + COPY_SHIFT * torch.tanh(shift / COPY_SHIFT)
             sigma = F.softplus(width + 1.0) + 0.3  # bins
             z2 = (((grid - centre[..., None]) / sigma[..., None]) ** 2).clamp(max=-2 * LOG_FLOOR)
             near = F.log_softmax(-0.5 * z2, dim=-1)

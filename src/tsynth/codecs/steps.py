@@ -275,8 +275,17 @@ class StepCodec:
         """Keyword arguments of :class:`tsynth.stepmodel.StepModelConfig` for this codec."""
         return dict(n_channels=self.n_channels, n_bins=self.n_bins, prefix_vocab=self.prefix_vocab,
                     prefix_length=self.prefix_length, context=self.context,
-                    calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=True, seasons=self.seasons,
-                    **preset)
+                    calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=self.copies,
+                    seasons=self.seasons, **preset)
+
+    @property
+    def copies(self) -> bool:
+        """Whether the model gets copy components: where a step holds several channels. Their summed input cannot
+        carry each channel's exact previous value, and the copy gives it back; a single channel's input is its exact
+        previous bin and attention reaches any earlier step, so a copy adds nothing the model lacks, while the
+        teacher-forced likelihood still favours it and free-running samples then wander from the series' level
+        (docs/long-series.md, "Copy component")."""
+        return self.n_channels > 1
 
     @property
     def seasons(self) -> list[int]:
