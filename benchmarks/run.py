@@ -347,6 +347,9 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "back where the context holds two weeks (electricity336 only, among these tasks), and decoding holds "
              "the previous value exactly at each channel's share of exact repeats among steps in the same bin as "
              "the step before (every task whose data holds values: electricity336 4 % of its steps).",
+             "  - 75fbcf7 (rows at 84ff463 and before predate it): the copy components (previous step and seasonal) "
+             "only where a step holds several channels; electricity100, electricity336 and italy24 train without "
+             "them (their samples had wandered from each series' level: electricity100 disc_gbm 0.380 at 84ff463).",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
