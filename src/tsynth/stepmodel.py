@@ -12,14 +12,14 @@ A sequence is a short prefix of series-level tokens followed by one position per
   channel ``c``'s bin (or "missing") is predicted from the step's hidden state plus the embeddings of the
   channels before it (drawn or, in training, true), through a small feed-forward head. Cost per step grows
   linearly with the channels, and the attention runs over steps, not values;
-* with ``copy`` (every new model whose steps hold several channels), that distribution is a mixture of the
-  head's free distribution and a discretised Gaussian over bins centred near the channel's own previous bin (gate, shift and width come from
-  the head). The summed step input cannot carry dozens of channels' exact values, and a smooth sensor moves by
-  a few bins per step; the copy component gives each channel its own previous value directly, so smooth
-  channels stay smooth, and the gate learns to ignore it where steps do not follow each other; with ``seasons``
-  (the data's day and week in steps, or its week for daily data), one more such component per lag sits near the
-  channel's bin one season earlier, so a series' day repeats its own yesterday, and its Monday its last Monday,
-  where the data does;
+* with ``copy`` (every new model whose steps hold several channels), that distribution is a mixture of the head's
+  free distribution and a discretised Gaussian over bins centred near the channel's own previous bin (gate, shift
+  and width come from the head). The summed step input cannot carry dozens of channels' exact values, and a smooth
+  sensor moves by a few bins per step; the copy component gives each channel its own previous value directly, so
+  smooth channels stay smooth, and the gate learns to ignore it where steps do not follow each other; with
+  ``seasons`` (the data's day and week in steps, or its week for daily data), one more such component per lag sits
+  near the channel's bin one season earlier, so a series' day repeats its own yesterday, and its Monday its last
+  Monday, where the data does;
 * the prefix positions predict the next prefix token (series-level tokens are drawn first, then held in the
   context for the whole series).
 
