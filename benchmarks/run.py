@@ -2,6 +2,7 @@
 
     python -m benchmarks.run electricity100 italy24 --generators tsynth,gaussian,holdout,copy --seeds 0,1,2
     python -m benchmarks.run --smoke                      # every task, tiny budget (used by the tests)
+    python -m benchmarks.run --suite --generators holdout,gaussian,tsynth --seeds 0,1,2   # generalisation suite
 
 Each (task, generator, seed) runs in a fresh process (so its peak memory is its own; smoke mode runs a
 task's runs in one) on one torch thread.
@@ -246,7 +247,7 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
     """BENCHMARKS.md from every full-mode results file, then the published TimeGAN-protocol figures."""
     from .bench_pretrained import pretrained_section
     from .bench_scale import scale_section
-    from .summary import summary_section
+    from .summary import suite_section, summary_section
 
     lines = ["# Benchmarks", "",
              "Written by `python -m benchmarks.run` from `benchmarks/results/*.json`: first a summary table per task, "
@@ -262,7 +263,8 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "`benchmarks/tasks.py`; the peers (DGAN, PAR) need the separate environment of "
              "`benchmarks/requirements-peers.txt`. What the defaults rest on is explained in `docs/` "
              "(each page links the rows here).", "",
-             *summary_section(out_dir), *long_section(out_dir), *scale_section(out_dir), *pretrained_section(out_dir),
+             *summary_section(out_dir), *suite_section(out_dir), *long_section(out_dir), *scale_section(out_dir),
+             *pretrained_section(out_dir),
              "## Rows", ""]
     for path in sorted(out_dir.glob("*.json"), key=lambda p: (TASK_ORDER.index(p.stem) if p.stem in TASK_ORDER else
                                                               len(TASK_ORDER), p.stem)):
@@ -395,7 +397,7 @@ def _report(task: str, row: dict) -> None:
 
 def main(argv=None) -> int:
     from .generators import GENERATORS
-    from .tasks import TASKS
+    from .tasks import SUITE, TASKS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tasks", nargs="*", help=f"tasks (default: all): {', '.join(TASKS)}")
@@ -406,10 +408,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS), help="results directory (elsewhere than the default, its "
                     "BENCHMARKS.md is written there, not over the repository's)")
     ap.add_argument("--render", action="store_true", help="only rebuild BENCHMARKS.md from the results files")
+    ap.add_argument("--suite", action="store_true", help=f"the generalisation suite's sets: {', '.join(SUITE)}")
     args = ap.parse_args(argv)
+    if args.suite and args.tasks:
+        ap.error("give task names or --suite, not both")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [] if args.render else args.tasks or list(TASKS)
+    tasks = [] if args.render else list(SUITE) if args.suite else args.tasks or list(TASKS)
+    unknown_tasks = [t for t in tasks if t not in TASKS and t not in SUITE]
+    if unknown_tasks:
+        ap.error(f"unknown task(s) {', '.join(unknown_tasks)}; choose from {', '.join(TASKS | SUITE)}")
     seeds = [int(s) for s in args.seeds.split(",")] if not args.smoke else [0]
     generators = args.generators.split(",")
     unknown = [g for g in generators if g not in GENERATORS]

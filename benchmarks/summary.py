@@ -2,6 +2,7 @@
 
     python -m benchmarks.summary                     # every task's table (the opening of BENCHMARKS.md)
     python -m benchmarks.summary --readme            # the small table of README.md
+    python -m benchmarks.summary --suite             # the generalisation suite's table
 
 Reads ``benchmarks/results/<task>.json`` (written by ``python -m benchmarks.run``); nothing is measured here.
 ``benchmarks.run`` puts :func:`summary_section` at the top of ``BENCHMARKS.md``.
@@ -49,6 +50,10 @@ TASK_ORDER = ["electricity100", "electricity336", "italy24", "electricity-raw", 
 # README: the recipe's task and two others; tsynth's defaults (and the load prior for energy data) against peers
 README_TASKS = ["electricity100", "italy24", "stocks24"]
 README_ROWS = ["holdout", "tsynth", "tsynth-token", "tsynth-load-e24", "gaussian", "par", "dgan"]
+# the generalisation suite (benchmarks.tasks.SUITE), in the order of its table; italy24 is also a task of its own
+SUITE_ORDER = ["suite-elec-h100", "suite-elec-h236", "suite-elec-100c", "suite-elec-160c", "suite-etth1",
+               "suite-fertility", "italy24"]
+SUITE_ROWS = ["holdout", "gaussian", "tsynth"]
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -121,8 +126,53 @@ def summary_section(out_dir: Path = RESULTS) -> list[str]:
              "MIA: membership-inference AUC by distance and by the model's likelihood (0.5 ideal); fit s: seconds "
              "on the machine of the rows (below).", ""]
     for task, rows in load_tasks(out_dir).items():
-        lines += [f"### {task}", "", *task_table(rows), ""]
+        if task not in SUITE_ORDER or task in TASK_ORDER:   # suite sets have their own table
+            lines += [f"### {task}", "", *task_table(rows), ""]
     return lines
+
+
+def mean_of(rows: list[dict], generator: str, key: str) -> float | None:
+    """The mean of ``key`` over ``generator``'s rows, None where none has it."""
+    v = [r[key] for r in rows if r["generator"] == generator and r.get(key) is not None]
+    return sum(v) / len(v) if v else None
+
+
+def suite_table(out_dir: Path = RESULTS) -> list[str]:
+    """The generalisation suite, a row per set: disc_gbm, the shape-level disc and the autocorrelation error at
+    the data's cycle for the holdout, the Gaussian and tsynth's defaults (means over seeds), and whether
+    tsynth meets the targets: below the Gaussian on both scores, cycle error within 2x the holdout's."""
+    data = load_tasks(out_dir)
+    head = ["set", "seeds"] + [f"{g} {k}" for k in ("disc_gbm", "shape disc", "cycle ACF err") for g in SUITE_ROWS]
+    out = ["| " + " | ".join(head + ["tsynth beats Gaussian", "cycle ACF <= 2x holdout"]) + " |",
+           "|---" * (len(head) + 2) + "|"]
+    for task in [t for t in SUITE_ORDER if t in data]:
+        rows = data[task]
+        figs = {(g, k): mean_of(rows, g, k) for g in SUITE_ROWS for k in ("disc_gbm", "shape_disc", "acf_err_cycle")}
+        t, g, h = ((figs[(x, "disc_gbm")], figs[(x, "shape_disc")], figs[(x, "acf_err_cycle")])
+                   for x in ("tsynth", "gaussian", "holdout"))
+        beats = "-" if None in (*t[:2], *g[:2]) else "yes" if t[0] < g[0] and t[1] < g[1] else "no"
+        cycle = "-" if t[2] is None or h[2] is None else "yes" if t[2] <= 2 * h[2] else "no"
+        cells = [fmt(figs[(x, k)]) for k in ("disc_gbm", "shape_disc", "acf_err_cycle") for x in SUITE_ROWS]
+        seeds = sum(r["generator"] == "tsynth" for r in rows)
+        out.append(f"| {task} | {seeds} | " + " | ".join(cells) + f" | {beats} | {cycle} |")
+    return out
+
+
+def suite_section(out_dir: Path = RESULTS) -> list[str]:
+    """BENCHMARKS.md's section on the generalisation suite (empty until one of its sets has rows)."""
+    table = suite_table(out_dir)
+    if len(table) <= 2:
+        return []
+    return ["## Generalisation suite", "",
+            "Sets that no default was chosen on (`benchmarks/tasks.py`, `SUITE`; `python -m benchmarks.run --suite "
+            "--generators holdout,gaussian,tsynth --seeds 0,1,2`): hours 100-200 and 236-336 of the electricity "
+            "file with the clients re-split, 100 and 160 random clients of its first 100 hours, ETTh1's three "
+            "useful-load columns cut into 100-hour windows (each z-scored), the World Bank fertility rates "
+            "statsmodels ships (yearly, raw scale), and italy24. Means over the seeds run (the seeds column: "
+            "tsynth's); tsynth runs its defaults, no flag. shape disc: disc_gbm with every series standardised on "
+            "its own; cycle ACF err: the autocorrelation error at the data's cycle (a day of hours; fertility's "
+            "yearly series have none). Every row is under the set's name in the rows below.", "",
+            *table, ""]
 
 
 def readme_table(out_dir: Path = RESULTS, tasks=README_TASKS, generators=README_ROWS) -> list[str]:
@@ -146,8 +196,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default=str(RESULTS), help="folder of <task>.json results files")
     ap.add_argument("--readme", action="store_true", help="the small table of README.md instead")
+    ap.add_argument("--suite", action="store_true", help="the generalisation suite's table instead")
     args = ap.parse_args(argv)
-    lines = readme_table(Path(args.results)) if args.readme else summary_section(Path(args.results))
+    lines = (readme_table(Path(args.results)) if args.readme else suite_table(Path(args.results)) if args.suite
+             else summary_section(Path(args.results)))
     print("\n".join(lines))
     return 0
 

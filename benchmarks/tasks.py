@@ -2,6 +2,11 @@
 
 The real data is read from ``$TSYNTH_DATA`` (default ``../shared/data`` beside the repository); it is never
 copied into the repository. ``italy24`` is the bundled demo set (ItalyPowerDemand from aeon).
+
+``SUITE`` is the generalisation suite: sets that no default is tuned on (other windows and client subsets of
+the electricity files, ETTh1's loads cut into meter-like windows, and the World Bank fertility rates that
+statsmodels ships), plus italy24. ``python -m benchmarks.run --suite`` runs them and ``BENCHMARKS.md`` shows
+them as one table (:func:`benchmarks.summary.suite_section`).
 """
 
 from __future__ import annotations
@@ -89,6 +94,63 @@ def _italy() -> Task:
                 data_names=("ItalyPowerDemand", "Italy"))
 
 
+ELECTRICITY_NAMES = ("electricity_hourly", "ElectricityLoadDiagrams", "LD2011_2014")
+
+
+def _electricity_part(name: str, hours: tuple[int, int], clients: int | None, seed: int) -> Task:
+    """Hours ``hours`` of the z-scored electricity file, ``clients`` of the 370 (all: None) drawn with
+    ``RandomState(seed)``, split 80/20 by client with ``seed``: other windows and subsets than electricity100's."""
+    data = SeriesSet.read(data_dir() / "electricity_hourly_std.parquet").window(hours[0], hours[1] - hours[0])
+    if clients is not None:
+        data = data.subset(np.sort(np.random.RandomState(seed).permutation(len(data))[:clients]))
+    train, holdout = data.split(0.2, seed=seed)
+    who = f"{clients} random clients" if clients else "all 370 clients"
+    return Task(name, train, holdout, f"z-scored kW: hours {hours[0]}-{hours[1]} of {who}, split 80/20 by client "
+                f"(RandomState({seed}))", data_names=ELECTRICITY_NAMES)
+
+
+ETT_LOADS = ("HUFL", "MUFL", "LUFL")  # ETTh1's 'useful load' columns: high, middle and low voltage
+ETT_WINDOW = 100
+
+
+def _etth1_meters() -> Task:
+    """ETTh1's three useful-load columns cut into consecutive 100-hour windows, each window a 'meter' z-scored
+    over its own values (as the recipe's series are), windows split 80/20 with RandomState(0)."""
+    df = pd.read_parquet(data_dir() / "ETTh1.parquet")
+    n = len(df) // ETT_WINDOW
+    arrays, ids, starts = [], [], []
+    for col in ETT_LOADS:
+        x = df[col].to_numpy(np.float64)[: n * ETT_WINDOW].reshape(n, ETT_WINDOW)
+        sd = x.std(axis=1, keepdims=True)
+        keep = np.flatnonzero(sd[:, 0] > 0)   # a constant window has no z-score; none in ETTh1
+        arrays += list(((x - x.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1))[keep].astype(np.float32))
+        ids += [f"{col}_{k:03d}" for k in keep]
+        starts += [pd.Timestamp(df["date"].iloc[k * ETT_WINDOW]) for k in keep]
+    data = SeriesSet.from_arrays(arrays, ids, ["load"], start=starts, freq="h")
+    train, holdout = data.split(0.2, seed=0)
+    return Task("suite-etth1", train, holdout, f"ETTh1 {', '.join(ETT_LOADS)} cut into {n} consecutive {ETT_WINDOW}-"
+                "hour windows each, every window z-scored, split 80/20 by window (RandomState(0))",
+                data_names=("ETTh1", "ETT"))
+
+
+def _fertility() -> Task:
+    """World Bank fertility rates (births per woman) of every country and region complete over 1960-2011, as
+    statsmodels ships them: yearly, raw scale, 52 steps; split 80/20 with RandomState(0)."""
+    import statsmodels.api as sm
+
+    df = sm.datasets.fertility.load_pandas().data
+    years = [str(y) for y in range(1960, 2012)]
+    x = df[years].astype(np.float64)
+    complete = x.notna().all(axis=1).to_numpy()   # 2012-2013 are empty in the file
+    data = SeriesSet.from_arrays(list(x.to_numpy()[complete].astype(np.float32)),
+                                 list(df["Country Code"][complete]), ["births_per_woman"],
+                                 start=[pd.Timestamp("1960-01-01")] * int(complete.sum()), freq="YS")
+    train, holdout = data.split(0.2, seed=0)
+    return Task("suite-fertility", train, holdout, f"statsmodels' World Bank fertility rates, {int(complete.sum())} "
+                f"of {len(df)} countries and regions (those complete over 1960-2011), yearly, raw, split 80/20 "
+                "(RandomState(0))", data_names=("fertility", "World Bank"))
+
+
 TASKS = {
     "electricity100": lambda: _electricity("electricity_hourly_std.parquet", "electricity100", "z-scored kW"),
     "electricity-raw": lambda: _electricity("electricity_hourly_raw.parquet", "electricity-raw", "raw kW"),
@@ -99,10 +161,21 @@ TASKS = {
     "energy24-blocked": lambda: _timegan("energy_data.parquet", "energy24-blocked", blocked=True),
     "italy24": _italy,
 }
+# the generalisation suite: built from data no default was chosen on (italy24 is the one set shared with TASKS)
+SUITE = {
+    "suite-elec-h100": lambda: _electricity_part("suite-elec-h100", (100, 200), None, 1),
+    "suite-elec-h236": lambda: _electricity_part("suite-elec-h236", (236, 336), None, 2),
+    "suite-elec-100c": lambda: _electricity_part("suite-elec-100c", (0, 100), 100, 3),
+    "suite-elec-160c": lambda: _electricity_part("suite-elec-160c", (0, 100), 160, 4),
+    "suite-etth1": _etth1_meters,
+    "suite-fertility": _fertility,
+    "italy24": _italy,
+}
 
 
 def load_task(name: str) -> Task:
-    """Build a task by name (see ``TASKS``)."""
-    if name not in TASKS:
-        raise SystemExit(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
-    return TASKS[name]()
+    """Build a task by name (see ``TASKS`` and ``SUITE``)."""
+    known = TASKS | SUITE
+    if name not in known:
+        raise SystemExit(f"unknown task {name!r}; choose from {', '.join(known)}")
+    return known[name]()

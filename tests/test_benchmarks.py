@@ -35,6 +35,9 @@ def stand_in_data(tmp_path, monkeypatch):
     energy = pd.DataFrame(rng.normal(size=(125, len(ENERGY))), columns=ENERGY)   # 125: the blocked holdout gets 2 windows
     energy[["Appliances", "lights"]] = rng.integers(0, 70, (125, 2))
     energy.to_parquet(tmp_path / "energy_data.parquet")
+    ett = pd.DataFrame(rng.normal(size=(1050, 7)), columns=["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"])
+    ett.insert(0, "date", pd.date_range("2016-07-01", periods=len(ett), freq="h"))
+    ett.to_parquet(tmp_path / "ETTh1.parquet")
     monkeypatch.setenv("TSYNTH_DATA", str(tmp_path))
     return tmp_path
 
@@ -110,3 +113,37 @@ def test_summary_tables_come_from_the_results(tmp_path):
     row = next(line for line in lines if line.startswith("| tsynth |"))
     assert "| 3 | 0.200 (0.100-0.300) | 0.010 (0.010-0.010) |" in row and "par" not in "\n".join(lines)
     assert "| tsynth | 0.200 | - |" in readme_table(tmp_path)
+
+
+def test_suite_sets_are_built_and_tabled(stand_in_data):
+    """Every set of the generalisation suite builds from the files (fertility from statsmodels), splits by item
+    with nothing on both sides, keeps its time stamps, and the suite table reads the rows of its sets."""
+    from benchmarks.summary import SUITE_ORDER, suite_section, suite_table
+    from benchmarks.tasks import SUITE, load_task
+
+    assert list(SUITE) == SUITE_ORDER
+    for name in SUITE:
+        task = load_task(name)
+        assert len(task.train) > len(task.holdout) > 0 and name == task.name
+        assert not set(task.train.item_id) & set(task.holdout.item_id)
+        assert np.isfinite(task.train.values).all() and np.isfinite(task.holdout.values).all()
+    h100 = load_task("suite-elec-h100")
+    assert h100.train.length == 100 and h100.train.start[0] == np.datetime64("2014-03-28T05:00")
+    ett = load_task("suite-etth1")   # 1,050 stand-in hours: 10 windows a column, each z-scored
+    assert len(ett.train) + len(ett.holdout) == 30 and ett.train.freq == "h"
+    assert np.allclose(ett.train.values.mean(axis=1), 0, atol=1e-5)
+    fert = load_task("suite-fertility")
+    assert fert.train.length == 52 and fert.train.freq == "YS" and 1 < np.nanmean(fert.train.values) < 8
+
+    out = stand_in_data / "results"
+    out.mkdir()
+    rows = [{"generator": g, "seed": s, "disc_gbm": d + 0.01 * s, "shape_disc": d, "acf_err_cycle": c}
+            for g, d, c in (("holdout", 0.05, 0.02), ("gaussian", 0.3, 0.02), ("tsynth", 0.1, 0.05))
+            for s in ((0,) if g == "holdout" else (0, 1, 2))]
+    (out / "suite-etth1.json").write_text(json.dumps({"task": "suite-etth1", "machine": {}, "rows": rows}))
+    table = suite_table(out)
+    assert len(table) == 3 and table[2].startswith("| suite-etth1 | 3 | 0.050 | 0.310 | 0.110 | 0.050 | 0.300 |")
+    assert table[2].endswith("| yes | no |")   # below the Gaussian on both; cycle error 0.05 > 2 x 0.02
+    assert "## Generalisation suite" in suite_section(out) and suite_section(stand_in_data) == []
+    with pytest.raises(SystemExit):
+        run.main(["--suite", "italy24", "--out", str(out)])
