@@ -8,6 +8,7 @@ The model is SmolLM2-135M-Instruct as the Q4_1 GGUF file that the PyPI package `
     OMP_NUM_THREADS=2 python -m benchmarks.bench_pretrained fewshot 3  # -> results/pretrained_fewshot.json
     python -m benchmarks.bench_pretrained study                        # -> results/pretrained_lora.json
     OMP_NUM_THREADS=1 python -m benchmarks.bench_pretrained memory 32  # -> results/pretrained_memory.json
+    OMP_NUM_THREADS=2 python -m benchmarks.bench_pretrained memory 296 900   # all train series, a 900 s time limit
 
 ``compare`` runs the generator ``tsynth-pretrained`` (:func:`tsynth_pretrained`: the pretrained backend's
 defaults, integer text, the recipe's 10 epochs cut by a wall-clock budget of ``FIT_BUDGET_S``) on
@@ -423,8 +424,9 @@ if __name__ == "__main__":
     elif what == "fewshot":
         print(fewshot(smoke="--smoke" in sys.argv, requests=int(sys.argv[2]) if sys.argv[2:3] != ["--smoke"] and
                       len(sys.argv) > 2 else FEWSHOT_REQUESTS))
-    elif what == "memory":
-        print(memory(int(sys.argv[2]) if len(sys.argv) > 2 else 32))
+    elif what == "memory":   # memory [SERIES [TIME_LIMIT_S]]
+        print(memory(int(sys.argv[2]) if len(sys.argv) > 2 else 32,
+                     time_limit=float(sys.argv[3]) if len(sys.argv) > 3 else None))
     else:
-        raise SystemExit("usage: python -m benchmarks.bench_pretrained [compare|fewshot|study|memory [SERIES]] "
+        raise SystemExit("usage: python -m benchmarks.bench_pretrained [compare|fewshot|study|memory [SERIES [SECONDS]]] "
                          "[--smoke]")

@@ -307,6 +307,8 @@ def test_sample_bad_requests(fitted):
         syn.sample(0)
     with pytest.raises(ConfigError, match="temperature"):
         syn.sample(3, temperature=0)
+    with pytest.raises(ConfigError, match=r"longer than this token model draws \(\d+ steps.*--codec step"):
+        syn.sample(3, length=100)   # a token model ends near its training length
 
 
 def test_save_load_same_samples_and_plain_hf_loading(fitted, tmp_path):

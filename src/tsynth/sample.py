@@ -70,7 +70,10 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
     max_pos = min(m.config.n_positions for m in models)
     positions = codec.sequence_length(steps)
     if positions - 1 > max_pos:
-        raise ConfigError(f"length {steps} needs {positions} positions; the model has {max_pos}")
+        most = (max_pos + 1 - codec.sequence_length(0)) // codec.n_channels
+        raise ConfigError(f"length {steps} is longer than this token model draws ({most} steps: its positions hold "
+                          "one value each, up to its training length); the step model (codec 'step', --codec step) "
+                          "draws series of any length")
     conds = list(conditions) if conditions is not None else [{}] * n
     if len(conds) != n:
         raise ConfigError(f"{len(conds)} condition rows for {n} series")
