@@ -119,7 +119,8 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
             opts.setdefault("value_range", task.dp_value_range)
         if task.dp_epochs is not None:
             opts.setdefault("epochs", task.dp_epochs)
-    check_no_leak(task, resolve_prior(opts.get("prior", "auto"), "dp_epsilon" in opts))
+    check_no_leak(task, resolve_prior(opts.get("prior", "auto"), "dp_epsilon" in opts, opts.get("domain"),
+                                      task.train.freq, task.train.n_channels))
     t0 = time.time()
     syn = Synthesizer("local", **opts).fit(task.train, progress=False)
     fit_s = time.time() - t0

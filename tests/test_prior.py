@@ -1,6 +1,7 @@
 """The public prior: pretraining on a corpus, fine-tuning from it, the shipped default, refusals."""
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,8 @@ from tsynth.artifact import FORMAT_VERSION
 from tsynth.corpus import DEFAULT_CORPUS, EXCLUDED, LOAD_CORPUS
 from tsynth.errors import ArtifactError, ConfigError
 from tsynth.pretrain import pretrain
-from tsynth.prior import DEFAULT_PRIOR, PRIOR_RANGE, SHIPPED_PRIORS, Prior, corpus_windows, resolve_prior
+from tsynth.prior import (DEFAULT_PRIOR, LOAD_DOMAINS, PRIOR_RANGE, SHIPPED_PRIORS, Prior, auto_prior,
+                          corpus_windows, resolve_prior)
 from tsynth.synthesizer import Synthesizer
 
 
@@ -164,6 +166,36 @@ def test_auto_prior_falls_back_when_the_data_does_not_fit(caplog):
     data = SeriesSet.from_arrays(list(daily(60, 12, 6)), [f"u{i}" for i in range(60)])
     syn = Synthesizer("local", dp_epsilon=8.0, epochs=1).fit(data, progress=False)
     assert syn.info["prior"] is None and "not starting from the default prior" in caplog.text
+
+
+def test_auto_prior_from_public_facts_only():
+    """--domain names the prior; without it, none without DP, under DP the load prior for hourly one-channel data."""
+    for domain in LOAD_DOMAINS:
+        assert auto_prior(domain.upper(), dp=False, freq="D", n_channels=3)[0] == "load"
+    assert auto_prior(None, dp=False, freq="h", n_channels=1)[0] is None
+    assert auto_prior(None, dp=True, freq="h", n_channels=1)[0] == "load"
+    assert auto_prior(None, dp=True, freq="60min", n_channels=1)[0] == "load"
+    assert auto_prior(None, dp=True, freq="h", n_channels=2)[0] == "default"
+    assert auto_prior(None, dp=True, freq=None, n_channels=1)[0] == "default"
+    name, why = auto_prior("finance", dp=True, freq="h", n_channels=1)
+    assert name == "load" and "no shipped prior serves domain 'finance'" in why
+    assert resolve_prior("auto", dp=False, domain="gas", freq="h").path == SHIPPED_PRIORS["load"]
+    assert resolve_prior("auto", dp=False, domain="weather") is None
+
+
+def test_domain_takes_its_prior_and_an_unknown_one_is_said(caplog):
+    torch.set_num_threads(1)
+    caplog.set_level(logging.INFO, logger="tsynth")
+    data = SeriesSet.from_arrays(list(daily(30, 24, 7)), [f"d{i}" for i in range(30)])
+    syn = Synthesizer("local", domain="electricity", epochs=1, ensemble=1, batch_size=16).fit(data, progress=False)
+    assert syn.info["codec"].get("kind") != "step" and "simbench" in syn.info["prior"]["sources"]
+    assert "domain 'electricity': the load prior" in caplog.text
+    caplog.clear()
+    syn = Synthesizer("local", domain="finance", epochs=1, ensemble=1).fit(data, progress=False)
+    assert syn.info["prior"] is None and syn.info["codec"]["kind"] == "step"
+    assert "no shipped prior serves domain 'finance'" in caplog.text
+    warned = [r for r in caplog.records if "finance" in r.getMessage()]
+    assert warned and all(r.levelname == "WARNING" for r in warned)
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED_PRIORS))

@@ -116,8 +116,12 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prior", help="start from a public prior: 'default' (shipped: general public series), 'load' "
                                    "(shipped: electric load profiles, for energy-consumption data), a directory "
-                                   "written by `tsynth pretrain`, 'none', or 'auto' (default: the default prior under "
-                                   "DP only)")
+                                   "written by `tsynth pretrain`, 'none', or 'auto' (default: by --domain; else none "
+                                   "without DP, and under DP the load prior for hourly one-channel data, the default "
+                                   "prior for the rest)")
+    g.add_argument("--domain", help="what the data is, e.g. electricity, energy, gas, finance, weather (public: it only "
+                                    "picks a prior under --prior auto; electricity/energy/load/power/smart-meter/"
+                                    "utility/heat/gas take the load prior; any other is said and the default taken)")
     g.add_argument("--trainable", choices=["all", "bitfit", "bitfit+positions", "bitfit+positions+embeddings"],
                    help="which parameters to train (default all; bitfit = biases and LayerNorm only)")
     g = p.add_argument_group("differential privacy (local backend; the unit of privacy is the item)")
@@ -146,7 +150,7 @@ def local_options(args: argparse.Namespace) -> dict[str, Any]:
     """The local backend keywords set on the command line."""
     names = ["preset", "epochs", "batch_size", "learning_rate", "n_bins", "binning", "point_mass_series", "scaling",
              "ensemble", "seed", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_profile_share", "prior", "trainable",
-             "time_limit_s", "smoothing", "codec", "context"]
+             "domain", "time_limit_s", "smoothing", "codec", "context"]
     opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "value_range", None):
         try:
@@ -696,6 +700,7 @@ EXAMPLES = {
   tsynth fit meters.parquet -o model --context 168          # whole long series (NaN gaps allowed), a week of context
   tsynth fit energy.csv --layout wide --length 24 --stride 1 -o model --time-limit 600   # training <= ~10 min in all
   tsynth fit electricity.parquet --length 100 --zscore -o model --dp-epsilon 8    # item-level DP-SGD
+  tsynth fit meters.parquet --length 100 -o model --domain electricity   # from the shipped load prior
   tsynth fit meters.parquet -o model --processes 2 --ensemble 1     # data-parallel in 2 processes
   tsynth fit meters/ -o model --ensemble 1          # a folder (or 'meters/*.parquet') of partitions, streamed
   accelerate launch --num_processes 8 -m tsynth.cli fit meters.parquet -o model --ensemble 1   # 8 GPUs

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from .artifact import FORMAT_VERSION, read_manifest
 from .codecs.values import ValueCodec
@@ -172,13 +173,51 @@ class Prior:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def resolve_prior(choice: str | os.PathLike | None, dp: bool) -> Prior | None:
+# what ``--domain`` may name, and the shipped prior that serves it: the load prior's corpus is metered electric load
+LOAD_DOMAINS = ("electricity", "energy", "load", "power", "smart-meter", "utility", "heat", "gas")
+DOMAIN_PRIORS = {d: "load" for d in LOAD_DOMAINS}
+
+
+def is_hourly(freq: str | None) -> bool:
+    """Whether a pandas frequency alias is one hour ("h", "1h", "60min")."""
+    if freq is None:
+        return False
+    try:
+        return pd.Timedelta(pd.tseries.frequencies.to_offset(freq)) == pd.Timedelta(hours=1)
+    except (ValueError, TypeError):
+        return False
+
+
+def auto_prior(domain: str | None, dp: bool, freq: str | None, n_channels: int) -> tuple[str | None, str]:
+    """The prior ``prior="auto"`` takes, from public facts only (what the user says the data is, whether DP is
+    asked for, the data's frequency and channel count; never its values), and the reason, for the log.
+
+    A ``domain`` that a shipped prior serves (``DOMAIN_PRIORS``) takes that prior, with or without DP. Otherwise,
+    without DP, no prior (the step model from scratch learns the data alone); under DP the load prior for hourly
+    data of one channel (metered load is what such data most often is, and the load prior's rows beat the
+    default prior's there: BENCHMARKS.md, the ``-dp-eps8`` rows) and the general default prior for the rest."""
+    if domain is not None:
+        key = domain.strip().lower()
+        if key in DOMAIN_PRIORS:
+            return DOMAIN_PRIORS[key], f"domain {domain!r}: the {DOMAIN_PRIORS[key]} prior"
+        why = f"no shipped prior serves domain {domain!r} (the load prior serves {', '.join(LOAD_DOMAINS)}); "
+    else:
+        why = ""
+    if not dp:
+        return None, why + "no prior: the model learns from the data alone"
+    if n_channels == 1 and is_hourly(freq):
+        return "load", why + "DP with hourly data of one channel: the load prior"
+    return "default", why + "DP: the general default prior"
+
+
+def resolve_prior(choice: str | os.PathLike | None, dp: bool, domain: str | None = None, freq: str | None = None,
+                  n_channels: int = 1) -> Prior | None:
     """``"none"``/None: no prior; a name of ``SHIPPED_PRIORS`` (``"default"``, ``"load"``): that shipped prior;
-    ``"auto"``: the default prior under DP only; else a prior directory."""
+    ``"auto"``: what :func:`auto_prior` takes for these public facts; else a prior directory."""
+    if str(choice) == "auto":
+        choice = auto_prior(domain, dp, freq, n_channels)[0]
     if choice is None or str(choice) == "none":
         return None
-    if str(choice) == "auto":
-        return Prior.load(DEFAULT_PRIOR) if dp else None
     path = SHIPPED_PRIORS.get(str(choice), Path(choice))
     if not path.exists():
         raise ConfigError(f"prior {path}: no such directory (use {', '.join(map(repr, SHIPPED_PRIORS))}, 'auto', "

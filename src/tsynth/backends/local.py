@@ -34,7 +34,7 @@ from ..data import SeriesSet, atomic_write
 from ..distributed import check_options as check_distributed_options
 from ..distributed import world_size
 from ..errors import ArtifactError, ConfigError, DataError, TsynthError
-from ..prior import CORPUS_FILE, DEFAULT_PRIOR, Prior, resolve_prior
+from ..prior import CORPUS_FILE, DEFAULT_PRIOR, DOMAIN_PRIORS, Prior, auto_prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
 from ..stepgen import GAPS, generate_steps, parse_start
@@ -85,7 +85,9 @@ class LocalOptions:
     # docs/priors.md)
     dp_profile_share: float | None = None
     trainable: str = "all"  # or a subset (train.TRAINABLE): less DP noise in all, no better samples so far
-    prior: str | None = "auto"  # "auto" (the default prior under DP only), "default", "load", "none" or a directory
+    # "auto" (prior.auto_prior: from --domain, DP, frequency and channels), "default", "load", "none" or a directory
+    prior: str | None = "auto"
+    domain: str | None = None  # what the data is ("electricity", "finance", ...): public, picks a prior under "auto"
     codec: str = "auto"  # "step" (a position per time step), "token" (a token per value: what priors are), "auto"
     context: int | None = None  # step model: steps in its context (default: codecs.steps.default_context)
     train: TrainConfig = None  # type: ignore[assignment]
@@ -187,15 +189,16 @@ class LocalBackend:
         if not validate:
             log.warning("%s: no validation split, training for a fixed %d epochs",
                         "differential privacy" if dp_settings else f"only {len(items)} items", opts.train.epochs)
-        kind = self._codec_kind(train)
-        prior = resolve_prior(opts.prior, dp_settings is not None) if kind == "token" else None
+        choice = self._prior_choice(train)
+        kind = self._codec_kind(train, choice)
+        prior = resolve_prior(choice, dp_settings is not None) if kind == "token" else None
         if prior is not None:
             try:
                 self.codec = self._prior_codec(prior, train, dp_settings is not None)
             except ConfigError as e:
                 if opts.prior != "auto":
                     raise
-                log.warning("not starting from the default prior: %s", e)
+                log.warning("not starting from the %s prior: %s", choice, e)
                 prior = None
         if dp_settings is not None and opts.dp_profile_share is None and prior is not None \
                 and prior.path.resolve() != DEFAULT_PRIOR:
@@ -289,11 +292,32 @@ class LocalBackend:
         }
         self.schema = data_schema(train)
 
-    def _codec_kind(self, train: SeriesSet) -> str:
+    def _prior_choice(self, train: SeriesSet) -> str | None:
+        """The prior to start from: the one asked for, or under ``prior="auto"`` what :func:`auto_prior` takes
+        from public facts (``domain``, DP, the frequency and channel count), where a token model can take the
+        data (no gaps, series within one step-model context) and no step model is asked for."""
+        opts = self.options
+        if opts.prior is None or str(opts.prior) != "auto":
+            if opts.domain is not None:
+                log.info("domain %r: the prior asked for (%s) is taken", opts.domain, opts.prior)
+            return None if opts.prior in (None, "none") else str(opts.prior)
+        name, why = auto_prior(opts.domain, opts.dp_epsilon is not None, train.freq, train.n_channels)
+        (log.warning if opts.domain is not None and opts.domain.strip().lower() not in DOMAIN_PRIORS else log.info)(
+            "prior: %s", why)
+        if name is None:
+            return None
+        long = default_context(train.freq, int(train.lengths.max())) < int(train.lengths.max())
+        if opts.codec == "step" or has_gaps(train) or long:
+            log.warning("prior: not the %s prior after all: it is a token model, and %s; the step model from scratch",
+                        name, "the step model is asked for" if opts.codec == "step" else
+                        "the data has gaps" if has_gaps(train) else "the series are longer than one context")
+            return None
+        return name
+
+    def _codec_kind(self, train: SeriesSet, prior: str | None) -> str:
         """Which model to train: 'step' (one position per time step: any length, many channels, gaps) unless a
-        prior is asked for (priors are token models) or ``codec='token'``. Under DP, 'token' (from the default
-        prior where it fits, with its per-step profile release) where the data has no gaps and its series fit in
-        one step-model context; 'step' for longer series or gaps."""
+        prior is taken (``prior``: priors are token models; under DP one is taken where the data has no gaps and
+        its series fit in one step-model context) or ``codec='token'``."""
         opts = self.options
         gaps = has_gaps(train)
         explicit_prior = opts.prior not in (None, "none", "auto")
@@ -301,7 +325,7 @@ class LocalBackend:
             raise ConfigError(f"prior {opts.prior!r} is a token model: pass codec 'token' (--codec token) to start from "
                               "it, or no prior")
         long = default_context(train.freq, int(train.lengths.max())) < int(train.lengths.max())
-        token = opts.codec == "token" or (opts.codec == "auto" and (explicit_prior or (
+        token = opts.codec == "token" or (opts.codec == "auto" and (prior is not None or (
             opts.dp_epsilon is not None and not gaps and not long)))
         if token and gaps:
             raise DataError("the token model cannot learn missing readings (NaN inside a series): use the step model "
