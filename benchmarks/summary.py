@@ -24,9 +24,10 @@ KEY = [("disc_gbm", "disc_gbm", 3), ("disc_gru", "disc_gru", 3), ("mean err", "m
 # what each generator is (the order of the rows); unknown generators follow in name order
 GENERATORS = {
     "holdout": "real held-out series scored as if synthetic: the floor",
-    "tsynth": "defaults: the step model from scratch (six members)",
-    "tsynth-token": "the token model from scratch, six members (the default until the step model; rows before the "
-                    "edge-bin tails)",
+    "tsynth": "defaults: from scratch, six members; the step model, or the token model for short windows (rows "
+              "since the short-window rule)",
+    "tsynth-step": "the step model from scratch, six members (`--codec step`)",
+    "tsynth-token": "the token model from scratch, six members (`--codec token`)",
     "tsynth-e12": "from scratch, twelve members",
     "tsynth-prior": "from the default prior, six members",
     "tsynth-load": "`--prior load --ensemble 6`",

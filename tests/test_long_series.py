@@ -301,8 +301,10 @@ def test_copy_components_only_where_a_step_holds_several_channels():
     samples wander from the series' level); two channels share a step's input and get them."""
     rng = np.random.default_rng(4)
     one, two = (series_of(rng.normal(0, 1, (8, 96, c))) for c in (1, 2))
-    config = StepModelConfig(**StepCodec.fit(one, ValueCodec(n_bins=16), 96).model_config({}, 0.0))
-    assert not config.copy and config.seasons == [] and StepModel(config).copy_head is None
+    codec = StepCodec.fit(one, ValueCodec(n_bins=16), 96)
+    config = StepModelConfig(**codec.model_config({}, 0.0))
+    assert not codec.copies and codec.seasons == [] and not config.copy and config.seasons == []
+    assert StepModel(config).copy_head is None
     config = StepModelConfig(**StepCodec.fit(two, ValueCodec(n_bins=16), 96).model_config({}, 0.0))
     assert config.copy and config.seasons == [24] and StepModel(config).copy_head.out_features == 6
 
@@ -348,3 +350,23 @@ def test_decoding_holds_values_for_runs_as_the_data_does():
     share = (exact & same_bin).sum(axis=(0, 1)) / same_bin.sum(axis=(0, 1))
     assert abs(share[0] - codec.repeats[0]) < 0.05 and share[1] == 0.0, (share, codec.repeats)
     assert StepCodec.from_dict(codec.to_dict()).repeats == codec.repeats
+
+
+def test_short_windows_train_the_token_model_by_default():
+    """Windows of at most SHORT_STEPS steps and SHORT_VALUES values, equal lengths and no gaps, take the token
+    model; longer ones, gappy ones, ragged ones or codec 'step' the step model."""
+    from tsynth.backends.local import SHORT_STEPS, SHORT_VALUES, LocalBackend
+
+    def kind(data, **kw):
+        backend = LocalBackend(**kw)
+        return backend._codec_kind(data, backend._prior_choice(data))
+
+    assert kind(hourly_set(n=10, days=1, channels=6)) == "token"
+    assert kind(hourly_set(n=10, days=2)) == "step" and SHORT_STEPS == 32   # 48 steps
+    assert kind(hourly_set(n=10, days=1, channels=SHORT_VALUES // 24 + 1)) == "step"   # too many values a window
+    assert kind(hourly_set(n=10, days=1, gaps=0.05)) == "step"
+    assert kind(hourly_set(n=10, days=1), codec="step") == "step"
+    ragged = hourly_set(n=10, days=1)
+    ragged.lengths[0] = 20
+    ragged.values[0, 20:] = np.nan
+    assert kind(ragged) == "step"

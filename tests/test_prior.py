@@ -186,7 +186,7 @@ def test_auto_prior_from_public_facts_only():
 def test_domain_takes_its_prior_and_an_unknown_one_is_said(caplog):
     torch.set_num_threads(1)
     caplog.set_level(logging.INFO, logger="tsynth")
-    data = SeriesSet.from_arrays(list(daily(30, 24, 7)), [f"d{i}" for i in range(30)])
+    data = SeriesSet.from_arrays(list(daily(30, 48, 7)), [f"d{i}" for i in range(30)])   # 48 steps: the step model
     syn = Synthesizer("local", domain="electricity", epochs=1, ensemble=1, batch_size=16).fit(data, progress=False)
     assert syn.info["codec"].get("kind") != "step" and "simbench" in syn.info["prior"]["sources"]
     assert "domain 'electricity': the load prior" in caplog.text

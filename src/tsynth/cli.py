@@ -107,7 +107,8 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
                                         "'none' for none; default: attributes and varying calendar fields")
     g.add_argument("--codec", choices=["auto", "step", "token"],
                    help="'step': one position per time step (series of any length, many channels, gaps; the default "
-                        "without a prior); 'token': one token per value (what priors are; the default with --prior)")
+                        "without a prior); 'token': one token per value (what priors are; the default with --prior and "
+                        "for windows of at most 32 steps and 1,024 values)")
     g.add_argument("--context", type=int, metavar="STEPS",
                    help="step model: time steps the model sees at once (default about 4 days of the data's steps, at "
                         "most the longest series); longer series train on windows at random offsets")

@@ -53,6 +53,10 @@ POINT_MASS_FILE = "point_masses.npz"  # the codec's point masses (ValueCodec.sav
 # members averaged when sampling: six from scratch (more gave nothing); from a prior without DP members stop after a
 # few epochs, so more are cheap, and they keep helping (the measurements: docs/model-and-training.md, "Ensemble")
 DEFAULT_ENSEMBLE = 6
+# windows this short (steps, and values: steps x channels) of equal length without gaps train the token model by
+# default: it sees every value of the window exactly, where the step model's input sums a step's channels
+SHORT_STEPS = 32
+SHORT_VALUES = 1024
 STEP_BATCH_POSITIONS, MIN_STEP_BATCH = 32 * 96, 8  # step model: time steps per batch, fewest windows per batch
 MIN_MEMBER_EPOCHS = 20  # under a time limit, members are dropped while each would train fewer epochs
 PRIOR_ENSEMBLE = 24
@@ -317,16 +321,22 @@ class LocalBackend:
     def _codec_kind(self, train: SeriesSet, prior: str | None) -> str:
         """Which model to train: 'step' (one position per time step: any length, many channels, gaps) unless a
         prior is taken (``prior``: priors are token models; under DP one is taken where the data has no gaps and
-        its series fit in one step-model context) or ``codec='token'``."""
+        its series fit in one step-model context), the windows are short (``SHORT_STEPS``, ``SHORT_VALUES``: equal
+        lengths, no gaps) or ``codec='token'``."""
         opts = self.options
         gaps = has_gaps(train)
         explicit_prior = opts.prior not in (None, "none", "auto")
         if opts.codec == "step" and explicit_prior:
             raise ConfigError(f"prior {opts.prior!r} is a token model: pass codec 'token' (--codec token) to start from "
                               "it, or no prior")
-        long = default_context(train.freq, int(train.lengths.max())) < int(train.lengths.max())
+        steps = int(train.lengths.max())
+        long = default_context(train.freq, steps) < steps
+        short = train.is_regular and steps <= SHORT_STEPS and steps * train.n_channels <= SHORT_VALUES
         token = opts.codec == "token" or (opts.codec == "auto" and (prior is not None or (
-            opts.dp_epsilon is not None and not gaps and not long)))
+            not gaps and not long and (opts.dp_epsilon is not None or short))))
+        if token and opts.codec == "auto" and prior is None and opts.dp_epsilon is None:
+            log.info("token model: series of %d steps x %d channels are short enough for a token per value (the step "
+                     "model, for series of any length out: codec 'step')", steps, train.n_channels)
         if token and gaps:
             raise DataError("the token model cannot learn missing readings (NaN inside a series): use the step model "
                             "(codec 'step', no prior) or fill them when reading (--fill)")

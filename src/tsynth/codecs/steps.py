@@ -290,7 +290,10 @@ class StepCodec:
     @property
     def seasons(self) -> list[int]:
         """Lags of the seasonal copy components: a day and a week of sub-daily data, a week of daily data, each
-        where the context holds it at least twice (chosen from the frequency, a public fact)."""
+        where the context holds it at least twice (chosen from the frequency, a public fact); none without copy
+        components (one channel a step)."""
+        if not self.copies:
+            return []
         per_day = steps_per_day(self.values.freq)
         lags = [per_day, 7 * per_day] if per_day is not None and per_day > 1 else [7] if per_day == 1 else []
         return [lag for lag in lags if 2 * lag <= self.context]
