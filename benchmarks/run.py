@@ -352,6 +352,13 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "  - 75fbcf7 (rows at 84ff463 and before predate it): the copy components (previous step and seasonal) "
              "only where a step holds several channels; electricity100, electricity336 and italy24 train without "
              "them (their samples had wandered from each series' level: electricity100 disc_gbm 0.380 at 84ff463).",
+             "  - 1afe7cc: `--prior auto` under DP takes the load prior for hourly data of one channel (electricity100 "
+             "and electricity-raw; their `tsynth-dp-*` rows before it started from the default prior, as "
+             "`tsynth-dp-eps8-load` rows show the load prior).",
+             "  - 7e1f3d6: windows of at most 32 steps and 1,024 values (equal lengths, no gaps) train the token model "
+             "by default. The step model's rows from before it that were the default then (italy24 and stocks24 at "
+             "75fbcf7, energy24 at a985f85) are listed as `tsynth-step` (what `--codec step` runs now); from 7e1f3d6 "
+             "on, `tsynth` on these three tasks is the token model.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "

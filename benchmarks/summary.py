@@ -50,7 +50,7 @@ TASK_ORDER = ["electricity100", "electricity336", "italy24", "electricity-raw", 
               "energy24-blocked"]
 # README: the recipe's task and two others; tsynth's defaults (and the load prior for energy data) against peers
 README_TASKS = ["electricity100", "italy24", "stocks24"]
-README_ROWS = ["holdout", "tsynth", "tsynth-token", "tsynth-load-e24", "gaussian", "par", "dgan"]
+README_ROWS = ["holdout", "tsynth", "tsynth-step", "tsynth-token", "tsynth-load-e24", "gaussian", "par", "dgan"]
 # the generalisation suite (benchmarks.tasks.SUITE), in the order of its table; italy24 is also a task of its own
 SUITE_ORDER = ["suite-elec-h100", "suite-elec-h236", "suite-elec-100c", "suite-elec-160c", "suite-etth1",
                "suite-fertility", "italy24"]
@@ -81,7 +81,8 @@ def load_tasks(out_dir: Path = RESULTS) -> dict[str, list[dict]]:
         if path.stem.endswith("-smoke"):
             continue
         doc = json.loads(path.read_text())
-        if not isinstance(doc, dict) or "rows" not in doc or "task" not in doc:
+        # only <task>.json: other files about a task (pretrained_electricity100.json) keep rows of their own
+        if not isinstance(doc, dict) or "rows" not in doc or doc.get("task") != path.stem:
             continue
         tasks[doc["task"]] = [{**r, **extras(r)} for r in doc["rows"] if r.get("status") != "unavailable"]
     order = [t for t in TASK_ORDER if t in tasks] + sorted(set(tasks) - set(TASK_ORDER))

@@ -108,10 +108,13 @@ def test_summary_tables_come_from_the_results(tmp_path):
         {"generator": "tsynth", "seed": s, "disc_gbm": v, "mean_err": 0.01, "fit_s": 10.0} for s, v in
         enumerate((0.1, 0.2, 0.3))] + [{"generator": "par", "status": "unavailable", "reason": "not installed"}]}
     (tmp_path / "italy24.json").write_text(json.dumps(doc))
+    other = {"task": "italy24", "machine": {}, "rows": [{"generator": "tsynth-pretrained", "seed": 0, "disc_gbm": 0.5}]}
+    (tmp_path / "pretrained_italy24.json").write_text(json.dumps(other))   # about the task, not its rows
     lines = summary_section(tmp_path)
     assert "### italy24" in lines
     row = next(line for line in lines if line.startswith("| tsynth |"))
     assert "| 3 | 0.200 (0.100-0.300) | 0.010 (0.010-0.010) |" in row and "par" not in "\n".join(lines)
+    assert "tsynth-pretrained" not in "\n".join(lines)
     assert "| tsynth | 0.200 | - |" in readme_table(tmp_path)
 
 
