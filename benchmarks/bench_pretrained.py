@@ -353,8 +353,8 @@ def pretrained_section(out_dir: Path = RESULTS) -> list[str]:
                          f"{_f(r.get('pct_err'))} | {_f(r.get('exact_copies'), 0)} | {_f(r.get('dcr_ratio'))} | "
                          f"{_f(r.get('mia'))} | {_f(r.get('fit_s'), 0)} | {_f(r.get('sample_s'), 0)} | "
                          f"{_f(r.get('peak_mb'), 0)} |")
-        lines += ["", f"tsynth-pretrained trained {x.get('steps')} steps of 8 series ({x.get('rows_trained')} of "
-                  f"{row.get('n_synthetic')} series seen once) in its budget; train loss {_f((x.get('train_loss') or [None])[-1])}, "
+        lines += ["", f"tsynth-pretrained trained {x.get('steps')} steps of 8 series ({x.get('rows_trained')} train "
+                  f"series seen once) in its budget; train loss {_f((x.get('train_loss') or [None])[-1])}, "
                   f"validation loss {_f((x.get('valid_loss') or [None])[-1])}; {x.get('tokens_per_value')} tokens a value; "
                   f"sampled {row.get('n_synthetic')} series, all valid ({x.get('sample_stats')}); memory plan: "
                   f"{(x.get('memory') or {}).get('summary')}. The likelihood audit scores {x.get('mia_likelihood_rows')} "
