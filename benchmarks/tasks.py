@@ -42,18 +42,21 @@ class Task:
     horizon: int | None = None  # also draw series this long and compare their first and last weeks (long series)
 
 
+ELECTRICITY_NAMES = ("electricity_hourly", "ElectricityLoadDiagrams", "LD2011_2014")
+
+
 def _electricity(file: str, name: str, what: str) -> Task:
     data = SeriesSet.read(data_dir() / file).window(0, 100)
     train, holdout = data.split(0.2, seed=0)  # RandomState(0).permutation(370): 296 train, 74 holdout
     return Task(name, train, holdout, f"{what}: first 100 hours of 370 clients, clients split 296/74 by RandomState(0)",
-                data_names=("electricity_hourly", "ElectricityLoadDiagrams", "LD2011_2014"))
+                data_names=ELECTRICITY_NAMES)
 
 
 def _electricity_whole(file: str, name: str, what: str) -> Task:
     data = SeriesSet.read(data_dir() / file)
     train, holdout = data.split(0.2, seed=0)  # the same clients as electricity100 on each side
     return Task(name, train, holdout, f"{what}: the whole 336 hours (two weeks) of 370 clients, clients split 296/74 "
-                "by RandomState(0)", data_names=("electricity_hourly", "ElectricityLoadDiagrams", "LD2011_2014"),
+                "by RandomState(0)", data_names=ELECTRICITY_NAMES,
                 horizon=2000)
 
 
@@ -92,9 +95,6 @@ def _italy() -> Task:
     train, holdout = load_demo().split(0.2, seed=0)
     return Task("italy24", train, holdout, "ItalyPowerDemand (aeon), days split 80/20 by item", label="season",
                 data_names=("ItalyPowerDemand", "Italy"))
-
-
-ELECTRICITY_NAMES = ("electricity_hourly", "ElectricityLoadDiagrams", "LD2011_2014")
 
 
 def _electricity_part(name: str, hours: tuple[int, int], clients: int | None, seed: int) -> Task:

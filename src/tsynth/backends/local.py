@@ -67,6 +67,12 @@ DP_MAX_OUTSIDE = 0.25  # a DP fit refuses data with more of its values beyond th
 DP_TRAIN_DEFAULTS = {"epochs": 60, "batch_size": 64, "learning_rate": 3e-3}
 
 
+def longer_than_context(train: SeriesSet) -> bool:
+    """Whether the longest series exceeds the step model's default context (a token model sees series whole)."""
+    steps = int(train.lengths.max())
+    return default_context(train.freq, steps) < steps
+
+
 @dataclass
 class LocalOptions:
     """Options of the local backend: codec, model and training settings."""
@@ -310,11 +316,11 @@ class LocalBackend:
             "prior: %s", why)
         if name is None:
             return None
-        long = default_context(train.freq, int(train.lengths.max())) < int(train.lengths.max())
-        if opts.codec == "step" or has_gaps(train) or long:
+        gaps = has_gaps(train)
+        if opts.codec == "step" or gaps or longer_than_context(train):
             log.warning("prior: not the %s prior after all: it is a token model, and %s; the step model from scratch",
                         name, "the step model is asked for" if opts.codec == "step" else
-                        "the data has gaps" if has_gaps(train) else "the series are longer than one context")
+                        "the data has gaps" if gaps else "the series are longer than one context")
             return None
         return name
 
@@ -330,7 +336,7 @@ class LocalBackend:
             raise ConfigError(f"prior {opts.prior!r} is a token model: pass codec 'token' (--codec token) to start from "
                               "it, or no prior")
         steps = int(train.lengths.max())
-        long = default_context(train.freq, steps) < steps
+        long = longer_than_context(train)
         short = train.is_regular and steps <= SHORT_STEPS and steps * train.n_channels <= SHORT_VALUES
         token = opts.codec == "token" or (opts.codec == "auto" and (prior is not None or (
             not gaps and not long and (opts.dp_epsilon is not None or short))))
