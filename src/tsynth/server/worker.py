@@ -301,7 +301,8 @@ class _Progress:
         if ev.get("valid_loss") is not None:
             data["valid_loss"] = ev["valid_loss"]
             msg += f", validation loss={ev['valid_loss']:.2f}"
-        self.store.add_event(self.job_id, msg, type_="metrics", data=data)
+        # the epoch's snapshot is in place before its metrics event is visible: a server that dies after
+        # a client has seen step N resumes from step N, not from the one before
         if ev.get("checkpoint"):
             self.snap_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.snap_dir / f".step-{step}.tmp"
@@ -309,6 +310,7 @@ class _Progress:
             os.replace(tmp, self.snap_dir / f"step-{step}.safetensors")
             for _, old in sorted(_snapshots(self.snap_dir.parent))[:-KEEP_CHECKPOINTS]:
                 old.unlink()
+        self.store.add_event(self.job_id, msg, type_="metrics", data=data)
         per_epoch = (time.time() - self.t0) / (epoch - self.first_epoch + 1)
         self.store.update_job(self.job_id, only_if=("running",),
                               estimated_finish=int(time.time() + per_epoch * max(expected - epoch, 0)))
