@@ -107,13 +107,14 @@ def check_no_leak(task: Task, prior: Prior | None) -> None:
 
 
 def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesSet, float, float, dict]:
-    """tsynth's local backend with its default settings (smoke: 2 epochs of one model, not an ensemble,
-    and 20 extra draws instead of 1000). Without DP the fit gets the peers' wall-clock budget (``BUDGET_S``
-    as the backend's time limit; it binds on stocks24 and energy24); a DP fit cannot be cut short, so a task may
-    cap its epochs (``Task.dp_epochs``)."""
-    opts = {"seed": seed, **options, **({"epochs": 2, "ensemble": 1} if smoke else {})}
+    """tsynth's local backend with its default settings (smoke: 1 epoch of one model, not an ensemble,
+    no time limit, and 5 extra draws instead of 1000). Without DP the fit gets the peers' wall-clock budget
+    (``BUDGET_S`` as the backend's time limit; it binds on stocks24 and energy24); a DP fit cannot be cut short,
+    so a task may cap its epochs (``Task.dp_epochs``)."""
+    opts = {"seed": seed, **options, **({"epochs": 1, "ensemble": 1} if smoke else {})}
     if "dp_epsilon" not in opts:
-        opts["time_limit_s"] = BUDGET_S
+        if not smoke:   # a time limit first times a few training steps: longer than the smoke epoch
+            opts["time_limit_s"] = BUDGET_S
     else:
         if task.dp_value_range is not None:
             opts.setdefault("value_range", task.dp_value_range)
@@ -128,7 +129,7 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
     synthetic = syn.sample(len(task.train), seed=seed)
     sample_s = time.time() - t0
     t0 = time.time()
-    more = syn.sample(20 if smoke else 1000, seed=seed + 1)
+    more = syn.sample(5 if smoke else 1000, seed=seed + 1)
     members = syn.info["training"]["members"]
     audit = likelihood_mia(syn, task.train, task.holdout, seed=seed)
     if task.horizon is not None and syn.info["codec"].get("kind") == "step":

@@ -13,6 +13,7 @@ from tsynth.cli import main
 from tsynth.codecs.steps import StepCodec, calendar_values, default_context
 from tsynth.codecs.values import ValueCodec
 from tsynth.errors import DataError
+from tsynth.stepgen import generate_steps
 from tsynth.stepmodel import KVCache, StepModel, StepModelConfig, window_loss
 
 
@@ -77,28 +78,34 @@ def test_windows_carry_previous_values_gaps_and_padding():
 
 
 def test_cached_steps_match_the_whole_window():
-    """Step-by-step generation with the key/value cache computes what the training forward pass computes."""
+    """Step-by-step generation with the key/value cache computes what the training forward pass computes (the
+    seasonal inputs, a day back, included)."""
     data = hourly_set(n=8, days=4, channels=3)
-    codec = StepCodec.fit(data, ValueCodec(n_bins=16), 24)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=16), 48)
     arrays = codec.encode(data)
     torch.manual_seed(0)
     model = StepModel(StepModelConfig(**codec.model_config(dict(n_layer=2, n_embd=32, n_head=4), 0.0))).eval()
-    prefix, prev, target, cal = (torch.as_tensor(a) for a in codec.windows(arrays, np.array([0, 1]), np.array([5, 40])))
+    rows, offsets = np.array([0, 1]), np.array([5, 40])
+    prefix, prev, target, cal = (torch.as_tensor(a) for a in codec.windows(arrays, rows, offsets))
+    season = torch.as_tensor(codec.lagged(arrays, rows, offsets, 24))[..., None]
+    assert model.config.seasons == [24] and (season[0, :19] == codec.n_bins + 1).all()   # before the first step
+    assert (season[1, :, 0, 0] == torch.as_tensor(arrays["ids"][1, 16:64, 0].astype(np.int64))).all()
     with torch.no_grad():
-        full = model(prefix, prev, cal)
-        _, logits = model(prefix, prev, cal, targets=target)
+        full = model(prefix, prev, cal, season_ids=season)
+        _, logits = model(prefix, prev, cal, targets=target, season_ids=season)
         cache = KVCache.empty(model.config, 2, "cpu")
         parts = [model.hidden(model.prefix_emb(prefix), 0, cache)]
         for t in range(prev.shape[1]):
-            parts.append(model.hidden(model.step_inputs(prev[:, t:t + 1], cal[:, t:t + 1]), codec.prefix_length + t,
-                                      cache))
+            parts.append(model.hidden(model.step_inputs(prev[:, t:t + 1], cal[:, t:t + 1], season[:, t:t + 1]),
+                                      codec.prefix_length + t, cache))
         step = torch.cat(parts, dim=1)
         assert torch.allclose(full, step, atol=1e-5)
         # the channel head, one channel at a time, matches the teacher-forced one
         h = full[:, codec.prefix_length + 3]
         before = torch.zeros_like(h)
         for c in range(3):
-            assert torch.allclose(model.channel_logits(h, c, before, prev[:, 3, c]), logits[:, 3, c], atol=1e-5)
+            assert torch.allclose(model.channel_logits(h, c, before, prev[:, 3, c], season[:, 3, c]), logits[:, 3, c],
+                                  atol=1e-5)
             before = before + model.chain(c, target[:, 3, c])
 
 
@@ -264,19 +271,26 @@ def test_edge_bins_decode_like_the_data_tails():
 def loss_after_training(codec: StepCodec, data: SeriesSet, offset: int, **config) -> float:
     """Held-in loss of a one-layer step model (``config`` overrides its config) after 60 AdamW steps on windows
     of ``data`` from ``offset`` (-1: random offsets)."""
+    return trained_model(codec, data, offset, **config)[1]
+
+
+def trained_model(codec: StepCodec, data: SeriesSet, offset: int, batch: int = 32,
+                  **config) -> tuple[StepModel, float]:
+    """The model and loss of :func:`loss_after_training` (``batch`` windows a step)."""
     arrays = codec.encode(data)
     torch.manual_seed(0)
     model = StepModel(StepModelConfig(**{**codec.model_config(dict(n_layer=1, n_embd=32, n_head=4), 0.0), **config}))
     loss = window_loss(codec, arrays, 0.0, 0.0, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    rows = torch.tensor([[i % len(data), offset] for i in range(32)])
+    rows = torch.tensor([[i % len(data), offset] for i in range(batch)])
     for _ in range(60):
         opt.zero_grad()
         loss(model, rows).backward()
         opt.step()
     model.eval()
     with torch.no_grad():
-        return float(loss(model, torch.tensor([[i, max(offset, 0) + 10 * (offset < 0)] for i in range(len(data))])))
+        return model, float(loss(model, torch.tensor([[i, max(offset, 0) + 10 * (offset < 0)]
+                                                      for i in range(len(data))])))
 
 
 def series_of(values: np.ndarray) -> SeriesSet:
@@ -298,15 +312,37 @@ def test_the_copy_component_keeps_smooth_channels_smooth():
 
 def test_copy_components_only_where_a_step_holds_several_channels():
     """One channel: its exact previous bin is the step's input, so the model has no copy components (they made
-    samples wander from the series' level); two channels share a step's input and get them."""
+    samples wander from the series' level), only the seasonal input; two channels share a step's input and get
+    both."""
     rng = np.random.default_rng(4)
     one, two = (series_of(rng.normal(0, 1, (8, 96, c))) for c in (1, 2))
     codec = StepCodec.fit(one, ValueCodec(n_bins=16), 96)
     config = StepModelConfig(**codec.model_config({}, 0.0))
-    assert not codec.copies and codec.seasons == [] and not config.copy and config.seasons == []
-    assert StepModel(config).copy_head is None
+    assert not codec.copies and codec.seasons == [24] and not config.copy and config.seasons == [24]
+    model = StepModel(config)
+    assert model.copy_head is None and model.season_emb.num_embeddings == config.n_ids
     config = StepModelConfig(**StepCodec.fit(two, ValueCodec(n_bins=16), 96).model_config({}, 0.0))
     assert config.copy and config.seasons == [24] and StepModel(config).copy_head.out_features == 6
+    old = StepModelConfig(n_channels=1, context=96, seasons=[24])   # saved before the seasonal inputs
+    assert old.seasons == [] and StepModel(old).season_emb is None
+
+
+def test_the_seasonal_input_repeats_each_series_own_day():
+    """One channel whose series each repeat their own random daily shape: with each step's value a day back in
+    its input, the loss falls well below that of a model that must find it through attention, after the same
+    training; generation gives the input the values it drew a day earlier, so samples repeat their own day."""
+    rng = np.random.default_rng(3)
+    data = series_of(np.tile(rng.normal(0, 1, (40, 24, 1)), (1, 4, 1)) + rng.normal(0, 0.05, (40, 96, 1)))
+    codec = StepCodec.fit(data, ValueCodec(n_bins=64), 96)
+    model, with_input = trained_model(codec, data, 0)
+    assert model.config.season_inputs and model.config.seasons == [24]
+    without = loss_after_training(codec, data, 0, season_inputs=False, seasons=[])
+    assert with_input < without - 0.5, (with_input, without)
+    out = generate_steps([model], codec, 40, length=96, start="2024-01-01", seed=0).values[:, :, 0]
+    days = out.reshape(40, 4, 24) - out.reshape(40, 4, 24).mean(2, keepdims=True)
+    same = [np.corrcoef(days[i, 1], days[i, 2])[0, 1] for i in range(40)]   # a series' day 2 against its day 3
+    other = [np.corrcoef(days[i, 1], days[(i + 1) % 40, 2])[0, 1] for i in range(40)]
+    assert np.mean(same) > 0.6 and abs(np.mean(other)) < 0.2, (np.mean(same), np.mean(other))
 
 
 def test_the_seasonal_copy_component_repeats_each_series_own_day():
@@ -327,7 +363,7 @@ def test_the_weekly_copy_component_repeats_each_series_own_week():
     data = series_of(np.tile(rng.normal(0, 1, (24, 168, 2)), (1, 2, 1)) + rng.normal(0, 0.05, (24, 336, 2)))
     codec = StepCodec.fit(data, ValueCodec(n_bins=64), 336)
     assert codec.seasons == [24, 168]
-    losses = {len(lags): loss_after_training(codec, data, 0, seasons=lags) for lags in ([24, 168], [24])}
+    losses = {len(lags): trained_model(codec, data, 0, batch=12, seasons=lags)[1] for lags in ([24, 168], [24])}
     assert losses[2] < losses[1] - 0.5, losses
 
 

@@ -177,10 +177,18 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
     lags = models[0].config.seasons
     first = 0  # the first step in the context
 
+    def back(lag: int, lo: int, hi: int) -> torch.Tensor:
+        """Value ids (b, hi - lo, channels) ``lag`` steps before steps lo..hi-1 (<start> before the first)."""
+        before = max(0, min(lag - lo, hi - lo))
+        return torch.cat([start_ids.expand(b, before, -1), ids[:, lo + before - lag:hi - lag]], dim=1)
+
+    season_inputs = models[0].config.season_inputs and bool(lags)
+
     def inputs(m, lo: int, hi: int) -> torch.Tensor:
-        prev = torch.cat([start_ids, ids[:, :hi - 1]], dim=1)[:, lo:hi] if lo == 0 else ids[:, lo - 1:hi - 1]
+        prev = back(1, lo, hi)
         cal = None if calendar is None else calendar[:, lo:hi].to(device)
-        return m.step_inputs(prev.to(device), cal)
+        season = torch.stack([back(lag, lo, hi) for lag in lags], dim=-1).to(device) if season_inputs else None
+        return m.step_inputs(prev.to(device), cal, season)
 
     for t in range(steps):
         if t - first == ctx:  # the context is full: rebuild it from the prefix and the last `keep` steps

@@ -7,7 +7,9 @@ A sequence is a short prefix of series-level tokens followed by one position per
 * the input at step ``t`` is the previous step's values (every channel: a learned embedding of each channel's
   bin, summed, plus a linear map of the bins' positions and missing flags; a ``<start>`` id before a series'
   first step) plus the embeddings of step ``t``'s calendar position (time of day, day of week, week of year
-  or month, from its time stamp), so the model always knows when the step it predicts falls;
+  or month, from its time stamp), so the model always knows when the step it predicts falls, plus, with
+  ``season_inputs``, each channel's value one season before step ``t`` (a day, a week; hidden at random while
+  the model trains, so it leans on them only as far as they predict);
 * the output at step ``t`` gives the joint distribution of step ``t``'s channels, one channel after another:
   channel ``c``'s bin (or "missing") is predicted from the step's hidden state plus the embeddings of the
   channels before it (drawn or, in training, true), through a small feed-forward head. Cost per step grows
@@ -50,6 +52,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Pretrained
 LOG_FLOOR = -60.0
 SHIFTED_SHARE = 0.25  # training windows of series that fit the context which start at a later step
 COPY_SHIFT = 4.0  # bins a copy component's centre may sit away from its anchor value
+SEASON_DROPOUT = 0.75  # share of season inputs hidden while the model trains (docs/long-series.md)
 
 
 class StepModelConfig(PretrainedConfig):
@@ -60,12 +63,15 @@ class StepModelConfig(PretrainedConfig):
     def __init__(self, n_channels: int = 1, n_bins: int = 256, prefix_vocab: int = 8, prefix_length: int = 1,
                  context: int = 96, calendar_sizes: list[int] | tuple[int, ...] = (), n_layer: int = 2,
                  n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, copy: bool = False,
-                 seasons: list[int] | tuple[int, ...] | None = None, season: int = 0, **kwargs) -> None:
+                 seasons: list[int] | tuple[int, ...] | None = None, season: int = 0, season_inputs: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.copy = bool(copy)  # False for models saved before the copy component
-        # lags of the seasonal copy components (models saved with one lag have ``season``)
+        # False for models saved before the seasonal inputs: their seasons feed the copy components only
+        self.season_inputs = bool(season_inputs)
+        # the seasonal lags (models saved with one lag have ``season``)
         lags = [int(s) for s in seasons] if seasons is not None else [int(season)] if season else []
-        self.seasons = lags if copy else []
+        self.seasons = lags if copy or season_inputs else []
         self.n_channels, self.n_bins = int(n_channels), int(n_bins)
         self.prefix_vocab, self.prefix_length, self.context = int(prefix_vocab), int(prefix_length), int(context)
         self.calendar_sizes = [int(s) for s in calendar_sizes]
@@ -146,6 +152,10 @@ class StepModel(PreTrainedModel):
         self.prefix_emb = nn.Embedding(config.prefix_vocab, d)
         self.value_emb = nn.Embedding(c * config.n_ids, d)
         self.value_proj = nn.Linear(2 * c, d)
+        lags = len(config.seasons) if config.season_inputs else 0
+        # each channel's value one season before the step predicted, per lag, as the previous values are given
+        self.season_emb = nn.Embedding(lags * c * config.n_ids, d) if lags else None
+        self.season_proj = nn.Linear(2 * c * lags, d) if lags else None
         self.calendar_emb = nn.ModuleList(nn.Embedding(s, d) for s in config.calendar_sizes)
         self.pos_emb = nn.Embedding(config.prefix_length + config.context, d)
         self.drop = nn.Dropout(config.dropout)
@@ -176,13 +186,36 @@ class StepModel(PreTrainedModel):
     def _channel_offsets(self, device) -> torch.Tensor:
         return torch.arange(self.config.n_channels, device=device) * self.config.n_ids
 
-    def step_inputs(self, prev_ids: torch.Tensor, calendar: torch.Tensor | None) -> torch.Tensor:
-        """Embeddings (b, t, d) of steps whose previous values are ``prev_ids`` (b, t, channels) and whose
-        calendar features are ``calendar`` (b, t, features) or None."""
+    def _value_position(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bin positions scaled to [-1, 1] (0 for missing, start and pad ids) and missing flags of value ids,
+        concatenated on the last axis."""
+        k = self.config.n_bins
+        position = torch.where(ids < k, ids.float() * (2.0 / max(k - 1, 1)) - 1.0, 0.0)
+        return torch.cat([position, (ids == k).float()], dim=-1)
+
+    def step_inputs(self, prev_ids: torch.Tensor, calendar: torch.Tensor | None,
+                    season_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings (b, t, d) of steps whose previous values are ``prev_ids`` (b, t, channels), whose
+        calendar features are ``calendar`` (b, t, features) or None and, with seasonal inputs, whose values one
+        season earlier are ``season_ids`` (b, t, channels, lags) (None: no such value)."""
         cfg = self.config
         e = self.value_emb(prev_ids + self._channel_offsets(prev_ids.device)).sum(2) / math.sqrt(cfg.n_channels)
-        position = torch.where(prev_ids < cfg.n_bins, prev_ids.float() * (2.0 / max(cfg.n_bins - 1, 1)) - 1.0, 0.0)
-        e = e + self.value_proj(torch.cat([position, (prev_ids == cfg.missing_id).float()], dim=-1))
+        e = e + self.value_proj(self._value_position(prev_ids))
+        if self.season_emb is not None:
+            lags = len(cfg.seasons)
+            if season_ids is None:
+                season_ids = torch.full(prev_ids.shape + (lags,), cfg.start_id, dtype=prev_ids.dtype,
+                                        device=prev_ids.device)
+            elif self.training and SEASON_DROPOUT > 0:
+                # hidden season inputs read as "no such value": the model also learns each step from the context
+                # alone, and leans on a season back only as far as it predicts (the copy components' anchors
+                # are not hidden)
+                hide = torch.rand(season_ids.shape, device=season_ids.device) < SEASON_DROPOUT
+                season_ids = season_ids.masked_fill(hide, cfg.start_id)
+            b, t, c = prev_ids.shape
+            offsets = (torch.arange(c * lags, device=prev_ids.device) * cfg.n_ids).view(c, lags)
+            e = e + self.season_emb(season_ids + offsets).sum((2, 3)) / math.sqrt(c * lags)
+            e = e + self.season_proj(self._value_position(season_ids.reshape(b, t, c * lags)))
         for j, emb in enumerate(self.calendar_emb):
             e = e + emb(calendar[..., j])
         return e
@@ -205,7 +238,7 @@ class StepModel(PreTrainedModel):
         and each step's calendar features (b, steps, features). Without ``targets``: the hidden states
         (b, p + steps, d). With the steps' value ids as ``targets``: the prefix logits (b, p - 1, prefix vocab;
         None when p is 1) and the values' log-probabilities (b, steps, channels, bins + 1)."""
-        x = torch.cat([self.prefix_emb(prefix_ids), self.step_inputs(prev_ids, calendar)], dim=1)
+        x = torch.cat([self.prefix_emb(prefix_ids), self.step_inputs(prev_ids, calendar, season_ids)], dim=1)
         h = self.hidden(x)
         if targets is None:
             return h

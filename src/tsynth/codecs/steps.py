@@ -276,7 +276,7 @@ class StepCodec:
         return dict(n_channels=self.n_channels, n_bins=self.n_bins, prefix_vocab=self.prefix_vocab,
                     prefix_length=self.prefix_length, context=self.context,
                     calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=self.copies,
-                    seasons=self.seasons, **preset)
+                    seasons=self.seasons, season_inputs=True, **preset)
 
     @property
     def copies(self) -> bool:
@@ -289,11 +289,9 @@ class StepCodec:
 
     @property
     def seasons(self) -> list[int]:
-        """Lags of the seasonal copy components: a day and a week of sub-daily data, a week of daily data, each
-        where the context holds it at least twice (chosen from the frequency, a public fact); none without copy
-        components (one channel a step)."""
-        if not self.copies:
-            return []
+        """Seasonal lags: a day and a week of sub-daily data, a week of daily data, each where the context holds
+        it at least twice (chosen from the frequency, a public fact). Each step's input holds each channel's value
+        one lag back, and with copy components one more component per lag sits near it."""
         per_day = steps_per_day(self.values.freq)
         lags = [per_day, 7 * per_day] if per_day is not None and per_day > 1 else [7] if per_day == 1 else []
         return [lag for lag in lags if 2 * lag <= self.context]
