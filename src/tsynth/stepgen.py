@@ -182,27 +182,27 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
         before = max(0, min(lag - lo, hi - lo))
         return torch.cat([start_ids.expand(b, before, -1), ids[:, lo + before - lag:hi - lag]], dim=1)
 
-    season_inputs = models[0].config.season_inputs and bool(lags)
-
-    def inputs(m, lo: int, hi: int) -> torch.Tensor:
-        prev = back(1, lo, hi)
+    def step_ids(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Previous value ids, calendar features and value ids one season back (per lag) of steps lo..hi-1, on
+        the device: every model's step inputs, and the anchors of its copy components."""
         cal = None if calendar is None else calendar[:, lo:hi].to(device)
-        season = torch.stack([back(lag, lo, hi) for lag in lags], dim=-1).to(device) if season_inputs else None
-        return m.step_inputs(prev.to(device), cal, season)
+        season = torch.stack([back(lag, lo, hi) for lag in lags], dim=-1).to(device) if lags else None
+        return back(1, lo, hi).to(device), cal, season
 
     for t in range(steps):
         if t - first == ctx:  # the context is full: rebuild it from the prefix and the last `keep` steps
             first = t - keep
+            kept = step_ids(first, t)
             for j, m in enumerate(models):
                 caches[j].fill = 0
-                m.hidden(torch.cat([m.prefix_emb(prefix.to(device)), inputs(m, first, t)], dim=1), 0, caches[j])
-        hs = [m.hidden(inputs(m, t, t + 1), p_len + t - first, caches[j])[:, -1] for j, m in enumerate(models)]
+                m.hidden(torch.cat([m.prefix_emb(prefix.to(device)), m.step_inputs(*kept)], dim=1), 0, caches[j])
+        prev, cal, season = step_ids(t, t + 1)
+        hs = [m.hidden(m.step_inputs(prev, cal, season), p_len + t - first, caches[j])[:, -1]
+              for j, m in enumerate(models)]
         before = [torch.zeros_like(h) for h in hs]
         for c in range(codec.n_channels):
-            prev = (ids[:, t - 1, c] if t > 0 else start_ids[:, 0, c]).to(device)
-            season = torch.stack([ids[:, t - lag, c] if t >= lag else start_ids[:, 0, c] for lag in lags],
-                                 dim=-1).to(device) if lags else None
-            probs = mean_probs(lambda j, m: m.channel_logits(hs[j], c, before[j], prev, season))
+            anchors = prev[:, 0, c], None if season is None else season[:, 0, c]
+            probs = mean_probs(lambda j, m: m.channel_logits(hs[j], c, before[j], *anchors))
             if gaps == "none" or not codec.gaps:
                 probs[:, k] = 0.0
             empty = probs.sum(-1) <= 0
