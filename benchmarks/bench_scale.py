@@ -14,15 +14,17 @@ is removed afterwards:
   --ensemble 1`` in 1 process and with ``--processes 2`` (gloo), the same seed and global batch: best
   validation loss of each, then as many series sampled from each model as the holdout has, scored by
   :func:`tsynth.evaluate.evaluate` against the task's train and holdout (disc_gbm and the other headline figures).
-* ``ray`` (``results/scale_sample.json``): a tiny model fitted on 2,000 series x 100 hours, then N series of
-  100 steps (default 1,000,000) sampled with ``engine="ray"`` on a fresh local Ray cluster of 1 worker and then
-  of 2 workers, side by side in one run: throughput (series per second of sampling, the workers' model loading
-  included, the cluster's start-up not), peak resident memory per worker, and a check that the output is
-  complete (every id once) and readable with pyarrow.
+* ``ray`` (``results/scale_sample.json``): a tiny model fitted on 2,000 series x 100 hours, then series of
+  100 steps sampled with ``engine="ray"`` on a fresh local Ray cluster of 1 worker (``--single-worker-series``,
+  default N) and then of 2 workers (N, default 1,000,000), side by side in one run: throughput (series per
+  second of sampling, the workers' model loading included, the cluster's start-up not), peak resident memory
+  per worker, the load average after each run, and a check that the output is complete (every id once) and
+  readable with pyarrow.
 
 The machine is shared (2 cores, other work running), so times carry that noise; run the parts one at a time.
 
-``python -m benchmarks.bench_scale [--parts stream,ray,parallel] [--stream-series 100000] [--sample-series 1000000]``
+``python -m benchmarks.bench_scale [--parts stream,ray,parallel] [--stream-series 100000] [--sample-series 1000000]
+[--single-worker-series N]``
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def bench_stream(n: int, work: Path, env: dict) -> dict:
     return report
 
 
-def bench_ray(n: int, work: Path) -> dict:
+def bench_ray(n: int, work: Path, n_single: int | None = None) -> dict:
     import pyarrow.dataset as ds
 
     from tsynth import SeriesSet, Synthesizer
@@ -91,13 +93,13 @@ def bench_ray(n: int, work: Path) -> dict:
     Synthesizer(ensemble=1, epochs=1, seed=0).fit(train, progress=False).save(work / "model")
     report = {"series": n, "steps": 100, "model_fit_seconds": time.time() - t0, "runs": {}}
     syn = Synthesizer.load(work / "model")
-    for workers in (1, 2):
+    for workers, size in ((1, n_single or n), (2, n)):
         out = work / f"sample_{workers}"
-        figures = syn.sample(n, seed=0, output=out, engine="ray", workers=workers, batch_size=2000)
+        figures = syn.sample(size, seed=0, output=out, engine="ray", workers=workers, batch_size=2000)
         table = ds.dataset(out, format="parquet").to_table(columns=["item_id"])
         ids = table.column("item_id").to_pylist()
-        figures.update(rows_read=len(ids), unique_ids=len(set(ids)), series_per_s=n / figures["seconds"],
-                       series_per_cpu_s=n / figures["cpu_seconds"])
+        figures.update(rows_read=len(ids), unique_ids=len(set(ids)), series_per_s=size / figures["seconds"],
+                       series_per_cpu_s=size / figures["cpu_seconds"], load_average_after=os.getloadavg())
         report["runs"][f"{workers}_worker{'s' if workers > 1 else ''}"] = figures
         print(workers, {k: figures[k] for k in ("seconds", "series_per_s", "peak_mb_per_worker", "rows_read")},
               flush=True)
@@ -189,6 +191,8 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="stream,ray", help="comma-separated: stream, ray")
     ap.add_argument("--stream-series", type=int, default=100_000)
     ap.add_argument("--sample-series", type=int, default=1_000_000)
+    ap.add_argument("--single-worker-series", type=int, default=None,
+                    help="series of the 1-worker run (default: --sample-series); throughput is per second")
     args = ap.parse_args(argv)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     parts = set(args.parts.split(","))
@@ -205,7 +209,7 @@ def main(argv=None) -> int:
             if part == "stream":
                 write_json(RESULTS / "scale_stream.json", {**head, **bench_stream(args.stream_series, work, env)})
             elif part == "ray":
-                write_json(RESULTS / "scale_sample.json", {**head, **bench_ray(args.sample_series, work)})
+                write_json(RESULTS / "scale_sample.json", {**head, **bench_ray(args.sample_series, work, args.single_worker_series)})
             else:
                 write_json(RESULTS / "scale_parallel.json", {**head, **bench_parallel(work, env)})
         finally:

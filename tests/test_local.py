@@ -283,6 +283,23 @@ def test_batches_on_several_threads_give_the_same_series(fitted):
     assert not np.array_equal(one.values[:5], one.values[5:10])  # each batch draws its own series
 
 
+def test_tokens_are_drawn_with_their_probabilities_and_never_an_impossible_one():
+    from tsynth.sample import draw_tokens
+
+    gen = torch.Generator().manual_seed(0)
+    n = 200_000
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0]).expand(n, 5).contiguous()
+    for rows, top_p, expected in ((probs, 1.0, [0.1, 0, 0.6, 0.3, 0]), (probs * 3, 1.0, [0.1, 0, 0.6, 0.3, 0]),
+                                  (probs, 0.65, [0, 0, 2 / 3, 1 / 3, 0])):
+        counts = torch.bincount(draw_tokens(rows, top_p, gen), minlength=5)
+        np.testing.assert_allclose((counts / n).numpy(), expected, atol=0.005)
+        assert counts[1] == 0 and counts[4] == 0
+    # one row of almost all mass on the last possible token: rounding never reaches the impossible tail
+    tail = torch.zeros(n, 6)
+    tail[:, 0], tail[:, 3] = 1e-7, 1.0
+    assert set(draw_tokens(tail, 1.0, gen).tolist()) <= {0, 3}
+
+
 def test_cached_sampling_follows_the_model_token_by_token(fitted):
     """Greedy decoding (a vanishing nucleus) through the preallocated cache picks, at every position, the
     allowed token a full forward pass over the prefix ranks first."""

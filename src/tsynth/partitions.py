@@ -217,7 +217,10 @@ class SampleWorker:
     def __init__(self, load: Callable[[str], Any], model_dir: str, threads: int) -> None:
         import torch
 
+        from .sample import set_sampling_cores
+
         torch.set_num_threads(threads)
+        set_sampling_cores(threads)
         self.syn = load(model_dir)
 
     def pid(self) -> int:

@@ -33,14 +33,20 @@ def _position_ranges(codec: ValueCodec) -> list[tuple[int, int]]:
 
 
 def draw_tokens(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
-    """One token per row from ``probs`` (rows sum to 1), restricted to the top-p nucleus."""
+    """One token per row from ``probs`` (rows sum to 1, or to any positive total), restricted to the top-p
+    nucleus. Drawn by inverting each row's cumulative sum at one uniform number per row: a token of probability
+    zero is never drawn (no uniform falls in an empty interval), and it costs a cumulative sum and a binary
+    search where ``torch.multinomial`` draws an exponential number for every token of every row."""
+    order = None
     if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p
-        sorted_p = sorted_p * keep
-        choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=gen)
-        return order.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        probs, order = probs.sort(dim=-1, descending=True)
+        probs = probs * (probs.cumsum(-1) - probs < top_p)
+    cum = probs.cumsum(-1)
+    total = cum[..., -1:]
+    u = torch.rand(total.shape, generator=gen, dtype=cum.dtype) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # rounding never reaches the total
+    choice = torch.searchsorted(cum, u, right=True)
+    return (choice if order is None else order.gather(-1, choice)).squeeze(-1)
 
 
 CACHE_BUDGET_BYTES = 1 << 30  # key/value cache of one batch, all members together
@@ -52,10 +58,21 @@ def batch_size_for(models: Sequence[Any], positions: int, most: int = 512) -> in
     return int(max(1, min(most, CACHE_BUDGET_BYTES // per_series)))
 
 
+_CORES: int | None = None  # cores this process may use for sampling; None: its CPU affinity
+
+
+def set_sampling_cores(cores: int | None) -> None:
+    """Limit the cores this process' sampling uses (a Ray worker granted one CPU sets 1: otherwise it would
+    sample batches on every core of its node, beside the other workers); ``None``: the CPU affinity."""
+    global _CORES
+    _CORES = cores
+
+
 def default_workers() -> int:
     """Batches sampled at once: the cores that torch's own threads leave idle (one torch thread per core: as
     many batches as cores; torch on every core: one)."""
-    return max(1, len(os.sched_getaffinity(0)) // max(1, torch.get_num_threads()))
+    cores = _CORES or len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, torch.get_num_threads()))
 
 
 def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Sequence[dict] | None = None,
