@@ -132,6 +132,37 @@ def walks(n, length=24, seed=0):
     return SeriesSet.from_arrays(list(np.cumsum(rng.normal(size=(n, length)), axis=1)), [f"w{seed}_{i}" for i in range(n)])
 
 
+def test_dp_processes_split_each_poisson_sample_by_item():
+    """Data-parallel DP-SGD: from one secret seed, the processes' live rows together are exactly the one-process
+    sample, each row of an item the process owns (item k: process k mod 2); a process with none of the drawn
+    items gets one placeholder row (not live), and a step that drew nothing is empty everywhere."""
+    from tsynth.privacy import DPEngine, DPSettings
+
+    items = np.repeat(np.arange(100), 3)  # three windows per item
+    draws = []
+    for rank, world in ((0, 1), (0, 2), (1, 2)):
+        engine = DPEngine(DPSettings(epsilon=8.0), items)
+        engine.rank, engine.world = rank, world
+        engine.rng = torch.Generator().manual_seed(5)
+        engine.sample_rate = 0.02  # two items a step on average: steps where one process draws none of its own
+        draws.append(engine.batches())
+    one, zero, first = draws
+    seen = set()
+    for (rows, _), (r0, live0), (r1, live1) in zip(one, zero, first):
+        together = sorted([*(r0.tolist() if live0 else []), *(r1.tolist() if live1 else [])])
+        assert together == sorted(rows.tolist())
+        if live0:
+            assert all(items[r] % 2 == 0 for r in r0.tolist())
+        if live1:
+            assert all(items[r] % 2 == 1 for r in r1.tolist())
+        for r, live in ((r0, live0), (r1, live1)):
+            assert live or len(r) == 1  # a placeholder is one row
+        seen.add("empty" if not len(rows) else "one side" if not (live0 and live1) else "both")
+        if not len(rows):
+            assert len(r0) == len(r1) == 0 and live0 and live1
+    assert seen == {"empty", "one side", "both"}
+
+
 def test_memorization_guard_drops_near_copies_and_counts_them():
     from tsynth.privacy import memorization_guard
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tsynth import SeriesSet
 
@@ -78,16 +79,83 @@ def test_processes_that_disagree_on_the_data_are_refused(tmp_path):
     assert not (tmp_path / "out0").exists() and not (tmp_path / "out1").exists()
 
 
-def test_data_parallel_refuses_dp_and_time_limit(monkeypatch):
+def test_data_parallel_refuses_a_time_limit(monkeypatch):
     """What data-parallel training does not support is refused before any work, in one line."""
     from tsynth import Synthesizer
     from tsynth.errors import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="differential privacy is not supported with 2 training processes"):
-        Synthesizer(dp_epsilon=8.0, epochs=1).fit(meters(60, 24).zscore())
     with pytest.raises(ConfigError, match="time limit is not supported with 2 training processes"):
         Synthesizer(time_limit_s=10.0, epochs=1).fit(meters(16, 24))
+
+
+# A DP fit in this process or in one of a launch's processes, its secret seed (drawn from the OS in use) fixed
+# to argv[3], so that runs can be compared; dropout off, so that a process' share of a batch draws no random
+# numbers of its own. Rank 0 saves the model.
+DP_FIT = """
+import secrets, sys
+secrets.randbits = lambda bits: int(sys.argv[3])
+from tsynth import SeriesSet, Synthesizer
+from tsynth.distributed import is_main_process
+syn = Synthesizer(dp_epsilon=8.0, epochs=2, batch_size=4, dropout=0.0, seed=3)
+syn.fit(SeriesSet.read(sys.argv[1]), progress=False)
+if is_main_process():
+    syn.save(sys.argv[2])
+"""
+
+
+def _dp_fit(tmp_path: Path, out: str, secret: int, processes: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    if processes > 1:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(sock.getsockname()[1]), WORLD_SIZE=str(processes))
+    procs = [subprocess.Popen([sys.executable, "-c", DP_FIT, "m.parquet", out, str(secret)], cwd=tmp_path,
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)} if processes > 1 else env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(processes)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * processes, outs
+    from tsynth import Synthesizer
+
+    syn = Synthesizer.load(tmp_path / out)
+    return {"privacy": syn.info["privacy"], "weights": syn.backend.models[0].state_dict(),
+            "train_loss": syn.info["training"]["members"][0]["train_loss"]}
+
+
+@pytest.mark.slow
+def test_dp_sgd_on_two_processes_takes_the_one_process_steps(tmp_path):
+    """DP-SGD data-parallel: with the same secret seed, 2 gloo processes (each its items' share of the Poisson
+    sample, clipped sums added up, the noise drawn once) train the same weights as 1 process, with the same
+    noise multiplier, sampling rate, steps and epsilon; another secret seed moves the weights far beyond the
+    tolerance."""
+    meters(60, 24).zscore().write(tmp_path / "m.parquet")
+    one = _dp_fit(tmp_path, "one", 1234567, 1)
+    two = _dp_fit(tmp_path, "two", 1234567, 2)
+    other = _dp_fit(tmp_path, "other", 7654321, 1)
+    for key in ("epsilon", "noise_multiplier", "sample_rate", "steps", "delta", "items"):
+        assert one["privacy"][key] == pytest.approx(two["privacy"][key], rel=1e-9), key
+    assert one["privacy"]["steps"] == 30 and one["privacy"]["epsilon"] <= 8.0
+    # the same draws as the run's (one window per item): some steps left a process without items of its own,
+    # so the placeholder rows took part, on both processes
+    from tsynth.privacy import DPEngine, DPSettings
+
+    replica = DPEngine(DPSettings(epsilon=8.0), np.arange(60))
+    replica.world, replica.sample_rate = 2, one["privacy"]["sample_rate"]
+    for rank in (0, 1):
+        replica.rank, replica.rng = rank, torch.Generator().manual_seed(1234567)
+        assert sum(not live for _ in range(2) for _, live in replica.batches()) > 0
+
+    def gap(a: dict, b: dict) -> float:
+        return max(float((a["weights"][k] - b["weights"][k]).abs().max()) for k in a["weights"])
+
+    assert gap(one, two) < 1e-4, gap(one, two)      # float sums in another order only
+    assert gap(one, other) > 1e-2, gap(one, other)  # the noise and the sample: what the tolerance must tell apart
+    np.testing.assert_allclose(one["train_loss"], two["train_loss"], rtol=1e-4)
 
 
 # ---------------------------------------------------------------------- sampling into partitions, on Ray

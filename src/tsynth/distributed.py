@@ -8,7 +8,8 @@ NCCL on GPUs). Training and validation losses are averaged over the processes, s
 same everywhere; validation rows are split between the processes. Checkpoints are written by the main process
 (``accelerate`` saves each process' random state beside them) and the model directory is written once, by the
 main process. Before the first step the processes compare a fingerprint of their data and settings and refuse
-to train when they differ.
+to train when they differ. Under DP-SGD the processes share the secret seed and split the Poisson sample of items
+instead of the batch, and opacus adds up the clipped gradients (:mod:`tsynth.privacy`).
 
 :func:`launch` is what ``--processes N`` does on one machine: it starts N copies of the same command with the
 environment ``accelerate launch`` / ``torchrun`` set (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...).
@@ -53,19 +54,28 @@ def is_main_process() -> bool:
     return process_rank() == 0
 
 
-def check_options(dp: bool, time_limit: float | None) -> None:
-    """Refuse what data-parallel training does not support yet: DP-SGD (its noise and accounting are per process
-    in :mod:`tsynth.privacy`; docs/scale-out.md says what a distributed version needs) and a time limit (each
-    process would plan its own number of steps from its own pace, and processes that take different numbers of
-    steps wait on each other for ever)."""
-    if world_size() <= 1:
-        return
-    if dp:
-        raise ConfigError(f"differential privacy is not supported with {world_size()} training processes yet: fit "
-                          "under DP in one process (drop --processes / accelerate launch)")
-    if time_limit is not None:
+def check_options(time_limit: float | None) -> None:
+    """Refuse what data-parallel training does not support: a time limit (each process would plan its own number
+    of steps from its own pace, and processes that take different numbers of steps wait on each other for ever)."""
+    if world_size() > 1 and time_limit is not None:
         raise ConfigError(f"a time limit is not supported with {world_size()} training processes: the processes "
                           "would plan different numbers of steps; cap the epochs instead (--epochs)")
+
+
+def broadcast_seed(value: int, cpu: bool) -> int:
+    """Rank 0's ``value`` on every process of the run (``value`` itself in one process). DP-SGD's secret seed
+    goes through here, so that every process draws the same Poisson sample of items and takes its share of it.
+    Starts the process group (accelerate's shared state, with the same ``cpu`` choice the training's
+    ``Accelerator`` makes) when it is not running yet."""
+    if world_size() <= 1:
+        return value
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu)
+    t = torch.tensor([value], dtype=torch.int64, device=state.device)
+    dist.broadcast(t, 0)
+    return int(t.item())
 
 
 def make_accelerator(cpu: bool):
@@ -108,12 +118,13 @@ def shard_rows(rows: torch.Tensor, accelerator) -> torch.Tensor:
 
 
 def mean_over_processes(accelerator, total: float, count: int) -> float:
-    """The mean of a figure summed over rows (``total`` over ``count`` here) across all processes."""
-    if accelerator.num_processes <= 1:
-        return total / max(count, 1)
-    t = torch.tensor([total, float(count)], dtype=torch.float64, device=accelerator.device)
-    t = accelerator.reduce(t, reduction="sum")
-    return float(t[0] / t[1].clamp(min=1))
+    """The mean of a figure summed over rows (``total`` over ``count`` here) across all processes (NaN where no
+    process counted any). Every process must call it, with or without rows of its own."""
+    n = float(count)
+    if accelerator.num_processes > 1:
+        t = torch.tensor([total, n], dtype=torch.float64, device=accelerator.device)
+        total, n = (float(x) for x in accelerator.reduce(t, reduction="sum"))
+    return total / n if n else float("nan")
 
 
 def sharded_loss(accelerator, evaluate, rows, *args: Any) -> float:

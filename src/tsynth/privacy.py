@@ -7,6 +7,15 @@ one window of each drawn item, clips each item's gradient to ``max_grad_norm`` a
 calibrated by opacus' accountant (PRV by default) for the requested epsilon over all planned steps.
 Bounding every item to one window per step is what makes the per-example analysis an item-level one.
 
+Data-parallel (``--processes N`` / ``accelerate launch``): the processes share the secret seed (rank 0's), so
+they draw the same Poisson sample of items; each trains on the drawn items of its share (item k belongs to
+process k mod N), clips its per-item gradients and sums them; the sums are added up across the processes and
+only process 0 adds the noise (opacus' ``DistributedDPOptimizer`` around ``DPDDP``). The update is the one a
+single process would make from the same sample, so the noise multiplier, the sampling rate over the global
+batch and the accounting are those of a one-process fit. A process none of whose items was drawn in a step
+runs one row with weight zero (its clipped gradient is exactly zero) so that it still takes part in the sum;
+a step in which no item at all was drawn is skipped by every process.
+
 Data-dependent preprocessing is kept public or made private: under DP the codec uses user-given value
 bounds (``value_range``, default [-5, 5] in units of the data after the optional per-series z-score) and
 no data-fitted scaler; the bins are the public prior's (or uniform without a prior); values outside the
@@ -74,7 +83,9 @@ class DPSettings:
 class DPEngine:
     """DP-SGD plumbing used by :func:`tsynth.train.train_lm` (attach, batches, step, detach)."""
 
-    def __init__(self, settings: DPSettings, item_index: np.ndarray) -> None:
+    def __init__(self, settings: DPSettings, item_index: np.ndarray, cpu: bool = True) -> None:
+        from .distributed import broadcast_seed, process_rank, world_size
+
         self.settings = settings
         self.item_index = np.asarray(item_index)
         self.items = np.unique(self.item_index)
@@ -86,8 +97,10 @@ class DPEngine:
         self.steps = 0
         self.releases: list[dict] = []  # Gaussian releases before training (the profile), composed with DP-SGD
         # noise and item sampling must not be predictable from the artifact (tsynth.json records the training
-        # seed): they draw from a seed taken from the OS, so DP runs are not bit-reproducible
-        self.secret_seed = secrets.randbits(63)
+        # seed): they draw from a seed taken from the OS, so DP runs are not bit-reproducible; data-parallel
+        # processes all take process 0's
+        self.rank, self.world = process_rank(), world_size()
+        self.secret_seed = broadcast_seed(secrets.randbits(63), cpu)
         self.rng = torch.Generator().manual_seed(self.secret_seed)
 
     def release_profile(self, scaled: np.ndarray) -> np.ndarray:
@@ -109,7 +122,8 @@ class DPEngine:
         from opacus import GradSampleModule
         from opacus.accountants import create_accountant
         from opacus.accountants.utils import get_noise_multiplier
-        from opacus.optimizers import DPOptimizer
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+        from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 
         n_items = len(self.items)
         self.sample_rate = min(1.0, batch / n_items)
@@ -124,46 +138,65 @@ class DPEngine:
         self.accountant = create_accountant(self.settings.accountant)
         self.accountant.history = list(pre)
         model.config._attn_implementation = "eager"
+        model = model.to(device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            wrapped = GradSampleModule(model, loss_reduction="mean", strict=False)
-        dp_opt = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.settings.max_grad_norm,
-                             expected_batch_size=max(1, round(self.sample_rate * n_items)), loss_reduction="mean",
-                             generator=torch.Generator(device=device).manual_seed(self.secret_seed + 2))
-        log.info("DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps, target epsilon %.2f at delta %.1e",
-                 self.noise_multiplier, self.sample_rate, total_steps, self.settings.epsilon, self.delta)
+            wrapped = GradSampleModule(DPDDP(model) if self.world > 1 else model, loss_reduction="mean", strict=False)
+        # the clipped sums are divided by the expected batch; each process' share of it, as the processes' updates
+        # are averaged after the sums are added up
+        optimizer_class = DistributedDPOptimizer if self.world > 1 else DPOptimizer
+        dp_opt = optimizer_class(optimizer, noise_multiplier=self.noise_multiplier,
+                                 max_grad_norm=self.settings.max_grad_norm,
+                                 expected_batch_size=max(1, round(self.sample_rate * n_items)) / self.world,
+                                 loss_reduction="mean",
+                                 generator=torch.Generator(device=device).manual_seed(self.secret_seed + 2))
+        log.info("DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps, target epsilon %.2f at delta %.1e%s",
+                 self.noise_multiplier, self.sample_rate, total_steps, self.settings.epsilon, self.delta,
+                 f", {self.world} processes" if self.world > 1 else "")
         return wrapped, dp_opt
 
-    def batches(self) -> list[torch.Tensor]:
-        """One epoch of Poisson-sampled batches: each item joins with probability q, with one random window."""
+    def batches(self) -> list[tuple[torch.Tensor, bool]]:
+        """One epoch of Poisson-sampled batches: each item joins with probability q, with one random window.
+        Each is ``(rows, live)``: this process' rows of the sample, or, where none of its items was drawn but
+        another process' were, one placeholder row with ``live`` False (see the module docstring). A step
+        that drew no item at all gives no rows."""
         gen = self.rng
         steps = max(1, round(1 / self.sample_rate))
         out = []
         for _ in range(steps):
             take = torch.rand(len(self.items), generator=gen) < self.sample_rate
-            rows = []
+            rows, drawn = [], 0
             for k in np.flatnonzero(take.numpy()):
                 cand = self.rows_of[k]
-                rows.append(int(cand[torch.randint(len(cand), (1,), generator=gen)]))
-            out.append(torch.as_tensor(rows, dtype=torch.long))
+                row = int(cand[torch.randint(len(cand), (1,), generator=gen)])  # drawn for every item, everywhere
+                drawn += 1
+                if k % self.world == self.rank:
+                    rows.append(row)
+            if rows or not drawn:
+                out.append((torch.as_tensor(rows, dtype=torch.long), True))
+            else:
+                out.append((torch.as_tensor(self.rows_of[0][:1], dtype=torch.long), False))
         return out
 
-    def step(self, model, optimizer, tokens: torch.Tensor, loss_fn) -> torch.Tensor:
-        """One DP-SGD step on a Poisson batch (an empty batch is skipped: conservative for the accountant)."""
+    def step(self, model, optimizer, tokens: torch.Tensor, loss_fn, live: bool = True) -> torch.Tensor | None:
+        """One DP-SGD step on a Poisson batch; returns its mean loss (None for an empty batch or a placeholder
+        row). A batch empty everywhere is skipped (conservative for the accountant); a placeholder row (``live``
+        False) enters with weight zero."""
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         self.steps += 1
         if len(tokens) == 0:
             optimizer.zero_grad(set_to_none=True)
-            return torch.tensor(float("nan"))
+            return None
         loss = loss_fn(model, tokens, reduction="none").mean()
-        loss.backward()
+        (loss if live else loss * 0.0).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss.detach() if live else None
 
     def detach(self, model):
-        """The plain model inside the opacus wrapper."""
-        return model._module if hasattr(model, "_module") else model
+        """The plain model inside the opacus wrappers."""
+        model = model._module if hasattr(model, "_module") else model
+        return model.module if hasattr(model, "module") and not hasattr(model, "config") else model
 
     def close(self, model) -> None:
         """Remove opacus' hooks and per-sample gradients once training is over."""

@@ -233,7 +233,11 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
                                                                              cfg.warmup_epochs * steps_per_epoch))
     if dp is not None:
         model, optimizer = dp.attach(model, optimizer, batch, cfg.epochs, steps_per_epoch, accelerator.device)
-    model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
+    if dp is not None and accelerator.num_processes > 1:  # opacus' DPDDP adds up the clipped sums, not DDP
+        optimizer, sched = accelerator.prepare(optimizer, sched)
+        accelerator.register_for_checkpointing(model)
+    else:
+        model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
     plain = accelerator.unwrap_model(model)
     plain = dp.detach(plain) if dp is not None else plain  # the HF model inside every wrapper
     best_state, best_loss, bad_epochs, start_epoch = None, math.inf, 0, 0
@@ -266,7 +270,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     epoch = start_epoch
     while epoch < result.epochs_planned:
         model.train()
-        losses = []
+        loss_total, loss_rows = 0.0, 0  # the epoch's training loss: a mean over rows, on every process
         if dp is not None:
             batches = dp.batches()
         elif stream is not None:
@@ -277,10 +281,14 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
         for idx in batches:
             if result.steps >= result.steps_planned:
                 break  # the time limit ends the run inside this epoch
+            live = True
+            if dp is not None:
+                idx, live = idx
             tokens = drop_conditions(data[idx] if data is not None else idx, field_slots, cfg.condition_dropout,
                                      gen).to(accelerator.device)
+            loss: torch.Tensor | None
             if dp is not None:
-                loss = dp.step(model, optimizer, tokens, loss_fn)
+                loss = dp.step(model, optimizer, tokens, loss_fn, live)
             else:
                 parts = micro_batches(tokens) if micro_batches is not None else [(tokens, 1.0)]
                 done = []
@@ -293,13 +301,14 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             sched.step()
-            losses.append(float(loss.detach()))
+            if loss is not None:
+                loss_total += float(loss.detach()) * len(tokens)
+                loss_rows += len(tokens)
             result.steps += 1
-            result.tokens += int((tokens != 0).sum())
+            result.tokens += int((tokens != 0).sum()) if live else 0
             clock.after_step(result)
         result.epochs_run = epoch + 1
-        result.train_loss.append(mean_over_processes(accelerator, float(np.sum(losses)), len(losses)) if losses
-                                 else float("nan"))
+        result.train_loss.append(mean_over_processes(accelerator, loss_total, loss_rows))
         clock.validation_starts()
         vloss = (sharded_loss(accelerator, lambda rows: evaluate_loss(model, rows, loss_fn, accelerator.device, batch),
                               valid_tokens) if valid_tokens is not None else None)

@@ -194,7 +194,7 @@ class LocalBackend:
             if resume:
                 raise ConfigError("a DP fit cannot resume: the accountant would not count the steps taken before the "
                                   "interruption, so the reported epsilon would be too small; start the fit again")
-        check_distributed_options(dp_settings is not None, opts.train.time_limit_s)
+        check_distributed_options(opts.train.time_limit_s)
         validate = len(items) >= MIN_ITEMS_FOR_VALIDATION and opts.validation_fraction > 0 and dp_settings is None
         if not validate:
             log.warning("%s: no validation split, training for a fixed %d epochs",
@@ -242,8 +242,8 @@ class LocalBackend:
         if kind == "step":
             step_rows = window_rows(train.lengths, codec.context)
             step_row_items = pd.factorize(train.item_id)[0][step_rows[:, 0]]
-        dp = (DPEngine(dp_settings, pd.factorize(train.item_id)[0] if step_row_items is None else step_row_items)
-              if dp_settings is not None else None)
+        dp = (DPEngine(dp_settings, pd.factorize(train.item_id)[0] if step_row_items is None else step_row_items,
+                       cpu=train_device() == "cpu") if dp_settings is not None else None)
         if dp is not None and dp_settings.profile_share > 0:
             if train.is_regular:
                 release = dp.release_profile(codec.to_units(train.values.astype(np.float64)))
