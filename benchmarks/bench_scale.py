@@ -157,16 +157,16 @@ def scale_section(out_dir: Path = RESULTS) -> list[str]:
         lines.append("")
     if ray.exists():
         d = json.loads(ray.read_text())
-        lines += [f"`{d['command']}` ({d['date']}, {d['cores']} cores, {d['machine']}): {d['series']:,} series x "
-                  f"{d['steps']} steps sampled on a fresh local Ray cluster of 1, then 2 workers.", "",
-                  "| workers | seconds | series / s | series / CPU s | peak MB per worker | rows read | unique ids |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"`{d['command']}` ({d['date']}, {d['cores']} cores, {d['machine']}): series of {d['steps']} steps "
+                  "sampled on a fresh local Ray cluster of 1, then 2 workers.", "",
+                  "| workers | series | seconds | series / s | series / CPU s | peak MB per worker | rows read | "
+                  "unique ids | load average after |", "|---|---|---|---|---|---|---|---|---|"]
         for name, r in d["runs"].items():
-            per_cpu = r.get("series_per_cpu_s")
-            lines.append(f"| {r['workers']} | {r['seconds']:.0f} | {r['series_per_s']:.0f} | "
+            per_cpu, load = r.get("series_per_cpu_s"), r.get("load_average_after")
+            lines.append(f"| {r['workers']} | {r['series']:,} | {r['seconds']:.0f} | {r['series_per_s']:.0f} | "
                          f"{'-' if per_cpu is None else f'{per_cpu:.0f}'} | "
                          f"{', '.join(f'{m:.0f}' for m in r['peak_mb_per_worker'])} | {r['rows_read']:,} | "
-                         f"{r['unique_ids']:,} |")
+                         f"{r['unique_ids']:,} | {'-' if load is None else f'{load[0]:.1f}'} |")
         lines += ["", f"Throughput of 2 workers / 1 worker: x{d['speedup']:.2f}.", ""]
     if par.exists():
         d = json.loads(par.read_text())
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     parts = set(args.parts.split(","))
     head = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": len(os.sched_getaffinity(0)),
-            "machine": "shared: other agents' work ran at the same time, so times carry that noise",
+            "machine": "may be shared with other work: the load average after a run says how busy it was",
             "command": "python -m benchmarks.bench_scale " + " ".join(argv if argv is not None else sys.argv[1:])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     for part in ("stream", "ray", "parallel"):

@@ -298,8 +298,10 @@ def test_row_stream_visits_every_training_window_once(tmp_path):
 def test_fit_streams_a_partitioned_data_set(tmp_path):
     """tsynth fit FOLDER: the codec from a stated uniform sample, the model trains and samples."""
     write_partitions(tmp_path / "d")
-    r = tsynth("fit", "d", "-o", "model", "--ensemble", "1", "--epochs", "2", "--context", "24", cwd=tmp_path)
+    r = tsynth("fit", "d", "-o", "model", "--ensemble", "1", "--epochs", "2", "--context", "24",
+               "--domain", "electricity", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "--domain 'electricity' picks no prior here" in r.stderr  # said, not silently ignored
     doc = json.loads((tmp_path / "model" / "tsynth.json").read_text())
     data = doc["training"]["data"]
     assert data["partitions"] == 3 and data["series"] == 95

@@ -45,6 +45,9 @@ def fit_streaming(backend: LocalBackend, data: PartitionedSeries, callback: Call
         raise ConfigError("a partitioned data set trains the step model only: drop --codec token / --prior")
     if opts.train.time_limit_s is not None:
         raise ConfigError("a time limit is not supported on a partitioned data set yet: cap the epochs (--epochs)")
+    if opts.domain is not None:
+        log.warning("--domain %r picks no prior here: a partitioned data set trains the step model from scratch",
+                    opts.domain)
     started = time.time()
     sample = data.scan()
     if data.n_series < MIN_SERIES:
