@@ -262,8 +262,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print("privacy: " + syn.info["privacy"]["guarantee"])
     if tr.get("members"):
         for k, m in enumerate(tr["members"]):
-            vl = min(m["valid_loss"]) if m["valid_loss"] else float("nan")
-            print(f"  member {k}: {m['epochs_run']} epochs (best {m['best_epoch']}), best validation loss {vl:.4f}, {m['seconds']:.0f} s")
+            loss = (f"best validation loss {min(m['valid_loss']):.4f}" if m["valid_loss"] else
+                    f"last training loss {m['train_loss'][-1]:.4f} (no validation split)" if m.get("train_loss") else
+                    "no validation split")
+            print(f"  member {k}: {m['epochs_run']} epochs (best {m['best_epoch']}), {loss}, {m['seconds']:.0f} s")
     return 0
 
 

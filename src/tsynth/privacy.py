@@ -188,7 +188,9 @@ class DPEngine:
             optimizer.zero_grad(set_to_none=True)
             return None
         loss = loss_fn(model, tokens, reduction="none").mean()
-        (loss if live else loss * 0.0).backward()
+        with warnings.catch_warnings():  # opacus' hooks on modules whose inputs need no gradient: expected here
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            (loss if live else loss * 0.0).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach() if live else None
