@@ -35,6 +35,20 @@ def tsynth(*args: str, env: dict | None = None, cwd: Path | None = None) -> subp
 FIT = ("--ensemble", "1", "--epochs", "3", "--batch-size", "16", "--seed", "3")
 
 
+def rank_envs(processes: int) -> list[dict]:
+    """The environment of each process of a launch on this machine, as `accelerate launch` sets it (one torch
+    thread each); one process: no launcher variables at all."""
+    from tsynth.distributed import RANK_VARS, SIZE_VARS, _free_port
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in {*RANK_VARS, *SIZE_VARS, "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}}
+    env["OMP_NUM_THREADS"] = "1"
+    if processes == 1:
+        return [env]
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(processes))
+    return [{**env, "RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in range(processes)]
+
+
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     """2 gloo processes at the same global batch: the same loss curve within noise, the same model directory."""
@@ -63,16 +77,9 @@ def test_processes_that_disagree_on_the_data_are_refused(tmp_path):
     """Two processes of one launch given other data files: refused before the first step, exit status 2."""
     meters(seed=0).write(tmp_path / "a.parquet")
     meters(seed=1).write(tmp_path / "b.parquet")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}
     procs = [subprocess.Popen([sys.executable, "-m", "tsynth.cli", "fit", data, "-o", f"out{rank}", *FIT], cwd=tmp_path,
-                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for rank, data in enumerate(("a.parquet", "b.parquet"))]
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank, (data, env) in enumerate(zip(("a.parquet", "b.parquet"), rank_envs(2)))]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [2, 2], outs
     assert "training processes disagree" in outs[0][1] and "training data" in outs[0][1]
@@ -105,19 +112,9 @@ if is_main_process():
 
 
 def _dp_fit(tmp_path: Path, out: str, secret: int, processes: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    if processes > 1:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(sock.getsockname()[1]), WORLD_SIZE=str(processes))
-    procs = [subprocess.Popen([sys.executable, "-c", DP_FIT, "m.parquet", out, str(secret)], cwd=tmp_path,
-                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)} if processes > 1 else env,
+    procs = [subprocess.Popen([sys.executable, "-c", DP_FIT, "m.parquet", out, str(secret)], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in range(processes)]
+             for env in rank_envs(processes)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0] * processes, outs
     from tsynth import Synthesizer

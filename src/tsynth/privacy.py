@@ -196,9 +196,11 @@ class DPEngine:
         return loss.detach() if live else None
 
     def detach(self, model):
-        """The plain model inside the opacus wrappers."""
+        """The plain model inside the opacus wrappers (``GradSampleModule``, and ``DPDDP`` across processes)."""
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
         model = model._module if hasattr(model, "_module") else model
-        return model.module if hasattr(model, "module") and not hasattr(model, "config") else model
+        return model.module if isinstance(model, DPDDP) else model
 
     def close(self, model) -> None:
         """Remove opacus' hooks and per-sample gradients once training is over."""
