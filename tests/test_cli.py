@@ -66,6 +66,8 @@ def test_fit_sample_evaluate_flow(long_csv, tmp_path, capsys):
                  "--holdout", str(tmp_path / "hold.parquet"), "-o", str(tmp_path / "ev"), "--model", str(model)]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["fidelity"]["discriminative"]["auc"] is not None
+    most = metrics["fidelity"]["tells"]["most_telling"]
+    assert f"what tells them apart most: {most} (disc_gbm" in capsys.readouterr().out
     assert 0 <= metrics["extra"]["membership inference, model likelihood (AUC, 0.5 ideal)"] <= 1
     far = SeriesSet(hold.values + 1e4, hold.lengths, hold.item_id, hold.channels)  # beyond the training range
     far.write(tmp_path / "far.parquet")

@@ -573,6 +573,12 @@ def print_verdict(ev) -> None:
         mark = {"pass": "ok  ", "warn": "WARN"}.get(r["status"], "    ")
         value, ideal, yard = (_short(r.get(k)) for k in ("value", "ideal", "holdout"))
         print(f"  {mark} {r['figure']:<34} {value:>9}  (ideal {ideal}, holdout {yard})")
+    tells = ev.fidelity.get("tells")
+    if tells and tells["most_telling"]:
+        family = tells["most_telling"]
+        ref = ev.holdout_reference.get("tells", {}).get("families", {}).get(family, {})
+        print(f"  what tells them apart most: {family} (disc_gbm {_short(tells['families'][family]['disc_gbm'])}, "
+              f"holdout {_short(ref.get('disc_gbm'))}; the report lists every feature family)")
 
 
 def _short(v: Any) -> str:

@@ -10,7 +10,10 @@ reason, in ``not_computed``.
 Beside the figures on whole series, ``fidelity["shape"]`` scores every series standardised on its
 own (the shape-level score) and, for long series with a known frequency, ``fidelity["long"]``
 holds calendar profiles, autocorrelation at the data's daily and weekly periods, daily and weekly
-totals, level stability and sub-window discriminative scores (see :mod:`.longseries`).
+totals, level stability and sub-window discriminative scores (see :mod:`.longseries`), and (full mode)
+``fidelity["tells"]`` says what gives the samples away: the discriminative score on per-series features, one
+family at a time (sorted values, moments, autocorrelation, roughness, the mean cycle, the cycles' deviations from
+it; see :mod:`.tells`), with the holdout's figures beside them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .longseries import calendar, gap_share, series_figures, subwindow_steps
 from .privacy import NEEDS_HOLDOUT, privacy_metrics
 from .report import render_report, verdict_rows
 from .utility import pick_label, utility_metrics
+from .tells import feature_discrimination
 
 __all__ = ["evaluate", "Evaluation", "evaluate_to_dir", "discriminative_score", "render_report"]
 
@@ -145,8 +149,13 @@ def _evaluate(train, synthetic, holdout, validity, label, lags, cross_lag, seed,
     not_computed.update(nc)
     if long is not None:
         fid["long"] = long
+    cycle = fid["shape"]["cycle_lag"]
     if fast:
         not_computed["fidelity.disc_gbm_repeats"] = "fast mode runs the discriminative score once"
+        not_computed["fidelity.tells"] = "fast mode leaves out the per-feature-family discriminative scores"
+    else:
+        fid["tells"] = timed("tells", feature_discrimination, prep.with_gaps("train"), prep.with_gaps("synthetic"),
+                             cycle, seed)
     if prep.train.shape[2] == 1:
         not_computed["fidelity.channel_corr_err"] = "univariate data"
     if prep.holdout is not None:
@@ -156,6 +165,9 @@ def _evaluate(train, synthetic, holdout, validity, label, lags, cross_lag, seed,
                                       subwindow, seed)
         if long is not None:
             ref["long"] = long
+        if not fast:
+            ref["tells"] = timed("tells_holdout_reference", feature_discrimination, prep.with_gaps("train"),
+                                 prep.with_gaps("holdout"), cycle, seed)
     else:
         ref = {}
         not_computed["holdout_reference"] = NEEDS_HOLDOUT

@@ -363,6 +363,34 @@ def _series_table(ev) -> str:
     return _table(["figure", "synthetic", "holdout scored the same way"], rows)
 
 
+TELLS_WORDS = {
+    "values_sorted": "each series' values in ascending order (its own distribution: tails, dips, clipping)",
+    "moments": "mean, standard deviation, minimum, quartiles, maximum",
+    "autocorrelation": "autocorrelation at lags 1, 2 and half, one and two cycles",
+    "roughness": "mean absolute first and second differences (relative to the spread), share of held values",
+    "cycle_profile": "the series' own mean cycle (its mean day)",
+    "cycle_deviation": "each cycle minus the series' mean cycle (how its days differ)",
+}
+
+
+def _tells_html(ev) -> list[str]:
+    """The per-feature-family discriminative scores (:mod:`.tells`), synthetic and holdout side by side."""
+    tells = ev.fidelity.get("tells")
+    if not tells or not tells["families"]:
+        return []
+    ref = ev.holdout_reference.get("tells", {}).get("families", {})
+    rows = [[f"{name}: {TELLS_WORDS[name]}", str(f["features"]), _fmt(f["disc_gbm"]),
+             _fmt(ref.get(name, {}).get("disc_gbm"))] for name, f in tells["families"].items()]
+    words = [f"{name}: {why}" for name, why in tells["left_out"].items()]
+    return ["<h3>What tells the series apart</h3><p class='note'>The discriminative score (|AUC - 0.5|; 0: the "
+            "classifier cannot tell them apart) on a few numbers per series, one family of features at a time. A "
+            "family far above the holdout's figure names what the generator misses; the most telling here: "
+            f"<b>{html.escape(str(tells['most_telling']))}</b>."
+            + (f" Left out: {html.escape('; '.join(words))}." if words else "") + "</p>",
+            _table(["features per series", "count", "synthetic", "holdout scored the same way"], rows,
+                   [["", "num", "num", "num"] for _ in rows])]
+
+
 # ---------------------------------------------------------------------- HTML
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
 color:#222;padding:0 1em}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
@@ -460,6 +488,7 @@ def render_report(evaluation, train: SeriesSet, synthetic: SeriesSet, holdout: S
     parts.append(_series_table(ev))
     for fig_title, caption, png in _long_figures(ev, prep, np.random.RandomState(ev.summary["seed"])):
         parts.append(_figure_html(fig_title, caption, png))
+    parts.extend(_tells_html(ev))
 
     parts.append("<h2>Privacy</h2>" + "".join(f"<p>{html.escape(w)}</p>" for w in _privacy_words(ev.privacy)))
 
