@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from .fidelity import discriminative_score, subsample
+from .longseries import acf_with_gaps
 
 __all__ = ["FAMILIES", "family_features", "feature_discrimination"]
 
@@ -33,14 +34,6 @@ MAX_SORTED = 256  # values_sorted: longer series are summarised by this many eve
 MAX_CYCLE_DEVIATION = 1024  # cycle_deviation: at most this many features per channel (whole cycles from the start)
 MAX_SERIES = 1000  # series of each set scored (a seeded subsample): the families are diagnostics, and six of them
 # on both the synthetic set and the holdout would otherwise cost more than the rest of the evaluation
-
-
-def _per_series_acf(x: np.ndarray, lag: int) -> np.ndarray:
-    """Autocorrelation (n, channels) of each series at ``lag``, NaN-aware (NaN for a constant series)."""
-    a = x - np.nanmean(x, axis=1, keepdims=True)
-    var = np.nanmean(a * a, axis=1)
-    cov = np.nanmean(a[:, lag:] * a[:, :-lag], axis=1)
-    return np.where(var > 0, cov / np.where(var > 0, var, 1.0), np.nan)
 
 
 def family_features(x: np.ndarray, family: str, cycle: int | None) -> np.ndarray | None:
@@ -59,7 +52,7 @@ def family_features(x: np.ndarray, family: str, cycle: int | None) -> np.ndarray
         if family == "autocorrelation":
             lags = sorted({lag for lag in (1, 2, *(() if cycle is None else (cycle // 2, cycle, 2 * cycle)))
                            if 0 < lag < length - 1})
-            return np.concatenate([_per_series_acf(x, lag) for lag in lags], axis=1) if lags else None
+            return acf_with_gaps(x, lags).reshape(n, -1) if lags else None
         if family == "roughness":
             if length < 3:
                 return None
