@@ -14,7 +14,8 @@ from tsynth.codecs.steps import StepCodec, calendar_values, default_context
 from tsynth.codecs.values import ValueCodec
 from tsynth.errors import DataError
 from tsynth.stepgen import generate_steps
-from tsynth.stepmodel import KVCache, StepModel, StepModelConfig, window_loss
+from tsynth.stepmodel import KVCache, StepModel, StepModelConfig, support_bins, support_weights, window_loss
+from tsynth.train import smoothed_kernel
 
 
 def hourly_set(n: int = 24, days: int = 16, channels: int = 1, gaps: float = 0.0, seed: int = 0) -> SeriesSet:
@@ -107,6 +108,52 @@ def test_cached_steps_match_the_whole_window():
             assert torch.allclose(model.channel_logits(h, c, before, prev[:, 3, c], season[:, 3, c]), logits[:, 3, c],
                                   atol=1e-5)
             before = before + model.chain(c, target[:, 3, c])
+
+
+@pytest.mark.parametrize("channels,gaps,widths,n_bins,copy", [(1, 0.0, [2.0], 64, False), (1, 0.0, [2.0], 64, True),
+                                                              (3, 0.1, [1.0], 48, True), (3, 0.1, [0.0], 16, True),
+                                                              (2, 0.0, [0.5, 2.0], 64, True)])
+def test_training_reads_the_head_where_targets_have_mass(channels, gaps, widths, n_bins, copy):
+    """The training loss reads the head's log-probabilities near each target only (and normalises the copy
+    components over a window of bins): those are the full distribution's values there, and the smoothed targets on
+    those bins are the whole smoothing kernel's."""
+    data = hourly_set(n=6, days=4, channels=channels, gaps=gaps)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=n_bins), 48)
+    k = codec.n_bins
+    arrays = codec.encode(data)
+    torch.manual_seed(0)
+    config = {**codec.model_config(dict(n_layer=1, n_embd=32, n_head=2), 0.0), "copy": copy}
+    model = StepModel(StepModelConfig(**config)).eval()
+    assert model.config.seasons == [24] and (model.copy_head is not None) == copy
+    with torch.no_grad():  # sharpen the copy components, so that they matter
+        if model.copy_head is not None:
+            model.copy_head.bias.copy_(torch.tensor([3.0, 0.0, -4.0, 2.0, 0.0, 2.0]))
+    rows, offsets = np.arange(6), np.array([0, 5, 10, 20, 30, 40])
+    prefix, prev, target, cal = (torch.as_tensor(a) for a in codec.windows(arrays, rows, offsets))
+    lags = model.config.seasons
+    season = torch.as_tensor(np.stack([codec.lagged(arrays, rows, offsets, lag) for lag in lags], -1)) if lags else None
+    assert (target == k).any() == (gaps > 0)
+    with torch.no_grad():
+        _, full = model(prefix, prev, cal, targets=target, season_ids=season)
+        _, (near, missing) = model(prefix, prev, cal, targets=target, season_ids=season, support=3)
+    assert torch.allclose(full.logsumexp(-1), torch.zeros(()), atol=1e-4)  # a distribution over bins and "missing"
+    assert torch.allclose(full.gather(-1, support_bins(target, 3, k)), near, atol=1e-3)
+    assert torch.allclose(full[..., k], missing, atol=1e-3)
+    radius = int(np.ceil(4 * max(widths)))
+    soft = support_weights(target, torch.tensor([widths[c % len(widths)] for c in range(channels)]), radius, k)
+    kernels = torch.stack([smoothed_kernel(k, w) for w in widths])[torch.arange(channels) % len(widths)]
+    whole = kernels[torch.arange(channels), target.clamp(max=k - 1)]
+    spread = torch.zeros_like(whole).scatter_add_(-1, support_bins(target, radius, k), soft)
+    assert torch.allclose(spread, whole, atol=1e-4)
+
+
+def test_copy_components_normalise_over_a_window_as_over_the_grid():
+    model = StepModel(StepModelConfig(n_bins=256, copy=True))
+    gen = torch.Generator().manual_seed(0)
+    centre = torch.rand(5000, generator=gen) * 264 - 4  # anchors on the grid, shifted by up to 4 bins
+    sigma = 0.3 * torch.exp(torch.rand(5000, generator=gen) * np.log(300))  # 0.3 to 90 bins
+    exact = torch.logsumexp(model._near(torch.arange(256.0), centre, sigma), dim=-1)
+    assert (model._log_norm(centre, sigma) - exact).abs().max() < 1e-3
 
 
 def test_the_loss_learns_and_counts_missing_readings():

@@ -53,6 +53,8 @@ LOG_FLOOR = -60.0
 SHIFTED_SHARE = 0.25  # training windows of series that fit the context which start at a later step
 COPY_SHIFT = 4.0  # bins a copy component's centre may sit away from its anchor value
 SEASON_DROPOUT = 0.75  # share of season inputs hidden while the model trains (docs/long-series.md)
+NORM_WINDOW = 16  # bins either side of a copy component's centre whose terms its normaliser sums exactly in training
+SUPPORT_SIGMAS = 4.0  # a smoothed target's bins that the loss reads: this many smoothing widths either side
 
 
 class StepModelConfig(PretrainedConfig):
@@ -233,62 +235,128 @@ class StepModel(PreTrainedModel):
         return self.ln_f(x)
 
     def forward(self, prefix_ids: torch.Tensor, prev_ids: torch.Tensor, calendar: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None, season_ids: torch.Tensor | None = None):
+                targets: torch.Tensor | None = None, season_ids: torch.Tensor | None = None,
+                support: int | None = None):
         """A training window: prefix tokens (b, p), the previous step's values of each step (b, steps, channels)
         and each step's calendar features (b, steps, features). Without ``targets``: the hidden states
         (b, p + steps, d). With the steps' value ids as ``targets``: the prefix logits (b, p - 1, prefix vocab;
-        None when p is 1) and the values' log-probabilities (b, steps, channels, bins + 1)."""
+        None when p is 1) and the values' log-probabilities (b, steps, channels, bins + 1), or with ``support``
+        those near each target and of "missing" (:meth:`channel_logits_all`)."""
         x = torch.cat([self.prefix_emb(prefix_ids), self.step_inputs(prev_ids, calendar, season_ids)], dim=1)
         h = self.hidden(x)
         if targets is None:
             return h
         p = prefix_ids.shape[1]
         return ((self.prefix_head(h[:, :p - 1]) if p > 1 else None),
-                self.channel_logits_all(h[:, p:], targets, prev_ids, season_ids))
+                self.channel_logits_all(h[:, p:], targets, prev_ids, season_ids, support))
 
     # ------------------------------------------------------------------ outputs
-    def _head(self, u: torch.Tensor, prev: torch.Tensor, season: torch.Tensor | None = None) -> torch.Tensor:
-        """Log-probabilities (..., bins + 1) from head inputs ``u`` (..., d), the channel's previous value ids
-        ``prev`` (...) and, with seasonal components, its value ids one season earlier ``season`` (..., lags) (used
-        by the copy components; a start, missing or pad id turns one off)."""
+    def _head_parts(self, u: torch.Tensor, prev: torch.Tensor, season: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+        """The head's free logits (..., bins + 1) from head inputs ``u`` (..., d) and, with copy components, each
+        component's centre and width in bins (..., each) and the log mixture weights (..., 1 + components: the free
+        part first). ``prev`` (...) holds the channel's previous value ids, ``season`` (..., lags) its ids one
+        season earlier (the copy components' anchors; a start, missing or pad id turns one off)."""
         z = self.head_out_ln(u + self.head_proj(F.gelu(self.head_fc(self.head_ln(u)))))
-        free = F.log_softmax(self.value_head(z).float(), dim=-1)
+        logits = self.value_head(z).float()
         if self.copy_head is None:
-            return free.clamp(min=LOG_FLOOR)
+            return logits, [], None
         k = self.config.n_bins
         params = self.copy_head(z).float()
         lags = len(self.config.seasons)
         if lags and season is None:
             season = torch.full(prev.shape + (lags,), k + 1, dtype=prev.dtype, device=prev.device)
         anchors = [prev] + [season[..., j] for j in range(lags)]
-        grid = torch.arange(k, device=u.device, dtype=torch.float32)
         gates, parts = [torch.zeros_like(params[..., 0])], []
         for j, anchor in enumerate(anchors):
             gate, shift, width = params[..., 3 * j:3 * j + 3].unbind(-1)
             centre = anchor.clamp(max=k - 1).float() + COPY_SHIFT * torch.tanh(shift / COPY_SHIFT)
-            sigma = F.softplus(width + 1.0) + 0.3  # bins
-            z2 = (((grid - centre[..., None]) / sigma[..., None]) ** 2).clamp(max=-2 * LOG_FLOOR)
-            near = F.log_softmax(-0.5 * z2, dim=-1)
-            parts.append(torch.cat([near, torch.full_like(near[..., :1], LOG_FLOOR)], dim=-1))
+            parts.append((centre, F.softplus(width + 1.0) + 0.3))  # width in bins
             gates.append(torch.where(anchor < k, gate, torch.full_like(gate, -30.0)))  # no such value: component off
-        weights = F.log_softmax(torch.stack(gates, dim=-1), dim=-1)  # free part first
+        return logits, parts, F.log_softmax(torch.stack(gates, dim=-1), dim=-1)
+
+    @staticmethod
+    def _near(bins: torch.Tensor, centre: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """-z^2 / 2 of ``bins`` (..., m) under a Gaussian of ``centre`` and ``sigma`` (...), floored."""
+        return -0.5 * (((bins - centre[..., None]) / sigma[..., None]) ** 2).clamp(max=-2 * LOG_FLOOR)
+
+    def _head(self, u: torch.Tensor, prev: torch.Tensor, season: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities (..., bins + 1) from head inputs ``u`` (..., d), the channel's previous value ids
+        ``prev`` (...) and, with seasonal components, its value ids one season earlier ``season`` (..., lags): the
+        free distribution, or its mixture with the copy components (a discretised Gaussian over the bins each)."""
+        logits, parts, weights = self._head_parts(u, prev, season)
+        free = F.log_softmax(logits, dim=-1)
+        if weights is None:
+            return free.clamp(min=LOG_FLOOR)
+        grid = torch.arange(self.config.n_bins, device=u.device, dtype=torch.float32)
         out = (free + weights[..., :1]).clamp(min=LOG_FLOOR)
-        for j, part in enumerate(parts):
+        for j, (centre, sigma) in enumerate(parts):
+            near = F.log_softmax(self._near(grid, centre, sigma), dim=-1)
+            part = torch.cat([near, torch.full_like(near[..., :1], LOG_FLOOR)], dim=-1)  # a copy is never "missing"
             out = torch.logaddexp(out, (part + weights[..., j + 1:j + 2]).clamp(min=LOG_FLOOR))
         return out
 
+    def _log_norm(self, centre: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """log of the sum of exp(:meth:`_near`) over the grid's bins (...): exactly over the ``NORM_WINDOW`` bins
+        either side of the centre (clamped to the grid), and beyond them, where the terms vary smoothly or vanish,
+        by the Gaussian integral over the rest of the grid (each bin as wide as its unit interval)."""
+        k = self.config.n_bins
+        span = 2 * NORM_WINDOW + 1
+        if k <= span:
+            return torch.logsumexp(self._near(torch.arange(k, device=centre.device, dtype=torch.float32), centre,
+                                              sigma), dim=-1)
+        lo = (centre.detach().round() - NORM_WINDOW).clamp(0, k - span)
+        inside = torch.logsumexp(self._near(lo[..., None] + torch.arange(span, device=centre.device), centre, sigma),
+                                 dim=-1)
+
+        def cdf(x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * (1.0 + torch.erf((x - centre) / (sigma * math.sqrt(2.0))))
+
+        # the bins below the window, [0, lo), and above it, [lo + span, k), as areas under the curve, each bin at
+        # least the floor that :meth:`_near` gives every bin (so a component centred off the grid normalises as in
+        # :meth:`_head`)
+        tails = sigma * math.sqrt(2 * math.pi) * ((cdf(lo - 0.5) - cdf(torch.full_like(lo, -0.5)))
+                                                  + (cdf(torch.full_like(lo, k - 0.5)) - cdf(lo + span - 0.5)))
+        return torch.logaddexp(inside, (tails.clamp(min=0) + (k - span) * math.exp(LOG_FLOOR)).log())
+
+    def _head_at(self, u: torch.Tensor, prev: torch.Tensor, season: torch.Tensor | None, bins: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`_head` gives at value bins ``bins`` (..., m) and at "missing" (...), without the whole
+        distribution: the normalisers run over every bin, the mixture only over the m asked for. Training needs
+        the log-probabilities only where a (smoothed) target has mass, and the mixture over every bin is most of
+        a step's cost where steps hold many values."""
+        logits, parts, weights = self._head_parts(u, prev, season)
+        k = self.config.n_bins
+        norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+        free, missing = logits.gather(-1, bins) - norm, logits[..., k] - norm[..., 0]
+        if weights is None:
+            return free.clamp(min=LOG_FLOOR), missing.clamp(min=LOG_FLOOR)
+        out = (free + weights[..., :1]).clamp(min=LOG_FLOOR)
+        missing = (missing + weights[..., 0]).clamp(min=LOG_FLOOR)
+        floor = torch.full_like(missing, LOG_FLOOR)
+        for j, (centre, sigma) in enumerate(parts):
+            near = self._near(bins.float(), centre, sigma) - self._log_norm(centre, sigma)[..., None]
+            out = torch.logaddexp(out, (near + weights[..., j + 1:j + 2]).clamp(min=LOG_FLOOR))
+            missing = torch.logaddexp(missing, floor)
+        return out, missing
+
     def channel_logits_all(self, h: torch.Tensor, targets: torch.Tensor, prev: torch.Tensor,
-                           season: torch.Tensor | None = None) -> torch.Tensor:
+                           season: torch.Tensor | None = None, support: int | None = None
+                           ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities (b, t, channels, bins + 1) of every channel of every step, each given the true values
         of the channels before it (teacher forcing): ``h`` (b, t, d), ``targets`` and ``prev`` (b, t, channels)
         the steps' value ids and their previous steps', ``season`` (b, t, channels, lags) the ids one season
-        earlier, per lag."""
+        earlier, per lag. With ``support`` (bins): only the log-probabilities at the bins within that many of each
+        target (:func:`support_bins`; b, t, channels, 2 * support + 1) and of "missing" (b, t, channels)."""
         b, t, c = targets.shape
         chain = self.chain_emb(targets.clamp(max=self.config.n_ids - 1) + self._channel_offsets(targets.device))
         before = torch.cumsum(chain, dim=2) - chain
         denom = torch.arange(c, device=h.device).clamp(min=1).sqrt()[:, None]
         ch = self.channel_emb(torch.arange(c, device=h.device).expand(b, c))[:, None]  # (b, 1, c, d)
-        return self._head(h[:, :, None] + ch + before / denom, prev, season)
+        u = h[:, :, None] + ch + before / denom
+        if support is None:
+            return self._head(u, prev, season)
+        return self._head_at(u, prev, season, support_bins(targets, support, self.config.n_bins))
 
     def channel_logits(self, h: torch.Tensor, channel: int, before: torch.Tensor, prev: torch.Tensor,
                        season: torch.Tensor | None = None) -> torch.Tensor:
@@ -302,6 +370,25 @@ class StepModel(PreTrainedModel):
     def chain(self, channel: int, ids: torch.Tensor) -> torch.Tensor:
         """The chain embedding (b, d) of ``channel`` holding value ids ``ids`` (b,)."""
         return self.chain_emb(ids + channel * self.config.n_ids)
+
+
+def support_bins(targets: torch.Tensor, radius: int, n_bins: int) -> torch.Tensor:
+    """The bins (..., 2 * radius + 1) within ``radius`` of each target bin (a missing or pad target counts as the
+    last bin), clamped to the grid: where a smoothed target has its mass."""
+    offsets = torch.arange(-radius, radius + 1, device=targets.device)
+    return (targets.clamp(max=n_bins - 1)[..., None] + offsets).clamp(0, n_bins - 1)
+
+
+def support_weights(targets: torch.Tensor, channel_widths: torch.Tensor, radius: int, n_bins: int) -> torch.Tensor:
+    """The smoothed targets on :func:`support_bins`: a discretised Gaussian of each channel's width (bins;
+    ``channel_widths`` (channels,), 0: the target bin alone) over the bins within ``radius`` of the target that
+    lie on the grid, normalised there. ``targets`` (..., channels)."""
+    d = torch.arange(-radius, radius + 1, device=targets.device, dtype=torch.float32)
+    widths = channel_widths.to(targets.device)[:, None]
+    kernel = torch.where(widths > 0, torch.exp(-0.5 * (d / widths.clamp(min=1e-6)) ** 2), (d == 0).float())
+    position = targets.clamp(max=n_bins - 1)[..., None] + d.long()
+    w = kernel * ((position >= 0) & (position < n_bins))
+    return w / w.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
 def _config(model: nn.Module) -> StepModelConfig:
@@ -319,11 +406,12 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
     prefix tokens plain cross-entropy; condition tokens are replaced by their field's unknown token with
     probability ``condition_dropout`` while the model trains. With ``reduction="none"`` it returns each row's
     mean loss."""
-    from .train import smoothed_kernel
-
     widths = [smoothing] if isinstance(smoothing, (int, float)) else list(smoothing)
     k = codec.n_bins
-    kernels = torch.stack([smoothed_kernel(k, w) for w in widths])
+    # the smoothed target of each value has its mass within SUPPORT_SIGMAS widths of it (beyond them, under 1e-4
+    # of it): the loss needs the model's log-probabilities there only
+    radius = int(math.ceil(SUPPORT_SIGMAS * max(widths)))
+    channel_widths = torch.tensor([float(widths[c % len(widths)]) for c in range(codec.n_channels)])
     rng = np.random.default_rng(seed)
     slots = [(1 + j, codec.values.field_offset(j)) for j in range(len(codec.values.fields))]
 
@@ -353,12 +441,12 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
                                             torch.as_tensor(prev, device=device),
                                             None if calendar is None else torch.as_tensor(calendar, device=device),
                                             targets=tgt,
-                                            season_ids=None if season is None else torch.as_tensor(season, device=device))
-        logp = value_logits.float()  # already normalised log-probabilities
+                                            season_ids=None if season is None else torch.as_tensor(season, device=device),
+                                            support=radius)
+        logp, logp_missing = value_logits  # already normalised log-probabilities, near each target and of "missing"
         valid, is_value = tgt <= k, tgt < k  # pad (k + 2) is never predicted; k is "missing"
-        channel = torch.arange(tgt.shape[2], device=device) % len(kernels)
-        soft = kernels.to(device)[channel, tgt.clamp(max=k - 1)]
-        per_value = torch.where(is_value, -(soft * logp[..., :k]).sum(-1), -logp[..., k]) * valid
+        soft = support_weights(tgt, channel_widths, radius, k)
+        per_value = torch.where(is_value, -(soft * logp).sum(-1), -logp_missing) * valid
         total = per_value.sum((1, 2))
         count = valid.sum((1, 2)).float()
         if prefix_logits is not None:
