@@ -360,11 +360,17 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "75fbcf7, energy24 at a985f85) are listed as `tsynth-step` (what `--codec step` runs now); from 7e1f3d6 "
              "on, `tsynth` on these three tasks is the token model.",
              "  - 69f958a (electricity100's `tsynth` rows at 0aba293 and the suite's at 344dfc7, three seeds each, "
-             "on an otherwise idle machine; electricity336's `tsynth` rows predate it): seasonal inputs, each "
+             "on an otherwise idle machine; electricity336's `tsynth` rows at 9ea8b4a: disc_gbm 0.371 / 0.360 / 0.386, "
+             "against 0.362-0.441 before): seasonal inputs, each "
              "channel's value a day (and a week) back in every step's input, for one channel too. electricity100 "
              "lost about 0.06 of disc_gbm with them (0.108 at 75fbcf7); on the suite the daily cycle came back (cycle "
              "autocorrelation error 0.012-0.077 against 0.058-0.284 for seed 0 at 1afe7cc) and disc_gbm fell on the "
              "client subsets (100 clients 0.213 -> 0.147, 160 clients 0.295 -> 0.171); docs/long-series.md.",
+             "  - a21b6a4: the step model's training reads the head's log-probabilities only near each smoothed target "
+             '(docs/long-series.md, "What a training step computes"): the same loss, 2.2x faster per step on energy24. '
+             "Its `tsynth-step` row at a21b6a4 (idle machine) trained 2 models for 6.8 epochs each (84.7 s an epoch, "
+             "168 s before) and scored as the row at 344dfc7 did after 3.4 (disc_gru 0.459): the step model's loss on "
+             "28 channels is not a matter of training time.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
