@@ -481,6 +481,44 @@ class SeriesSet:
 
 
 # ---------------------------------------------------------------------- reading files
+STANDARDISED_TOLERANCE = 1e-3  # |mean| and |standard deviation - 1| of a series that counts as standardised
+
+
+def standardised_ddof(data: SeriesSet) -> int | None:
+    """1 or 0 where every series of ``data`` is standardised on its own, channel by channel (mean 0 and standard
+    deviation 1 with that many degrees of freedom subtracted, as z-normalised archives such as UCR's store their
+    series), else None. Series with fewer than 3 readings in a channel say nothing and are skipped; at least two
+    must say yes."""
+    values = data.values.astype(np.float64)
+    counts = np.sum(~np.isnan(values), axis=1)  # (n, channels)
+    told = counts >= 3
+    if told.sum() < 2:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(np.where(told[:, None, :], values, np.nan), axis=1)
+        centred = np.nansum((values - mean[:, None, :]) ** 2, axis=1)
+        if not (np.abs(mean[told]) <= STANDARDISED_TOLERANCE).all():
+            return None
+        for ddof in (1, 0):
+            sd = np.sqrt(centred / (counts - ddof))
+            if (np.abs(sd[told] - 1.0) <= STANDARDISED_TOLERANCE).all():
+                return ddof
+    return None
+
+
+def standardise(values: np.ndarray, ddof: int) -> np.ndarray:
+    """``values`` (n, steps, channels) with every series standardised channel by channel over its readings (NaN
+    is kept): mean 0, standard deviation 1 with ``ddof``. A series that is constant in a channel (or holds one
+    reading) is only centred there."""
+    x = values.astype(np.float64)
+    counts = np.sum(~np.isnan(x), axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(x, axis=1, keepdims=True)
+        sd = np.sqrt(np.nansum((x - mean) ** 2, axis=1, keepdims=True) / (counts - ddof))
+    sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+    return ((x - np.nan_to_num(mean)) / sd).astype(values.dtype)
+
+
 def read_series(path: str | os.PathLike, layout: str = "auto", id_col: str | None = None,
                 time_col: str | None = None, value_cols: Sequence[str] | None = None,
                 attribute_cols: Sequence[str] | None = None, freq: str | None = None,

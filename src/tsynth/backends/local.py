@@ -30,7 +30,7 @@ import torch
 
 from ..codecs.steps import StepCodec, default_context, has_gaps
 from ..codecs.values import POINT_MASS_SERIES, ValueCodec, choose_scaling
-from ..data import SeriesSet, atomic_write
+from ..data import SeriesSet, atomic_write, standardised_ddof
 from ..distributed import check_options as check_distributed_options
 from ..distributed import world_size
 from ..errors import ArtifactError, ConfigError, DataError, TsynthError
@@ -253,6 +253,11 @@ class LocalBackend:
         values = codec.values if kind == "step" else codec
         if dp is not None:
             check_dp_range(values, train)
+        else:  # a fact read from the data: under DP it would be a release of its own
+            values.standardised = standardised_ddof(train)
+            if values.standardised is not None:
+                log.info("every training series is standardised on its own (mean 0, standard deviation 1, ddof %d): "
+                         "the samples are standardised alike", values.standardised)
         smoothing = opts.train.smoothing
         if smoothing is None:  # under DP a fixed width: one measured on the data would leak it
             smoothing = MAX_SMOOTHING if dp is not None else step_smoothing(values.value_bins(train, warn=False)[0],

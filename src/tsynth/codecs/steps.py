@@ -363,11 +363,12 @@ class StepCodec:
         vc = self.values
         missing = ids >= self.n_bins
         value_ids = vc.value_offset + np.where(missing, 0, ids).reshape(len(ids), -1)
-        out = vc.decode(prefix[:, :self.value_prefix_length], value_ids, lengths, rng, item_id=item_id, start=start)
+        out = vc.decode(prefix[:, :self.value_prefix_length], value_ids, lengths, rng, item_id=item_id, start=start,
+                        finish=False)
         if self.repeats:
             out.values[:] = repeat_values(out.values, ids[:, :out.length], self.repeats, rng)
         out.values[missing[:, :out.length]] = np.nan
-        return out
+        return vc.finish(out)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:

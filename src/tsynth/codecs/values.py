@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data import SeriesSet
+from ..data import SeriesSet, standardise
 from ..errors import ConfigError, DataError
 
 log = logging.getLogger("tsynth")
@@ -461,7 +461,8 @@ class ValueCodec:
                  edges: list[float] | None = None, level_edges: list[float] | None = None,
                  fields: list[ConditionField] | None = None, value_range: tuple[float, float] | None = None,
                  profile: list[list[float]] | None = None, point_mass_series: int = POINT_MASS_SERIES,
-                 point_masses: list[dict] | None = None, tails: list[list[float]] | None = None) -> None:
+                 point_masses: list[dict] | None = None, tails: list[list[float]] | None = None,
+                 standardised: int | None = None) -> None:
         self.scaler = Scaler(scaling, _list(loc), _list(scale), _list(level_edges), profile)
         self.bins = Bins(n_bins, binning, _list(edges), point_mass_series, _list(point_masses), _list(tails))
         self.vocabulary = ConditionVocabulary(conditions, _list(fields))
@@ -469,6 +470,9 @@ class ValueCodec:
         self.length = length
         self.freq = freq
         self.value_range = value_range  # a public range of the values (DP): the bins span it
+        # ddof where every training series is standardised on its own (samples are standardised alike), else None;
+        # set by the backend outside DP (:func:`tsynth.data.standardised_ddof`)
+        self.standardised = standardised
 
     def __repr__(self) -> str:
         return (f"ValueCodec(scaling={self.scaling!r}, n_bins={self.n_bins}, binning={self.binning!r}, "
@@ -477,9 +481,10 @@ class ValueCodec:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ValueCodec):
             return NotImplemented
-        return ((self.scaler, self.bins, self.vocabulary, self.channels, self.length, self.freq, self.value_range)
+        return ((self.scaler, self.bins, self.vocabulary, self.channels, self.length, self.freq, self.value_range,
+                 self.standardised)
                 == (other.scaler, other.bins, other.vocabulary, other.channels, other.length, other.freq,
-                    other.value_range))
+                    other.value_range, other.standardised))
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
 
@@ -622,8 +627,10 @@ class ValueCodec:
     # ------------------------------------------------------------------ decoding
     def decode(self, prefix: np.ndarray, value_ids: np.ndarray, lengths: np.ndarray,
                rng: np.random.Generator, item_id: Sequence[str] | None = None,
-               start=None) -> SeriesSet:
-        """Series from generated tokens: ``prefix`` (n, prefix_length) and ``value_ids`` (n, steps*channels)."""
+               start=None, finish: bool = True) -> SeriesSet:
+        """Series from generated tokens: ``prefix`` (n, prefix_length) and ``value_ids`` (n, steps*channels).
+        ``finish``: standardise each series where the training series were (a caller that changes values after
+        decoding calls :meth:`finish` itself)."""
         n = len(value_ids)
         steps = value_ids.shape[1] // self.n_channels
         k = value_ids.reshape(n, steps, self.n_channels) - self.value_offset
@@ -636,9 +643,16 @@ class ValueCodec:
         vals = np.where(np.arange(steps)[None, :, None] < lengths[:, None, None], vals, np.nan)
         ids = list(item_id) if item_id is not None else [f"synthetic_{i}" for i in range(n)]
         ids, attrs = self.vocabulary.decode(prefix[:, 1:1 + len(self.fields)], self.field_offset(0), ids, rng)
-        return SeriesSet(vals.astype(np.float32), lengths, np.asarray(ids, dtype=object), self.channels, start=start,
-                         freq=self.freq if start is not None else None,
-                         attributes=pd.DataFrame(attrs) if attrs else None)
+        out = SeriesSet(vals.astype(np.float32), lengths, np.asarray(ids, dtype=object), self.channels, start=start,
+                        freq=self.freq if start is not None else None,
+                        attributes=pd.DataFrame(attrs) if attrs else None)
+        return self.finish(out) if finish else out
+
+    def finish(self, data: SeriesSet) -> SeriesSet:
+        """``data`` (decoded samples) with each series standardised on its own where the training series were."""
+        if self.standardised is not None:
+            data.values[:] = standardise(data.values, self.standardised)
+        return data
 
     def _bin_values(self, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A value for each bin id in ``k`` (n, steps, channels): see :meth:`Bins.draw`."""
@@ -652,7 +666,7 @@ class ValueCodec:
             "loc": self.loc, "scale": self.scale, "edges": self.edges, "level_edges": self.level_edges,
             "value_range": list(self.value_range) if self.value_range else None, "profile": self.profile,
             "point_mass_series": self.point_mass_series,  # the masses themselves: save_point_masses
-            "tails": self.tails,
+            "tails": self.tails, "standardised": self.standardised,
             "point_masses_per_channel": [len(m["values"]) for m in self.point_masses],
             "fields": [{"name": f.name, "values": f.values, "edges": f.edges} for f in self.fields],
         }
@@ -665,7 +679,8 @@ class ValueCodec:
                    conditions=[f.name for f in fields], channels=d["channels"], length=d["length"],
                    freq=d["freq"], loc=d["loc"], scale=d["scale"], edges=d["edges"],
                    level_edges=d["level_edges"], fields=fields, value_range=vr, profile=d.get("profile"),
-                   point_mass_series=d.get("point_mass_series", 0), tails=d.get("tails", []))
+                   point_mass_series=d.get("point_mass_series", 0), tails=d.get("tails", []),
+                   standardised=d.get("standardised"))
 
     def save_point_masses(self, path: Path) -> None:
         """Write the point masses (if any) to ``path`` (.npz): too many numbers for ``tsynth.json``."""
