@@ -371,6 +371,10 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "Its `tsynth-step` row at a21b6a4 (idle machine) trained 2 models for 6.8 epochs each (84.7 s an epoch, "
              "168 s before) and scored as the row at 344dfc7 did after 3.4 (disc_gru 0.459): the step model's loss on "
              "28 channels is not a matter of training time.",
+             "  - 1c49e1b: where every training series is standardised on its own, samples are standardised alike "
+             "(docs/codec.md, \"Standardised series\"; not under DP). Of the benchmark sets, italy24 (ddof 1) and "
+             "suite-etth1 (ddof 0) are; their `tsynth` rows at 1c49e1b: italy24 disc_gbm 0.183 / 0.184 / 0.200 "
+             "against 0.203 / 0.218 / 0.193 at 344dfc7.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
