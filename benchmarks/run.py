@@ -374,7 +374,8 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "  - 1c49e1b: where every training series is standardised on its own, samples are standardised alike "
              "(docs/codec.md, \"Standardised series\"; not under DP). Of the benchmark sets, italy24 (ddof 1) and "
              "suite-etth1 (ddof 0) are; their `tsynth` rows at 1c49e1b: italy24 disc_gbm 0.183 / 0.184 / 0.200 "
-             "against 0.203 / 0.218 / 0.193 at 344dfc7.",
+             "against 0.203 / 0.218 / 0.193 at 344dfc7; suite-etth1 0.079 / 0.110 / 0.123 against 0.132 / 0.129 / 0.166 "
+             "(its holdout 0.090).",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
