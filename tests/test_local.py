@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -535,3 +537,54 @@ def test_ensemble_members_train_in_parallel_processes_deterministically():
     for a, b in zip(par.info["training"]["members"], seq.info["training"]["members"]):
         np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
     np.testing.assert_allclose(par.sample(4, seed=0).values, seq.sample(4, seed=0).values, atol=1e-5)
+
+
+KILLED_FIT = """
+import sys
+import numpy as np
+from tsynth import SeriesSet, Synthesizer
+rng = np.random.default_rng(0)
+vals = np.sin(np.arange(24)[None] / 3 + rng.uniform(0, 6, (40, 1))) + 0.1 * rng.normal(size=(40, 24))
+data = SeriesSet.from_arrays(list(vals), [f"u{i}" for i in range(40)])
+Synthesizer("local", codec="token", epochs=100000, patience=100000, n_bins=32, ensemble=2, workers=2).fit(
+    data, progress=False)
+"""
+
+
+def _processes_reading(directory) -> list[int]:
+    """Pids of the processes whose command line names a path inside ``directory``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(directory) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads process command lines from /proc")
+def test_members_stop_and_remove_their_inputs_when_the_fit_is_killed(tmp_path):
+    """A fit killed outright (SIGKILL: nothing of it runs again) leaves no member training on and no training data
+    behind in its temporary directory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    fit = subprocess.Popen([sys.executable, "-c", KILLED_FIT], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(_processes_reading(tmp_path)) < 2:
+            time.sleep(0.5)
+        members = _processes_reading(tmp_path)
+        assert len(members) == 2 and len(list(tmp_path.glob("tsynth-members-*/member_*.pt"))) == 2
+    finally:
+        fit.send_signal(signal.SIGKILL)
+        fit.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and (_processes_reading(tmp_path) or list(tmp_path.glob("tsynth-members-*"))):
+        time.sleep(0.5)
+    assert _processes_reading(tmp_path) == [] and list(tmp_path.glob("tsynth-members-*")) == []

@@ -750,11 +750,14 @@ def run_members(jobs: list[MemberJob], callback: Callable[[dict], None] | None, 
     return [done[j.member] for j in jobs]
 
 
+MEMBERS_TMP_PREFIX = "tsynth-members-"
+
+
 def _inputs_dir(jobs: list[MemberJob]) -> Path:
     """Where the members' inputs go: ``inputs/`` of the fit's checkpoint directory, owner-only (never a shared
     temporary directory), or a private temporary directory (also owner-only) when the fit has none."""
     if jobs[0].checkpoint is None:
-        return Path(tempfile.mkdtemp(prefix="tsynth-members-"))
+        return Path(tempfile.mkdtemp(prefix=MEMBERS_TMP_PREFIX))
     d = Path(jobs[0].checkpoint).parent / "inputs"
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
@@ -779,17 +782,55 @@ def _start_member(job: MemberJob, tmp: Path, events: Queue):
     return proc, path.with_suffix(".out")
 
 
+ORPHAN_POLL_S = 1.0  # how often a member child checks that the process which started it is still there
+
+
+def _remove_inputs(job_path: Path) -> None:
+    """Remove a member's inputs (the encoded training data) and output: the whole directory where it is a private
+    temporary one, else (``inputs/`` of a checkpoint directory) this member's own files."""
+    if job_path.parent.name.startswith(MEMBERS_TMP_PREFIX):
+        shutil.rmtree(job_path.parent, ignore_errors=True)
+    else:
+        for path in (job_path, job_path.with_suffix(".out")):
+            path.unlink(missing_ok=True)
+
+
+def _stop_with_parent(job_path: Path, parent: int) -> None:
+    """Watch, on a daemon thread, for the process that started this member (``parent``) to be gone (killed
+    outright, so it could neither stop its children nor remove their inputs): then remove the inputs and exit,
+    rather than train on for nobody."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(ORPHAN_POLL_S)
+            if os.getppid() != parent:
+                _remove_inputs(job_path)
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _member_main(job_path: str) -> None:
-    """Child process entry: train the member in ``job_path``, print events as JSON lines, save the result."""
+    """Child process entry: train the member in ``job_path``, print events as JSON lines, save the result. Once
+    the process that started it is gone (its events then have nowhere to go), it removes its inputs and exits."""
+    parent, path = os.getppid(), Path(job_path)
+    _stop_with_parent(path, parent)
     torch.set_num_threads(1)
-    job = torch.load(job_path, weights_only=False)
     try:
+        job = torch.load(path, weights_only=False)
         out = train_member(job, lambda e: print(json.dumps(e), flush=True), progress=False)
     except TsynthError as e:  # the parent raises it as the fit's error (one line, not this traceback)
         print(json.dumps({"error": str(e)}), flush=True)
         sys.exit(2)
+    except BaseException as e:
+        # events that cannot be written (the pipe's reader is gone) mean the parent was killed: its pipe closes
+        # before this process is handed to another parent, so the pipe says so first
+        if isinstance(e, BrokenPipeError) or os.getppid() != parent:
+            _remove_inputs(path)
+            os._exit(1)
+        raise
     torch.save({"weights": out["model"].state_dict(), "result": out["result"], "privacy": out["privacy"]},
-               Path(job_path).with_suffix(".out"))
+               path.with_suffix(".out"))
 
 
 def _quiet_transformers() -> None:

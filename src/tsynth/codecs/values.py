@@ -666,9 +666,11 @@ class ValueCodec:
             "loc": self.loc, "scale": self.scale, "edges": self.edges, "level_edges": self.level_edges,
             "value_range": list(self.value_range) if self.value_range else None, "profile": self.profile,
             "point_mass_series": self.point_mass_series,  # the masses themselves: save_point_masses
-            "tails": self.tails, "standardised": self.standardised,
+            "tails": self.tails,
             "point_masses_per_channel": [len(m["values"]) for m in self.point_masses],
             "fields": [{"name": f.name, "values": f.values, "edges": f.edges} for f in self.fields],
+            # only where it is set: codecs without it save as they did before it existed
+            **({"standardised": self.standardised} if self.standardised is not None else {}),
         }
 
     @classmethod
