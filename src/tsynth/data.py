@@ -481,6 +481,33 @@ class SeriesSet:
 
 
 # ---------------------------------------------------------------------- reading files
+def duplicate_channels(data: SeriesSet) -> dict[int, int]:
+    """Channels that repeat an earlier channel exactly in every series (NaN where it is NaN), as
+    ``{copy: original}`` by channel index; the original is the first channel with those values."""
+    copies: dict[int, int] = {}
+    for j in range(1, data.n_channels):
+        for i in range(j):
+            if i not in copies and np.array_equal(data.values[..., j], data.values[..., i], equal_nan=True):
+                copies[j] = i
+                break
+    return copies
+
+
+def keep_channels(data: SeriesSet, names: Sequence[str]) -> SeriesSet:
+    """``data`` with only the channels ``names``, in that order."""
+    idx = [data.channels.index(c) for c in names]
+    return SeriesSet(data.values[..., idx], data.lengths, data.item_id, list(names), start=data.start,
+                     freq=data.freq, attributes=data.attributes)
+
+
+def restore_copies(data: SeriesSet, channels: Sequence[str], copies: dict[str, str]) -> SeriesSet:
+    """``data`` with the channels ``channels`` in that order, each channel named in ``copies`` (copy -> original)
+    holding its original's values."""
+    source = [data.channels.index(copies.get(c, c)) for c in channels]
+    return SeriesSet(data.values[..., source], data.lengths, data.item_id, list(channels), start=data.start,
+                     freq=data.freq, attributes=data.attributes)
+
+
 STANDARDISED_TOLERANCE = 1e-3  # |mean| and |standard deviation - 1| of a series that counts as standardised
 
 

@@ -30,7 +30,8 @@ import torch
 
 from ..codecs.steps import StepCodec, default_context, has_gaps
 from ..codecs.values import POINT_MASS_SERIES, ValueCodec, choose_scaling
-from ..data import SeriesSet, atomic_write, standardised_ddof
+from ..data import (SeriesSet, atomic_write, duplicate_channels, keep_channels, restore_copies,
+                    standardised_ddof)
 from ..distributed import check_options as check_distributed_options
 from ..distributed import world_size
 from ..errors import ArtifactError, ConfigError, DataError, TsynthError
@@ -172,6 +173,8 @@ class LocalBackend:
         self.plan: dict[str, Any] | None = None  # what the last fit planned (see fit)
         self.prior: dict[str, Any] | None = None  # the prior this model was fine-tuned from
         self.corpus: dict[str, Any] | None = None  # set when this model *is* a prior (see tsynth.prior)
+        # where training channels repeat others exactly: every channel in order and {copy: original} by name
+        self.channel_copies: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: SeriesSet, callback: Callable[[dict], None] | None = None,
@@ -189,6 +192,14 @@ class LocalBackend:
         dp_settings = (DPSettings(opts.dp_epsilon, opts.dp_delta, opts.dp_max_grad_norm,
                                   profile_share=PROFILE_SHARE if opts.dp_profile_share is None else opts.dp_profile_share)
                        if opts.dp_epsilon is not None else None)
+        full, self.channel_copies = train, None
+        copies = duplicate_channels(train) if dp_settings is None else {}  # under DP it would be a release
+        if copies:
+            names = {train.channels[j]: train.channels[i] for j, i in copies.items()}
+            self.channel_copies = {"channels": list(train.channels), "copies": names}
+            log.info("channels %s repeat %s exactly in every series: the model learns the originals, and samples "
+                     "copy them", list(names), sorted(set(names.values())))
+            train = keep_channels(train, [c for c in train.channels if c not in names])
         if dp_settings is not None:
             dp_settings.check(len(items))
             if resume:
@@ -305,7 +316,7 @@ class LocalBackend:
             "smoothing": smoothing,  # label-smoothing width(s) in bins: one, or one per channel
             **({"time_plan": plan} if plan else {}),
         }
-        self.schema = data_schema(train)
+        self.schema = data_schema(full)
 
     def _prior_choice(self, train: SeriesSet) -> str | None:
         """The prior to start from: the one asked for, or under ``prior="auto"`` what :func:`auto_prior` takes
@@ -481,8 +492,8 @@ class LocalBackend:
         if isinstance(self.codec, StepCodec):
             if start is None and not self.codec.starts:  # under DP: the data's one common start, if it has one
                 start = self.schema.get("start")
-            return generate_steps(self.models, self.codec, n, conditions, length, start, gaps, temperature, top_p,
-                                  seed, progress=progress)
+            return self._with_copies(generate_steps(self.models, self.codec, n, conditions, length, start, gaps,
+                                                    temperature, top_p, seed, progress=progress))
         out = generate(self.models, self.codec, n, conditions, length, temperature, top_p, seed, progress=progress)
         first = parse_start(start) if start is not None else (
             np.datetime64(self.schema["start"], "ns") if self.schema.get("start") is not None else None)
@@ -490,7 +501,13 @@ class LocalBackend:
             out = SeriesSet(out.values, out.lengths, out.item_id, out.channels,
                             start=np.full(len(out), first, dtype="datetime64[ns]"),
                             freq=self.schema.get("freq"), attributes=out.attributes)
-        return out
+        return self._with_copies(out)
+
+    def _with_copies(self, out: SeriesSet) -> SeriesSet:
+        """Samples with the channels that repeat others (``channel_copies``) put back in the data's order."""
+        if not self.channel_copies:
+            return out
+        return restore_copies(out, self.channel_copies["channels"], self.channel_copies["copies"])
 
     def values_codec(self) -> ValueCodec:
         """The scaler, bins, point masses and condition vocabulary (the step codec's, or the codec itself)."""
@@ -499,6 +516,9 @@ class LocalBackend:
     def series_loss(self, data: SeriesSet) -> np.ndarray:
         """Each series' mean loss per predicted value (or token) under the model, averaged over the members
         (unsmoothed; the likelihood audit's score)."""
+        if self.channel_copies:
+            copies = self.channel_copies["copies"]
+            data = keep_channels(data, [c for c in self.channel_copies["channels"] if c not in copies])
         if isinstance(self.codec, StepCodec):
             arrays = self.codec.encode(data)
             rows = fixed_windows(data.lengths, self.codec.context, np.arange(len(data)), most=None)
@@ -521,7 +541,8 @@ class LocalBackend:
         opts["conditions"] = list(opts["conditions"]) if not isinstance(opts["conditions"], str) else opts["conditions"]
         return {"options": opts, "codec": self.codec.to_dict() if self.codec else None,
                 "training": self.training, "schema": self.schema, "members": len(self.models),
-                "privacy": self.privacy, "prior": self.prior, **({"corpus": self.corpus} if self.corpus else {})}
+                "privacy": self.privacy, "prior": self.prior, **({"corpus": self.corpus} if self.corpus else {}),
+                **({"channel_copies": self.channel_copies} if self.channel_copies else {})}
 
     def save(self, directory: Path) -> None:
         """Write each member as a Hugging Face model directory with the codec's tokenizer."""
@@ -554,6 +575,7 @@ class LocalBackend:
             raise ArtifactError(f"{directory}: {POINT_MASS_FILE} is missing (tsynth.json records point masses)")
         self.training, self.schema = state.get("training", {}), state.get("schema", {})
         self.privacy, self.prior, self.corpus = state.get("privacy"), state.get("prior"), state.get("corpus")
+        self.channel_copies = state.get("channel_copies")
         self.models = []
         device = train_device()  # where a fit leaves them
         for k in range(int(state.get("members", 1))):
