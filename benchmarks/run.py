@@ -376,6 +376,9 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "suite-etth1 (ddof 0) are; their `tsynth` rows at 1c49e1b: italy24 disc_gbm 0.183 / 0.184 / 0.200 "
              "against 0.203 / 0.218 / 0.193 at 344dfc7; suite-etth1 0.079 / 0.110 / 0.123 against 0.132 / 0.129 / 0.166 "
              "(its holdout 0.090).",
+             "  - 510e32e: a channel that repeats another exactly is learnt once and copied into the samples "
+             "(docs/codec.md; energy24's rv2 is rv1, and energy24-blocked's). energy24's `tsynth-step` row at 510e32e: "
+             "disc_gru 0.437 (0.459 at a21b6a4); its `tsynth-token` rows predate it.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
