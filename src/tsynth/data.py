@@ -480,7 +480,6 @@ class SeriesSet:
         return write_series(self, path)
 
 
-# ---------------------------------------------------------------------- reading files
 def duplicate_channels(data: SeriesSet) -> dict[int, int]:
     """Channels that repeat an earlier channel exactly in every series (NaN where it is NaN), as
     ``{copy: original}`` by channel index; the original is the first channel with those values."""
@@ -493,19 +492,22 @@ def duplicate_channels(data: SeriesSet) -> dict[int, int]:
     return copies
 
 
-def keep_channels(data: SeriesSet, names: Sequence[str]) -> SeriesSet:
-    """``data`` with only the channels ``names``, in that order."""
-    idx = [data.channels.index(c) for c in names]
+def _take_channels(data: SeriesSet, sources: Sequence[str], names: Sequence[str]) -> SeriesSet:
+    """``data`` with channels ``names``, each holding the values of ``data``'s channel in ``sources``."""
+    idx = [data.channels.index(c) for c in sources]
     return SeriesSet(data.values[..., idx], data.lengths, data.item_id, list(names), start=data.start,
                      freq=data.freq, attributes=data.attributes)
+
+
+def keep_channels(data: SeriesSet, names: Sequence[str]) -> SeriesSet:
+    """``data`` with only the channels ``names``, in that order."""
+    return _take_channels(data, names, names)
 
 
 def restore_copies(data: SeriesSet, channels: Sequence[str], copies: dict[str, str]) -> SeriesSet:
     """``data`` with the channels ``channels`` in that order, each channel named in ``copies`` (copy -> original)
     holding its original's values."""
-    source = [data.channels.index(copies.get(c, c)) for c in channels]
-    return SeriesSet(data.values[..., source], data.lengths, data.item_id, list(channels), start=data.start,
-                     freq=data.freq, attributes=data.attributes)
+    return _take_channels(data, [copies.get(c, c) for c in channels], channels)
 
 
 STANDARDISED_TOLERANCE = 1e-3  # |mean| and |standard deviation - 1| of a series that counts as standardised
@@ -516,36 +518,39 @@ def standardised_ddof(data: SeriesSet) -> int | None:
     deviation 1 with that many degrees of freedom subtracted, as z-normalised archives such as UCR's store their
     series), else None. Series with fewer than 3 readings in a channel say nothing and are skipped; at least two
     must say yes."""
-    values = data.values.astype(np.float64)
-    counts = np.sum(~np.isnan(values), axis=1)  # (n, channels)
-    told = counts >= 3
+    told = np.sum(~np.isnan(data.values), axis=1) >= 3  # (n, channels)
     if told.sum() < 2:
         return None
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nanmean(np.where(told[:, None, :], values, np.nan), axis=1)
-        centred = np.nansum((values - mean[:, None, :]) ** 2, axis=1)
-        if not (np.abs(mean[told]) <= STANDARDISED_TOLERANCE).all():
+    for ddof in (1, 0):
+        mean, sd = series_moments(data.values, ddof)
+        if not (np.abs(mean[:, 0][told]) <= STANDARDISED_TOLERANCE).all():
             return None
-        for ddof in (1, 0):
-            sd = np.sqrt(centred / (counts - ddof))
-            if (np.abs(sd[told] - 1.0) <= STANDARDISED_TOLERANCE).all():
-                return ddof
+        if (np.abs(sd[:, 0][told] - 1.0) <= STANDARDISED_TOLERANCE).all():
+            return ddof
     return None
+
+
+def series_moments(values: np.ndarray, ddof: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and standard deviation (with ``ddof``) of every series and channel of ``values`` (n, steps,
+    channels) over its readings (NaN: gaps), each (n, 1, channels), in float64; NaN where there are too few."""
+    x = values.astype(np.float64)
+    counts = np.sum(~np.isnan(x), axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(x, axis=1, keepdims=True) / counts  # 0 / 0: NaN, without nanmean's empty-slice warning
+        sd = np.sqrt(np.nansum((x - mean) ** 2, axis=1, keepdims=True) / (counts - ddof))
+    return mean, np.where(counts > ddof, sd, np.nan)
 
 
 def standardise(values: np.ndarray, ddof: int) -> np.ndarray:
     """``values`` (n, steps, channels) with every series standardised channel by channel over its readings (NaN
     is kept): mean 0, standard deviation 1 with ``ddof``. A series that is constant in a channel (or holds one
     reading) is only centred there."""
-    x = values.astype(np.float64)
-    counts = np.sum(~np.isnan(x), axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nanmean(x, axis=1, keepdims=True)
-        sd = np.sqrt(np.nansum((x - mean) ** 2, axis=1, keepdims=True) / (counts - ddof))
+    mean, sd = series_moments(values, ddof)
     sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
-    return ((x - np.nan_to_num(mean)) / sd).astype(values.dtype)
+    return ((values.astype(np.float64) - np.nan_to_num(mean)) / sd).astype(values.dtype)
 
 
+# ---------------------------------------------------------------------- reading files
 def read_series(path: str | os.PathLike, layout: str = "auto", id_col: str | None = None,
                 time_col: str | None = None, value_cols: Sequence[str] | None = None,
                 attribute_cols: Sequence[str] | None = None, freq: str | None = None,

@@ -199,7 +199,7 @@ class LocalBackend:
             self.channel_copies = {"channels": list(train.channels), "copies": names}
             log.info("channels %s repeat %s exactly in every series: the model learns the originals, and samples "
                      "copy them", list(names), sorted(set(names.values())))
-            train = keep_channels(train, [c for c in train.channels if c not in names])
+            train = keep_channels(train, self._learnt_channels())
         if dp_settings is not None:
             dp_settings.check(len(items))
             if resume:
@@ -503,6 +503,11 @@ class LocalBackend:
                             freq=self.schema.get("freq"), attributes=out.attributes)
         return self._with_copies(out)
 
+    def _learnt_channels(self) -> list[str]:
+        """The channels the model learns where some repeat others (``channel_copies``): every one but the copies."""
+        assert self.channel_copies is not None
+        return [c for c in self.channel_copies["channels"] if c not in self.channel_copies["copies"]]
+
     def _with_copies(self, out: SeriesSet) -> SeriesSet:
         """Samples with the channels that repeat others (``channel_copies``) put back in the data's order."""
         if not self.channel_copies:
@@ -517,8 +522,7 @@ class LocalBackend:
         """Each series' mean loss per predicted value (or token) under the model, averaged over the members
         (unsmoothed; the likelihood audit's score)."""
         if self.channel_copies:
-            copies = self.channel_copies["copies"]
-            data = keep_channels(data, [c for c in self.channel_copies["channels"] if c not in copies])
+            data = keep_channels(data, self._learnt_channels())
         if isinstance(self.codec, StepCodec):
             arrays = self.codec.encode(data)
             rows = fixed_windows(data.lengths, self.codec.context, np.arange(len(data)), most=None)

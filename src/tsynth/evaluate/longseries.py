@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..data import series_moments
 from ..errors import ConfigError
 from .fidelity import Prepared, block_summary, disc_features, discriminative_score, summary_block
 
@@ -140,8 +141,7 @@ def standardise(x: np.ndarray, filled: np.ndarray | None = None) -> tuple[np.nda
     """Each series and channel of ``x`` minus its mean over its present values, over their standard
     deviation (ddof 0); a constant one becomes 0, gaps stay NaN. ``filled`` (the same series with
     gaps filled) is scaled by the same figures and returned second."""
-    mean = _quiet(np.nanmean, x, axis=1, keepdims=True)
-    sd = _quiet(np.nanstd, x, axis=1, keepdims=True)
+    mean, sd = series_moments(x, 0)
     ok = sd > 0
     safe = np.where(ok, sd, 1.0)
     z = np.where(ok, (x - mean) / safe, np.where(np.isnan(x), np.nan, 0.0))
