@@ -10,7 +10,7 @@ import torch
 
 from tsynth import SeriesSet, Synthesizer
 from tsynth.cli import main
-from tsynth.codecs.steps import StepCodec, calendar_values, default_context
+from tsynth.codecs.steps import OWN_LAGS, StepCodec, calendar_values, default_context
 from tsynth.codecs.values import ValueCodec
 from tsynth.errors import DataError
 from tsynth.stepgen import generate_steps
@@ -91,9 +91,15 @@ def test_cached_steps_match_the_whole_window():
     season = torch.as_tensor(codec.lagged(arrays, rows, offsets, 24))[..., None]
     assert model.config.seasons == [24] and (season[0, :19] == codec.n_bins + 1).all()   # before the first step
     assert (season[1, :, 0, 0] == torch.as_tensor(arrays["ids"][1, 16:64, 0].astype(np.int64))).all()
+    lags = model.config.own_lags
+    own = torch.as_tensor(np.stack([codec.lagged(arrays, rows, offsets, lag) for lag in range(2, lags + 1)], -1))
+    assert lags == OWN_LAGS > 1 and (own[1, :, :, 0] == torch.as_tensor(arrays["ids"][1, 38:86].astype(np.int64))).all()
     with torch.no_grad():
+        model.own_proj.weight.mul_(50.0)  # so that a wrong history shows in the head's output
         full = model(prefix, prev, cal, season_ids=season)
-        _, logits = model(prefix, prev, cal, targets=target, season_ids=season)
+        _, logits = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
+        _, without = model(prefix, prev, cal, targets=target, season_ids=season)
+        assert (logits - without).abs().max() > 0.1  # the head reads the channels' own history
         cache = KVCache.empty(model.config, 2, "cpu")
         parts = [model.hidden(model.prefix_emb(prefix), 0, cache)]
         for t in range(prev.shape[1]):
@@ -105,8 +111,8 @@ def test_cached_steps_match_the_whole_window():
         h = full[:, codec.prefix_length + 3]
         before = torch.zeros_like(h)
         for c in range(3):
-            assert torch.allclose(model.channel_logits(h, c, before, prev[:, 3, c], season[:, 3, c]), logits[:, 3, c],
-                                  atol=1e-5)
+            assert torch.allclose(model.channel_logits(h, c, before, prev[:, 3, c], season[:, 3, c], own[:, 3, c]),
+                                  logits[:, 3, c], atol=1e-5)
             before = before + model.chain(c, target[:, 3, c])
 
 
@@ -368,10 +374,27 @@ def test_copy_components_only_where_a_step_holds_several_channels():
     assert not codec.copies and codec.seasons == [24] and not config.copy and config.seasons == [24]
     model = StepModel(config)
     assert model.copy_head is None and model.season_emb.num_embeddings == config.n_ids
+    assert config.own_lags == 0 and model.own_proj is None  # its input already is its exact previous bin
     config = StepModelConfig(**StepCodec.fit(two, ValueCodec(n_bins=16), 96).model_config({}, 0.0))
     assert config.copy and config.seasons == [24] and StepModel(config).copy_head.out_features == 6
+    assert config.own_lags == OWN_LAGS and StepModel(config).own_proj.in_features == 3 * OWN_LAGS - 1
     old = StepModelConfig(n_channels=1, context=96, seasons=[24])   # saved before the seasonal inputs
     assert old.seasons == [] and StepModel(old).season_emb is None
+    old = StepModelConfig(n_channels=2, context=96, seasons=[24], copy=True)  # saved before the heads read history
+    assert old.own_lags == 0 and StepModel(old).own_proj is None
+
+
+def test_the_heads_read_each_channel_own_recent_history():
+    """Each channel of each series climbs or falls steadily (its own direction): a head that reads its channel's
+    latest values sees the direction in their changes, so its loss falls well below that of a model whose heads
+    see only the step's shared input and attention, after the same training."""
+    rng = np.random.default_rng(5)
+    rate = rng.choice([-0.15, 0.15], (40, 1, 3))
+    data = series_of(rate * np.arange(96)[None, :, None] + rng.normal(0, 1, (40, 1, 3))
+                     + rng.normal(0, 0.005, (40, 96, 3)))
+    codec = StepCodec.fit(data, ValueCodec(n_bins=64), 48)
+    losses = {lags: loss_after_training(codec, data, -1, own_lags=lags) for lags in (OWN_LAGS, 0)}
+    assert losses[OWN_LAGS] < losses[0] - 0.3, losses
 
 
 def test_the_seasonal_input_repeats_each_series_own_day():

@@ -189,6 +189,8 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
         season = torch.stack([back(lag, lo, hi) for lag in lags], dim=-1).to(device) if lags else None
         return back(1, lo, hi).to(device), cal, season
 
+    own_lags = max(m.config.own_lags for m in models)
+
     for t in range(steps):
         if t - first == ctx:  # the context is full: rebuild it from the prefix and the last `keep` steps
             first = t - keep
@@ -200,8 +202,12 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
         hs = [m.hidden(m.step_inputs(prev, cal, season), p_len + t - first, caches[j])[:, -1]
               for j, m in enumerate(models)]
         before = [torch.zeros_like(h) for h in hs]
+        # each channel's values before the previous one, latest first, as its head reads them
+        own = torch.stack([back(lag, t, t + 1) for lag in range(2, own_lags + 1)], dim=-1).to(device) \
+            if own_lags > 1 else None
         for c in range(codec.n_channels):
-            anchors = prev[:, 0, c], None if season is None else season[:, 0, c]
+            anchors = (prev[:, 0, c], None if season is None else season[:, 0, c],
+                       None if own is None else own[:, 0, c])
             probs = mean_probs(lambda j, m: m.channel_logits(hs[j], c, before[j], *anchors))
             if gaps == "none" or not codec.gaps:
                 probs[:, k] = 0.0

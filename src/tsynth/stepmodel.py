@@ -66,9 +66,12 @@ class StepModelConfig(PretrainedConfig):
                  context: int = 96, calendar_sizes: list[int] | tuple[int, ...] = (), n_layer: int = 2,
                  n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, copy: bool = False,
                  seasons: list[int] | tuple[int, ...] | None = None, season: int = 0, season_inputs: bool = False,
-                 **kwargs) -> None:
+                 own_lags: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.copy = bool(copy)  # False for models saved before the copy component
+        # how many of its own latest values (the previous one first) each channel's head reads: 0 for models
+        # saved before the head read them, and where a step holds one channel
+        self.own_lags = int(own_lags)
         # False for models saved before the seasonal inputs: their seasons feed the copy components only
         self.season_inputs = bool(season_inputs)
         # the seasonal lags (models saved with one lag have ``season``)
@@ -173,6 +176,8 @@ class StepModel(PreTrainedModel):
         self.value_head = nn.Linear(d, config.n_bins + 1)  # bins, then "missing"
         # gate, shift and width of the copy component and of each seasonal one
         self.copy_head = nn.Linear(d, 3 * (1 + len(config.seasons))) if config.copy else None
+        # each channel's own latest values, read by its head: positions, "no such value" flags and changes
+        self.own_proj = nn.Linear(3 * config.own_lags - 1, d) if config.own_lags else None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -236,10 +241,11 @@ class StepModel(PreTrainedModel):
 
     def forward(self, prefix_ids: torch.Tensor, prev_ids: torch.Tensor, calendar: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, season_ids: torch.Tensor | None = None,
-                support: int | None = None):
+                support: int | None = None, own_ids: torch.Tensor | None = None):
         """A training window: prefix tokens (b, p), the previous step's values of each step (b, steps, channels)
         and each step's calendar features (b, steps, features). Without ``targets``: the hidden states
-        (b, p + steps, d). With the steps' value ids as ``targets``: the prefix logits (b, p - 1, prefix vocab;
+        (b, p + steps, d). ``own_ids`` (b, steps, channels, own_lags - 1): each channel's values before the
+        previous one (:meth:`_own`). With the steps' value ids as ``targets``: the prefix logits (b, p - 1, prefix vocab;
         None when p is 1) and the values' log-probabilities (b, steps, channels, bins + 1), or with ``support``
         those near each target and of "missing" (:meth:`channel_logits_all`)."""
         x = torch.cat([self.prefix_emb(prefix_ids), self.step_inputs(prev_ids, calendar, season_ids)], dim=1)
@@ -248,7 +254,7 @@ class StepModel(PreTrainedModel):
             return h
         p = prefix_ids.shape[1]
         return ((self.prefix_head(h[:, :p - 1]) if p > 1 else None),
-                self.channel_logits_all(h[:, p:], targets, prev_ids, season_ids, support))
+                self.channel_logits_all(h[:, p:], targets, prev_ids, season_ids, support, own_ids))
 
     # ------------------------------------------------------------------ outputs
     def _head_parts(self, u: torch.Tensor, prev: torch.Tensor, season: torch.Tensor | None
@@ -340,32 +346,51 @@ class StepModel(PreTrainedModel):
             missing = torch.logaddexp(missing, floor)
         return out, missing
 
+    def _own(self, prev: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor | float:
+        """What a channel's head reads of its own latest values (..., d): the previous value ids ``prev`` (...) and
+        the ``own_lags - 1`` before them, latest first, ``own`` (..., own_lags - 1; None: no such values). Each
+        value's bin position (scaled to [-1, 1]) and "no such value" flag, and the previous value's change from each
+        earlier one in bins (signed log1p; 0 where either is no value). The summed step input cannot carry each of
+        many channels' recent course, and a channel's next move depends on it (a sensor warming keeps warming)."""
+        if self.own_proj is None:
+            return 0.0
+        k, lags = self.config.n_bins, self.config.own_lags
+        if own is None:
+            own = torch.full(prev.shape + (lags - 1,), self.config.start_id, dtype=prev.dtype, device=prev.device)
+        hist = torch.cat([prev[..., None], own[..., :lags - 1]], dim=-1)
+        is_value = hist < k
+        position = torch.where(is_value, hist.float() * (2.0 / max(k - 1, 1)) - 1.0, 0.0)
+        change = (hist[..., :1] - hist[..., 1:]).float()
+        change = torch.where(is_value[..., :1] & is_value[..., 1:], torch.sign(change) * torch.log1p(change.abs()), 0.0)
+        return self.own_proj(torch.cat([position, (~is_value).float(), change], dim=-1))
+
     def channel_logits_all(self, h: torch.Tensor, targets: torch.Tensor, prev: torch.Tensor,
-                           season: torch.Tensor | None = None, support: int | None = None
-                           ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                           season: torch.Tensor | None = None, support: int | None = None,
+                           own: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities (b, t, channels, bins + 1) of every channel of every step, each given the true values
         of the channels before it (teacher forcing): ``h`` (b, t, d), ``targets`` and ``prev`` (b, t, channels)
         the steps' value ids and their previous steps', ``season`` (b, t, channels, lags) the ids one season
-        earlier, per lag. With ``support`` (bins): only the log-probabilities at the bins within that many of each
-        target (:func:`support_bins`; b, t, channels, 2 * support + 1) and of "missing" (b, t, channels)."""
+        earlier, per lag, ``own`` (b, t, channels, own_lags - 1) the ids before the previous ones (:meth:`_own`).
+        With ``support`` (bins): only the log-probabilities at the bins within that many of each target
+        (:func:`support_bins`; b, t, channels, 2 * support + 1) and of "missing" (b, t, channels)."""
         b, t, c = targets.shape
         chain = self.chain_emb(targets.clamp(max=self.config.n_ids - 1) + self._channel_offsets(targets.device))
         before = torch.cumsum(chain, dim=2) - chain
         denom = torch.arange(c, device=h.device).clamp(min=1).sqrt()[:, None]
         ch = self.channel_emb(torch.arange(c, device=h.device).expand(b, c))[:, None]  # (b, 1, c, d)
-        u = h[:, :, None] + ch + before / denom
+        u = h[:, :, None] + ch + before / denom + self._own(prev, own)
         if support is None:
             return self._head(u, prev, season)
         return self._head_at(u, prev, season, support_bins(targets, support, self.config.n_bins))
 
     def channel_logits(self, h: torch.Tensor, channel: int, before: torch.Tensor, prev: torch.Tensor,
-                       season: torch.Tensor | None = None) -> torch.Tensor:
+                       season: torch.Tensor | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (b, bins + 1) of ``channel`` at one step: ``h`` (b, d), ``before`` (b, d) the summed
         chain embeddings of the channels already drawn, ``prev`` (b,) the channel's previous value ids, ``season``
-        (b, lags) its ids one season earlier, per lag."""
+        (b, lags) its ids one season earlier, per lag, ``own`` (b, own_lags - 1) its ids before the previous one."""
         b = h.shape[0]
         ch = self.channel_emb(torch.full((b,), channel, dtype=torch.long, device=h.device))
-        return self._head(h + ch + before / math.sqrt(max(channel, 1)), prev, season)
+        return self._head(h + ch + before / math.sqrt(max(channel, 1)) + self._own(prev, own), prev, season)
 
     def chain(self, channel: int, ids: torch.Tensor) -> torch.Tensor:
         """The chain embedding (b, d) of ``channel`` holding value ids ``ids`` (b,)."""
@@ -431,6 +456,9 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
         prefix, prev, target, calendar = codec.windows(arrays, series, offsets)
         lags = _config(model).seasons
         season = np.stack([codec.lagged(arrays, series, offsets, lag) for lag in lags], axis=-1) if lags else None
+        own_lags = _config(model).own_lags
+        own = (np.stack([codec.lagged(arrays, series, offsets, lag) for lag in range(2, own_lags + 1)], axis=-1)
+               if own_lags > 1 else None)
         prefix_in = prefix.copy()
         if model.training and condition_dropout > 0:
             for pos, unknown in slots:
@@ -442,7 +470,8 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
                                             None if calendar is None else torch.as_tensor(calendar, device=device),
                                             targets=tgt,
                                             season_ids=None if season is None else torch.as_tensor(season, device=device),
-                                            support=radius)
+                                            support=radius,
+                                            own_ids=None if own is None else torch.as_tensor(own, device=device))
         logp, logp_missing = value_logits  # already normalised log-probabilities, near each target and of "missing"
         valid, is_value = tgt <= k, tgt < k  # pad (k + 2) is never predicted; k is "missing"
         soft = support_weights(tgt, channel_widths, radius, k)

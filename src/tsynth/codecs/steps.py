@@ -41,6 +41,7 @@ STEPS_PER_DAY_MAX = 1440
 
 
 WHOLE_SERIES = 512  # series up to this many steps are seen whole
+OWN_LAGS = 4  # where a step holds several channels, each channel's head reads this many of its own latest values
 
 
 def default_context(freq: str | None, length: int) -> int:
@@ -276,7 +277,7 @@ class StepCodec:
         return dict(n_channels=self.n_channels, n_bins=self.n_bins, prefix_vocab=self.prefix_vocab,
                     prefix_length=self.prefix_length, context=self.context,
                     calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=self.copies,
-                    seasons=self.seasons, season_inputs=True, **preset)
+                    seasons=self.seasons, season_inputs=True, own_lags=OWN_LAGS if self.copies else 0, **preset)
 
     @property
     def copies(self) -> bool:
