@@ -379,6 +379,10 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "  - 510e32e: a channel that repeats another exactly is learnt once and copied into the samples "
              "(docs/codec.md; energy24's rv2 is rv1, and energy24-blocked's). energy24's `tsynth-step` row at 510e32e: "
              "disc_gru 0.437 (0.459 at a21b6a4); its `tsynth-token` rows predate it.",
+             "  - db049c2: where a step holds several channels, each channel's head reads that channel's latest four "
+             "values (docs/long-series.md, \"Own history in the heads\"). energy24's `tsynth-step` rows at db049c2 "
+             "(idle machine, 2 models of 6 trained in the 600 s): disc_gru 0.405 / 0.413 / 0.418 (0.437 at 510e32e, "
+             "seed 0), still above the token model's 0.340-0.345 and the Gaussian's 0.26.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
