@@ -92,7 +92,7 @@ def test_cached_steps_match_the_whole_window():
     assert model.config.seasons == [24] and (season[0, :19] == codec.n_bins + 1).all()   # before the first step
     assert (season[1, :, 0, 0] == torch.as_tensor(arrays["ids"][1, 16:64, 0].astype(np.int64))).all()
     lags = model.config.own_lags
-    own = torch.as_tensor(np.stack([codec.lagged(arrays, rows, offsets, lag) for lag in range(2, lags + 1)], -1))
+    own = torch.as_tensor(codec.lagged_stack(arrays, rows, offsets, range(2, lags + 1)))
     assert lags == OWN_LAGS > 1 and (own[1, :, :, 0] == torch.as_tensor(arrays["ids"][1, 38:86].astype(np.int64))).all()
     with torch.no_grad():
         model.own_proj.weight.mul_(50.0)  # so that a wrong history shows in the head's output

@@ -182,12 +182,15 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
         before = max(0, min(lag - lo, hi - lo))
         return torch.cat([start_ids.expand(b, before, -1), ids[:, lo + before - lag:hi - lag]], dim=1)
 
+    def backs(lags: Sequence[int], lo: int, hi: int) -> torch.Tensor | None:
+        """:func:`back` for each of ``lags``, stacked on a last axis, on the device; None without lags."""
+        return torch.stack([back(lag, lo, hi) for lag in lags], dim=-1).to(device) if len(lags) else None
+
     def step_ids(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Previous value ids, calendar features and value ids one season back (per lag) of steps lo..hi-1, on
         the device: every model's step inputs, and the anchors of its copy components."""
         cal = None if calendar is None else calendar[:, lo:hi].to(device)
-        season = torch.stack([back(lag, lo, hi) for lag in lags], dim=-1).to(device) if lags else None
-        return back(1, lo, hi).to(device), cal, season
+        return back(1, lo, hi).to(device), cal, backs(lags, lo, hi)
 
     own_lags = max(m.config.own_lags for m in models)
 
@@ -203,8 +206,7 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
               for j, m in enumerate(models)]
         before = [torch.zeros_like(h) for h in hs]
         # each channel's values before the previous one, latest first, as its head reads them
-        own = torch.stack([back(lag, t, t + 1) for lag in range(2, own_lags + 1)], dim=-1).to(device) \
-            if own_lags > 1 else None
+        own = backs(range(2, own_lags + 1), t, t + 1)
         for c in range(codec.n_channels):
             anchors = (prev[:, 0, c], None if season is None else season[:, 0, c],
                        None if own is None else own[:, 0, c])

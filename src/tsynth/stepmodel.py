@@ -454,11 +454,8 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
             shifted = (span == 0) & (n >= 4) & (rng.random(len(n)) < SHIFTED_SHARE)
             offsets[draw] = np.where(shifted, rng.integers(1, np.maximum(n // 2, 1) + 1), offset)
         prefix, prev, target, calendar = codec.windows(arrays, series, offsets)
-        lags = _config(model).seasons
-        season = np.stack([codec.lagged(arrays, series, offsets, lag) for lag in lags], axis=-1) if lags else None
-        own_lags = _config(model).own_lags
-        own = (np.stack([codec.lagged(arrays, series, offsets, lag) for lag in range(2, own_lags + 1)], axis=-1)
-               if own_lags > 1 else None)
+        season = codec.lagged_stack(arrays, series, offsets, _config(model).seasons)
+        own = codec.lagged_stack(arrays, series, offsets, range(2, _config(model).own_lags + 1))
         prefix_in = prefix.copy()
         if model.training and condition_dropout > 0:
             for pos, unknown in slots:
