@@ -384,7 +384,7 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "(idle machine, 2 models of 6 trained in the 600 s): disc_gru 0.405 / 0.413 / 0.418 (0.437 at 510e32e, "
              "seed 0), still above the token model's 0.340-0.345 and the Gaussian's 0.26. energy24's `tsynth-token` "
              "seed 0 at c3d8394 (after 510e32e, which learns rv2 once): disc_gru 0.319 (0.345 at bff7812), sampling "
-             "803 s; its seeds 1 and 2 are still the rows at bff7812 / e2520e9.",
+             "803 s; seed 1 at a111154: 0.322 (0.342 at bff7812), sampling 779 s; seed 2 is still the row at e2520e9.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
