@@ -14,7 +14,8 @@ from tsynth.codecs.steps import OWN_LAGS, StepCodec, calendar_values, default_co
 from tsynth.codecs.values import ValueCodec
 from tsynth.errors import DataError
 from tsynth.stepgen import generate_steps
-from tsynth.stepmodel import KVCache, StepModel, StepModelConfig, support_bins, support_weights, window_loss
+from tsynth.stepmodel import (KVCache, StepModel, StepModelConfig, bin_values, support_bins, support_weights,
+                              window_loss)
 from tsynth.train import smoothed_kernel
 
 
@@ -52,11 +53,12 @@ def test_fill_gap_turns_missing_time_steps_into_gaps(tmp_path):
 
 def test_calendar_features_need_the_data_to_show_them():
     codec = StepCodec.fit(hourly_set(days=22), ValueCodec(), None)
-    assert [name for name, _ in codec.calendar] == ["time_of_day", "dayofweek"]  # 22 days: no week of the year
+    # 22 days: no week of the year; 24 series on one calendar: its time steps
+    assert [name for name, _ in codec.calendar] == ["time_of_day", "dayofweek", "time_step"]
     assert codec.context == default_context("h", 22 * 24) == 96 and codec.long
     assert default_context("h", 336) == 336 and default_context("D", 400) == 400 and default_context("D", 600) == 56
     short = StepCodec.fit(hourly_set(days=3), ValueCodec(), None)
-    assert [name for name, _ in short.calendar] == ["time_of_day"]  # 3 days show 3 of 7 weekdays
+    assert [name for name, _ in short.calendar] == ["time_of_day", "time_step"]  # 3 days show 3 of 7 weekdays
     t = np.array(["2024-01-01T05:00", "2024-01-07T23:00"], dtype="datetime64[ns]")  # a Monday, a Sunday
     assert calendar_values(t, [("time_of_day", 24), ("dayofweek", 7), ("weekofyear", 53)], "h").tolist() == \
         [[5, 0, 0], [23, 6, 0]]
@@ -69,7 +71,7 @@ def test_windows_carry_previous_values_gaps_and_padding():
     k = codec.n_bins
     assert arrays["ids"].shape == (10, 240, 1) and (arrays["ids"][np.isnan(data.values)] == k).all()
     prefix, prev, target, cal = codec.windows(arrays, np.array([0, 1]), np.array([0, 100]))
-    assert prefix.shape == (2, codec.prefix_length) and target.shape == (2, 48, 1) and cal.shape == (2, 48, 2)
+    assert prefix.shape == (2, codec.prefix_length) and target.shape == (2, 48, 1) and cal.shape == (2, 48, 3)
     assert prev[0, 0, 0] == k + 1  # <start> before a series' first step
     assert prev[1, 0, 0] == arrays["ids"][1, 99, 0] and (target[1, :, 0] == arrays["ids"][1, 100:148, 0]).all()
     assert (prev[1, 1:, 0] == target[1, :-1, 0]).all()
@@ -327,16 +329,16 @@ def loss_after_training(codec: StepCodec, data: SeriesSet, offset: int, **config
     return trained_model(codec, data, offset, **config)[1]
 
 
-def trained_model(codec: StepCodec, data: SeriesSet, offset: int, batch: int = 32,
+def trained_model(codec: StepCodec, data: SeriesSet, offset: int, batch: int = 32, steps: int = 60,
                   **config) -> tuple[StepModel, float]:
-    """The model and loss of :func:`loss_after_training` (``batch`` windows a step)."""
+    """The model and loss of :func:`loss_after_training` (``batch`` windows a step, ``steps`` steps)."""
     arrays = codec.encode(data)
     torch.manual_seed(0)
     model = StepModel(StepModelConfig(**{**codec.model_config(dict(n_layer=1, n_embd=32, n_head=4), 0.0), **config}))
     loss = window_loss(codec, arrays, 0.0, 0.0, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rows = torch.tensor([[i % len(data), offset] for i in range(batch)])
-    for _ in range(60):
+    for _ in range(steps):
         opt.zero_grad()
         loss(model, rows).backward()
         opt.step()
@@ -476,3 +478,56 @@ def test_short_windows_train_the_token_model_by_default():
     ragged.lengths[0] = 20
     ragged.values[0, 20:] = np.nan
     assert kind(ragged) == "step"
+
+
+def test_a_shared_calendar_gets_its_own_time_steps():
+    """Series that share their time stamps (a panel) get a time-step feature; windows cut at different times,
+    small sets and DP fits do not; stamps outside the span, or off its step grid, read its last value."""
+    panel = hourly_set(n=12, days=3)
+    codec = StepCodec.fit(panel, ValueCodec(), None)
+    assert codec.calendar == [("time_of_day", 24), ("time_step", 73)] and codec.time_feature == 1
+    t = np.array(["2024-01-01T00:00", "2024-01-03T23:00", "2024-01-04T00:00", "2023-12-31T23:00",
+                  "2024-01-01T00:30"], dtype="datetime64[ns]")
+    assert codec.calendar_at(t)[:, 1].tolist() == [0, 71, 72, 72, 72]
+    again = StepCodec.from_dict(json.loads(json.dumps(codec.to_dict())))
+    assert (again.calendar_at(t) == codec.calendar_at(t)).all()
+    assert codec.model_config({}, 0.0)["time_feature"] == 1
+    sliding = SeriesSet(panel.values, panel.lengths, panel.item_id, panel.channels, freq="h",
+                        start=np.datetime64("2024-01-01T00:00") + np.arange(12) * np.timedelta64(1, "h"))
+    assert "time_step" not in dict(StepCodec.fit(sliding, ValueCodec(), None).calendar)
+    assert "time_step" not in dict(StepCodec.fit(hourly_set(n=9, days=3), ValueCodec(), None).calendar)
+    assert "time_step" not in dict(StepCodec.fit(panel, ValueCodec(), None, dp=True).calendar)
+
+
+def test_an_event_at_one_time_stamp_of_every_series_is_learnt_there():
+    """Every series dips at one time stamp (a clock change, an outage) that windows at random offsets put at any
+    position: with the time-step input, samples drawn on the data's calendar dip there, without it they do not."""
+    rng = np.random.default_rng(5)
+    values = np.sin(2 * np.pi * np.arange(96) / 24)[None, :, None] + rng.normal(0, 0.3, (40, 96, 1))
+    values[:, 61] = -4 + rng.normal(0, 0.1, (40, 1))
+    data = series_of(values)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=64), 48)
+    assert codec.time_feature == 1
+    plain = StepCodec.from_dict({**codec.to_dict(), "calendar": codec.to_dict()["calendar"][:1], "time_origin": None})
+    dips = {}
+    for name, c in (("time", codec), ("plain", plain)):
+        model, _ = trained_model(c, data, -1, steps=200)
+        out = generate_steps([model], c, 40, length=96, start="2024-01-01", seed=0).values[:, :, 0]
+        dips[name] = float(out[:, 61].mean() - np.delete(out, 61, axis=1).min(axis=1).mean())
+    assert dips["time"] < 0 and dips["time"] < dips["plain"] - 1.5, dips  # below each series' own lowest
+
+
+def test_smoothing_keeps_a_wide_edge_bin_target_in_its_bin():
+    """Equal-mass bins are narrow where values are dense and wide in the tails (the lowest holds everything from
+    the deepest dip up): a target in a wide edge bin keeps its mass there instead of lending two thirds of it to
+    neighbours that lie far away in value, while a target among bins of the median width smooths as before."""
+    edges = np.r_[-17.0, np.linspace(-2.0, 2.0, 41), 9.0]  # 42 bins: two wide edge bins, 40 of width 0.1
+    values = bin_values(edges, [[3.0, 2.0]], 1)  # the edge bins' values lie 3 below and 2 above their inner edges
+    assert values[0, 0] == pytest.approx(-50.0) and values[0, 1] == pytest.approx(-19.5)
+    assert values[0, -1] == pytest.approx(40.0)
+    widths, targets = torch.tensor([2.0]), torch.tensor([[0], [20], [41]])
+    plain = support_weights(targets, widths, 8, 42)
+    aware = support_weights(targets, widths, 8, 42, values)
+    assert plain[0, 0, 8] < 0.4 and aware[0, 0, 8] > 0.99 and aware[2, 0, 8] > 0.99  # offset 8: the target bin
+    assert torch.allclose(plain[1], aware[1], atol=1e-6)
+    assert torch.allclose(aware.sum(-1), torch.ones(3, 1))

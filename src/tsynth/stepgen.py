@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .codecs.steps import StepCodec, calendar_values, step_times
+from .codecs.steps import StepCodec, step_times
 from .codecs.values import BOS
 from .data import SeriesSet
 from .errors import ConfigError, check_sample_request
@@ -170,7 +170,7 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
     calendar = None
     if codec.calendar:
         times = step_times(starts, np.arange(steps)[None, :].repeat(b, 0), vc.freq)
-        calendar = torch.as_tensor(calendar_values(times, codec.calendar, vc.freq))
+        calendar = torch.as_tensor(codec.calendar_at(times))
     ids = torch.full((b, steps, codec.n_channels), k + 2, dtype=torch.long)
     start_ids = torch.full((b, 1, codec.n_channels), k + 1, dtype=torch.long)
     keep = ctx - max(1, ctx // 4)

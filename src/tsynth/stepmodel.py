@@ -7,7 +7,9 @@ A sequence is a short prefix of series-level tokens followed by one position per
 * the input at step ``t`` is the previous step's values (every channel: a learned embedding of each channel's
   bin, summed, plus a linear map of the bins' positions and missing flags; a ``<start>`` id before a series'
   first step) plus the embeddings of step ``t``'s calendar position (time of day, day of week, week of year
-  or month, from its time stamp), so the model always knows when the step it predicts falls, plus, with
+  or month, from its time stamp; for series on one shared calendar also the step of that calendar, read as
+  "outside it" in a quarter of the training windows, as beyond its span), so the model always knows when the
+  step it predicts falls, plus, with
   ``season_inputs``, each channel's value one season before step ``t`` (a day, a week; hidden at random while
   the model trains, so it leans on them only as far as they predict);
 * the output at step ``t`` gives the joint distribution of step ``t``'s channels, one channel after another:
@@ -52,6 +54,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Pretrained
 LOG_FLOOR = -60.0
 SHIFTED_SHARE = 0.25  # training windows of series that fit the context which start at a later step
 COPY_SHIFT = 4.0  # bins a copy component's centre may sit away from its anchor value
+TIME_DROPOUT = 0.25  # share of training windows whose time-step feature reads "outside the data's span"
 SEASON_DROPOUT = 0.75  # share of season inputs hidden while the model trains (docs/long-series.md)
 NORM_WINDOW = 16  # bins either side of a copy component's centre whose terms its normaliser sums exactly in training
 SUPPORT_SIGMAS = 4.0  # a smoothed target's bins that the loss reads: this many smoothing widths either side
@@ -66,8 +69,9 @@ class StepModelConfig(PretrainedConfig):
                  context: int = 96, calendar_sizes: list[int] | tuple[int, ...] = (), n_layer: int = 2,
                  n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, copy: bool = False,
                  seasons: list[int] | tuple[int, ...] | None = None, season: int = 0, season_inputs: bool = False,
-                 own_lags: int = 0, **kwargs) -> None:
+                 own_lags: int = 0, time_feature: int = -1, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.time_feature = int(time_feature)  # index of the calendar's time-step feature, -1 without one
         self.copy = bool(copy)  # False for models saved before the copy component
         # how many of its own latest values (the previous one first) each channel's head reads: 0 for models
         # saved before the head read them, and where a step holds one channel
@@ -224,7 +228,12 @@ class StepModel(PreTrainedModel):
             e = e + self.season_emb(season_ids + offsets).sum((2, 3)) / math.sqrt(c * lags)
             e = e + self.season_proj(self._value_position(season_ids.reshape(b, t, c * lags)))
         for j, emb in enumerate(self.calendar_emb):
-            e = e + emb(calendar[..., j])
+            values = calendar[..., j]
+            if j == cfg.time_feature and self.training and TIME_DROPOUT > 0:
+                # whole windows read "outside the span", as steps drawn beyond it do
+                hide = torch.rand(values.shape[0], 1, device=values.device) < TIME_DROPOUT
+                values = values.masked_fill(hide, emb.num_embeddings - 1)
+            e = e + emb(values)
         return e
 
     def hidden(self, inputs: torch.Tensor, first_position: int = 0, cache: KVCache | None = None) -> torch.Tensor:
@@ -404,16 +413,40 @@ def support_bins(targets: torch.Tensor, radius: int, n_bins: int) -> torch.Tenso
     return (targets.clamp(max=n_bins - 1)[..., None] + offsets).clamp(0, n_bins - 1)
 
 
-def support_weights(targets: torch.Tensor, channel_widths: torch.Tensor, radius: int, n_bins: int) -> torch.Tensor:
+def support_weights(targets: torch.Tensor, channel_widths: torch.Tensor, radius: int, n_bins: int,
+                    values: torch.Tensor | None = None) -> torch.Tensor:
     """The smoothed targets on :func:`support_bins`: a discretised Gaussian of each channel's width (bins;
     ``channel_widths`` (channels,), 0: the target bin alone) over the bins within ``radius`` of the target that
-    lie on the grid, normalised there. ``targets`` (..., channels)."""
+    lie on the grid, normalised there. ``targets`` (..., channels). With ``values`` (channels, bins), each bin's
+    value in units of the median bin width (:func:`bin_values`), a bin's distance from the target is the larger
+    of the two in bins and in median bin widths: where bins are wide (the tails), the target spreads over no
+    more of the value axis than a width of median bins."""
     d = torch.arange(-radius, radius + 1, device=targets.device, dtype=torch.float32)
     widths = channel_widths.to(targets.device)[:, None]
-    kernel = torch.where(widths > 0, torch.exp(-0.5 * (d / widths.clamp(min=1e-6)) ** 2), (d == 0).float())
-    position = targets.clamp(max=n_bins - 1)[..., None] + d.long()
+    clamped = targets.clamp(max=n_bins - 1)
+    position = clamped[..., None] + d.long()
+    dist = d
+    if values is not None:
+        v = values.to(targets.device)
+        ch = torch.arange(v.shape[0], device=targets.device)
+        apart = (v[ch[:, None], position.clamp(0, n_bins - 1)] - v[ch, clamped][..., None]).abs()
+        dist = torch.maximum(d.abs(), apart)
+    kernel = torch.where(widths > 0, torch.exp(-0.5 * (dist / widths.clamp(min=1e-6)) ** 2), (d == 0).float())
     w = kernel * ((position >= 0) & (position < n_bins))
     return w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+def bin_values(edges, tails: list[list[float]] | None, n_channels: int) -> torch.Tensor:
+    """Each bin's value (channels, bins) in units of the median bin width: its midpoint, and for the two edge
+    bins (which reach out to the most extreme values) the mean of the training values in them where the codec
+    knows it (``tails``: per channel, the mean distance into the low and the high edge bin), else their midpoint."""
+    e = np.asarray(edges, dtype=np.float64)
+    width = float(np.median(np.diff(e))) or 1.0
+    mid = np.repeat(((e[:-1] + e[1:]) / 2)[None, :], n_channels, axis=0)
+    for c, tail in enumerate(tails or []):
+        if c < n_channels and len(tail) == 2 and len(e) > 2:
+            mid[c, 0], mid[c, -1] = e[1] - tail[0], e[-2] + tail[1]
+    return torch.tensor(mid / width, dtype=torch.float32)
 
 
 def _config(model: nn.Module) -> StepModelConfig:
@@ -437,6 +470,7 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
     # of it): the loss needs the model's log-probabilities there only
     radius = int(math.ceil(SUPPORT_SIGMAS * max(widths)))
     channel_widths = torch.tensor([float(widths[c % len(widths)]) for c in range(codec.n_channels)])
+    values = bin_values(codec.values.edges, codec.values.tails, codec.n_channels)
     rng = np.random.default_rng(seed)
     slots = [(1 + j, codec.values.field_offset(j)) for j in range(len(codec.values.fields))]
 
@@ -471,7 +505,7 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
                                             own_ids=None if own is None else torch.as_tensor(own, device=device))
         logp, logp_missing = value_logits  # already normalised log-probabilities, near each target and of "missing"
         valid, is_value = tgt <= k, tgt < k  # pad (k + 2) is never predicted; k is "missing"
-        soft = support_weights(tgt, channel_widths, radius, k)
+        soft = support_weights(tgt, channel_widths, radius, k, values)
         per_value = torch.where(is_value, -(soft * logp).sum(-1), -logp_missing) * valid
         total = per_value.sum((1, 2))
         count = valid.sum((1, 2)).float()

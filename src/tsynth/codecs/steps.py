@@ -12,7 +12,9 @@ what a model over time steps needs:
 * calendar features of every step from its time stamp: the slot of the day (sub-daily data), the day of the
   week and the week of the year (or the month, for monthly data). A feature is used only where the training
   data shows every one of its values (a week of the year needs a year of data), so the model is never asked
-  about a calendar position it has not seen.
+  about a calendar position it has not seen. Where the series share one calendar (a panel of meters over the
+  same weeks), each step of the span they cover is a feature value too (``time_step``), so an event on one time
+  stamp of every series (a holiday, a clock change) is learnt where it happens.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ DAY_NS = 86_400 * 10**9
 WEEK_STEPS = 7  # days
 MIN_CALENDAR_COVERAGE = 0.9  # share of a feature's values that the training data must show for it to be used
 STEPS_PER_DAY_MAX = 1440
+PANEL_MIN_SERIES = 10  # series that must share a start for their time stamps to be a shared calendar (a panel)
+MAX_TIME_INDEX = 20_000  # steps of a panel's span that get their own time-step embedding
 
 
 WHOLE_SERIES = 512  # series up to this many steps are seen whole
@@ -102,12 +106,20 @@ def calendar_candidates(freq: str | None) -> list[tuple[str, int]]:
     return out
 
 
-def calendar_values(times: np.ndarray, features: Sequence[tuple[str, int]], freq: str | None) -> np.ndarray:
-    """Feature values (…, features) int64 of the time stamps ``times`` (datetime64[ns], any shape)."""
+def calendar_values(times: np.ndarray, features: Sequence[tuple[str, int]], freq: str | None,
+                    origin: int | None = None) -> np.ndarray:
+    """Feature values (…, features) int64 of the time stamps ``times`` (datetime64[ns], any shape). ``time_step``
+    (a panel's own time axis): steps since ``origin`` (ns), its last value for stamps outside the span."""
     ns = np.asarray(times, dtype="datetime64[ns]").astype(np.int64)
     out = np.zeros(ns.shape + (len(features),), dtype=np.int64)
     flat_index = None
     for j, (name, size) in enumerate(features):
+        if name == "time_step":
+            delta = step_delta(freq)
+            offset = ns - int(origin or 0)
+            step = np.floor_divide(offset, delta)
+            out[..., j] = np.where((offset % delta == 0) & (step >= 0) & (step < size - 1), step, size - 1)
+            continue
         if name == "time_of_day":
             out[..., j] = (ns % DAY_NS) // step_delta(freq)
         elif name == "dayofweek":
@@ -148,6 +160,7 @@ class StepCodec:
     starts: list[str] = field(default_factory=list)  # training start time stamps to draw from (not under DP)
     # per channel: the share of steps in the same bin as the step before that hold exactly its value (not under DP)
     repeats: list[float] = field(default_factory=list)
+    time_origin: int | None = None  # a panel's first time stamp (ns), origin of its ``time_step`` feature
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -177,6 +190,8 @@ class StepCodec:
                      "are never predicted", short, ctx)
         self = cls(values=values, context=ctx, long=longest > ctx)
         self.calendar = self._fit_calendar(data)
+        if not dp:
+            self._fit_time_step(data)
         self.gaps = has_gaps(data)
         self.gap_slot = self.long and self.gaps
         if self.long:
@@ -213,6 +228,42 @@ class StepCodec:
             else:
                 log.info("calendar feature %s not used: the training data shows %d of its %d values", name, seen, size)
         return keep
+
+    def _fit_time_step(self, data: SeriesSet) -> None:
+        """Where the series share a calendar (a panel: at least PANEL_MIN_SERIES series, and at least half of all,
+        start at a time stamp that others share too), each step of the span they cover gets a ``time_step``
+        feature: events that fall on the same time stamp of every series (a holiday, a clock change, a storm) are
+        then learnt where they happen. Samples whose stamps fall outside the span read its last value, "a time
+        the data does not cover", which the model also learns (whole windows are hidden while it trains)."""
+        delta = step_delta(data.freq)
+        if data.start is None or delta is None or len(data) < PANEL_MIN_SERIES:
+            return
+        starts, counts = np.unique(np.asarray(data.start, dtype="datetime64[ns]").astype(np.int64),
+                                   return_counts=True)
+        shared = counts[counts >= 2].sum()
+        if counts.max() < PANEL_MIN_SERIES or shared < 0.5 * len(data):
+            return
+        origin = int(starts.min())
+        ends = np.asarray(data.start, dtype="datetime64[ns]").astype(np.int64) + data.lengths.astype(np.int64) * delta
+        if ((starts - origin) % delta).any():
+            return
+        span = int((ends.max() - origin) // delta)
+        if span > MAX_TIME_INDEX:
+            log.info("time-step feature not used: the series span %d steps (at most %d)", span, MAX_TIME_INDEX)
+            return
+        self.time_origin = origin
+        self.calendar.append(("time_step", span + 1))
+        log.info("the series share a calendar: each of its %d steps gets a time-step input", span)
+
+    def calendar_at(self, times: np.ndarray) -> np.ndarray:
+        """Calendar features (…, features) of time stamps ``times``."""
+        return calendar_values(times, self.calendar, self.values.freq, self.time_origin)
+
+    @property
+    def time_feature(self) -> int:
+        """Index of the ``time_step`` feature in :attr:`calendar`, -1 without one."""
+        names = [name for name, _ in self.calendar]
+        return names.index("time_step") if "time_step" in names else -1
 
     def _series_stats(self, data: SeriesSet) -> tuple[np.ndarray, np.ndarray]:
         """Per series and channel: mean and log10 spread (standard deviation) in the codec's units."""
@@ -277,7 +328,8 @@ class StepCodec:
         return dict(n_channels=self.n_channels, n_bins=self.n_bins, prefix_vocab=self.prefix_vocab,
                     prefix_length=self.prefix_length, context=self.context,
                     calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=self.copies,
-                    seasons=self.seasons, season_inputs=True, own_lags=OWN_LAGS if self.copies else 0, **preset)
+                    seasons=self.seasons, season_inputs=True, own_lags=OWN_LAGS if self.copies else 0,
+                    time_feature=self.time_feature, **preset)
 
     @property
     def copies(self) -> bool:
@@ -344,7 +396,7 @@ class StepCodec:
         calendar = None
         if self.calendar:
             times = step_times(arrays["start"][rows].astype("datetime64[ns]"), idx, self.values.freq)
-            calendar = calendar_values(times, self.calendar, self.values.freq)
+            calendar = self.calendar_at(times)
         return arrays["prefix"][rows], prev, target, calendar
 
     def lagged(self, arrays: dict[str, np.ndarray], rows: np.ndarray, offsets: np.ndarray, lag: int) -> np.ndarray:
@@ -382,7 +434,7 @@ class StepCodec:
                 "calendar": [list(c) for c in self.calendar], "mean_edges": self.mean_edges,
                 "spread_edges": self.spread_edges, "gap_slot": self.gap_slot, "gaps": self.gaps,
                 "lengths": {str(k): v for k, v in self.lengths.items()}, "starts": self.starts,
-                "repeats": self.repeats}
+                "repeats": self.repeats, "time_origin": self.time_origin}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StepCodec":
@@ -390,7 +442,7 @@ class StepCodec:
                    calendar=[(str(a), int(b)) for a, b in d["calendar"]], mean_edges=d["mean_edges"],
                    spread_edges=d["spread_edges"], gap_slot=d["gap_slot"], gaps=d.get("gaps", True),
                    lengths={int(k): int(v) for k, v in d.get("lengths", {}).items()}, starts=d.get("starts", []),
-                   repeats=[float(r) for r in d.get("repeats", [])])
+                   repeats=[float(r) for r in d.get("repeats", [])], time_origin=d.get("time_origin"))
 
 
 def repeat_shares(data: SeriesSet, bins: np.ndarray) -> list[float]:
