@@ -392,7 +392,8 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "0.168 / 0.270 / 0.194 (0.360-0.386 before), electricity100 0.138 / 0.161 / 0.100 (0.194 / 0.170 / 0.140 "
              "at 0aba293), suite-elec-h100 0.284 / 0.279 / 0.218 (0.358 / 0.361 / 0.307), suite-elec-160c 0.037 / "
              "0.153 / 0.134 (0.131 / 0.236 / 0.147), suite-elec-100c 0.181 / 0.176 / 0.158 (0.172 / 0.154 / 0.116: "
-             "worse), suite-elec-h236 0.226 / 0.205 / 0.199 (0.206 / 0.219 / 0.277). The suite's ETTh1 and fertility rows (step model, no shared calendar) "
+             "worse), suite-elec-h236 0.226 / 0.205 / 0.199 (0.206 / 0.219 / 0.277). The suite's ETTh1 and fertility "
+             "rows (step model, no shared calendar) "
              "predate the smoothing change; the `tsynth-step` rows of the short-window tasks predate both.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
