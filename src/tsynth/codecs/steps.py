@@ -238,16 +238,15 @@ class StepCodec:
         delta = step_delta(data.freq)
         if data.start is None or delta is None or len(data) < PANEL_MIN_SERIES:
             return
-        starts, counts = np.unique(np.asarray(data.start, dtype="datetime64[ns]").astype(np.int64),
-                                   return_counts=True)
+        start = np.asarray(data.start, dtype="datetime64[ns]").astype(np.int64)
+        starts, counts = np.unique(start, return_counts=True)
         shared = counts[counts >= 2].sum()
         if counts.max() < PANEL_MIN_SERIES or shared < 0.5 * len(data):
             return
         origin = int(starts.min())
-        ends = np.asarray(data.start, dtype="datetime64[ns]").astype(np.int64) + data.lengths.astype(np.int64) * delta
         if ((starts - origin) % delta).any():
             return
-        span = int((ends.max() - origin) // delta)
+        span = int(((start + data.lengths.astype(np.int64) * delta).max() - origin) // delta)
         if span > MAX_TIME_INDEX:
             log.info("time-step feature not used: the series span %d steps (at most %d)", span, MAX_TIME_INDEX)
             return
