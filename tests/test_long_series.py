@@ -10,7 +10,8 @@ import torch
 
 from tsynth import SeriesSet, Synthesizer
 from tsynth.cli import main
-from tsynth.codecs.steps import OWN_LAGS, StepCodec, calendar_values, default_context
+from tsynth.codecs import steps as steps_module
+from tsynth.codecs.steps import OWN_LAGS, PANEL_MIN_SERIES, StepCodec, calendar_values, default_context
 from tsynth.codecs.values import ValueCodec
 from tsynth.errors import DataError
 from tsynth.stepgen import generate_steps
@@ -53,12 +54,12 @@ def test_fill_gap_turns_missing_time_steps_into_gaps(tmp_path):
 
 def test_calendar_features_need_the_data_to_show_them():
     codec = StepCodec.fit(hourly_set(days=22), ValueCodec(), None)
-    # 22 days: no week of the year; 24 series on one calendar: its time steps
-    assert [name for name, _ in codec.calendar] == ["time_of_day", "dayofweek", "time_step"]
+    # 22 days: no week of the year; 24 series on one calendar: too few to learn each of its time steps
+    assert [name for name, _ in codec.calendar] == ["time_of_day", "dayofweek"]
     assert codec.context == default_context("h", 22 * 24) == 96 and codec.long
     assert default_context("h", 336) == 336 and default_context("D", 400) == 400 and default_context("D", 600) == 56
     short = StepCodec.fit(hourly_set(days=3), ValueCodec(), None)
-    assert [name for name, _ in short.calendar] == ["time_of_day", "time_step"]  # 3 days show 3 of 7 weekdays
+    assert [name for name, _ in short.calendar] == ["time_of_day"]  # 3 days show 3 of 7 weekdays
     t = np.array(["2024-01-01T05:00", "2024-01-07T23:00"], dtype="datetime64[ns]")  # a Monday, a Sunday
     assert calendar_values(t, [("time_of_day", 24), ("dayofweek", 7), ("weekofyear", 53)], "h").tolist() == \
         [[5, 0, 0], [23, 6, 0]]
@@ -483,7 +484,7 @@ def test_short_windows_train_the_token_model_by_default():
 def test_a_shared_calendar_gets_its_own_time_steps():
     """Series that share their time stamps (a panel) get a time-step feature; windows cut at different times,
     small sets and DP fits do not; stamps outside the span, or off its step grid, read its last value."""
-    panel = hourly_set(n=12, days=3)
+    panel = hourly_set(n=PANEL_MIN_SERIES, days=3)
     codec = StepCodec.fit(panel, ValueCodec(), None)
     assert codec.calendar == [("time_of_day", 24), ("time_step", 73)] and codec.time_feature == 1
     t = np.array(["2024-01-01T00:00", "2024-01-03T23:00", "2024-01-04T00:00", "2023-12-31T23:00",
@@ -493,15 +494,16 @@ def test_a_shared_calendar_gets_its_own_time_steps():
     assert (again.calendar_at(t) == codec.calendar_at(t)).all()
     assert codec.model_config({}, 0.0)["time_feature"] == 1
     sliding = SeriesSet(panel.values, panel.lengths, panel.item_id, panel.channels, freq="h",
-                        start=np.datetime64("2024-01-01T00:00") + np.arange(12) * np.timedelta64(1, "h"))
+                        start=np.datetime64("2024-01-01T00:00") + np.arange(len(panel)) * np.timedelta64(1, "h"))
     assert "time_step" not in dict(StepCodec.fit(sliding, ValueCodec(), None).calendar)
-    assert "time_step" not in dict(StepCodec.fit(hourly_set(n=9, days=3), ValueCodec(), None).calendar)
+    assert "time_step" not in dict(StepCodec.fit(hourly_set(n=PANEL_MIN_SERIES - 1, days=3), ValueCodec(), None).calendar)
     assert "time_step" not in dict(StepCodec.fit(panel, ValueCodec(), None, dp=True).calendar)
 
 
-def test_an_event_at_one_time_stamp_of_every_series_is_learnt_there():
+def test_an_event_at_one_time_stamp_of_every_series_is_learnt_there(monkeypatch):
     """Every series dips at one time stamp (a clock change, an outage) that windows at random offsets put at any
     position: with the time-step input, samples drawn on the data's calendar dip there, without it they do not."""
+    monkeypatch.setattr(steps_module, "PANEL_MIN_SERIES", 40)  # a small panel keeps the test quick
     rng = np.random.default_rng(5)
     values = np.sin(2 * np.pi * np.arange(96) / 24)[None, :, None] + rng.normal(0, 0.3, (40, 96, 1))
     values[:, 61] = -4 + rng.normal(0, 0.1, (40, 1))
@@ -531,3 +533,9 @@ def test_smoothing_keeps_a_wide_edge_bin_target_in_its_bin():
     assert plain[0, 0, 8] < 0.4 and aware[0, 0, 8] > 0.99 and aware[2, 0, 8] > 0.99  # offset 8: the target bin
     assert torch.allclose(plain[1], aware[1], atol=1e-6)
     assert torch.allclose(aware.sum(-1), torch.ones(3, 1))
+    # the token model's kernel (a row per true bin over every bin) smooths the same way
+    token_plain, token_aware = smoothed_kernel(42, 2.0), smoothed_kernel(42, 2.0, values[0])
+    assert token_plain[0, 0] < 0.4 and token_aware[0, 0] > 0.99 and token_aware[41, 41] > 0.99
+    expected = torch.zeros(42)
+    expected[12:29] = aware[1, 0]  # the step model's support: 8 bins either side of bin 20
+    assert torch.allclose(token_aware[20], expected, atol=1e-3)

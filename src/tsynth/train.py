@@ -98,12 +98,19 @@ def step_smoothing(bins: np.ndarray, lengths: np.ndarray) -> list[float]:
     return [float(min(MAX_SMOOTHING, np.median(steps[:, c]) / 2)) for c in range(bins.shape[2])]
 
 
-def smoothed_kernel(n_values: int, sigma: float) -> torch.Tensor:
-    """Row k: the target distribution over value bins for true bin k (a discretised Gaussian)."""
+def smoothed_kernel(n_values: int, sigma: float, values: torch.Tensor | None = None) -> torch.Tensor:
+    """Row k: the target distribution over value bins for true bin k (a discretised Gaussian of width ``sigma``
+    bins). With ``values`` (n_values,), each bin's value in units of the median bin width
+    (:func:`tsynth.stepmodel.bin_values`), two bins lie the larger of their distances in bins and in median
+    widths apart: a wide edge bin keeps its target's mass instead of lending it to bins far away in value."""
     k = torch.arange(n_values, dtype=torch.float32)
     if sigma <= 0:
         return torch.eye(n_values)
-    w = torch.exp(-0.5 * ((k[None, :] - k[:, None]) / sigma) ** 2)
+    dist = (k[None, :] - k[:, None]).abs()
+    if values is not None:
+        v = values.float()
+        dist = torch.maximum(dist, (v[None, :] - v[:, None]).abs())
+    w = torch.exp(-0.5 * (dist / sigma) ** 2)
     return w / w.sum(1, keepdim=True)
 
 
@@ -138,11 +145,17 @@ def shift(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def value_token_loss(value_range: tuple[int, int], smoothing: float | list[float], first_value: int = 0) -> Callable:
+def value_token_loss(value_range: tuple[int, int], smoothing: float | list[float], first_value: int = 0,
+                     values: torch.Tensor | None = None) -> Callable:
     """``loss(model, tokens, reduction)`` for value-token sequences (smoothed on value targets): ``smoothing``
-    one width for every value, or one per channel, the first value at sequence position ``first_value``."""
+    one width for every value, or one per channel, the first value at sequence position ``first_value``;
+    ``values`` (channels, bins): each channel's bin values for :func:`smoothed_kernel`."""
     widths = [smoothing] if isinstance(smoothing, (int, float)) else list(smoothing)
-    kernels = torch.stack([smoothed_kernel(value_range[1] - value_range[0], w) for w in widths])
+    n = value_range[1] - value_range[0]
+    if values is None:
+        kernels = torch.stack([smoothed_kernel(n, w) for w in widths])
+    else:  # one kernel per channel: the channels' bin values differ
+        kernels = torch.stack([smoothed_kernel(n, widths[c % len(widths)], values[c]) for c in range(len(values))])
 
     def loss(model, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         inputs, targets = shift(tokens)

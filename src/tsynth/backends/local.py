@@ -39,7 +39,7 @@ from ..prior import CORPUS_FILE, DEFAULT_PRIOR, DOMAIN_PRIORS, Prior, auto_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
 from ..stepgen import GAPS, generate_steps, parse_start
-from ..stepmodel import StepModel, StepModelConfig, window_loss
+from ..stepmodel import StepModel, StepModelConfig, bin_values, window_loss
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
 from ..tokenmodel import PRESETS, build_model, factor_positions, select_trainable
 from ..train import (MAX_SMOOTHING, TrainConfig, initial_epochs, seconds_per_step, step_smoothing, train_device, train_lm,
@@ -290,6 +290,7 @@ class LocalBackend:
                 member=member, cfg=cfg, train_tokens=train_tokens, vocab_size=len(codec.vocab),
                 valid_tokens=valid_tokens, value_ids=(codec.value_offset, codec.value_offset + codec.n_value_tokens),
                 smoothing=smoothing, first_value=codec.prefix_length, n_channels=codec.n_channels,
+                edges=codec.edges, tails=codec.tails,
                 slots=[(1 + k, codec.field_offset(k)) for k in range(len(codec.fields))],
                 checkpoint=Path(checkpoint_dir) / f"member_{member}" if checkpoint_dir else None, resume=resume,
                 dp=dp, n_positions=n_positions, init=init, trainable=opts.trainable,
@@ -633,6 +634,8 @@ class TokenJob(MemberJob):
     n_positions: int
     value_ids: tuple[int, int]  # the value tokens' ids: [first, last + 1)
     first_value: int  # sequence position of the first value token
+    edges: list[float] | None = None  # the codec's bin edges and edge-bin tails: label smoothing by bin value
+    tails: list[list[float]] | None = None
 
     def fresh_model(self, dropout: float) -> torch.nn.Module:
         return build_model(self.vocab_size, self.n_positions, self.cfg.preset, dropout)
@@ -641,7 +644,8 @@ class TokenJob(MemberJob):
         factor_positions(model, self.first_value, self.n_channels)
 
     def loss(self) -> Callable:
-        return value_token_loss(self.value_ids, self.smoothing, self.first_value)
+        values = None if self.edges is None else bin_values(self.edges, self.tails, self.n_channels)
+        return value_token_loss(self.value_ids, self.smoothing, self.first_value, values)
 
 
 @dataclass(kw_only=True)

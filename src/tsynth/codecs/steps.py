@@ -40,7 +40,7 @@ DAY_NS = 86_400 * 10**9
 WEEK_STEPS = 7  # days
 MIN_CALENDAR_COVERAGE = 0.9  # share of a feature's values that the training data must show for it to be used
 STEPS_PER_DAY_MAX = 1440
-PANEL_MIN_SERIES = 10  # series that must share a start for their time stamps to be a shared calendar (a panel)
+PANEL_MIN_SERIES = 100  # series that must share a start for their time stamps to be a shared calendar (a panel)
 MAX_TIME_INDEX = 20_000  # steps of a panel's span that get their own time-step embedding
 
 
