@@ -3,7 +3,8 @@
 At every position only the tokens that may stand there can be drawn: a field's values at its condition
 slot (or the given condition, forced), level tokens at level slots, value tokens where values belong.
 A fixed-length codec therefore always yields exactly the asked length; a variable-length one may end a
-series with <eos> at a time-step boundary. An ensemble averages the members' next-token probabilities.
+series with <eos> at a time-step boundary. An ensemble pools the members' next-token distributions
+geometrically (:func:`pooled_probs`).
 
 Each batch has its own generator, seeded from ``seed`` and the batch's index, so batches can run on several
 threads at once with the same result; the key/value cache is preallocated (a growing cache copies itself at
@@ -30,6 +31,14 @@ def _position_ranges(codec: ValueCodec) -> list[tuple[int, int]]:
     if codec.scaling == "series":
         ranges += [(codec.level_offset, codec.level_offset + codec.n_level_tokens)] * codec.n_channels
     return ranges
+
+
+def pooled_probs(logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """The ensemble's next-token distribution from its members' logits (rows: series): their normalised
+    geometric mean (log-linear pooling; the softmax of the mean logits). An arithmetic mean is a mixture at
+    every step, wider than any member's distribution wherever the members disagree, so draws lose the
+    step-to-step coherence that each member has; the geometric mean keeps what the members agree on."""
+    return torch.softmax(torch.stack(logits).mean(0) / temperature, dim=-1)
 
 
 def draw_tokens(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -132,14 +141,13 @@ def _generate_batch(models, codec: ValueCodec, conds: list[dict], steps: int, te
     ended = torch.zeros(b, dtype=torch.bool)
     lengths = torch.full((b,), steps, dtype=torch.long)
     for pos in range(1, total):
-        probs = None
+        logits = []
         for j, m in enumerate(models):
             out = m(input_ids=tokens[:, pos - 1: pos].to(device), cache=caches[j], use_cache=True)
             if pos == 1 and caches[j].get_seq_length() != 1:  # transformers < 5.24 accepts cache= and ignores it
                 raise RuntimeError("this transformers version ignored the key/value cache; tsynth needs transformers>=5.24")
-            p = torch.softmax(out.logits[:, -1].float().cpu() / temperature, dim=-1)
-            probs = p if probs is None else probs + p
-        assert probs is not None  # there is always at least one model
+            logits.append(out.logits[:, -1].float().cpu())
+        probs = pooled_probs(logits, temperature)
         slot = pos - 1
         if slot < len(ranges):
             lo, hi = ranges[slot]

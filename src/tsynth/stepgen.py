@@ -4,9 +4,10 @@ A batch first draws its prefix (condition fields, forced where given, and the se
 step after another: the step's input (the previous step's values and the step's calendar position) goes
 through the transformer with a key/value cache, and its channels are drawn one after another from the
 channel head, each given the ones drawn before it. An ensemble averages the members' probabilities of each
-channel. When the context is full, the cache is rebuilt from the prefix and the most recent three quarters
-of the context, so positions stay within what the model was trained on, memory is bounded by the context
-whatever the length, and time grows linearly with it.
+channel (an arithmetic mean: the token model's geometric pooling gave nothing here; docs/model-and-training.md).
+When the context is full, the cache is rebuilt from the prefix and the most recent three quarters of the
+context, so positions stay within what the model was trained on, memory is bounded by the context whatever
+the length, and time grows linearly with it.
 
 ``gaps="keep"`` draws "missing" readings as often as the model learnt them; ``gaps="none"`` never draws them
 (the model still conditions on the values it drew instead). Batches are seeded from ``seed`` and their index,
