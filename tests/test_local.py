@@ -592,14 +592,14 @@ def test_members_stop_and_remove_their_inputs_when_the_fit_is_killed(tmp_path):
 
 def test_an_ensemble_pools_its_members_geometrically():
     """Two members that disagree on their favourite token but agree on a second one: the pooled distribution is
-    their normalised product (the softmax of the mean logits, at the temperature), which puts the most mass on
+    their normalised geometric mean (the softmax of the mean logits, at the temperature), which puts the most mass on
     what both find likely, where an arithmetic mean would keep each member's favourite."""
     from tsynth.sample import pooled_probs
 
     a, b = torch.tensor([[3.0, 0.0, 2.0]]), torch.tensor([[0.0, 3.0, 2.0]])
     pooled = pooled_probs([a, b], 1.0)
-    product = torch.softmax(a, -1) * torch.softmax(b, -1)
-    assert torch.allclose(pooled, product / product.sum(), atol=1e-6)
+    geometric = (torch.softmax(a, -1) * torch.softmax(b, -1)) ** 0.5
+    assert torch.allclose(pooled, geometric / geometric.sum(), atol=1e-6)
     arithmetic = (torch.softmax(a, -1) + torch.softmax(b, -1)) / 2
     assert pooled.argmax() == 2 and arithmetic[0, 2] < arithmetic[0, 0]
     hot = pooled_probs([a, b], 2.0)
