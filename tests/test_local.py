@@ -590,18 +590,16 @@ def test_members_stop_and_remove_their_inputs_when_the_fit_is_killed(tmp_path):
     assert _processes_reading(tmp_path) == [] and list(tmp_path.glob("tsynth-members-*")) == []
 
 
-def test_an_ensemble_pools_its_members_geometrically():
-    """Two members that disagree on their favourite token but agree on a second one: the pooled distribution is
-    their normalised geometric mean (the softmax of the mean logits, at the temperature), which puts the most mass on
-    what both find likely, where an arithmetic mean would keep each member's favourite."""
+def test_an_ensemble_averages_its_members_distributions():
+    """Two members that disagree on their favourite token: the pooled distribution is the mean of theirs at the
+    temperature (a mixture), so each member's favourite keeps at least half the mass that member gives it."""
     from tsynth.sample import pooled_probs
 
     a, b = torch.tensor([[3.0, 0.0, 2.0]]), torch.tensor([[0.0, 3.0, 2.0]])
     pooled = pooled_probs([a, b], 1.0)
-    geometric = (torch.softmax(a, -1) * torch.softmax(b, -1)) ** 0.5
-    assert torch.allclose(pooled, geometric / geometric.sum(), atol=1e-6)
-    arithmetic = (torch.softmax(a, -1) + torch.softmax(b, -1)) / 2
-    assert pooled.argmax() == 2 and arithmetic[0, 2] < arithmetic[0, 0]
+    assert torch.allclose(pooled, (torch.softmax(a, -1) + torch.softmax(b, -1)) / 2)
+    assert pooled[0, 0] >= torch.softmax(a, -1)[0, 0] / 2 and pooled[0, 1] >= torch.softmax(b, -1)[0, 1] / 2
+    assert pooled[0, 2] < pooled[0, 0]  # the token both find second best stays second
     hot = pooled_probs([a, b], 2.0)
-    assert torch.allclose(hot, torch.softmax((a + b) / 4, -1)) and hot.max() < pooled.max()
+    assert torch.allclose(hot, (torch.softmax(a / 2, -1) + torch.softmax(b / 2, -1)) / 2) and hot.max() < pooled.max()
     assert torch.allclose(pooled_probs([a], 1.0), torch.softmax(a, -1))

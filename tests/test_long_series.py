@@ -72,7 +72,7 @@ def test_windows_carry_previous_values_gaps_and_padding():
     k = codec.n_bins
     assert arrays["ids"].shape == (10, 240, 1) and (arrays["ids"][np.isnan(data.values)] == k).all()
     prefix, prev, target, cal = codec.windows(arrays, np.array([0, 1]), np.array([0, 100]))
-    assert prefix.shape == (2, codec.prefix_length) and target.shape == (2, 48, 1) and cal.shape == (2, 48, 3)
+    assert prefix.shape == (2, codec.prefix_length) and target.shape == (2, 48, 1) and cal.shape == (2, 48, 2)
     assert prev[0, 0, 0] == k + 1  # <start> before a series' first step
     assert prev[1, 0, 0] == arrays["ids"][1, 99, 0] and (target[1, :, 0] == arrays["ids"][1, 100:148, 0]).all()
     assert (prev[1, 1:, 0] == target[1, :-1, 0]).all()

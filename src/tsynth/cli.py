@@ -112,7 +112,7 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context", type=int, metavar="STEPS",
                    help="step model: time steps the model sees at once (default about 4 days of the data's steps, at "
                         "most the longest series); longer series train on windows at random offsets")
-    g.add_argument("--ensemble", type=int, help="train N models with different seeds and pool them when sampling "
+    g.add_argument("--ensemble", type=int, help="train N models with different seeds and average them when sampling "
                                                 "(default 6; 24 when fine-tuning a prior without DP; 1 under DP)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prior", help="start from a public prior: 'default' (shipped: general public series), 'load' "

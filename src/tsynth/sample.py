@@ -3,8 +3,8 @@
 At every position only the tokens that may stand there can be drawn: a field's values at its condition
 slot (or the given condition, forced), level tokens at level slots, value tokens where values belong.
 A fixed-length codec therefore always yields exactly the asked length; a variable-length one may end a
-series with <eos> at a time-step boundary. An ensemble pools the members' next-token distributions
-geometrically (:func:`pooled_probs`).
+series with <eos> at a time-step boundary. An ensemble averages the members' next-token distributions
+(:func:`pooled_probs`).
 
 Each batch has its own generator, seeded from ``seed`` and the batch's index, so batches can run on several
 threads at once with the same result; the key/value cache is preallocated (a growing cache copies itself at
@@ -34,11 +34,11 @@ def _position_ranges(codec: ValueCodec) -> list[tuple[int, int]]:
 
 
 def pooled_probs(logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
-    """The ensemble's next-token distribution from its members' logits (rows: series): their normalised
-    geometric mean (log-linear pooling; the softmax of the mean logits). An arithmetic mean is a mixture at
-    every step, wider than any member's distribution wherever the members disagree, so draws lose the
-    step-to-step coherence that each member has; the geometric mean keeps what the members agree on."""
-    return torch.softmax(torch.stack(logits).mean(0) / temperature, dim=-1)
+    """The ensemble's next-token distribution from its members' logits (rows: series): the mean of their
+    distributions at ``temperature`` (a mixture). The normalised geometric mean (log-linear pooling) is sharper
+    where the members disagree; it helped on one data set and hurt on another (docs/model-and-training.md,
+    "Ensemble"), so the mixture stays."""
+    return torch.stack([torch.softmax(x / temperature, dim=-1) for x in logits]).mean(0)
 
 
 def draw_tokens(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:

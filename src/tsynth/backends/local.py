@@ -2,7 +2,7 @@
 
 ``fit`` fits the value codec on the training items, keeps a validation split of *other* items for
 early stopping, trains one model (or an ensemble of ``ensemble`` models with different seeds, whose
-distributions are pooled when sampling) and keeps the best epoch of each. ``save`` writes each member
+distributions are averaged when sampling) and keeps the best epoch of each. ``save`` writes each member
 as a standard Hugging Face model directory (``model/``, ``model_1/``...) whose tokenizer is the codec, so
 ``AutoModelForCausalLM.from_pretrained(dir/"model")`` works without tsynth.
 """
@@ -51,7 +51,7 @@ MIN_SERIES = 8
 CODECS = ("auto", "step", "token")
 MAX_VALID_WINDOWS = 4  # step model: fixed validation windows per long validation series
 POINT_MASS_FILE = "point_masses.npz"  # the codec's point masses (ValueCodec.save_point_masses)
-# members pooled when sampling: six from scratch (more gave nothing); from a prior without DP members stop after a
+# members averaged when sampling: six from scratch (more gave nothing); from a prior without DP members stop after a
 # few epochs, so more are cheap, and they keep helping (the measurements: docs/model-and-training.md, "Ensemble")
 DEFAULT_ENSEMBLE = 6
 # windows this short (steps, and values: steps x channels) of equal length without gaps train the token model by
@@ -396,7 +396,7 @@ class LocalBackend:
         share (``job.deadline``), so what a member's start-up costs (a child process, its imports) comes out of
         its own training time, not on top of the limit. A probe of a few steps here gives the time of one epoch.
         Unless the ensemble size was given, members are dropped (down to one round) while a member's share would
-        not hold ``MIN_MEMBER_EPOCHS`` epochs: an ensemble's draws pool its members' distributions, so
+        not hold ``MIN_MEMBER_EPOCHS`` epochs: an ensemble's draws average its members' distributions, so
         undertrained members blur every draw (rough steps where the data is smooth), and fewer trained ones do
         better. Members that still cannot finish one epoch train without dropout, as single-pass language-model
         pretraining does: nothing is seen twice, so there is nothing to regularise, and attention dropout makes
