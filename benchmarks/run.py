@@ -403,9 +403,10 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "be46f88 (whose step model is 65b2fee's), fertility 0.058 / 0.051 / 0.097 (0.039 / 0.054 / 0.055 at 344dfc7), "
              "ETTh1 0.106 / 0.108 / 0.174 (0.079 / 0.110 / 0.123 at 1c49e1b; holdout 0.090, Gaussian 0.31-0.32). "
              "The other electricity sets' rows stand at 9b8a87c (each has at least 128 training series on one "
-             "calendar, so nothing changed for them). stocks24 and energy24 (token model) were not rerun: one stocks24 "
-             "fit at 65b2fee's code, sampled and scored as the benchmark does, gave disc_gbm 0.089, disc_gru 0.023 "
-             "(seed 0). be46f88 pooled token-model members geometrically; it was withdrawn (docs/model-and-training.md, "
+             "calendar, so nothing changed for them). stocks24 seed 0 at b9c18bd (the same token model as 65b2fee's): "
+             "disc_gbm 0.111, disc_gru 0.034 (0.121 / 0.020 at 34ccd78; another fit of the same code, scored the same "
+             "way outside the benchmark, gave 0.089 / 0.023); energy24's token rows predate 65b2fee. be46f88 pooled "
+             "token-model members geometrically; it was withdrawn (docs/model-and-training.md, "
              "\"Ensemble\"), so its italy24 and stocks24 rows were not kept.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
