@@ -4,7 +4,7 @@ A batch first draws its prefix (condition fields, forced where given, and the se
 step after another: the step's input (the previous step's values and the step's calendar position) goes
 through the transformer with a key/value cache, and its channels are drawn one after another from the
 channel head, each given the ones drawn before it. An ensemble averages the members' probabilities of each
-channel (a mixture, as the token model's :func:`tsynth.sample.pooled_probs`; docs/model-and-training.md).
+channel (:func:`tsynth.sample.pooled_probs`, as the token model's; docs/model-and-training.md).
 When the context is full, the cache is rebuilt from the prefix and the most recent three quarters of the
 context, so positions stay within what the model was trained on, memory is bounded by the context whatever
 the length, and time grows linearly with it.
@@ -27,7 +27,7 @@ from .codecs.steps import StepCodec, step_times
 from .codecs.values import BOS
 from .data import SeriesSet
 from .errors import ConfigError, check_sample_request
-from .sample import default_workers, draw_tokens
+from .sample import default_workers, draw_tokens, pooled_probs
 from .stepmodel import KVCache
 
 GAPS = ("keep", "none")
@@ -148,11 +148,7 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
     prefix = torch.full((b, p_len), BOS, dtype=torch.long)
 
     def mean_probs(logits_of) -> torch.Tensor:
-        total = None
-        for j, m in enumerate(models):
-            p = torch.softmax(logits_of(j, m).float().cpu() / temperature, dim=-1)
-            total = p if total is None else total + p
-        return total / len(models)
+        return pooled_probs([logits_of(j, m).float().cpu() for j, m in enumerate(models)], temperature)
 
     for pos in range(1, p_len):  # the prefix, one slot at a time
         probs = mean_probs(lambda j, m: m.prefix_head(

@@ -152,10 +152,10 @@ def value_token_loss(value_range: tuple[int, int], smoothing: float | list[float
     ``values`` (channels, bins): each channel's bin values for :func:`smoothed_kernel`."""
     widths = [smoothing] if isinstance(smoothing, (int, float)) else list(smoothing)
     n = value_range[1] - value_range[0]
-    if values is None:
-        kernels = torch.stack([smoothed_kernel(n, w) for w in widths])
-    else:  # one kernel per channel: the channels' bin values differ
-        kernels = torch.stack([smoothed_kernel(n, widths[c % len(widths)], values[c]) for c in range(len(values))])
+    # one kernel per width, or per channel where the channels' bin values differ
+    rows = len(widths) if values is None else len(values)
+    kernels = torch.stack([smoothed_kernel(n, widths[c % len(widths)], None if values is None else values[c])
+                           for c in range(rows)])
 
     def loss(model, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         inputs, targets = shift(tokens)

@@ -634,8 +634,8 @@ class TokenJob(MemberJob):
     n_positions: int
     value_ids: tuple[int, int]  # the value tokens' ids: [first, last + 1)
     first_value: int  # sequence position of the first value token
-    edges: list[float] | None = None  # the codec's bin edges and edge-bin tails: label smoothing by bin value
-    tails: list[list[float]] | None = None
+    edges: list[float]  # the codec's bin edges and edge-bin tails: label smoothing by bin value
+    tails: list[list[float]]
 
     def fresh_model(self, dropout: float) -> torch.nn.Module:
         return build_model(self.vocab_size, self.n_positions, self.cfg.preset, dropout)
@@ -644,8 +644,8 @@ class TokenJob(MemberJob):
         factor_positions(model, self.first_value, self.n_channels)
 
     def loss(self) -> Callable:
-        values = None if self.edges is None else bin_values(self.edges, self.tails, self.n_channels)
-        return value_token_loss(self.value_ids, self.smoothing, self.first_value, values)
+        return value_token_loss(self.value_ids, self.smoothing, self.first_value,
+                                bin_values(self.edges, self.tails, self.n_channels))
 
 
 @dataclass(kw_only=True)
