@@ -144,6 +144,31 @@ def test_point_masses_decode_shared_values_exactly_in_their_proportions():
     assert plain.point_masses == [] and not np.isin(roundtrip(plain, data)[..., 0], counts).any()
 
 
+def test_token_decoding_holds_values_for_runs_as_the_data_does():
+    """Readings on a fixed resolution (ItalyPowerDemand's, a price that does not move) hold their value for runs of
+    steps; a continuous reading never does. The token codec learns each channel's share of exact repeats among steps
+    that stay in their bin and decodes the data's own tokens with that share; a codec without point masses (as under
+    DP) has none, and a loaded codec keeps them."""
+    rng = np.random.default_rng(3)
+    held = np.round(np.cumsum(rng.normal(0, 0.4, (40, 48)), axis=1))  # whole units: runs of one reading
+    smooth = np.cumsum(rng.normal(0, 0.05, (40, 48)), axis=1)
+    data = SeriesSet(np.stack([held, smooth], axis=2).astype(np.float32), np.full(40, 48),
+                     [f"s{i}" for i in range(40)], ["held", "smooth"])
+    codec = ValueCodec(n_bins=16, point_mass_series=1000).fit(data)  # no value is a point mass: repeats alone
+    assert codec.point_masses == [] and codec.repeats[0] > 0.5 and codec.repeats[1] == 0.0, codec.repeats
+    bins = codec.value_bins(data)[0]
+    same_bin = bins[:, 1:] == bins[:, :-1]
+    back = np.concatenate([roundtrip(codec, data, seed) for seed in range(5)])
+    exact = back[:, 1:] == back[:, :-1]
+    share = (exact & np.tile(same_bin, (5, 1, 1))).sum(axis=(0, 1)) / (5 * same_bin.sum(axis=(0, 1)))
+    assert abs(share[0] - codec.repeats[0]) < 0.03 and share[1] == 0.0, (share, codec.repeats)
+    assert not (exact & ~np.tile(same_bin, (5, 1, 1))).any()  # a value is only held within its bin
+    assert ValueCodec.from_dict(codec.to_dict()).repeats == codec.repeats
+    plain = ValueCodec(n_bins=16, point_mass_series=0).fit(data)
+    assert plain.repeats == [] and "repeats" not in plain.to_dict()
+    assert not (roundtrip(plain, data)[:, 1:] == roundtrip(plain, data)[:, :-1]).any()
+
+
 def test_point_masses_need_enough_series():
     data = counts_and_readings()
     data.values[:3, :, 1] = 1.5  # three series hold 1.5

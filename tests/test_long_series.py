@@ -449,7 +449,7 @@ def test_decoding_holds_values_for_runs_as_the_data_does():
     sensor = np.cumsum(rng.normal(0, 0.05, (30, 200)), axis=1)
     data = series_of(np.stack([meter, sensor], axis=-1))
     codec = StepCodec.fit(data, ValueCodec(n_bins=64), 96)
-    assert codec.repeats[0] > 0.5 and codec.repeats[1] == 0.0, codec.repeats
+    assert codec.values.repeats[0] > 0.5 and codec.values.repeats[1] == 0.0, codec.values.repeats
     arrays = codec.encode(data)
     out = codec.decode(arrays["prefix"], arrays["ids"].astype(np.int64), arrays["lengths"], np.random.default_rng(0),
                        item_id=None, start=None)
@@ -457,8 +457,8 @@ def test_decoding_holds_values_for_runs_as_the_data_does():
     same_bin = ids[:, 1:] == ids[:, :-1]
     exact = out.values[:, 1:] == out.values[:, :-1]
     share = (exact & same_bin).sum(axis=(0, 1)) / same_bin.sum(axis=(0, 1))
-    assert abs(share[0] - codec.repeats[0]) < 0.05 and share[1] == 0.0, (share, codec.repeats)
-    assert StepCodec.from_dict(codec.to_dict()).repeats == codec.repeats
+    assert abs(share[0] - codec.values.repeats[0]) < 0.05 and share[1] == 0.0, (share, codec.values.repeats)
+    assert StepCodec.from_dict(codec.to_dict()).values.repeats == codec.values.repeats
 
 
 def test_short_windows_train_the_token_model_by_default():

@@ -158,8 +158,6 @@ class StepCodec:
     gaps: bool = False  # the training data misses readings (else "missing" is never drawn)
     lengths: dict[int, int] = field(default_factory=dict)  # training series lengths and their counts (not under DP)
     starts: list[str] = field(default_factory=list)  # training start time stamps to draw from (not under DP)
-    # per channel: the share of steps in the same bin as the step before that hold exactly its value (not under DP)
-    repeats: list[float] = field(default_factory=list)
     time_origin: int | None = None  # a panel's first time stamp (ns), origin of its ``time_step`` feature
 
     # ------------------------------------------------------------------ fitting
@@ -203,7 +201,6 @@ class StepCodec:
                 self.mean_edges = _quantile_edges(means, N_MEAN_BINS)
                 self.spread_edges = _quantile_edges(spreads, N_SPREAD_BINS)
         if not dp:
-            self.repeats = repeat_shares(data, values.value_bins(data, warn=False)[0])
             u, c = np.unique(data.lengths, return_counts=True)
             self.lengths = {int(a): int(b) for a, b in zip(u, c)}
             if data.start is not None:
@@ -421,9 +418,7 @@ class StepCodec:
         missing = ids >= self.n_bins
         value_ids = vc.value_offset + np.where(missing, 0, ids).reshape(len(ids), -1)
         out = vc.decode(prefix[:, :self.value_prefix_length], value_ids, lengths, rng, item_id=item_id, start=start,
-                        finish=False)
-        if self.repeats:
-            out.values[:] = repeat_values(out.values, ids[:, :out.length], self.repeats, rng)
+                        finish=False, runs=ids)
         out.values[missing[:, :out.length]] = np.nan
         return vc.finish(out)
 
@@ -433,7 +428,7 @@ class StepCodec:
                 "calendar": [list(c) for c in self.calendar], "mean_edges": self.mean_edges,
                 "spread_edges": self.spread_edges, "gap_slot": self.gap_slot, "gaps": self.gaps,
                 "lengths": {str(k): v for k, v in self.lengths.items()}, "starts": self.starts,
-                "repeats": self.repeats, "time_origin": self.time_origin}
+                "time_origin": self.time_origin}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StepCodec":
@@ -441,29 +436,7 @@ class StepCodec:
                    calendar=[(str(a), int(b)) for a, b in d["calendar"]], mean_edges=d["mean_edges"],
                    spread_edges=d["spread_edges"], gap_slot=d["gap_slot"], gaps=d.get("gaps", True),
                    lengths={int(k): int(v) for k, v in d.get("lengths", {}).items()}, starts=d.get("starts", []),
-                   repeats=[float(r) for r in d.get("repeats", [])], time_origin=d.get("time_origin"))
-
-
-def repeat_shares(data: SeriesSet, bins: np.ndarray) -> list[float]:
-    """Per channel: of the steps whose bin is the previous step's, the share that hold exactly the previous value.
-    Meters that read in whole units, sensors that report an unchanged reading and prices that do not move hold a
-    value for several steps; decoding a bin draws a value within it, which alone would never repeat one."""
-    x = data.values
-    same_bin = (bins[:, 1:] == bins[:, :-1]) & ~np.isnan(x[:, 1:]) & ~np.isnan(x[:, :-1])
-    same = same_bin & (x[:, 1:] == x[:, :-1])
-    pairs = same_bin.sum(axis=(0, 1))
-    return [float(a / b) if b else 0.0 for a, b in zip(same.sum(axis=(0, 1)), pairs)]
-
-
-def repeat_values(values: np.ndarray, ids: np.ndarray, shares: list[float], rng: np.random.Generator) -> np.ndarray:
-    """``values`` (n, steps, channels) decoded from bin ids ``ids`` where a step in its previous step's bin holds
-    exactly the previous value with its channel's share (:func:`repeat_shares`); runs carry the first value on."""
-    n, t, c = values.shape
-    hold = np.zeros((n, t, c), dtype=bool)
-    hold[:, 1:] = (ids[:, 1:] == ids[:, :-1]) & (rng.random((n, t - 1, c)) < np.asarray(shares)[None, None, :])
-    source = np.where(hold, 0, np.arange(t)[None, :, None])
-    source = np.maximum.accumulate(source, axis=1)  # the step each held value comes from: the run's first
-    return np.take_along_axis(values, source, axis=1)
+                   time_origin=d.get("time_origin"))
 
 
 def check_gaps(data: SeriesSet) -> None:

@@ -195,6 +195,9 @@ class Bins:
     point_mass_series: int = POINT_MASS_SERIES  # 0: no point masses (under DP: they would be data-dependent)
     point_masses: list[dict] = field(default_factory=list)  # per channel: values, counts, rest (per bin)
     tails: list[list[float]] = field(default_factory=list)  # per channel: mean distance into the two edge bins
+    # per channel: the share of steps in the same bin as the step before that hold exactly its value (fitted where
+    # point masses are: under DP neither is)
+    repeats: list[float] = field(default_factory=list)
 
     def check(self) -> None:
         if self.binning not in ("quantile", "uniform"):
@@ -263,6 +266,28 @@ class Bins:
                      "exactly", sum(len(m["values"]) for m in out), self.point_mass_series,
                      100 * covered / max(int((~np.isnan(units)).sum()), 1))
         self.point_masses = out if covered else []
+
+    def fit_repeats(self, vals: np.ndarray, units: np.ndarray) -> None:
+        """Per channel: of the steps whose bin is the previous step's, the share that hold exactly the previous value
+        (``vals`` the data's values, ``units`` the same in codec units). Meters that read in whole units, sensors
+        that report an unchanged reading and prices that do not move hold a value for several steps; decoding a bin
+        draws a value within it, which alone would never repeat one."""
+        bins = self.assign(units)
+        observed = ~np.isnan(vals[:, 1:]) & ~np.isnan(vals[:, :-1])
+        same_bin = (bins[:, 1:] == bins[:, :-1]) & observed
+        same = same_bin & (vals[:, 1:] == vals[:, :-1])
+        pairs = same_bin.sum(axis=(0, 1))
+        self.repeats = [float(a / b) if b else 0.0 for a, b in zip(same.sum(axis=(0, 1)), pairs)]
+
+    def hold(self, units: np.ndarray, runs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``units`` (n, steps, channels) drawn for the ids ``runs`` where a step with its previous step's id holds
+        exactly the previous value with its channel's share (:meth:`fit_repeats`); runs carry the first value on."""
+        n, t, c = units.shape
+        held = np.zeros((n, t, c), dtype=bool)
+        held[:, 1:] = (runs[:, 1:] == runs[:, :-1]) & (rng.random((n, t - 1, c)) < np.asarray(self.repeats))
+        source = np.where(held, 0, np.arange(t)[None, :, None])
+        source = np.maximum.accumulate(source, axis=1)  # the step each held value comes from: its run's first
+        return np.take_along_axis(units, source, axis=1)
 
     def outside(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks of the finite values and of those beyond the edges."""
@@ -452,6 +477,7 @@ class ValueCodec:
     point_mass_series = _Part("bins")
     point_masses = _Part("bins")
     tails = _Part("bins")
+    repeats = _Part("bins")
     conditions = _Part("vocabulary")
     fields = _Part("vocabulary")
 
@@ -462,9 +488,10 @@ class ValueCodec:
                  fields: list[ConditionField] | None = None, value_range: tuple[float, float] | None = None,
                  profile: list[list[float]] | None = None, point_mass_series: int = POINT_MASS_SERIES,
                  point_masses: list[dict] | None = None, tails: list[list[float]] | None = None,
-                 standardised: int | None = None) -> None:
+                 repeats: list[float] | None = None, standardised: int | None = None) -> None:
         self.scaler = Scaler(scaling, _list(loc), _list(scale), _list(level_edges), profile)
-        self.bins = Bins(n_bins, binning, _list(edges), point_mass_series, _list(point_masses), _list(tails))
+        self.bins = Bins(n_bins, binning, _list(edges), point_mass_series, _list(point_masses), _list(tails),
+                         _list(repeats))
         self.vocabulary = ConditionVocabulary(conditions, _list(fields))
         self.channels: list[str] = _list(channels)
         self.length = length
@@ -507,12 +534,13 @@ class ValueCodec:
             self.edges = [float(e) for e in edges]
         else:
             self.bins.fit_edges(units[~np.isnan(vals)], self.value_range)
-        self.point_masses = []
+        self.point_masses, self.repeats = [], []
         if self.point_mass_series > 0:
             if self.scaling == "series":
                 log.info("no point masses with per-series scaling (a value's units differ from series to series)")
             else:
                 self.bins.fit_point_masses(units, data.item_id)
+            self.bins.fit_repeats(vals, units)
         self.tails = []
         if self.binning == "quantile" and self.value_range is None:
             self.bins.fit_tails(units)
@@ -627,15 +655,19 @@ class ValueCodec:
     # ------------------------------------------------------------------ decoding
     def decode(self, prefix: np.ndarray, value_ids: np.ndarray, lengths: np.ndarray,
                rng: np.random.Generator, item_id: Sequence[str] | None = None,
-               start=None, finish: bool = True) -> SeriesSet:
+               start=None, finish: bool = True, runs: np.ndarray | None = None) -> SeriesSet:
         """Series from generated tokens: ``prefix`` (n, prefix_length) and ``value_ids`` (n, steps*channels).
         ``finish``: standardise each series where the training series were (a caller that changes values after
-        decoding calls :meth:`finish` itself)."""
+        decoding calls :meth:`finish` itself). ``runs`` (n, steps, channels): the ids whose runs may hold a value
+        exactly (:meth:`Bins.hold`), where they differ from the value ids (a missing reading breaks a run)."""
         n = len(value_ids)
         steps = value_ids.shape[1] // self.n_channels
         k = value_ids.reshape(n, steps, self.n_channels) - self.value_offset
         k = np.clip(k, 0, len(self.edges) - 2)
-        units = self._bin_values(k, rng) + self._profile(steps)
+        units = self._bin_values(k, rng)
+        if self.repeats:
+            units = self.bins.hold(units, k if runs is None else runs, rng)
+        units = units + self._profile(steps)
         levels = None
         if self.scaling == "series":
             levels = self.scaler.draw_levels(prefix[:, 1 + len(self.fields):] - self.level_offset, rng)
@@ -671,6 +703,7 @@ class ValueCodec:
             "fields": [{"name": f.name, "values": f.values, "edges": f.edges} for f in self.fields],
             # only where it is set: codecs without it save as they did before it existed
             **({"standardised": self.standardised} if self.standardised is not None else {}),
+            **({"repeats": self.repeats} if self.repeats else {}),
         }
 
     @classmethod
@@ -682,7 +715,7 @@ class ValueCodec:
                    freq=d["freq"], loc=d["loc"], scale=d["scale"], edges=d["edges"],
                    level_edges=d["level_edges"], fields=fields, value_range=vr, profile=d.get("profile"),
                    point_mass_series=d.get("point_mass_series", 0), tails=d.get("tails", []),
-                   standardised=d.get("standardised"))
+                   repeats=[float(r) for r in d.get("repeats", [])], standardised=d.get("standardised"))
 
     def save_point_masses(self, path: Path) -> None:
         """Write the point masses (if any) to ``path`` (.npz): too many numbers for ``tsynth.json``."""
