@@ -408,6 +408,14 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "way outside the benchmark, gave 0.089 / 0.023); energy24's token rows predate 65b2fee. be46f88 pooled "
              "token-model members geometrically; it was withdrawn (docs/model-and-training.md, "
              "\"Ensemble\"), so its italy24 and stocks24 rows were not kept.",
+             "  - c571bd9: the token codec holds values exactly for runs as the data does (docs/codec.md, \"Held "
+             "values\"). Rerun (idle machine, one job at a time, `tsynth`): italy24 seeds 0-2 0.196 / 0.169 / 0.154 "
+             "(0.203 / 0.143 / 0.164 at 65b2fee: unchanged within noise; the roughness tell fell from 0.34 to 0.16); "
+             "energy24 seed 0 (the token model by default; 2 of 6 models trained, one epoch estimated at 1,937 s) "
+             "disc_gru 0.416 (0.319 at c3d8394). That row is no evidence against held values: another fit of the "
+             "same code, whose pace allowed more steps (one epoch estimated at 1,439 s), scored 0.305 with them and "
+             "0.306 without on 4,000 draws; the time-limited energy24 fits vary with the pace. Seeds 1-2 of energy24 "
+             "(`tsynth-token` rows) and stocks24 predate it.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
