@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tsynth import SeriesSet
+from tsynth.codecs.values import ValueCodec
 from tsynth.errors import ConfigError
 from tsynth.synthesizer import Synthesizer
 
@@ -21,7 +22,8 @@ def test_dp_fit_reports_epsilon_within_target(caplog):
     torch.set_num_threads(1)
     data = items()
     data.values[0, 0, 0] = 9.0  # outside the public bounds [-5, 5]: clipped and counted
-    data.values[1:, 0, 0] = 0.0  # held by every other item: a point mass without DP
+    data.values[1:, :2, 0] = 0.0  # held by every other item for two steps: a point mass and a held value without DP
+    assert ValueCodec(n_bins=32).fit(data).repeats[0] > 0
     with caplog.at_level(logging.WARNING, logger="tsynth"):
         syn = Synthesizer("local", dp_epsilon=3.0, epochs=2, n_bins=32, batch_size=16).fit(data, progress=False)
     assert "outside the codec's range" in caplog.text
@@ -34,13 +36,13 @@ def test_dp_fit_reports_epsilon_within_target(caplog):
     assert syn.info["training"]["valid_series"] == 0          # no data-dependent early stopping under DP
     assert syn.info["training"]["smoothing"] == 2.0            # nor a label smoothing measured on the data
     assert codec["point_mass_series"] == 0 and syn.backend.codec.point_masses == []  # nor the values that recur
+    assert "repeats" not in codec and syn.backend.codec.repeats == []  # nor how often a value is held
     out = syn.sample(10, seed=0)
     assert out.values.shape == (10, 16, 1) and np.isfinite(out.values).all()
 
 
 def test_dp_refuses_data_mostly_outside_the_public_range():
     from tsynth.backends.local import check_dp_range
-    from tsynth.codecs.values import ValueCodec
 
     data = items()
     raw = SeriesSet(data.values * 300 + 2000, data.lengths, data.item_id, data.channels)  # "kW"
@@ -80,7 +82,6 @@ def test_dp_profile_keeps_a_one_sided_range_inside_the_bins(caplog):
 def test_set_profile_remaps_the_range_onto_fixed_edges():
     """The same with a prior's fixed (unequal) edges: the public range less the profile maps inside them, and a
     value equal to its step's profile sits at the edges' centre (the prior was pretrained on centred series)."""
-    from tsynth.codecs.values import ValueCodec
 
     data = items()
     edges = np.concatenate([[-5.0], np.sort(np.random.default_rng(0).normal(size=30)), [5.0]])
