@@ -415,9 +415,11 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "disc_gru 0.416 (0.319 at c3d8394). That row is no evidence against held values: another fit of the "
              "same code, whose pace allowed more steps (one epoch estimated at 1,439 s), scored 0.305 with them and "
              "0.306 without on 4,000 draws; the time-limited energy24 fits vary with the pace. Seeds 1-2 of energy24 "
-             "(`tsynth-token` rows) predate it. stocks24 seed 0 at 8e1ed90 (the same code): disc_gbm 0.103, disc_gru "
-             "0.046 (0.111 / 0.034 at b9c18bd; 4 of 6 models trained); its prices hold a value in at most 0.2 % of "
-             "steps (repeat shares 0-0.7 %), so held values hardly touch it and the GRU figure moves with the fit.",
+             "(`tsynth-token` rows) predate it. stocks24 at the same code (seed 0 at 8e1ed90, seeds 1-2 at 6c13c07; "
+             "4 of 6 models trained): disc_gbm 0.103 / 0.099 / 0.065, disc_gru 0.046 / 0.030 / 0.032 (the `tsynth-token` "
+             "rows at e2520e9: 0.153 / 0.166 / 0.141 and 0.024 / 0.009 / 0.030; seed 0 at b9c18bd 0.111 / 0.034). Its "
+             "prices hold a value in at most 0.2 % of steps (repeat shares 0-0.7 %), so held values hardly touch it: "
+             "the difference is the token model's changes since e2520e9 and the fit's pace.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
