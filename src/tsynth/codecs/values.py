@@ -10,7 +10,9 @@ A series becomes one token sequence::
   uniformly inside the bin so marginals stay continuous, except at point masses: a value that at least
   ``point_mass_series`` training items hold (integer counts, zeros, a sensor's resolution; windows of one item
   count once) is decoded exactly, as often within its bin as the training values are. A value held by fewer
-  items is never reproduced, so point masses cannot single an item out; continuous data has none;
+  items is never reproduced, so point masses cannot single an item out; continuous data has none. Where the
+  model draws a step's bin again, the previous value is held exactly at the share of such steps that the training
+  data holds (readings that do not move);
 * conditions are one token per field: item id, categorical attributes, numeric attributes (binned),
   calendar position of the window start (hour, day of week, month). Each field also has an unknown
   token ``<field=?>`` used for unseen values and, during training, for condition dropout, so the model
@@ -186,8 +188,9 @@ class Scaler:
 
 @dataclass
 class Bins:
-    """The value bins in codec units (uniform, or equal-mass 'quantile'), with the point masses decoded exactly
-    and, for quantile bins, the mean excess of the two edge bins that their values are drawn from."""
+    """The value bins in codec units (uniform, or equal-mass 'quantile'), with the point masses decoded exactly,
+    each channel's share of held values and, for quantile bins, the mean excess of the two edge bins that their
+    values are drawn from."""
 
     n_bins: int = 256
     binning: str = "quantile"
@@ -240,12 +243,11 @@ class Bins:
                         float(np.mean(high - e[-2])) if len(high) else float(e[-1] - e[-2]) / 2])
         self.tails = out
 
-    def fit_point_masses(self, units: np.ndarray, item_id: np.ndarray) -> None:
+    def fit_point_masses(self, units: np.ndarray, bins: np.ndarray, item_id: np.ndarray) -> None:
         """Per channel: the values (codec units) that at least ``point_mass_series`` items hold (series with
         distinct item ids: windows of one item count once, so overlapping windows cannot make one item's value a
         point mass), how often the training data has each, and how many of each bin's training values are not
-        point masses."""
-        bins = self.assign(units)
+        point masses. ``bins``: each value's bin (:meth:`assign`)."""
         items = np.broadcast_to(pd.factorize(np.asarray(item_id, dtype=object))[0][:, None], units.shape[:2])
         out, covered = [], 0
         for c in range(units.shape[2]):
@@ -267,12 +269,11 @@ class Bins:
                      100 * covered / max(int((~np.isnan(units)).sum()), 1))
         self.point_masses = out if covered else []
 
-    def fit_repeats(self, vals: np.ndarray, units: np.ndarray) -> None:
+    def fit_repeats(self, vals: np.ndarray, bins: np.ndarray) -> None:
         """Per channel: of the steps whose bin is the previous step's, the share that hold exactly the previous value
-        (``vals`` the data's values, ``units`` the same in codec units). Meters that read in whole units, sensors
+        (``vals`` the data's values, ``bins`` their bins). Meters that read in whole units, sensors
         that report an unchanged reading and prices that do not move hold a value for several steps; decoding a bin
         draws a value within it, which alone would never repeat one."""
-        bins = self.assign(units)
         observed = ~np.isnan(vals[:, 1:]) & ~np.isnan(vals[:, :-1])
         same_bin = (bins[:, 1:] == bins[:, :-1]) & observed
         same = same_bin & (vals[:, 1:] == vals[:, :-1])
@@ -536,11 +537,12 @@ class ValueCodec:
             self.bins.fit_edges(units[~np.isnan(vals)], self.value_range)
         self.point_masses, self.repeats = [], []
         if self.point_mass_series > 0:
+            bins = self.bins.assign(units)  # one pass over the training values for both
             if self.scaling == "series":
                 log.info("no point masses with per-series scaling (a value's units differ from series to series)")
             else:
-                self.bins.fit_point_masses(units, data.item_id)
-            self.bins.fit_repeats(vals, units)
+                self.bins.fit_point_masses(units, bins, data.item_id)
+            self.bins.fit_repeats(vals, bins)
         self.tails = []
         if self.binning == "quantile" and self.value_range is None:
             self.bins.fit_tails(units)
