@@ -329,21 +329,24 @@ def test_tokens_are_drawn_with_their_probabilities_and_never_an_impossible_one()
 
 def test_cached_sampling_follows_the_model_token_by_token(fitted):
     """Greedy decoding (a vanishing nucleus) through the preallocated cache picks, at every position, the
-    allowed token a full forward pass over the prefix ranks first."""
+    allowed token a full forward pass over the prefix ranks first: through the model's own forward and its cache,
+    and through the stacked members' (tsynth.stacked)."""
     from tsynth.sample import _generate_batch, _position_ranges
+    from tsynth.stacked import stack_members
 
     _, syn = fitted
     model, codec = syn.backend.models[0], syn.backend.codec
     device = next(model.parameters()).device  # cuda after a fit where there is one
-    prefix, values, _ = _generate_batch([model], codec, [{}] * 4, 24, 1.0, 1e-9, torch.Generator().manual_seed(0),
-                                        device)
-    tokens = torch.from_numpy(np.concatenate([prefix, values], axis=1))
-    with torch.no_grad():
-        logits = model(input_ids=tokens[:, :-1].to(device)).logits.cpu()
     ranges = _position_ranges(codec) + [(codec.value_offset, codec.value_offset + codec.n_value_tokens)] * 24
-    for pos, (lo, hi) in enumerate(ranges, start=1):
-        expected = logits[:, pos - 1, lo:hi].argmax(-1) + lo
-        assert torch.equal(tokens[:, pos], expected), pos
+    for stacked in (None, stack_members([model])):
+        prefix, values, _ = _generate_batch([model], stacked, codec, [{}] * 4, 24, 1.0, 1e-9,
+                                            torch.Generator().manual_seed(0), device)
+        tokens = torch.from_numpy(np.concatenate([prefix, values], axis=1))
+        with torch.no_grad():
+            logits = model(input_ids=tokens[:, :-1].to(device)).logits.cpu()
+        for pos, (lo, hi) in enumerate(ranges, start=1):
+            expected = logits[:, pos - 1, lo:hi].argmax(-1) + lo
+            assert torch.equal(tokens[:, pos], expected), pos
 
 def test_sample_bad_requests(fitted):
     _, syn = fitted
@@ -605,7 +608,7 @@ def test_members_stop_and_remove_their_inputs_when_the_fit_is_killed(tmp_path):
         while time.time() < deadline and len(_processes_reading(tmp_path)) < 2:
             time.sleep(0.5)
         members = _processes_reading(tmp_path)
-        assert len(members) == 2 and len(list(tmp_path.glob("tsynth-members-*/member_*.pt"))) == 2
+        assert len(members) == 2 and len(list(tmp_path.glob("tsynth-members-*"))) == 1
     finally:
         fit.send_signal(signal.SIGKILL)
         fit.wait()
@@ -613,6 +616,33 @@ def test_members_stop_and_remove_their_inputs_when_the_fit_is_killed(tmp_path):
     while time.time() < deadline and (_processes_reading(tmp_path) or list(tmp_path.glob("tsynth-members-*"))):
         time.sleep(0.5)
     assert _processes_reading(tmp_path) == [] and list(tmp_path.glob("tsynth-members-*")) == []
+
+
+def test_stacked_members_compute_what_each_members_own_forward_does():
+    """The ensemble decoded as one (weights stacked, one cache) gives, position by position, the logits each
+    member's own Hugging Face forward gives over the whole sequence; models that differ in shape, or are not GPT-2,
+    are not stacked."""
+    from tsynth.stacked import stack_members
+    from tsynth.tokenmodel import build_model
+
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = build_model(vocab_size=23, n_positions=16, preset="tiny", dropout=0.0).eval()
+        with torch.no_grad():  # GPT-2's init leaves biases and layer norms at 0 and 1: give them values to check
+            for name, p in model.named_parameters():
+                if name.endswith("bias") or ".ln_" in name or "ln_f" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+        models.append(model)
+    tokens = torch.randint(0, 23, (5, 12), generator=torch.Generator().manual_seed(0))
+    stacked = stack_members(models)
+    cache = stacked.start(5, 12)
+    steps = torch.stack([stacked.step(tokens[:, pos], pos, cache) for pos in range(12)], dim=2)  # (M, B, T, V)
+    with torch.no_grad():
+        own = torch.stack([m(input_ids=tokens).logits for m in models])
+    assert steps.shape == own.shape and torch.allclose(steps, own, atol=1e-5), (steps - own).abs().max()
+    assert stack_members(models + [build_model(23, 24, "tiny", 0.0)]) is None  # another context length
+    assert stack_members([torch.nn.Linear(2, 2)]) is None
 
 
 def test_an_ensemble_averages_its_members_distributions():

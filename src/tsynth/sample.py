@@ -23,6 +23,7 @@ import torch
 from .codecs.values import BOS, EOS, ValueCodec
 from .data import SeriesSet
 from .errors import ConfigError, check_sample_request
+from .stacked import StackedGPT2, stack_members
 
 
 def _position_ranges(codec: ValueCodec) -> list[tuple[int, int]]:
@@ -33,12 +34,13 @@ def _position_ranges(codec: ValueCodec) -> list[tuple[int, int]]:
     return ranges
 
 
-def pooled_probs(logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
-    """The ensemble's next-token distribution from its members' logits (rows: series): the mean of their
+def pooled_probs(logits: Sequence[torch.Tensor] | torch.Tensor, temperature: float) -> torch.Tensor:
+    """The ensemble's next-token distribution from its members' logits (a list, or stacked: members first; rows: series): the mean of their
     distributions at ``temperature`` (a mixture). The normalised geometric mean (log-linear pooling) is sharper
     where the members disagree; it helped on one data set and hurt on another (docs/model-and-training.md,
     "Ensemble"), so the mixture stays."""
-    return torch.stack([torch.softmax(x / temperature, dim=-1) for x in logits]).mean(0)
+    stacked = logits if isinstance(logits, torch.Tensor) else torch.stack(list(logits))
+    return torch.softmax(stacked / temperature, dim=-1).mean(0)
 
 
 def draw_tokens(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -108,11 +110,12 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
     starts = range(0, n, batch_size)
     seeds = rng.integers(2**31, size=len(starts))
     device = next(models[0].parameters()).device
+    stacked = stack_members(models)
 
     def run(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         gen = torch.Generator().manual_seed(int(seeds[k]))
-        return _generate_batch(models, codec, conds[starts[k]: starts[k] + batch_size], steps, temperature, top_p,
-                               gen, device)
+        return _generate_batch(models, stacked, codec, conds[starts[k]: starts[k] + batch_size], steps, temperature,
+                               top_p, gen, device)
 
     from tqdm.auto import tqdm
 
@@ -126,8 +129,10 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
 
 
 @torch.no_grad()  # per call: no_grad is per thread
-def _generate_batch(models, codec: ValueCodec, conds: list[dict], steps: int, temperature: float,
-                    top_p: float, gen: torch.Generator, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _generate_batch(models, stacked: StackedGPT2 | None, codec: ValueCodec, conds: list[dict], steps: int,
+                    temperature: float, top_p: float, gen: torch.Generator,
+                    device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One batch of series; the members decode together where ``stacked`` holds them (else one by one)."""
     from transformers import StaticCache
 
     b = len(conds)
@@ -137,16 +142,15 @@ def _generate_batch(models, codec: ValueCodec, conds: list[dict], steps: int, te
     n_values = steps * codec.n_channels
     total = 1 + len(ranges) + n_values
     tokens = torch.full((b, total), BOS, dtype=torch.long)
-    caches = [StaticCache(config=m.config, max_cache_len=total) for m in models]
+    cache = stacked.start(b, total) if stacked is not None else []
+    caches = [] if stacked is not None else [StaticCache(config=m.config, max_cache_len=total) for m in models]
     ended = torch.zeros(b, dtype=torch.bool)
     lengths = torch.full((b,), steps, dtype=torch.long)
     for pos in range(1, total):
-        logits = []
-        for j, m in enumerate(models):
-            out = m(input_ids=tokens[:, pos - 1: pos].to(device), cache=caches[j], use_cache=True)
-            if pos == 1 and caches[j].get_seq_length() != 1:  # transformers < 5.24 accepts cache= and ignores it
-                raise RuntimeError("this transformers version ignored the key/value cache; tsynth needs transformers>=5.24")
-            logits.append(out.logits[:, -1].float().cpu())
+        if stacked is not None:
+            logits = stacked.step(tokens[:, pos - 1].to(device), pos - 1, cache).float().cpu()
+        else:
+            logits = torch.stack([_next_logits(m, tokens[:, pos - 1: pos].to(device), c, pos) for m, c in zip(models, caches)])
         probs = pooled_probs(logits, temperature)
         slot = pos - 1
         if slot < len(ranges):
@@ -171,6 +175,14 @@ def _generate_batch(models, codec: ValueCodec, conds: list[dict], steps: int, te
         tokens[:, pos] = draw
     prefix = tokens[:, : 1 + len(ranges)].numpy()
     return prefix, tokens[:, 1 + len(ranges):].numpy(), lengths.numpy()
+
+
+def _next_logits(model, tokens: torch.Tensor, cache, pos: int) -> torch.Tensor:
+    """One member's next-token logits through its own forward, given this position's tokens and its cache."""
+    out = model(input_ids=tokens, cache=cache, use_cache=True)
+    if pos == 1 and cache.get_seq_length() != 1:  # transformers < 5.24 accepts cache= and ignores it
+        raise RuntimeError("this transformers version ignored the key/value cache; tsynth needs transformers>=5.24")
+    return out.logits[:, -1].float().cpu()
 
 
 def _starts(conds: list[dict], n: int):

@@ -61,6 +61,9 @@ SHORT_VALUES = 1024
 STEP_BATCH_POSITIONS, MIN_STEP_BATCH = 32 * 96, 8  # step model: time steps per batch, fewest windows per batch
 MIN_MEMBER_EPOCHS = 20  # under a time limit, members are dropped while each would train fewer epochs
 PRIOR_ENSEMBLE = 24
+# a member fine-tuned from a prior reaches its best validation loss within a few epochs (3-10 on electricity100):
+# early stopping waits this many epochs past the best, where a model from scratch waits TrainConfig.patience
+PRIOR_PATIENCE = 5
 
 DP_MAX_OUTSIDE = 0.25  # a DP fit refuses data with more of its values beyond the public value range (clipped)
 # DP-SGD has no validation split to stop on: a fixed schedule, unless the caller sets these (why 60 epochs:
@@ -165,6 +168,7 @@ class LocalBackend:
         self.options = LocalOptions.from_kwargs(**options)
         self.ensemble_given = options.get("ensemble") is not None  # else a time limit may train fewer members
         self.batch_given = options.get("batch_size") is not None  # else the step model's batch follows its context
+        self.patience_given = options.get("patience") is not None  # else PRIOR_PATIENCE from a prior
         self.codec: ValueCodec | None = None
         self.models: list = []
         self.training: dict[str, Any] = {}
@@ -245,6 +249,8 @@ class LocalBackend:
             init, preset, self.prior = None, opts.train.preset, None
         if opts.ensemble is None:
             opts.ensemble = DEFAULT_ENSEMBLE if prior is None else PRIOR_ENSEMBLE
+        if prior is not None and not self.patience_given:
+            opts.train = replace(opts.train, patience=PRIOR_PATIENCE)
         codec = self.codec
         if kind == "step" and dp_settings is not None and dp_settings.profile_share > 0:
             dp_settings = replace(dp_settings, profile_share=0.0)
@@ -721,17 +727,21 @@ def train_member(job: MemberJob, callback: Callable[[dict], None] | None, progre
 def run_members(jobs: list[MemberJob], callback: Callable[[dict], None] | None, progress: bool,
                 workers: int | None = None) -> list[dict]:
     """Train every member: in this process when there is one member or one core, else in parallel child
-    processes (``python -m tsynth.backends.local JOB``, one torch thread each, at most ``workers`` or the
-    number of cores at once). Events reach ``callback`` in this process; if it raises (or the run is
-    interrupted), the children are stopped and the error propagates. A child's input (the encoded training
-    data) goes to :func:`_inputs_dir`, removed when training ends, however it ends."""
+    processes (``python -m tsynth.backends.local DIR``, one torch thread each, at most ``workers`` or the
+    number of cores), each of which trains member after member, so a process's start-up (Python, torch and
+    transformers imported: seconds) is paid once per worker, not once per member. Events reach ``callback`` in
+    this process; if it raises (or the run is interrupted), the workers are stopped and the error propagates.
+    A member's input (its job: the encoded training data) goes to :func:`_inputs_dir`, and the worker removes it
+    as soon as it has read it; the directory is removed when training ends, however it ends."""
     workers = min(len(jobs), workers or len(os.sched_getaffinity(0)))
     if workers <= 1 or world_size() > 1:  # data-parallel: the processes train each member together, in turn
         return [train_member(job, callback, progress) for job in jobs]
     from tqdm.auto import tqdm
 
-    events: Queue = Queue()
-    pending, running, done = list(jobs), {}, {}
+    events: Queue = Queue()  # (worker, line); line None: the worker's output closed
+    pending, done = list(jobs), {}
+    pool: list[subprocess.Popen] = []
+    busy: dict[int, MemberJob] = {}  # worker -> the member it trains
     # the bar counts the epochs each member is expected to train (members report their estimate after every
     # epoch; members not yet started are taken to train as many as the latest estimate)
     expected = {j.member: initial_epochs(j.cfg, j.valid_tokens is not None) for j in jobs}
@@ -746,33 +756,39 @@ def run_members(jobs: list[MemberJob], callback: Callable[[dict], None] | None, 
 
     tmp = _inputs_dir(jobs)
     try:
-        while pending or running:
-            while pending and len(running) < workers:
-                job = pending.pop(0)
-                running[job.member] = _start_member(job, tmp, events)
-            member, line = events.get()
-            if line is None:  # the child closed its output: finished or died
-                proc, out = running.pop(member)
-                if proc.wait() != 0 or not out.exists():
-                    raise RuntimeError(f"training member {member} failed (exit code {proc.returncode}); see the log above")
+        while pending or busy:
+            for w in range(workers):
+                if pending and w not in busy:
+                    if w == len(pool):
+                        pool.append(_start_worker(w, tmp, events))
+                    busy[w] = pending.pop(0)
+                    _give(pool[w], busy[w], tmp)
+            worker, line = events.get()
+            if line is None:  # a worker's output closed while the fit needs it: it died
+                job = busy.get(worker)
+                raise RuntimeError(f"training member {job.member if job else '?'} failed (exit code "
+                                   f"{pool[worker].wait()}); see the log above")
+            event = json.loads(line)
+            if "error" in event:  # the worker refused its input (e.g. a checkpoint of another fit)
+                raise ConfigError(event["error"])
+            if "done" in event:
+                job = busy.pop(worker)
+                out = tmp / f"member_{job.member}.out"
                 res = torch.load(out, weights_only=False)
-                job = jobs[member]
+                out.unlink()
                 model = job.fresh_model(job.cfg.dropout)
                 model.load_state_dict(res["weights"])
-                done[member] = {"model": model.eval(), "result": res["result"], "privacy": res["privacy"]}
-                recount(member, res["result"]["epochs_run"])
+                done[job.member] = {"model": model.eval(), "result": res["result"], "privacy": res["privacy"]}
+                recount(job.member, res["result"]["epochs_run"])
                 bar.refresh()
                 continue
-            event = json.loads(line)
-            if "error" in event:  # the child refused its input (e.g. a checkpoint of another fit)
-                raise ConfigError(event["error"])
-            recount(member, event.get("expected_epochs", event["epochs"]))
+            recount(event["member"], event.get("expected_epochs", event["epochs"]))
             bar.update(1)
-            bar.set_postfix(member=member, train=f"{event['train_loss']:.3f}")
+            bar.set_postfix(member=event["member"], train=f"{event['train_loss']:.3f}")
             if callback is not None:
                 callback(event)
     finally:
-        for proc, _ in running.values():
+        for proc in pool:
             proc.kill()
             proc.wait()
         bar.close()
@@ -794,73 +810,89 @@ def _inputs_dir(jobs: list[MemberJob]) -> Path:
     return d
 
 
-def _start_member(job: MemberJob, tmp: Path, events: Queue):
-    """Start a child process for ``job``; a thread forwards its event lines (then None) to ``events``."""
-    path = tmp / f"member_{job.member}.pt"
-    torch.save(job, path)
+def _start_worker(index: int, tmp: Path, events: Queue) -> subprocess.Popen:
+    """Start a worker process on the inputs directory ``tmp``; a thread forwards its event lines (then None) to
+    ``events`` as ``(index, line)``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tsynth.backends.local", str(path)], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "tsynth.backends.local", str(tmp)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
 
     def forward() -> None:
         for line in proc.stdout:
             if line.startswith("{"):
-                events.put((job.member, line))
-        events.put((job.member, None))
+                events.put((index, line))
+        events.put((index, None))
 
     threading.Thread(target=forward, daemon=True).start()
-    return proc, path.with_suffix(".out")
+    return proc
 
 
-ORPHAN_POLL_S = 1.0  # how often a member child checks that the process which started it is still there
+def _give(proc: subprocess.Popen, job: MemberJob, tmp: Path) -> None:
+    """Hand ``job`` to a worker: its file in ``tmp``, its name on the worker's input."""
+    path = tmp / f"member_{job.member}.pt"
+    torch.save(job, path)
+    proc.stdin.write(path.name + "\n")
+    proc.stdin.flush()
 
 
-def _remove_inputs(job_path: Path) -> None:
-    """Remove a member's inputs (the encoded training data) and output: the whole directory where it is a private
-    temporary one, else (``inputs/`` of a checkpoint directory) this member's own files."""
-    if job_path.parent.name.startswith(MEMBERS_TMP_PREFIX):
-        shutil.rmtree(job_path.parent, ignore_errors=True)
+ORPHAN_POLL_S = 1.0  # how often a worker checks that the process which started it is still there
+
+
+def _remove_inputs(tmp: Path, current: list[Path]) -> None:
+    """Remove what a worker holds of the inputs (the encoded training data) and its output: the whole directory
+    where it is a private temporary one, else (``inputs/`` of a checkpoint directory) its current member's files."""
+    if tmp.name.startswith(MEMBERS_TMP_PREFIX):
+        shutil.rmtree(tmp, ignore_errors=True)
     else:
-        for path in (job_path, job_path.with_suffix(".out")):
-            path.unlink(missing_ok=True)
+        for path in current:
+            for p in (path, path.with_suffix(".out")):
+                p.unlink(missing_ok=True)
 
 
-def _stop_with_parent(job_path: Path, parent: int) -> None:
-    """Watch, on a daemon thread, for the process that started this member (``parent``) to be gone (killed
-    outright, so it could neither stop its children nor remove their inputs): then remove the inputs and exit,
+def _stop_with_parent(tmp: Path, current: list[Path], parent: int) -> None:
+    """Watch, on a daemon thread, for the process that started this worker (``parent``) to be gone (killed
+    outright, so it could neither stop its workers nor remove their inputs): then remove the inputs and exit,
     rather than train on for nobody."""
 
     def watch() -> None:
         while True:
             time.sleep(ORPHAN_POLL_S)
             if os.getppid() != parent:
-                _remove_inputs(job_path)
+                _remove_inputs(tmp, current)
                 os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _member_main(job_path: str) -> None:
-    """Child process entry: train the member in ``job_path``, print events as JSON lines, save the result. Once
-    the process that started it is gone (its events then have nowhere to go), it removes its inputs and exits."""
-    parent, path = os.getppid(), Path(job_path)
-    _stop_with_parent(path, parent)
+def _worker_main(directory: str) -> None:
+    """Worker process entry: train the members whose job files (names in ``directory``) arrive on its input, a line
+    each, one after another; remove each job file once read, print the member's events as JSON lines, save its
+    result beside the job and print ``{"done": member}``. Its input closed, it exits. Once the process that
+    started it is gone (its events then have nowhere to go), it removes the inputs and exits."""
+    parent, tmp = os.getppid(), Path(directory)
+    current: list[Path] = []
+    _stop_with_parent(tmp, current, parent)
     torch.set_num_threads(1)
-    try:
-        job = torch.load(path, weights_only=False)
-        out = train_member(job, lambda e: print(json.dumps(e), flush=True), progress=False)
-    except TsynthError as e:  # the parent raises it as the fit's error (one line, not this traceback)
-        print(json.dumps({"error": str(e)}), flush=True)
-        sys.exit(2)
-    except BaseException as e:
-        # events that cannot be written (the pipe's reader is gone) mean the parent was killed: its pipe closes
-        # before this process is handed to another parent, so the pipe says so first
-        if isinstance(e, BrokenPipeError) or os.getppid() != parent:
-            _remove_inputs(path)
-            os._exit(1)
-        raise
-    torch.save({"weights": out["model"].state_dict(), "result": out["result"], "privacy": out["privacy"]},
-               path.with_suffix(".out"))
+    while line := sys.stdin.readline():
+        path = tmp / line.strip()
+        current[:] = [path]
+        try:
+            job = torch.load(path, weights_only=False)
+            path.unlink()
+            out = train_member(job, lambda e: print(json.dumps(e), flush=True), progress=False)
+            torch.save({"weights": out["model"].state_dict(), "result": out["result"], "privacy": out["privacy"]},
+                       path.with_suffix(".out"))
+            print(json.dumps({"done": job.member}), flush=True)
+        except TsynthError as e:  # the parent raises it as the fit's error (one line, not this traceback)
+            print(json.dumps({"error": str(e)}), flush=True)
+            sys.exit(2)
+        except BaseException as e:
+            # events that cannot be written (the pipe's reader is gone) mean the parent was killed: its pipe closes
+            # before this process is handed to another parent, so the pipe says so first
+            if isinstance(e, BrokenPipeError) or os.getppid() != parent:
+                _remove_inputs(tmp, current)
+                os._exit(1)
+            raise
 
 
 def _quiet_transformers() -> None:
@@ -871,4 +903,4 @@ def _quiet_transformers() -> None:
 
 
 if __name__ == "__main__":
-    _member_main(sys.argv[1])
+    _worker_main(sys.argv[1])
