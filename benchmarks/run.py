@@ -420,6 +420,14 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "rows at e2520e9: 0.153 / 0.166 / 0.141 and 0.024 / 0.009 / 0.030; seed 0 at b9c18bd 0.111 / 0.034). Its "
              "prices hold a value in at most 0.2 % of steps (repeat shares 0-0.7 %), so held values hardly touch it: "
              "the difference is the token model's changes since e2520e9 and the fit's pace.",
+             "  - 08492b6: members train in one worker process per core (start-up paid once per worker), a token "
+             "ensemble samples as one stacked model, and members fine-tuned from a prior stop 5 epochs after their "
+             "best (20 before). `tsynth-load-e24` rerun there (idle machine, one job at a time): electricity100 "
+             "0.103 / 0.067 / 0.052, fit 116-118 s (470-551 s at bda1e77), 1,000 samples 22-26 s; the suite's hourly "
+             "sets 100 clients 0.046 / 0.036 / 0.012, 160 clients 0.036 / 0.114 / 0.024, hours 100-200 0.299 / "
+             "0.207 / 0.225, hours 236-336 0.150 / 0.106 / 0.130, ETTh1 0.197 / 0.180 / 0.197 (the step model from "
+             "scratch: 0.106 / 0.108 / 0.174). The next commit makes these settings `auto`'s for hourly one-channel "
+             "data (docs/priors.md).",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
