@@ -19,7 +19,7 @@ from tsynth.train import (FACTORED_POSITIONS_FROM, build_model, factor_positions
                           step_smoothing)
 
 # the token model (what priors are); tests/test_long_series.py covers the step model, the default without a prior
-FAST = dict(epochs=3, preset="tiny", n_bins=32, ensemble=1, codec="token")
+FAST = dict(epochs=3, preset="tiny", n_bins=32, ensemble=1, codec="token", prior="none")
 
 
 def daily_profiles(n=40, length=24, seed=0, levels=None):

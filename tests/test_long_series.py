@@ -462,12 +462,13 @@ def test_decoding_holds_values_for_runs_as_the_data_does():
 
 
 def test_short_windows_train_the_token_model_by_default():
-    """Windows of at most SHORT_STEPS steps and SHORT_VALUES values, equal lengths and no gaps, take the token
-    model; longer ones, gappy ones, ragged ones or codec 'step' the step model."""
+    """Without a prior, windows of at most SHORT_STEPS steps and SHORT_VALUES values, equal lengths and no gaps,
+    take the token model; longer ones, gappy ones, ragged ones or codec 'step' the step model. Hourly one-channel
+    data takes the load prior (a token model) under prior 'auto', unless it has gaps."""
     from tsynth.backends.local import SHORT_STEPS, SHORT_VALUES, LocalBackend
 
     def kind(data, **kw):
-        backend = LocalBackend(**kw)
+        backend = LocalBackend(**{"prior": "none", **kw})
         return backend._codec_kind(data, backend._prior_choice(data))
 
     assert kind(hourly_set(n=10, days=1, channels=6)) == "token"
@@ -479,6 +480,9 @@ def test_short_windows_train_the_token_model_by_default():
     ragged.lengths[0] = 20
     ragged.values[0, 20:] = np.nan
     assert kind(ragged) == "step"
+    assert kind(hourly_set(n=10, days=2), prior="auto") == "token"   # the load prior
+    assert kind(hourly_set(n=10, days=2, gaps=0.05), prior="auto") == "step"
+    assert kind(hourly_set(n=10, days=2, channels=2), prior="auto") == "step"
 
 
 def test_a_shared_calendar_gets_its_own_time_steps():

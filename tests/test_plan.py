@@ -51,8 +51,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     pd.DataFrame(rows, columns=["item_id", "timestamp", "load"]).to_csv(path, index=False)
     out = tmp_path / "model"
     assert main(["fit", str(path), "-o", str(out), "--dry-run", "--ensemble", "2"]) == 0
-    text = capsys.readouterr().out
-    assert "plan: 2 step models" in text and "s per epoch, about" in text and "min" in text
+    text = capsys.readouterr().out   # hourly, one channel: fine-tuned from the load prior
+    assert "plan: 2 token models" in text and "s per epoch, about" in text and "min" in text
+    assert main(["fit", str(path), "-o", str(out), "--dry-run", "--ensemble", "2", "--prior", "none"]) == 0
+    assert "plan: 2 step models" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meters.csv"]  # no model, no checkpoints
 
 

@@ -168,17 +168,36 @@ def test_auto_prior_falls_back_when_the_data_does_not_fit(caplog):
     assert syn.info["prior"] is None and "not starting from the default prior" in caplog.text
 
 
+def test_auto_load_prior_falls_back_to_the_model_the_data_takes_alone(caplog):
+    """Hourly one-channel data whose series differ in level by orders of magnitude (per-series scaling, which a
+    prior cannot serve): the load prior is not taken, and the data gets the model it gets without a prior (the step
+    model for 100-step series), not a token model from scratch."""
+    torch.set_num_threads(1)
+    levels = 10.0 ** np.repeat(np.arange(4), 10)[:, None]
+    vals = levels * (2 + daily(40, 100, 8))
+    data = SeriesSet.from_arrays(list(vals), [f"m{i}" for i in range(40)], start=[pd.Timestamp("2024-01-01")] * 40,
+                                 freq="h")
+    syn = Synthesizer("local", epochs=1, ensemble=1).fit(data, progress=False)
+    assert syn.info["prior"] is None and syn.info["codec"]["kind"] == "step"
+    assert "not starting from the load prior" in caplog.text
+
+
 def test_auto_prior_from_public_facts_only():
-    """--domain names the prior; without it, none without DP, under DP the load prior for hourly one-channel data."""
+    """--domain names the prior; without it, the load prior for hourly one-channel data (with or without DP), else
+    none without DP and the default prior under DP."""
     for domain in LOAD_DOMAINS:
         assert auto_prior(domain.upper(), dp=False, freq="D", n_channels=3)[0] == "load"
-    assert auto_prior(None, dp=False, freq="h", n_channels=1)[0] is None
+    assert auto_prior(None, dp=False, freq="h", n_channels=1)[0] == "load"
+    assert auto_prior(None, dp=False, freq="h", n_channels=2)[0] is None
+    assert auto_prior(None, dp=False, freq="D", n_channels=1)[0] is None
+    assert auto_prior(None, dp=False, freq=None, n_channels=1)[0] is None
     assert auto_prior(None, dp=True, freq="h", n_channels=1)[0] == "load"
     assert auto_prior(None, dp=True, freq="60min", n_channels=1)[0] == "load"
     assert auto_prior(None, dp=True, freq="h", n_channels=2)[0] == "default"
     assert auto_prior(None, dp=True, freq=None, n_channels=1)[0] == "default"
-    name, why = auto_prior("finance", dp=True, freq="h", n_channels=1)
-    assert name == "load" and "no shipped prior serves domain 'finance'" in why
+    name, why = auto_prior("finance", dp=True, freq="h", n_channels=1)   # said not to be load: no load prior
+    assert name == "default" and "no shipped prior serves domain 'finance'" in why
+    assert auto_prior("weather", dp=False, freq="h", n_channels=1)[0] is None
     assert resolve_prior("auto", dp=False, domain="gas", freq="h").path == SHIPPED_PRIORS["load"]
     assert resolve_prior("auto", dp=False, domain="weather") is None
 

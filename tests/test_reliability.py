@@ -203,13 +203,13 @@ def test_length_one_series_keep_their_time_stamps(tmp_path, capsys):
 # ---------------------------------------------------------------------- case 3: resume
 def test_resume_refuses_the_checkpoints_of_another_fit(tmp_path, capsys):
     a, b = long_csv(tmp_path / "a.csv"), long_csv(tmp_path / "b.csv", seed=1)
-    fit = ["--epochs", "2", "--ensemble", "2", "--n-bins", "16"]
+    fit = ["--epochs", "2", "--ensemble", "2", "--n-bins", "16", "--prior", "none"]   # a prior fixes the preset
     assert run(capsys, "fit", a, "-o", tmp_path / "ma", *fit, "--keep-checkpoints")[0] == 0
     ckpt = tmp_path / "ma.checkpoints"
     assert (ckpt / "member_1" / "progress.json").exists() and not (ckpt / "inputs").exists()
     line = refused(capsys, "fit", b, "-o", tmp_path / "mb", *fit, "--resume", "--checkpoint-dir", ckpt)
     assert "belongs to another fit" in line and "other training data" in line
-    one = ["--epochs", "2", "--ensemble", "1", "--n-bins", "16"]   # member 0 alone, trained in this process
+    one = ["--epochs", "2", "--ensemble", "1", "--n-bins", "16", "--prior", "none"]   # member 0 alone, in this process
     line = refused(capsys, "fit", a, "-o", tmp_path / "mb", *one, "--resume", "--checkpoint-dir", ckpt,
                    "--preset", "small")
     assert "preset 'tiny' in the checkpoint, 'small' now" in line

@@ -117,12 +117,13 @@ def add_local_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prior", help="start from a public prior: 'default' (shipped: general public series), 'load' "
                                    "(shipped: electric load profiles, for energy-consumption data), a directory "
-                                   "written by `tsynth pretrain`, 'none', or 'auto' (default: by --domain; else none "
-                                   "without DP, and under DP the load prior for hourly one-channel data, the default "
-                                   "prior for the rest)")
+                                   "written by `tsynth pretrain`, 'none', or 'auto' (default: by --domain; else the "
+                                   "load prior for hourly one-channel data, with or without DP, and for the rest none "
+                                   "without DP, the default prior under DP)")
     g.add_argument("--domain", help="what the data is, e.g. electricity, energy, gas, finance, weather (public: it only "
                                     "picks a prior under --prior auto; electricity/energy/load/power/smart-meter/"
-                                    "utility/heat/gas take the load prior; any other is said and the default taken)")
+                                    "utility/heat/gas take the load prior; any other is said, and the data trains from "
+                                    "scratch, or from the default prior under DP)")
     g.add_argument("--trainable", choices=["all", "bitfit", "bitfit+positions", "bitfit+positions+embeddings"],
                    help="which parameters to train (default all; bitfit = biases and LayerNorm only)")
     g = p.add_argument_group("differential privacy (local backend; the unit of privacy is the item)")

@@ -103,8 +103,7 @@ def prepare_output(out_dir: str | os.PathLike, request: dict[str, Any], resume: 
     elif out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"-o {out}: a folder that holds other files; sample into an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".part-*"):  # temporary files of a worker that died while writing
-        stale.unlink()
+    _remove_stale(out)
     _write_manifest(out, {**request, "complete": False})
     batches = -(-request["n"] // request["batch_size"])
     done = {int(p.name[5:11]) for p in out.glob("part-*.parquet") if p.name[5:11].isdigit()}
@@ -112,6 +111,13 @@ def prepare_output(out_dir: str | os.PathLike, request: dict[str, Any], resume: 
     if extra:
         raise ConfigError(f"{out}: holds partition {partition_name(extra[0])} beyond this sample's {batches} batches")
     return [k for k in range(batches) if k not in done]
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove the temporary files of workers that died while writing (before a run, and after one: every worker
+    is gone by then, so a temporary file left is a dead worker's)."""
+    for stale in out.glob(".part-*"):
+        stale.unlink(missing_ok=True)
 
 
 def _write_manifest(out: Path, doc: dict[str, Any]) -> None:
@@ -163,6 +169,7 @@ def sample_to_directory(syn, n: int, out_dir: str | os.PathLike, *, model_dir: s
     missing = [k for k in range(batches) if not (Path(out_dir) / partition_name(k)).exists()]
     if missing:  # every batch reported written: a partition gone now was removed by someone else
         raise TsynthError(f"{out_dir}: partition {partition_name(missing[0])} is missing after the run")
+    _remove_stale(Path(out_dir))
     _write_manifest(Path(out_dir), {**request, "complete": True})
     peaks: dict[int, float] = {}
     for r in runs:

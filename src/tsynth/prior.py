@@ -192,10 +192,12 @@ def auto_prior(domain: str | None, dp: bool, freq: str | None, n_channels: int) 
     """The prior ``prior="auto"`` takes, from public facts only (what the user says the data is, whether DP is
     asked for, the data's frequency and channel count; never its values), and the reason, for the log.
 
-    A ``domain`` that a shipped prior serves (``DOMAIN_PRIORS``) takes that prior, with or without DP. Otherwise,
-    without DP, no prior (the step model from scratch learns the data alone); under DP the load prior for hourly
-    data of one channel (metered load is what such data most often is, and the load prior's rows beat the
-    default prior's there: BENCHMARKS.md, the ``-dp-eps8`` rows) and the general default prior for the rest."""
+    A ``domain`` that a shipped prior serves (``DOMAIN_PRIORS``) takes that prior, with or without DP. Without a
+    domain, hourly data of one channel takes the load prior, with or without DP: metered load is what such data most
+    often is, and the load prior carries the daily and weekly rhythm that a few hundred series teach a model from
+    scratch poorly (the evidence: docs/priors.md). The rest, and data of a domain no shipped prior serves (the user
+    said it is not load), takes no prior without DP (the step model from scratch learns the data alone) and the
+    general default prior under DP."""
     if domain is not None:
         key = domain.strip().lower()
         if key in DOMAIN_PRIORS:
@@ -203,10 +205,10 @@ def auto_prior(domain: str | None, dp: bool, freq: str | None, n_channels: int) 
         why = f"no shipped prior serves domain {domain!r} (the load prior serves {', '.join(LOAD_DOMAINS)}); "
     else:
         why = ""
+    if domain is None and n_channels == 1 and is_hourly(freq):
+        return "load", why + f"{'DP with h' if dp else 'h'}ourly data of one channel: the load prior"
     if not dp:
         return None, why + "no prior: the model learns from the data alone"
-    if n_channels == 1 and is_hourly(freq):
-        return "load", why + "DP with hourly data of one channel: the load prior"
     return "default", why + "DP: the general default prior"
 
 

@@ -225,6 +225,7 @@ class LocalBackend:
                     raise
                 log.warning("not starting from the %s prior: %s", choice, e)
                 prior = None
+                kind = self._codec_kind(train, None)  # what the data takes without a prior
         if dp_settings is not None and opts.dp_profile_share is None and prior is not None \
                 and prior.path.resolve() != DEFAULT_PRIOR:
             dp_settings = replace(dp_settings, profile_share=0.0)
