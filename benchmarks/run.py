@@ -428,6 +428,13 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "0.207 / 0.225, hours 236-336 0.150 / 0.106 / 0.130, ETTh1 0.197 / 0.180 / 0.197 (the step model from "
              "scratch: 0.106 / 0.108 / 0.174). The next commit makes these settings `auto`'s for hourly one-channel "
              "data (docs/priors.md).",
+             "  - fcd0426: `auto` takes the load prior for hourly one-channel data without DP too (24 members, "
+             "patience 5). `tsynth` rerun there (idle machine, one job at a time): electricity100 0.147 / 0.066 / "
+             "0.035 (mean 0.083; fit 125-131 s), 100 clients 0.048 / 0.036 / 0.012, 160 clients 0.046 / 0.109 / "
+             "0.032, hours 236-336 0.129 / 0.081 / 0.140, hours 100-200 0.259 / 0.257 / 0.230. ETTh1's `tsynth` rows "
+             "still show the step model from "
+             "scratch (at be46f88); its `tsynth-load-e24` rows (0.197 / 0.180 / 0.197) are what the default now does "
+             "there.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "

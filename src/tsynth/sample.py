@@ -4,7 +4,7 @@ At every position only the tokens that may stand there can be drawn: a field's v
 slot (or the given condition, forced), level tokens at level slots, value tokens where values belong.
 A fixed-length codec therefore always yields exactly the asked length; a variable-length one may end a
 series with <eos> at a time-step boundary. An ensemble averages the members' next-token distributions
-(:func:`pooled_probs`).
+(:func:`pooled_probs`); members of one GPT-2 shape decode together as one stacked model (:mod:`tsynth.stacked`).
 
 Each batch has its own generator, seeded from ``seed`` and the batch's index, so batches can run on several
 threads at once with the same result; the key/value cache is preallocated (a growing cache copies itself at
@@ -35,10 +35,10 @@ def _position_ranges(codec: ValueCodec) -> list[tuple[int, int]]:
 
 
 def pooled_probs(logits: Sequence[torch.Tensor] | torch.Tensor, temperature: float) -> torch.Tensor:
-    """The ensemble's next-token distribution from its members' logits (a list, or stacked: members first; rows: series): the mean of their
-    distributions at ``temperature`` (a mixture). The normalised geometric mean (log-linear pooling) is sharper
-    where the members disagree; it helped on one data set and hurt on another (docs/model-and-training.md,
-    "Ensemble"), so the mixture stays."""
+    """The ensemble's next-token distribution from its members' logits (a list, or one tensor with the members
+    first; rows: series): the mean of their distributions at ``temperature`` (a mixture). The normalised geometric
+    mean (log-linear pooling) is sharper where the members disagree; it helped on one data set and hurt on another
+    (docs/model-and-training.md, "Ensemble"), so the mixture stays."""
     stacked = logits if isinstance(logits, torch.Tensor) else torch.stack(list(logits))
     return torch.softmax(stacked / temperature, dim=-1).mean(0)
 
