@@ -133,8 +133,6 @@ def _generate_batch(models, stacked: StackedGPT2 | None, codec: ValueCodec, cond
                     temperature: float, top_p: float, gen: torch.Generator,
                     device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One batch of series; the members decode together where ``stacked`` holds them (else one by one)."""
-    from transformers import StaticCache
-
     b = len(conds)
     forced = torch.tensor([codec.condition_ids(c) for c in conds], dtype=torch.long).reshape(b, len(codec.fields))
     given = torch.tensor([[f.name in c for f in codec.fields] for c in conds], dtype=torch.bool).reshape(b, len(codec.fields))
@@ -142,16 +140,12 @@ def _generate_batch(models, stacked: StackedGPT2 | None, codec: ValueCodec, cond
     n_values = steps * codec.n_channels
     total = 1 + len(ranges) + n_values
     tokens = torch.full((b, total), BOS, dtype=torch.long)
-    cache = stacked.start(b, total) if stacked is not None else []
-    caches = [] if stacked is not None else [StaticCache(config=m.config, max_cache_len=total) for m in models]
+    decoder = stacked if stacked is not None else _OneByOne(models)
+    cache = decoder.start(b, total)
     ended = torch.zeros(b, dtype=torch.bool)
     lengths = torch.full((b,), steps, dtype=torch.long)
     for pos in range(1, total):
-        if stacked is not None:
-            logits = stacked.step(tokens[:, pos - 1].to(device), pos - 1, cache).float().cpu()
-        else:
-            logits = torch.stack([_next_logits(m, tokens[:, pos - 1: pos].to(device), c, pos) for m, c in zip(models, caches)])
-        probs = pooled_probs(logits, temperature)
+        probs = pooled_probs(decoder.step(tokens[:, pos - 1].to(device), pos - 1, cache).float().cpu(), temperature)
         slot = pos - 1
         if slot < len(ranges):
             lo, hi = ranges[slot]
@@ -177,12 +171,26 @@ def _generate_batch(models, stacked: StackedGPT2 | None, codec: ValueCodec, cond
     return prefix, tokens[:, 1 + len(ranges):].numpy(), lengths.numpy()
 
 
-def _next_logits(model, tokens: torch.Tensor, cache, pos: int) -> torch.Tensor:
-    """One member's next-token logits through its own forward, given this position's tokens and its cache."""
-    out = model(input_ids=tokens, cache=cache, use_cache=True)
-    if pos == 1 and cache.get_seq_length() != 1:  # transformers < 5.24 accepts cache= and ignores it
-        raise RuntimeError("this transformers version ignored the key/value cache; tsynth needs transformers>=5.24")
-    return out.logits[:, -1].float().cpu()
+class _OneByOne:
+    """Members that do not stack, decoded through their own forwards and caches: the interface of
+    :class:`~tsynth.stacked.StackedGPT2` (``start``, and ``step`` giving logits of shape (members, batch, vocabulary))."""
+
+    def __init__(self, models: Sequence[Any]) -> None:
+        self.models = models
+
+    def start(self, batch: int, length: int) -> list:
+        from transformers import StaticCache
+
+        return [StaticCache(config=m.config, max_cache_len=length) for m in self.models]
+
+    def step(self, tokens: torch.Tensor, pos: int, caches: list) -> torch.Tensor:
+        logits = []
+        for model, cache in zip(self.models, caches):
+            out = model(input_ids=tokens[:, None], cache=cache, use_cache=True)
+            if pos == 0 and cache.get_seq_length() != 1:  # transformers < 5.24 accepts cache= and ignores it
+                raise RuntimeError("this transformers version ignored the key/value cache; tsynth needs transformers>=5.24")
+            logits.append(out.logits[:, -1])
+        return torch.stack(logits)
 
 
 def _starts(conds: list[dict], n: int):

@@ -47,23 +47,19 @@ class StackedGPT2:
         def stack(get) -> torch.Tensor:
             return torch.stack([get(m).detach() for m in models])
 
+        def affine(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+            """The (weight, bias) of the layer at ``path`` in every member, stacked, with the bias (and a layer
+            norm's weight) broadcasting over the batch. GPT-2's Conv1D keeps its weight as (in, out): x @ W + b."""
+            weight = stack(lambda m: m.get_submodule(path).weight)
+            return (weight[:, None] if weight.dim() == 2 else weight), stack(lambda m: m.get_submodule(path).bias)[:, None]
+
         self.wte = stack(lambda m: m.transformer.wte.weight)  # (M, V, D)
         self.wpe = stack(lambda m: m.transformer.wpe.weight)  # (M, P, D)
         self.head = stack(lambda m: m.lm_head.weight).transpose(1, 2).contiguous()  # (M, D, V)
-        self.ln_f = (stack(lambda m: m.transformer.ln_f.weight)[:, None], stack(lambda m: m.transformer.ln_f.bias)[:, None])
-        self.layers = []
-        for i in range(self.n_layer):
-            def block(m, i=i):
-                return m.transformer.h[i]
-            self.layers.append({
-                "ln_1": (stack(lambda m: block(m).ln_1.weight)[:, None], stack(lambda m: block(m).ln_1.bias)[:, None]),
-                "ln_2": (stack(lambda m: block(m).ln_2.weight)[:, None], stack(lambda m: block(m).ln_2.bias)[:, None]),
-                # GPT-2's Conv1D keeps its weight as (in, out): x @ W + b
-                "qkv": (stack(lambda m: block(m).attn.c_attn.weight), stack(lambda m: block(m).attn.c_attn.bias)[:, None]),
-                "proj": (stack(lambda m: block(m).attn.c_proj.weight), stack(lambda m: block(m).attn.c_proj.bias)[:, None]),
-                "fc": (stack(lambda m: block(m).mlp.c_fc.weight), stack(lambda m: block(m).mlp.c_fc.bias)[:, None]),
-                "out": (stack(lambda m: block(m).mlp.c_proj.weight), stack(lambda m: block(m).mlp.c_proj.bias)[:, None]),
-            })
+        self.ln_f = affine("transformer.ln_f")
+        self.layers = [{name: affine(f"transformer.h.{i}.{part}") for name, part in (
+            ("ln_1", "ln_1"), ("ln_2", "ln_2"), ("qkv", "attn.c_attn"), ("proj", "attn.c_proj"), ("fc", "mlp.c_fc"),
+            ("out", "mlp.c_proj"))} for i in range(self.n_layer)]
 
     @property
     def members(self) -> int:
