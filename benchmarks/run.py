@@ -435,6 +435,12 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "still show the step model from "
              "scratch (at be46f88); its `tsynth-load-e24` rows (0.197 / 0.180 / 0.197) are what the default now does "
              "there.",
+             "  - 1d8c5d7: `tsynth-load-e12` (12 load-prior members, patience 5) on electricity100 and the suite's "
+             "hourly sets, three seeds, against `tsynth-load-e24` at 08492b6: electricity100 0.091 / 0.154 / 0.078 "
+             "(fit 62-64 s), 100 clients 0.028 / 0.055 / 0.054, 160 clients 0.064 / 0.093 / 0.001, hours 100-200 "
+             "0.276 / 0.245 / 0.250, hours 236-336 0.118 / 0.109 / 0.133 (these two ran beside another job: their "
+             "fit and sample times are inflated). 24 members stay the default; sampling pools 12 of them per batch "
+             "from the next commit (docs/model-and-training.md#ensemble).",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
