@@ -331,15 +331,15 @@ def test_cached_sampling_follows_the_model_token_by_token(fitted):
     """Greedy decoding (a vanishing nucleus) through the preallocated cache picks, at every position, the
     allowed token a full forward pass over the prefix ranks first: through the model's own forward and its cache,
     and through the stacked members' (tsynth.stacked)."""
-    from tsynth.sample import _generate_batch, _position_ranges
+    from tsynth.sample import _generate_batch, _OneByOne, _position_ranges
     from tsynth.stacked import stack_members
 
     _, syn = fitted
     model, codec = syn.backend.models[0], syn.backend.codec
     device = next(model.parameters()).device  # cuda after a fit where there is one
     ranges = _position_ranges(codec) + [(codec.value_offset, codec.value_offset + codec.n_value_tokens)] * 24
-    for stacked in (None, stack_members([model])):
-        prefix, values, _ = _generate_batch([model], stacked, codec, [{}] * 4, 24, 1.0, 1e-9,
+    for decoder in (_OneByOne([model]), stack_members([model])):
+        prefix, values, _ = _generate_batch(decoder, codec, [{}] * 4, 24, 1.0, 1e-9,
                                             torch.Generator().manual_seed(0), device)
         tokens = torch.from_numpy(np.concatenate([prefix, values], axis=1))
         with torch.no_grad():
@@ -643,6 +643,24 @@ def test_stacked_members_compute_what_each_members_own_forward_does():
     assert steps.shape == own.shape and torch.allclose(steps, own, atol=1e-5), (steps - own).abs().max()
     assert stack_members(models + [build_model(23, 24, "tiny", 0.0)]) is None  # another context length
     assert stack_members([torch.nn.Linear(2, 2)]) is None
+
+
+def test_a_large_ensemble_lends_each_batch_a_random_pool_of_members(fitted):
+    """Each batch pools at most POOL members, drawn by the batch's seed without replacement, and over the batches
+    every member serves; an ensemble no larger than POOL is pooled whole. Sampling through an ensemble larger than
+    POOL is seeded like any other."""
+    from tsynth.sample import POOL, generate, pool_members
+
+    assert pool_members(5, 0) == list(range(5))
+    pools = [pool_members(2 * POOL, s) for s in range(20)]
+    assert all(len(p) == len(set(p)) == POOL and p == sorted(p) and p[0] >= 0 and p[-1] < 2 * POOL for p in pools)
+    assert pool_members(2 * POOL, 3) == pools[3] and len({tuple(p) for p in pools}) > 1
+    assert set().union(*pools) == set(range(2 * POOL))
+    _, syn = fitted
+    models, codec = syn.backend.models * (POOL + 2), syn.backend.codec
+    one, again = (generate(models, codec, 40, seed=4, batch_size=16) for _ in range(2))
+    assert one.values.shape == (40, codec.length, codec.n_channels) and not np.isnan(one.values).any()
+    np.testing.assert_array_equal(one.values, again.values)
 
 
 def test_an_ensemble_averages_its_members_distributions():

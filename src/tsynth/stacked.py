@@ -86,8 +86,8 @@ class StackedGPT2:
             q, k, v = torch.baddbmm(layer["qkv"][1], h, layer["qkv"][0]).split(self.dim, dim=-1)
             keys[:, :, :, pos] = k.reshape(m, b, self.heads, hd)
             values[:, :, :, pos] = v.reshape(m, b, self.heads, hd)
-            q = q.reshape(m, b, self.heads, 1, hd)
-            scores = (q @ keys[:, :, :, : pos + 1].transpose(-1, -2)) / math.sqrt(hd)  # (M, B, H, 1, pos + 1)
+            q = (q * (1.0 / math.sqrt(hd))).reshape(m, b, self.heads, 1, hd)  # scaled here: smaller than the scores
+            scores = q @ keys[:, :, :, : pos + 1].transpose(-1, -2)  # (M, B, H, 1, pos + 1)
             att = (torch.softmax(scores, dim=-1) @ values[:, :, :, : pos + 1]).reshape(m, b, self.dim)
             x = x + torch.baddbmm(layer["proj"][1], att, layer["proj"][0])
             h = F.gelu(torch.baddbmm(layer["fc"][1], self._norm(x, layer["ln_2"]), layer["fc"][0]), approximate="tanh")
