@@ -441,6 +441,15 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "0.276 / 0.245 / 0.250, hours 236-336 0.118 / 0.109 / 0.133 (these two ran beside another job: their "
              "fit and sample times are inflated). 24 members stay the default; sampling pools 12 of them per batch "
              "from the next commit (docs/model-and-training.md#ensemble).",
+             "  - c07d506: a batch of samples pools 12 of the 24 members (batches of 64 series). `tsynth` rerun "
+             "there (idle machine, one job at a time): electricity100 0.120 / 0.085 / 0.149 (mean 0.118; fit 120-154 "
+             "s; 1,000 samples 10.3-12.6 s against 25.5-28.4 s at fcd0426; mean_err_1000 0.025-0.040, pct_err_1000 "
+             "0.044-0.058), ETTh1 0.203 / 0.183 / 0.204, hours 100-200 0.282 / 0.289 / 0.314, hours 236-336 0.119 / "
+             "0.089 / 0.119, 100 clients 0.193 / 0.063 / 0.085, 160 clients 0.018 / 0.016 / 0.023. Where the "
+             "members' epochs equal those of the 24-member rows before (100 and 160 clients, electricity100 seed 2, "
+             "hours 100-200 seeds 1-2) the fit is the same and only the draw differs; on the same fitted models, "
+             "pooling all 24 and pooling 12 score alike over many draws (docs/model-and-training.md#ensemble), and "
+             "one draw of 80 series (100 clients) ranges 0.01-0.20.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
