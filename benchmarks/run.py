@@ -450,6 +450,10 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "hours 100-200 seeds 1-2) the fit is the same and only the draw differs; on the same fitted models, "
              "pooling all 24 and pooling 12 score alike over many draws (docs/model-and-training.md#ensemble), and "
              "one draw of 80 series (100 clients) ranges 0.01-0.20.",
+             "  - 3e4e229: `sample_1000_s` times the draw alone (before, it also timed the likelihood audit and the "
+             "per-step errors). `tsynth` on electricity100 rerun there: 0.112 / 0.100 / 0.127 (mean 0.113), fit "
+             "113-117 s, 1,000 samples 7.4-8.5 s. The same draw measured alone on one fit pooling all 24 members: "
+             "16.3-16.5 s.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "

@@ -84,8 +84,8 @@ def batch_size_for(models: Sequence[Any], positions: int, most: int = 512) -> in
     cache would pass the budget.
 
     Each position of a batch reads its whole key/value cache (every member's): on a CPU a batch whose cache and
-    activations stay nearer the cores' caches decodes faster than one large batch (12 members: 64 series a batch
-    sample 1,024 series in 7.6 s, 256 a batch in 10.4 s), and the per-call overhead of smaller batches stays small."""
+    activations stay nearer the cores' caches decodes faster than one large batch, and the per-call overhead of
+    smaller batches stays small (docs/model-and-training.md#sampling)."""
     per_series = sum(2 * m.config.n_layer * m.config.n_embd * positions * 4 for m in models)
     if next(models[0].parameters()).device.type == "cpu":
         most = min(most, max(32, ROWS_PER_STEP // len(models)))
