@@ -16,6 +16,7 @@ from tsynth.pretrain import pretrain
 from tsynth.prior import (DEFAULT_PRIOR, LOAD_DOMAINS, PRIOR_RANGE, SHIPPED_PRIORS, Prior, auto_prior,
                           corpus_windows, resolve_prior)
 from tsynth.synthesizer import Synthesizer
+from tsynth.train import TrainConfig
 
 
 def daily(n, length, seed, level=0.0):
@@ -87,7 +88,9 @@ def test_fine_tuning_keeps_the_prior_bins_and_grows_the_vocabulary(prior_dir):
 
 def test_default_ensemble_is_larger_from_a_prior(prior_dir, monkeypatch, tmp_path):
     """Without --ensemble a fit from a prior trains PRIOR_ENSEMBLE members, one from scratch DEFAULT_ENSEMBLE;
-    the size fit chose is what the saved model records and reloads; a given size wins either way."""
+    the size fit chose is what the saved model records and reloads; a given size wins either way. Dropout alike:
+    TrainConfig's from a prior or on more than SMALL_DATA_VALUES readings, SCRATCH_DROPOUT from scratch on fewer, a
+    given one either way."""
     import tsynth.backends.local as local
 
     monkeypatch.setattr(local, "DEFAULT_ENSEMBLE", 1)
@@ -100,9 +103,19 @@ def test_default_ensemble_is_larger_from_a_prior(prior_dir, monkeypatch, tmp_pat
     assert len(from_prior.backend.models) == 2 and from_prior.backend.options.ensemble == 2
     from_prior.save(tmp_path / "m")
     assert len(Synthesizer.load(tmp_path / "m").backend.models) == 2
-    assert len(Synthesizer("local", prior="none", **fast).fit(data, progress=False).backend.models) == 1
+    scratch = Synthesizer("local", prior="none", **fast).fit(data, progress=False)
+    assert len(scratch.backend.models) == 1
     given = Synthesizer("local", prior=str(prior_dir), ensemble=1, **fast).fit(data, progress=False)
     assert len(given.backend.models) == 1
+    assert local.SCRATCH_DROPOUT != TrainConfig.dropout
+    assert {m.config.attn_pdrop for m in from_prior.backend.models} == {TrainConfig.dropout}
+    assert scratch.backend.models[0].config.attn_pdrop == local.SCRATCH_DROPOUT
+    assert scratch.info["options"]["train"]["dropout"] == local.SCRATCH_DROPOUT  # recorded as trained
+    assert local.default_dropout(local.SMALL_DATA_VALUES + 1, True) == TrainConfig.dropout
+    assert local.default_dropout(local.SMALL_DATA_VALUES, False) == TrainConfig.dropout
+    for prior in (str(prior_dir), "none"):
+        chosen = Synthesizer("local", prior=prior, ensemble=1, dropout=0.05, **fast).fit(data, progress=False)
+        assert chosen.backend.models[0].config.attn_pdrop == 0.05
 
 
 def test_dp_fine_tuning_from_a_prior_uses_no_data_fitted_scaler(prior_dir):

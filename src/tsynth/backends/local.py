@@ -64,11 +64,28 @@ PRIOR_ENSEMBLE = 24
 # a member fine-tuned from a prior reaches its best validation loss within a few epochs (3-10 on electricity100):
 # early stopping waits this many epochs past the best, where a model from scratch waits TrainConfig.patience
 PRIOR_PATIENCE = 5
+# dropout of a model trained from scratch without DP on at most SMALL_DATA_VALUES readings: a few hundred short
+# series overfit a fresh model within 15-30 epochs at TrainConfig's 0.1, and 0.2 fits them better (samples told
+# apart less often); on more data the gain is unclear and the fit takes longer, and a model fine-tuned from a prior
+# (it stops after a few epochs) and DP-SGD (its noise regularises) keep 0.1 (the measurements:
+# docs/model-and-training.md, "Dropout")
+SCRATCH_DROPOUT, SMALL_DATA_VALUES = 0.2, 50_000
 
 DP_MAX_OUTSIDE = 0.25  # a DP fit refuses data with more of its values beyond the public value range (clipped)
 # DP-SGD has no validation split to stop on: a fixed schedule, unless the caller sets these (why 60 epochs:
 # docs/privacy.md)
 DP_TRAIN_DEFAULTS = {"epochs": 60, "batch_size": 64, "learning_rate": 3e-3}
+
+
+def default_dropout(n_readings: float, from_scratch: bool) -> float:
+    """The dropout a fit takes unless one is given: ``SCRATCH_DROPOUT`` for a model from scratch without DP on at
+    most ``SMALL_DATA_VALUES`` readings (values that are not NaN), else TrainConfig's."""
+    return SCRATCH_DROPOUT if from_scratch and n_readings <= SMALL_DATA_VALUES else TrainConfig.dropout
+
+
+def readings(data: SeriesSet) -> int:
+    """How many values of ``data`` are not NaN."""
+    return int(np.sum(~np.isnan(data.values)))
 
 
 def longer_than_context(train: SeriesSet) -> bool:
@@ -169,6 +186,7 @@ class LocalBackend:
         self.ensemble_given = options.get("ensemble") is not None  # else a time limit may train fewer members
         self.batch_given = options.get("batch_size") is not None  # else the step model's batch follows its context
         self.patience_given = options.get("patience") is not None  # else PRIOR_PATIENCE from a prior
+        self.dropout_given = options.get("dropout") is not None  # else default_dropout
         self.codec: ValueCodec | None = None
         self.models: list = []
         self.training: dict[str, Any] = {}
@@ -252,6 +270,8 @@ class LocalBackend:
             opts.ensemble = DEFAULT_ENSEMBLE if prior is None else PRIOR_ENSEMBLE
         if prior is not None and not self.patience_given:
             opts.train = replace(opts.train, patience=PRIOR_PATIENCE)
+        if not self.dropout_given:
+            opts.train = replace(opts.train, dropout=default_dropout(readings(train), prior is None and dp_settings is None))
         codec = self.codec
         if kind == "step" and dp_settings is not None and dp_settings.profile_share > 0:
             dp_settings = replace(dp_settings, profile_share=0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +25,8 @@ from ..errors import ConfigError
 from ..streaming import BUFFER_SERIES, PartitionedSeries, RowStream
 from ..train import PRESETS, TrainConfig, step_smoothing, train_lm
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
-from .local import DEFAULT_ENSEMBLE, MIN_SERIES, LocalBackend, fixed_windows, window_rows
+from .local import (DEFAULT_ENSEMBLE, MIN_SERIES, LocalBackend, default_dropout, fixed_windows, readings,
+                    window_rows)
 from ..stepmodel import StepModel, StepModelConfig, window_loss
 
 log = logging.getLogger("tsynth")
@@ -59,6 +60,8 @@ def fit_streaming(backend: LocalBackend, data: PartitionedSeries, callback: Call
     backend.codec = codec  # type: ignore[assignment]  # the backend holds a step codec or a value codec
     if opts.ensemble is None:
         opts.ensemble = DEFAULT_ENSEMBLE
+    if not backend.dropout_given:  # a model from scratch without DP; the readings estimated from the sample
+        opts.train = replace(opts.train, dropout=default_dropout(readings(sample) * data.n_series / len(sample), True))
     n_valid = min(MAX_VALID_SERIES, int(round(opts.validation_fraction * len(sample))))
     validate = len(sample) >= MIN_ITEMS_FOR_VALIDATION and n_valid >= 1
     smoothing: float | list[float] | None = opts.train.smoothing
