@@ -454,6 +454,11 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "per-step errors). `tsynth` on electricity100 rerun there: 0.112 / 0.100 / 0.127 (mean 0.113), fit "
              "113-117 s, 1,000 samples 7.4-8.5 s. The same draw measured alone on one fit pooling all 24 members: "
              "16.3-16.5 s.",
+             "  - 265d927: a model from scratch without DP on at most 50,000 readings trains at dropout 0.2 (0.1 "
+             "before; docs/model-and-training.md#dropout). `tsynth` rerun on the two sets it changes: italy24 "
+             "0.136 / 0.148 / 0.123 (mean 0.136; 0.196 / 0.169 / 0.154 at c571bd9), suite-fertility 0.030 / 0.031 / "
+             "0.019 (0.058 / 0.051 / 0.097 at be46f88; its shape disc 0.151-0.161, the Gaussian's 0.038-0.159). "
+             "The other sets train from a prior, under DP or on more readings, at 0.1 as before.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
