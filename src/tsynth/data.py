@@ -522,12 +522,27 @@ def standardised_ddof(data: SeriesSet) -> int | None:
     if told.sum() < 2:
         return None
     for ddof in (1, 0):
-        mean, sd = series_moments(data.values, ddof)
-        if not (np.abs(mean[:, 0][told]) <= STANDARDISED_TOLERANCE).all():
-            return None
-        if (np.abs(sd[:, 0][told] - 1.0) <= STANDARDISED_TOLERANCE).all():
+        if standardised_channels(data, ddof)[told].all():
             return ddof
     return None
+
+
+def standardised_kind(data: SeriesSet) -> np.ndarray:
+    """Per series of ``data``: 1 or 0 where each of its channels with at least 3 readings (and one at least) is
+    standardised with that ddof (see :func:`standardised_ddof`), else -1."""
+    told = np.sum(~np.isnan(data.values), axis=1) >= 3
+    kind = np.full(len(data), -1)
+    for ddof in (0, 1):  # no series is standardised both ways: the standard deviations differ by sqrt(n / (n - 1))
+        kind[told.any(axis=1) & np.all(standardised_channels(data, ddof) | ~told, axis=1)] = ddof
+    return kind
+
+
+def standardised_channels(data: SeriesSet, ddof: int) -> np.ndarray:
+    """(n, channels): whether each series' channel has mean 0 and standard deviation 1 (with ``ddof``) within
+    ``STANDARDISED_TOLERANCE``; False where it has too few readings."""
+    mean, sd = series_moments(data.values, ddof)
+    with np.errstate(invalid="ignore"):
+        return (np.abs(mean[:, 0]) <= STANDARDISED_TOLERANCE) & (np.abs(sd[:, 0] - 1.0) <= STANDARDISED_TOLERANCE)
 
 
 def series_moments(values: np.ndarray, ddof: int) -> tuple[np.ndarray, np.ndarray]:

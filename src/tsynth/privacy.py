@@ -50,6 +50,9 @@ log = logging.getLogger("tsynth")
 # Share of epsilon spent on releasing the per-step mean profile (the rest goes to DP-SGD): DP-SGD alone leaves a
 # profile shared by all items (a daily load curve) unlearnt (docs/privacy.md)
 PROFILE_SHARE = 0.25
+# Share of epsilon spent on releasing whether the series are standardised each on its own (a noisy count of items
+# per kind), so that samples of a z-normalised archive are standardised alike, as they are without DP
+STANDARDISED_SHARE, STANDARDISED_MARGIN = 0.02, 4.0
 PROFILE_FREQUENCY_DIVISOR = 8  # the profile keeps Fourier frequencies up to steps / 8 cycles per window
 MIA_MAX_BEYOND = 0.25  # the likelihood audit leaves out holdout series with more values beyond the training range
 
@@ -115,6 +118,33 @@ class DPEngine:
         profile, info = dp_profile(scaled, self.item_index, sigma, np.random.default_rng(self.secret_seed + 1))
         self.releases.append({"what": "per-step mean profile", "noise_multiplier": sigma, **info})
         return profile
+
+    def release_standardised(self, data: SeriesSet) -> int | None:
+        """Whether the series of ``data`` are standardised each on its own, and with which ddof, for
+        ``STANDARDISED_SHARE`` of epsilon: each item counts once, as standardised with ddof 1, with ddof 0 (every
+        series of the item alike) or neither; the three counts are released with the Gaussian mechanism (adding or
+        removing an item moves one count by 1). A ddof is taken only where its noisy count leads both others by
+        ``STANDARDISED_MARGIN`` standard deviations of a difference of two noisy counts, so raw series are all but
+        never standardised by mistake (small data or a small epsilon leave standardised series as drawn).
+        Returns 1, 0 or None; the release is composed with DP-SGD by the accountant."""
+        import pandas as pd
+        from opacus.accountants.utils import get_noise_multiplier
+
+        from .data import standardised_kind
+
+        sigma = get_noise_multiplier(target_epsilon=STANDARDISED_SHARE * self.settings.epsilon,
+                                     target_delta=self.delta, sample_rate=1.0, steps=1,
+                                     accountant=self.settings.accountant)
+        kind = pd.Series(standardised_kind(data)).groupby(pd.factorize(data.item_id)[0])
+        per_item = np.where(kind.nunique() == 1, kind.first(), -1)  # an item of mixed kinds counts as neither
+        counts = np.array([np.sum(per_item == k) for k in (1, 0, -1)], dtype=float)
+        noisy = counts + np.random.default_rng(self.secret_seed + 2).normal(0.0, sigma, 3)
+        lead = int(np.argmax(noisy[:2]))
+        ahead = noisy[lead] - max(noisy[1 - lead], noisy[2]) > STANDARDISED_MARGIN * sigma * math.sqrt(2)
+        ddof = (1, 0)[lead] if ahead else None
+        self.releases.append({"what": "standardised series (items: ddof 1, ddof 0, neither)", "noise_multiplier": sigma,
+                              "noisy_counts": [round(float(c), 1) for c in noisy], "standardised_ddof": ddof})
+        return ddof
 
     def attach(self, model, optimizer, batch: int, epochs: int, steps_per_epoch: int, device: torch.device | str = "cpu"):
         """Wrap model and optimizer; the noise is calibrated for ``epochs * steps_per_epoch`` steps and drawn

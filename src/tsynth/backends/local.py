@@ -291,11 +291,12 @@ class LocalBackend:
         values = codec.values if kind == "step" else codec
         if dp is not None:
             check_dp_range(values, train)
-        else:  # a fact read from the data: under DP it would be a release of its own
-            values.standardised = standardised_ddof(train)
-            if values.standardised is not None:
-                log.info("every training series is standardised on its own (mean 0, standard deviation 1, ddof %d): "
-                         "the samples are standardised alike", values.standardised)
+        # a fact read from the data: under DP a release of its own
+        values.standardised = standardised_ddof(train) if dp is None else dp.release_standardised(train)
+        if values.standardised is not None:
+            log.info("%s standardised on its own (mean 0, standard deviation 1, ddof %d): the samples are "
+                     "standardised alike", "every training series is" if dp is None else "DP: most items' series are",
+                     values.standardised)
         smoothing = opts.train.smoothing
         if smoothing is None:  # under DP a fixed width: one measured on the data would leak it
             smoothing = MAX_SMOOTHING if dp is not None else step_smoothing(values.value_bins(train, warn=False)[0],
