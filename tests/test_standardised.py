@@ -59,7 +59,7 @@ def test_samples_are_standardised_where_the_training_series_are(codec, tmp_path,
     data = curves(ddof=1)
     with caplog.at_level(logging.INFO, logger="tsynth"):
         syn = Synthesizer("local", codec=codec, epochs=2, n_bins=32, ensemble=1).fit(data, progress=False)
-    assert "standardised on its own" in caplog.text and syn.info["codec"]["standardised"] == 1
+    assert "standardised each on its own" in caplog.text and syn.info["codec"]["standardised"] == 1
     out = syn.sample(30, seed=0)
     np.testing.assert_allclose(out.values.mean(1), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.values.std(1, ddof=1), 1.0, atol=1e-5)

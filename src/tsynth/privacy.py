@@ -20,7 +20,8 @@ Data-dependent preprocessing is kept public or made private: under DP the codec 
 bounds (``value_range``, default [-5, 5] in units of the data after the optional per-series z-score) and
 no data-fitted scaler; the bins are the public prior's (or uniform without a prior); values outside the
 bounds are clipped and counted. The per-step mean profile is released with the Gaussian mechanism
-(:func:`dp_profile`) and composed with DP-SGD by the same accountant. Conditions are off by default and
+(:func:`dp_profile`) and composed with DP-SGD by the same accountant, as is whether the series are standardised
+each on its own (:meth:`DPEngine.release_standardised`: noisy counts of the items by kind). Conditions are off by default and
 item-id conditioning is refused (an id token per item would let the model memorise it). Noise and
 sampling use a secret seed from the OS, never the recorded training seed.
 

@@ -294,8 +294,8 @@ class LocalBackend:
         # a fact read from the data: under DP a release of its own
         values.standardised = standardised_ddof(train) if dp is None else dp.release_standardised(train)
         if values.standardised is not None:
-            log.info("%s standardised on its own (mean 0, standard deviation 1, ddof %d): the samples are "
-                     "standardised alike", "every training series is" if dp is None else "DP: most items' series are",
+            log.info("%s standardised each on its own (mean 0, standard deviation 1, ddof %d): the samples are "
+                     "standardised alike", "the training series are" if dp is None else "DP: most items' series are",
                      values.standardised)
         smoothing = opts.train.smoothing
         if smoothing is None:  # under DP a fixed width: one measured on the data would leak it

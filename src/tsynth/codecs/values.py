@@ -499,7 +499,8 @@ class ValueCodec:
         self.freq = freq
         self.value_range = value_range  # a public range of the values (DP): the bins span it
         # ddof where every training series is standardised on its own (samples are standardised alike), else None;
-        # set by the backend outside DP (:func:`tsynth.data.standardised_ddof`)
+        # set by the backend (:func:`tsynth.data.standardised_ddof`; under DP a release,
+        # :meth:`tsynth.privacy.DPEngine.release_standardised`)
         self.standardised = standardised
 
     def __repr__(self) -> str:
