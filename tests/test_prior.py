@@ -118,6 +118,18 @@ def test_default_ensemble_is_larger_from_a_prior(prior_dir, monkeypatch, tmp_pat
         assert chosen.backend.models[0].config.attn_pdrop == 0.05
 
 
+def test_values_beyond_a_prior_range_are_reported_once_per_fit(prior_dir, caplog):
+    """Members encode their own parts of the data; the count of values put in the edge bins is said once."""
+    torch.set_num_threads(1)
+    vals = daily(40, 24, seed=3)
+    vals[5, 7] = vals.max() + 1e4 * vals.std()  # far beyond the prior's range once scaled
+    data = SeriesSet(vals[..., None].astype(np.float32), np.full(40, 24), [f"m{i}" for i in range(40)], ["load"])
+    with caplog.at_level(logging.WARNING, logger="tsynth"):
+        Synthesizer("local", prior=str(prior_dir), ensemble=3, epochs=1, workers=1).fit(data, progress=False)
+    said = [r.getMessage() for r in caplog.records if "outside the codec's range" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("1 values"), said
+
+
 def profiles(syn: Synthesizer) -> list[str]:
     """The profile releases of a DP fit (every DP fit also releases whether the series are standardised)."""
     return [r["what"] for r in syn.info["privacy"]["releases"] if "profile" in r["what"]]

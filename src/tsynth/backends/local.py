@@ -302,6 +302,8 @@ class LocalBackend:
             smoothing = MAX_SMOOTHING if dp is not None else step_smoothing(values.value_bins(train, warn=False)[0],
                                                                             train.lengths)
         arrays = codec.encode(train) if kind == "step" else None
+        if kind != "step":
+            codec.value_bins(train)  # says once how many values fall outside the range (members encode their parts)
         jobs: list[MemberJob] = []
         for member in range(opts.ensemble):
             # seeds seed*E .. seed*E+E-1: ensembles of different seeds share no member (one model: the seed itself)
@@ -312,8 +314,8 @@ class LocalBackend:
                 jobs.append(self._step_job(member, cfg, arrays, train, fit_set, valid_set, step_rows, smoothing,
                                            checkpoint_dir, resume, dp))
                 continue
-            train_tokens = codec.encode(fit_set)
-            valid_tokens = codec.encode(valid_set) if valid_set is not None else None
+            train_tokens = codec.encode(fit_set, warn=False)
+            valid_tokens = codec.encode(valid_set, warn=False) if valid_set is not None else None
             jobs.append(TokenJob(
                 member=member, cfg=cfg, train_tokens=train_tokens, vocab_size=len(codec.vocab),
                 valid_tokens=valid_tokens, value_ids=(codec.value_offset, codec.value_offset + codec.n_value_tokens),

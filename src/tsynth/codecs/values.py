@@ -641,9 +641,10 @@ class ValueCodec:
         levels = self.scaler.levels(vals) if self.scaling == "series" else None
         return self.to_units(vals, levels), levels
 
-    def encode(self, data: SeriesSet) -> np.ndarray:
-        """Token ids, shape (n, max sequence length), padded with <pad> after <eos>."""
-        bins, levels = self.value_bins(data)
+    def encode(self, data: SeriesSet, warn: bool = True) -> np.ndarray:
+        """Token ids, shape (n, max sequence length), padded with <pad> after <eos> (``warn``: say how many values
+        fall outside the range)."""
+        bins, levels = self.value_bins(data, warn)
         conds = self.series_conditions(data)
         out = np.full((len(data), self.sequence_length(data.length)), PAD, dtype=np.int64)
         for i in range(len(data)):
