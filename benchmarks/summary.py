@@ -24,8 +24,8 @@ KEY = [("disc_gbm", "disc_gbm", 3), ("disc_gru", "disc_gru", 3), ("mean err", "m
 # what each generator is (the order of the rows); unknown generators follow in name order
 GENERATORS = {
     "holdout": "real held-out series scored as if synthetic: the floor",
-    "tsynth": "defaults: from scratch, six members; the step model, or the token model for short windows (rows "
-              "since the short-window rule)",
+    "tsynth": "no flag (`auto`): hourly one-channel data starts from the load prior, 24 members; other data trains "
+              "six members from scratch (the token model for short windows, else the step model)",
     "tsynth-step": "the step model from scratch, six members (`--codec step`)",
     "tsynth-token": "the token model from scratch, six members (`--codec token`)",
     "tsynth-e12": "from scratch, twelve members",
@@ -33,9 +33,12 @@ GENERATORS = {
     "tsynth-load": "`--prior load --ensemble 6`",
     "tsynth-load-e12": "`--prior load --ensemble 12`",
     "tsynth-load-e24": "`--prior load` (24 members, its default)",
-    "tsynth-dp-eps1": "DP, epsilon 1, default prior",
-    "tsynth-dp-eps3": "DP, epsilon 3, default prior",
-    "tsynth-dp-eps8": "DP, epsilon 8, default prior (from scratch where it refuses the data)",
+    "tsynth-dp-eps1": "DP, epsilon 1, the default prior (`auto` under DP before it took the load prior for hourly "
+                      "data)",
+    "tsynth-dp-eps3": "DP, epsilon 3, the default prior (`auto` under DP before it took the load prior for hourly "
+                      "data)",
+    "tsynth-dp-eps8": "DP, epsilon 8, no other flag (`auto`: the load prior for hourly one-channel data, else the "
+                      "default prior; from scratch where it refuses the data)",
     "tsynth-dp-eps8-noprior": "DP, epsilon 8, from scratch",
     "tsynth-dp-eps8-load": "DP, epsilon 8, `--prior load`",
     "gaussian": "multivariate Gaussian (baseline)",

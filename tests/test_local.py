@@ -328,6 +328,33 @@ def test_tokens_are_drawn_with_their_probabilities_and_never_an_impossible_one()
     assert set(draw_tokens(tail, 1.0, gen).tolist()) <= {0, 3}
 
 
+def test_a_sampling_floor_cuts_only_unlikely_value_tokens():
+    from tsynth.sample import floor_values
+
+    probs = torch.tensor([[0.05, 0.02, 0.5, 0.3, 0.1, 0.03],     # ids 1-4 are values: 0.02 falls below the floor
+                          [0.6, 0.1, 0.1, 0.1, 0.06, 0.04]])     # every value below it: the likeliest is kept
+    out = floor_values(probs, 1, 5, 0.15)
+    np.testing.assert_allclose(out[0].numpy(), [0.05, 0.0, 0.5, 0.3, 0.0, 0.03])
+    np.testing.assert_allclose(out[1].numpy(), [0.6, 0.1, 0.1, 0.1, 0.0, 0.04])
+    assert floor_values(probs, 1, 5, 0.0) is probs
+    np.testing.assert_allclose(floor_values(probs * 4, 1, 5, 0.15).numpy(), out.numpy() * 4)  # a share of the row
+
+
+def test_a_high_sampling_floor_draws_the_likeliest_value_every_step(fitted):
+    """With a floor above every runner-up, each value position keeps its likeliest token alone: series drawn
+    with different seeds from the same conditions are then the same; with no floor they differ."""
+    _, syn = fitted
+    assert syn.backend.options.min_prob == 0.0  # without DP no floor is the default
+    cond = [{"item_id": "MT_007", "season": "summer"}] * 6
+    bins = syn.backend.codec.value_bins  # tokens, not values: decoding places each value in its bin by the seed
+    greedy = [bins(syn.sample(6, conditions=cond, seed=s, min_prob=0.999))[0] for s in (0, 1)]
+    np.testing.assert_array_equal(greedy[0], greedy[1])
+    free = [bins(syn.sample(6, conditions=cond, seed=s))[0] for s in (0, 1)]
+    assert not np.array_equal(free[0], free[1])
+    with pytest.raises(ConfigError, match="min_prob"):
+        syn.sample(3, min_prob=1.0)
+
+
 def test_cached_sampling_follows_the_model_token_by_token(fitted):
     """Greedy decoding (a vanishing nucleus) through the preallocated cache picks, at every position, the
     allowed token a full forward pass over the prefix ranks first: through the model's own forward and its cache,

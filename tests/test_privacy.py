@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tsynth import SeriesSet
+from tsynth.backends.local import DP_MIN_PROB
 from tsynth.codecs.values import ValueCodec
 from tsynth.errors import ConfigError
 from tsynth.synthesizer import Synthesizer
@@ -39,6 +40,8 @@ def test_dp_fit_reports_epsilon_within_target(caplog):
     assert "repeats" not in codec and syn.backend.codec.repeats == []  # nor how often a value is held
     out = syn.sample(10, seed=0)
     assert out.values.shape == (10, 16, 1) and np.isfinite(out.values).all()
+    assert syn.backend.options.min_prob == DP_MIN_PROB > 0  # a DP model draws above a floor (saved with it)
+    assert Synthesizer("local", dp_epsilon=3.0, min_prob=0.0).backend.options.min_prob == 0.0  # unless told
 
 
 def test_dp_refuses_data_mostly_outside_the_public_range():

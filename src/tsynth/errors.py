@@ -23,3 +23,9 @@ def check_sample_request(n: int, temperature: float | None = None, top_p: float 
         raise ConfigError(f"the number of series to sample must be positive, got {n}")
     if (temperature is not None and temperature <= 0) or not 0 < top_p <= 1:
         raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
+
+
+def check_min_prob(min_prob: float) -> None:
+    """Refuse a sampling floor outside [0, 1)."""
+    if not 0 <= min_prob < 1:
+        raise ConfigError(f"min_prob must lie in [0, 1), got {min_prob}")

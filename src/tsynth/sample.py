@@ -24,7 +24,7 @@ import torch
 
 from .codecs.values import BOS, EOS, ValueCodec
 from .data import SeriesSet
-from .errors import ConfigError, check_sample_request
+from .errors import ConfigError, check_min_prob, check_sample_request
 from .stacked import StackedGPT2, stack_members
 
 
@@ -43,6 +43,21 @@ def pooled_probs(logits: Sequence[torch.Tensor] | torch.Tensor, temperature: flo
     (docs/model-and-training.md, "Ensemble"), so the mixture stays."""
     stacked = logits if isinstance(logits, torch.Tensor) else torch.stack(list(logits))
     return torch.softmax(stacked / temperature, dim=-1).mean(0)
+
+
+def floor_values(probs: torch.Tensor, lo: int, hi: int, min_prob: float) -> torch.Tensor:
+    """``probs`` (rows: series) with the tokens of ids [lo, hi) whose share of the row's total is below
+    ``min_prob`` set to zero; each row keeps its most likely token of the range. A model trained under DP spreads
+    a floor of probability over bins the data never visits (clipped and noised gradients leave it underfitted),
+    and over a series' many draws that floor puts jumps into it; cutting it off is post-processing of the model
+    (docs/privacy.md)."""
+    if min_prob <= 0:
+        return probs
+    part = probs[:, lo:hi]
+    cut = torch.minimum(min_prob * probs.sum(-1, keepdim=True), part.max(-1, keepdim=True).values)
+    out = probs.clone()
+    out[:, lo:hi] = part * (part >= cut)
+    return out
 
 
 def draw_tokens(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
@@ -111,10 +126,13 @@ def default_workers() -> int:
 
 def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Sequence[dict] | None = None,
              length: int | None = None, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 0,
-             batch_size: int | None = None, workers: int | None = None, progress: bool = False) -> SeriesSet:
-    """Draw ``n`` series. ``conditions`` is one dict per series (missing fields are sampled). Batches run
-    ``workers`` at a time (default :func:`default_workers`); the result does not depend on how many."""
+             batch_size: int | None = None, workers: int | None = None, progress: bool = False,
+             min_prob: float = 0.0) -> SeriesSet:
+    """Draw ``n`` series. ``conditions`` is one dict per series (missing fields are sampled); value tokens below
+    ``min_prob`` of their position's distribution are not drawn (:func:`floor_values`). Batches run ``workers``
+    at a time (default :func:`default_workers`); the result does not depend on how many."""
     check_sample_request(n, temperature, top_p)
+    check_min_prob(min_prob)
     steps = int(length or codec.length or 0)
     if steps < 1:
         raise ConfigError("this model was trained on variable-length series: pass length=")
@@ -139,7 +157,7 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
         pooled = [models[i] for i in pool_members(len(models), int(seeds[k]))]
         decoder = stack_members(pooled) or _OneByOne(pooled)
         return _generate_batch(decoder, codec, conds[starts[k]: starts[k] + batch_size], steps, temperature, top_p,
-                               gen, device)
+                               gen, device, min_prob)
 
     from tqdm.auto import tqdm
 
@@ -155,7 +173,7 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
 @torch.no_grad()  # per call: no_grad is per thread
 def _generate_batch(decoder: "StackedGPT2 | _OneByOne", codec: ValueCodec, conds: list[dict], steps: int,
                     temperature: float, top_p: float, gen: torch.Generator,
-                    device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    device, min_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One batch of series, decoded through ``decoder``'s members (stacked, or one by one)."""
     b = len(conds)
     forced = torch.tensor([codec.condition_ids(c) for c in conds], dtype=torch.long).reshape(b, len(codec.fields))
@@ -174,6 +192,7 @@ def _generate_batch(decoder: "StackedGPT2 | _OneByOne", codec: ValueCodec, conds
             lo, hi = ranges[slot]
         else:
             lo, hi = codec.value_offset, codec.value_offset + codec.n_value_tokens
+            probs = floor_values(probs, lo, hi, min_prob)
         allowed = torch.zeros_like(probs)
         allowed[:, lo:hi] = probs[:, lo:hi]
         value_idx = slot - len(ranges)

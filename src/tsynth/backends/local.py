@@ -34,7 +34,7 @@ from ..data import (SeriesSet, atomic_write, duplicate_channels, keep_channels, 
                     standardised_ddof)
 from ..distributed import check_options as check_distributed_options
 from ..distributed import world_size
-from ..errors import ArtifactError, ConfigError, DataError, TsynthError
+from ..errors import ArtifactError, ConfigError, DataError, TsynthError, check_min_prob
 from ..prior import CORPUS_FILE, DEFAULT_PRIOR, DOMAIN_PRIORS, Prior, auto_prior, resolve_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
@@ -75,6 +75,8 @@ DP_MAX_OUTSIDE = 0.25  # a DP fit refuses data with more of its values beyond th
 # DP-SGD has no validation split to stop on: a fixed schedule, unless the caller sets these (why 60 epochs:
 # docs/privacy.md)
 DP_TRAIN_DEFAULTS = {"epochs": 60, "batch_size": 64, "learning_rate": 3e-3}
+# a token model trained under DP draws no value token below this probability (sample.floor_values; docs/privacy.md)
+DP_MIN_PROB = 5e-4
 
 
 def default_dropout(n_readings: float, from_scratch: bool) -> float:
@@ -105,6 +107,7 @@ class LocalOptions:
     validation_fraction: float = 0.1
     ensemble: int | None = None  # default: DEFAULT_ENSEMBLE, PRIOR_ENSEMBLE from a prior, 1 under DP (set by fit)
     temperature: float = 1.0
+    min_prob: float | None = None  # token model: value tokens below it are not drawn; None: DP_MIN_PROB under DP, else 0
     value_range: tuple[float, float] | None = None
     point_mass_series: int = POINT_MASS_SERIES  # values held by this many items decode exactly; 0: never
     workers: int | None = None
@@ -141,6 +144,9 @@ class LocalOptions:
             raise ConfigError(f"codec must be one of {', '.join(CODECS)}, got {opts.codec!r}")
         if opts.context is not None and opts.context < 2:
             raise ConfigError(f"context must be at least 2 steps, got {opts.context}")
+        if opts.min_prob is None:
+            opts.min_prob = DP_MIN_PROB if opts.dp_epsilon is not None else 0.0
+        check_min_prob(opts.min_prob)
         return opts
 
     def _restrict_for_dp(self) -> None:
@@ -511,10 +517,11 @@ class LocalBackend:
     # ------------------------------------------------------------------ sample
     def sample(self, n: int, conditions: Sequence[dict] | None = None, temperature: float | None = None,
                top_p: float = 1.0, seed: int | None = 0, length: int | None = None, progress: bool = False,
-               start=None, gaps: str = "keep") -> SeriesSet:
+               start=None, gaps: str = "keep", min_prob: float | None = None) -> SeriesSet:
         """Draw ``n`` series; fields missing from ``conditions`` are drawn from the learned distribution. Step
         models draw series of any ``length`` from time stamp ``start`` (default: one of the training starts) and
-        reproduce missing readings (``gaps="keep"``) or not (``"none"``)."""
+        reproduce missing readings (``gaps="keep"``) or not (``"none"``). A token model draws no value token below
+        ``min_prob`` (default: the fit's option, ``DP_MIN_PROB`` under DP)."""
         if not self.models or self.codec is None:
             raise ConfigError("the model is not fitted")
         if gaps not in GAPS:
@@ -525,7 +532,8 @@ class LocalBackend:
                 start = self.schema.get("start")
             return self._with_copies(generate_steps(self.models, self.codec, n, conditions, length, start, gaps,
                                                     temperature, top_p, seed, progress=progress))
-        out = generate(self.models, self.codec, n, conditions, length, temperature, top_p, seed, progress=progress)
+        out = generate(self.models, self.codec, n, conditions, length, temperature, top_p, seed, progress=progress,
+                       min_prob=self.options.min_prob if min_prob is None else min_prob)
         first = parse_start(start) if start is not None else (
             np.datetime64(self.schema["start"], "ns") if self.schema.get("start") is not None else None)
         if first is not None and (out.start is None or start is not None):
