@@ -212,6 +212,21 @@ def test_auto_load_prior_falls_back_to_the_model_the_data_takes_alone(caplog):
     assert "not starting from the load prior" in caplog.text
 
 
+def test_auto_takes_no_prior_for_series_standardised_each_on_its_own(caplog):
+    """Hourly one-channel series each standardised on its own (z-normalised archives, ETTh1's windows): without DP
+    and without a domain `auto` trains from scratch (docs/priors.md); a domain still takes the load prior."""
+    torch.set_num_threads(1)
+    vals = 2 + daily(40, 48, 5)
+    vals = (vals - vals.mean(1, keepdims=True)) / vals.std(1, ddof=1, keepdims=True)
+    data = SeriesSet.from_arrays(list(vals), [f"m{i}" for i in range(40)], start=[pd.Timestamp("2024-01-01")] * 40,
+                                 freq="h")
+    with caplog.at_level(logging.INFO, logger="tsynth"):
+        syn = Synthesizer("local", epochs=1, ensemble=1).fit(data, progress=False)
+    assert syn.info["prior"] is None and "standardised each on its own" in caplog.text
+    told = Synthesizer("local", epochs=1, ensemble=1, domain="electricity").fit(data, progress=False)
+    assert told.info["prior"] is not None and told.info["codec"].get("kind") != "step"  # a token model
+
+
 def test_auto_prior_from_public_facts_only():
     """--domain names the prior; without it, the load prior for hourly one-channel data (with or without DP), else
     none without DP and the default prior under DP."""

@@ -358,7 +358,8 @@ class LocalBackend:
     def _prior_choice(self, train: SeriesSet) -> str | None:
         """The prior to start from: the one asked for, or under ``prior="auto"`` what :func:`auto_prior` takes
         from public facts (``domain``, DP, the frequency and channel count), where a token model can take the
-        data (no gaps, series within one step-model context) and no step model is asked for."""
+        data (no gaps, series within one step-model context), no step model is asked for and, without DP or a
+        domain, the series are not standardised each on its own."""
         opts = self.options
         if opts.prior is None or str(opts.prior) != "auto":
             if opts.domain is not None:
@@ -368,6 +369,10 @@ class LocalBackend:
         (log.warning if opts.domain is not None and opts.domain.strip().lower() not in DOMAIN_PRIORS else log.info)(
             "prior: %s", why)
         if name is None:
+            return None
+        if opts.domain is None and opts.dp_epsilon is None and standardised_ddof(train) is not None:
+            log.info("prior: not the %s prior after all: the series are standardised each on its own, which a model "
+                     "from scratch learns better (docs/priors.md); --prior %s or --domain takes it", name, name)
             return None
         gaps = has_gaps(train)
         if opts.codec == "step" or gaps or longer_than_context(train):
