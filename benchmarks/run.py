@@ -470,6 +470,12 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "0.324 at 3301374). On fits saved and drawn from three times each, with and without the floor, it "
              "gained 0.000-0.016 on every fit (italy24, electricity100, suite-fertility, suite-etth1, two seeds "
              "each); between runs the DP noise moves a row by as much.",
+             "  - 40526ea: without DP or a domain, `auto` trains series standardised each on its own from scratch "
+             "instead of from the load prior (docs/priors.md). Of the benchmark sets only suite-etth1 changes "
+             "(italy24 has no frequency, so it took no prior before either): `tsynth` rerun there (idle machine, one "
+             "job at a time), the step model from scratch at dropout 0.2, 0.130 / 0.134 / 0.159 (mean 0.141; 0.203 / "
+             "0.183 / 0.204 from the load prior at c07d506), shape disc the same, cycle autocorrelation error 0.007 / "
+             "0.002 / 0.007 (0.028 at c07d506; the holdout's 0.015).",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
