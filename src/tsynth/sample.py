@@ -47,10 +47,9 @@ def pooled_probs(logits: Sequence[torch.Tensor] | torch.Tensor, temperature: flo
 
 def floor_values(probs: torch.Tensor, lo: int, hi: int, min_prob: float) -> torch.Tensor:
     """``probs`` (rows: series) with the tokens of ids [lo, hi) whose share of the row's total is below
-    ``min_prob`` set to zero; each row keeps its most likely token of the range. A model trained under DP spreads
-    a floor of probability over bins the data never visits (clipped and noised gradients leave it underfitted),
-    and over a series' many draws that floor puts jumps into it; cutting it off is post-processing of the model
-    (docs/privacy.md)."""
+    ``min_prob`` set to zero; each row keeps its most likely token of the range. Under DP it cuts off the small
+    probabilities that a clipped, noised fit leaves on unlikely bins, which over a series' many draws add up to
+    jumps; it is post-processing of the model (docs/privacy.md has what it was measured to do)."""
     if min_prob <= 0:
         return probs
     part = probs[:, lo:hi]
