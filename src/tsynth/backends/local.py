@@ -238,7 +238,9 @@ class LocalBackend:
         if not validate:
             log.warning("%s: no validation split, training for a fixed %d epochs",
                         "differential privacy" if dp_settings else f"only {len(items)} items", opts.train.epochs)
-        choice = self._prior_choice(train)
+        # a fact read from the data without DP (under DP a release of its own, below)
+        standardised = standardised_ddof(train) if dp_settings is None else None
+        choice = self._prior_choice(train, standardised)
         kind = self._codec_kind(train, choice)
         prior = resolve_prior(choice, dp_settings is not None) if kind == "token" else None
         if prior is not None:
@@ -297,8 +299,7 @@ class LocalBackend:
         values = codec.values if kind == "step" else codec
         if dp is not None:
             check_dp_range(values, train)
-        # a fact read from the data: under DP a release of its own
-        values.standardised = standardised_ddof(train) if dp is None else dp.release_standardised(train)
+        values.standardised = standardised if dp is None else dp.release_standardised(train)
         if values.standardised is not None:
             log.info("%s standardised each on its own (mean 0, standard deviation 1, ddof %d): the samples are "
                      "standardised alike", "the training series are" if dp is None else "DP: most items' series are",
@@ -355,11 +356,11 @@ class LocalBackend:
         }
         self.schema = data_schema(full)
 
-    def _prior_choice(self, train: SeriesSet) -> str | None:
+    def _prior_choice(self, train: SeriesSet, standardised: int | None) -> str | None:
         """The prior to start from: the one asked for, or under ``prior="auto"`` what :func:`auto_prior` takes
         from public facts (``domain``, DP, the frequency and channel count), where a token model can take the
         data (no gaps, series within one step-model context), no step model is asked for and, without DP or a
-        domain, the series are not standardised each on its own."""
+        domain, the series are not standardised each on its own (``standardised``: their ddof, read without DP)."""
         opts = self.options
         if opts.prior is None or str(opts.prior) != "auto":
             if opts.domain is not None:
@@ -370,7 +371,7 @@ class LocalBackend:
             "prior: %s", why)
         if name is None:
             return None
-        if opts.domain is None and opts.dp_epsilon is None and standardised_ddof(train) is not None:
+        if opts.domain is None and opts.dp_epsilon is None and standardised is not None:
             log.info("prior: not the %s prior after all: the series are standardised each on its own, which a model "
                      "from scratch learns better (docs/priors.md); --prior %s or --domain takes it", name, name)
             return None
