@@ -139,7 +139,8 @@ class DPEngine:
         kind = pd.Series(standardised_kind(data)).groupby(pd.factorize(data.item_id)[0])
         per_item = np.where(kind.nunique() == 1, kind.first(), -1)  # an item of mixed kinds counts as neither
         counts = np.array([np.sum(per_item == k) for k in (1, 0, -1)], dtype=float)
-        noisy = counts + np.random.default_rng(self.secret_seed + 2).normal(0.0, sigma, 3)
+        # its own offset of the secret seed: the profile release takes +1 and DP-SGD's noise +2
+        noisy = counts + np.random.default_rng(self.secret_seed + 3).normal(0.0, sigma, 3)
         lead = int(np.argmax(noisy[:2]))
         ahead = noisy[lead] - max(noisy[1 - lead], noisy[2]) > STANDARDISED_MARGIN * sigma * math.sqrt(2)
         ddof = (1, 0)[lead] if ahead else None
