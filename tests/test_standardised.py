@@ -34,6 +34,12 @@ def test_standardised_series_are_told_by_their_degrees_of_freedom():
     x = gappy.values.copy()
     gappy.values[:] = standardise(x, 1)  # standardised over the readings there are
     assert standardised_ddof(gappy) == 1 and np.isnan(gappy.values[:, 5]).all()
+    flat = curves(ddof=0)
+    flat.values[2] = 0.0  # a constant series, standardised: all 0, which says nothing either way
+    assert standardised_ddof(flat) == 0 and standardised_kind(flat)[2] == -1
+    assert (np.delete(standardised_kind(flat), 2) == 0).all()
+    flat.values[:] = 0.0
+    assert standardised_ddof(flat) is None
 
 
 def test_each_series_is_told_standardised_or_not():

@@ -516,9 +516,10 @@ STANDARDISED_TOLERANCE = 1e-3  # |mean| and |standard deviation - 1| of a series
 def standardised_ddof(data: SeriesSet) -> int | None:
     """1 or 0 where every series of ``data`` is standardised on its own, channel by channel (mean 0 and standard
     deviation 1 with that many degrees of freedom subtracted, as z-normalised archives such as UCR's store their
-    series), else None. Series with fewer than 3 readings in a channel say nothing and are skipped; at least two
-    must say yes."""
-    told = np.sum(~np.isnan(data.values), axis=1) >= 3  # (n, channels)
+    series), else None. A series' channel with fewer than 3 readings, or whose readings are all 0 (what standardising
+    makes of a constant series, such as a meter that read the same all window), says nothing and is skipped; at
+    least two must say yes."""
+    told = telling_channels(data)
     if told.sum() < 2:
         return None
     for ddof in (1, 0):
@@ -528,13 +529,20 @@ def standardised_ddof(data: SeriesSet) -> int | None:
 
 
 def standardised_kind(data: SeriesSet) -> np.ndarray:
-    """Per series of ``data``: 1 or 0 where each of its channels with at least 3 readings (and one at least) is
-    standardised with that ddof (see :func:`standardised_ddof`), else -1."""
-    told = np.sum(~np.isnan(data.values), axis=1) >= 3
+    """Per series of ``data``: 1 or 0 where each of its channels that says anything (see :func:`standardised_ddof`;
+    one at least) is standardised with that ddof, else -1."""
+    told = telling_channels(data)
     kind = np.full(len(data), -1)
     for ddof in (0, 1):  # no series is standardised both ways: the standard deviations differ by sqrt(n / (n - 1))
         kind[told.any(axis=1) & np.all(standardised_channels(data, ddof) | ~told, axis=1)] = ddof
     return kind
+
+
+def telling_channels(data: SeriesSet) -> np.ndarray:
+    """(n, channels): the series' channels that can tell whether they are standardised: at least 3 readings, not
+    all 0 (within ``STANDARDISED_TOLERANCE``)."""
+    zero = np.max(np.abs(np.nan_to_num(data.values)), axis=1) <= STANDARDISED_TOLERANCE  # gaps read as 0
+    return (np.sum(~np.isnan(data.values), axis=1) >= 3) & ~zero
 
 
 def standardised_channels(data: SeriesSet, ddof: int) -> np.ndarray:
