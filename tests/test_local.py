@@ -14,7 +14,7 @@ from tsynth import SeriesSet
 from tsynth.artifact import FORMAT_VERSION
 from tsynth.codecs.values import ValueCodec, choose_scaling
 from tsynth.errors import ArtifactError, ConfigError, DataError
-from tsynth.backends.local import SCRATCH_DROPOUT
+from tsynth.backends.local import SMALL_DATA_DROPOUT
 from tsynth.synthesizer import Synthesizer
 from tsynth.train import (FACTORED_POSITIONS_FROM, build_model, factor_positions, sequence_loss, smoothed_kernel,
                           step_smoothing)
@@ -570,7 +570,7 @@ def test_time_limit_trains_fewer_members_when_an_epoch_of_each_would_not_fit(tmp
     given = Synthesizer("local", **opts, ensemble=2, workers=1, time_limit_s=1e-3).fit(data, progress=False)
     assert [m["steps"] for m in given.info["training"]["members"]] == [1, 1]  # kept, each cut to one step
     roomy = Synthesizer("local", **opts, workers=1, time_limit_s=1e6).fit(data, progress=False)
-    assert len(roomy.backend.models) == 6 and roomy.info["training"]["time_plan"]["dropout"] == SCRATCH_DROPOUT
+    assert len(roomy.backend.models) == 6 and roomy.info["training"]["time_plan"]["dropout"] == SMALL_DATA_DROPOUT
     assert not any(m["time_limited"] for m in roomy.info["training"]["members"])
     (tmp_path / "planned").mkdir()
     (tmp_path / "planned" / "plan.json").write_text(json.dumps({"members": 2, "time_limit_s": 1e6, "epoch_s": 1.0,

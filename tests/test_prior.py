@@ -89,8 +89,8 @@ def test_fine_tuning_keeps_the_prior_bins_and_grows_the_vocabulary(prior_dir):
 def test_default_ensemble_is_larger_from_a_prior(prior_dir, monkeypatch, tmp_path):
     """Without --ensemble a fit from a prior trains PRIOR_ENSEMBLE members, one from scratch DEFAULT_ENSEMBLE;
     the size fit chose is what the saved model records and reloads; a given size wins either way. Dropout alike:
-    TrainConfig's from a prior or on more than SMALL_DATA_VALUES readings, SCRATCH_DROPOUT from scratch on fewer, a
-    given one either way."""
+    SMALL_DATA_DROPOUT on at most SMALL_DATA_VALUES readings from scratch, PRIOR_SMALL_DATA_VALUES from a prior,
+    never under DP, else TrainConfig's; a given one either way."""
     import tsynth.backends.local as local
 
     monkeypatch.setattr(local, "DEFAULT_ENSEMBLE", 1)
@@ -107,12 +107,18 @@ def test_default_ensemble_is_larger_from_a_prior(prior_dir, monkeypatch, tmp_pat
     assert len(scratch.backend.models) == 1
     given = Synthesizer("local", prior=str(prior_dir), ensemble=1, **fast).fit(data, progress=False)
     assert len(given.backend.models) == 1
-    assert local.SCRATCH_DROPOUT != TrainConfig.dropout
-    assert {m.config.attn_pdrop for m in from_prior.backend.models} == {TrainConfig.dropout}
-    assert scratch.backend.models[0].config.attn_pdrop == local.SCRATCH_DROPOUT
-    assert scratch.info["options"]["train"]["dropout"] == local.SCRATCH_DROPOUT  # recorded as trained
-    assert local.default_dropout(local.SMALL_DATA_VALUES + 1, True) == TrainConfig.dropout
-    assert local.default_dropout(local.SMALL_DATA_VALUES, False) == TrainConfig.dropout
+    assert local.SMALL_DATA_DROPOUT != TrainConfig.dropout
+    assert {m.config.attn_pdrop for m in from_prior.backend.models} == {local.SMALL_DATA_DROPOUT}  # 960 readings
+    assert from_prior.info["options"]["train"]["dropout"] == local.SMALL_DATA_DROPOUT  # recorded as trained
+    assert scratch.backend.models[0].config.attn_pdrop == local.SMALL_DATA_DROPOUT
+    assert scratch.info["options"]["train"]["dropout"] == local.SMALL_DATA_DROPOUT
+    assert local.PRIOR_SMALL_DATA_VALUES < local.SMALL_DATA_VALUES
+    for n, from_prior_, dp, dropout in [(local.SMALL_DATA_VALUES, False, False, local.SMALL_DATA_DROPOUT),
+                                        (local.SMALL_DATA_VALUES + 1, False, False, TrainConfig.dropout),
+                                        (local.PRIOR_SMALL_DATA_VALUES, True, False, local.SMALL_DATA_DROPOUT),
+                                        (local.PRIOR_SMALL_DATA_VALUES + 1, True, False, TrainConfig.dropout),
+                                        (100, True, True, TrainConfig.dropout), (100, False, True, TrainConfig.dropout)]:
+        assert local.default_dropout(n, from_prior_, dp) == dropout
     for prior in (str(prior_dir), "none"):
         chosen = Synthesizer("local", prior=prior, ensemble=1, dropout=0.05, **fast).fit(data, progress=False)
         assert chosen.backend.models[0].config.attn_pdrop == 0.05

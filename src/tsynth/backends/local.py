@@ -64,12 +64,13 @@ PRIOR_ENSEMBLE = 24
 # a member fine-tuned from a prior reaches its best validation loss within a few epochs (3-10 on electricity100):
 # early stopping waits this many epochs past the best, where a model from scratch waits TrainConfig.patience
 PRIOR_PATIENCE = 5
-# dropout of a model trained from scratch without DP on at most SMALL_DATA_VALUES readings: a few hundred short
-# series overfit a fresh model within 15-30 epochs at TrainConfig's 0.1, and 0.2 fits them better (samples told
-# apart less often); on more data the gain is unclear and the fit takes longer, and a model fine-tuned from a prior
-# (it stops after a few epochs) and DP-SGD (its noise regularises) keep 0.1 (the measurements:
+# dropout without DP on little data: a model from scratch on at most SMALL_DATA_VALUES readings (a few hundred short
+# series overfit a fresh model within 15-30 epochs at TrainConfig's 0.1, and 0.2 fits them better: samples told
+# apart less often), members fine-tuned from a prior on at most PRIOR_SMALL_DATA_VALUES (on a hundred meters'
+# hundred hours 0.2 brought the samples' daily autocorrelation to the data's at no cost in disc_gbm; on more series
+# it cost disc_gbm). On more data, and under DP (its noise regularises), TrainConfig's 0.1 (the measurements:
 # docs/model-and-training.md, "Dropout")
-SCRATCH_DROPOUT, SMALL_DATA_VALUES = 0.2, 50_000
+SMALL_DATA_DROPOUT, SMALL_DATA_VALUES, PRIOR_SMALL_DATA_VALUES = 0.2, 50_000, 10_000
 
 DP_MAX_OUTSIDE = 0.25  # a DP fit refuses data with more of its values beyond the public value range (clipped)
 # DP-SGD has no validation split to stop on: a fixed schedule, unless the caller sets these (why 60 epochs:
@@ -79,10 +80,12 @@ DP_TRAIN_DEFAULTS = {"epochs": 60, "batch_size": 64, "learning_rate": 3e-3}
 DP_MIN_PROB = 5e-4
 
 
-def default_dropout(n_readings: float, from_scratch: bool) -> float:
-    """The dropout a fit takes unless one is given: ``SCRATCH_DROPOUT`` for a model from scratch without DP on at
-    most ``SMALL_DATA_VALUES`` readings (values that are not NaN), else TrainConfig's."""
-    return SCRATCH_DROPOUT if from_scratch and n_readings <= SMALL_DATA_VALUES else TrainConfig.dropout
+def default_dropout(n_readings: float, from_prior: bool, dp: bool) -> float:
+    """The dropout a fit takes unless one is given: without DP, ``SMALL_DATA_DROPOUT`` on at most
+    ``SMALL_DATA_VALUES`` readings (values that are not NaN) for a model from scratch, ``PRIOR_SMALL_DATA_VALUES``
+    for one fine-tuned from a prior; else TrainConfig's."""
+    small = PRIOR_SMALL_DATA_VALUES if from_prior else SMALL_DATA_VALUES
+    return SMALL_DATA_DROPOUT if not dp and n_readings <= small else TrainConfig.dropout
 
 
 def readings(data: SeriesSet) -> int:
@@ -279,7 +282,8 @@ class LocalBackend:
         if prior is not None and not self.patience_given:
             opts.train = replace(opts.train, patience=PRIOR_PATIENCE)
         if not self.dropout_given:
-            opts.train = replace(opts.train, dropout=default_dropout(readings(train), prior is None and dp_settings is None))
+            dropout = default_dropout(readings(train), prior is not None, dp_settings is not None)
+            opts.train = replace(opts.train, dropout=dropout)
         codec = self.codec
         if kind == "step" and dp_settings is not None and dp_settings.profile_share > 0:
             dp_settings = replace(dp_settings, profile_share=0.0)

@@ -61,7 +61,8 @@ def fit_streaming(backend: LocalBackend, data: PartitionedSeries, callback: Call
     if opts.ensemble is None:
         opts.ensemble = DEFAULT_ENSEMBLE
     if not backend.dropout_given:  # a model from scratch without DP; the readings estimated from the sample
-        opts.train = replace(opts.train, dropout=default_dropout(readings(sample) * data.n_series / len(sample), True))
+        n_readings = readings(sample) * data.n_series / len(sample)
+        opts.train = replace(opts.train, dropout=default_dropout(n_readings, False, False))
     n_valid = min(MAX_VALID_SERIES, int(round(opts.validation_fraction * len(sample))))
     validate = len(sample) >= MIN_ITEMS_FOR_VALIDATION and n_valid >= 1
     smoothing: float | list[float] | None = opts.train.smoothing
