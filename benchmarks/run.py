@@ -481,6 +481,11 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "`tsynth` rerun there (idle machine, one job at a time): 0.215 / 0.143 / 0.181 (mean 0.180; 0.168 / 0.270 "
              "/ 0.194 at 9b8a87c, whose shape disc 0.156-0.201 these match: the fits vary by as much), level_ks "
              "0.078-0.098 against 0.53-0.74 (the holdout's 0.118).",
+             "  - 250a1d5: members fine-tuned from a prior take dropout 0.2 on at most 10,000 readings (without DP). "
+             "Of these sets only suite-elec-100c (8,000) changes: `tsynth` rerun there (idle machine, one job at a "
+             "time) 0.117 / 0.026 / 0.047 (mean 0.063; 0.193 / 0.063 / 0.085 at c07d506), cycle autocorrelation error "
+             "0.006 / 0.022 / 0.039 (mean 0.022 against 0.052; the holdout's 0.010), shape disc 0.175 / 0.106 / 0.046 "
+             "(mean 0.109 against 0.092).",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
