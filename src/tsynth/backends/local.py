@@ -67,7 +67,7 @@ PRIOR_PATIENCE = 5
 # dropout without DP on little data: a model from scratch on at most SMALL_DATA_VALUES readings (a few hundred short
 # series overfit a fresh model within 15-30 epochs at TrainConfig's 0.1, and 0.2 fits them better: samples told
 # apart less often), members fine-tuned from a prior on at most PRIOR_SMALL_DATA_VALUES (on a hundred meters'
-# hundred hours 0.2 brought the samples' daily autocorrelation to the data's at no cost in disc_gbm; on more series
+# hundred hours 0.2 halved the error of the samples' daily autocorrelation at no cost in disc_gbm; on more series
 # it cost disc_gbm). On more data, and under DP (its noise regularises), TrainConfig's 0.1 (the measurements:
 # docs/model-and-training.md, "Dropout")
 SMALL_DATA_DROPOUT, SMALL_DATA_VALUES, PRIOR_SMALL_DATA_VALUES = 0.2, 50_000, 10_000
