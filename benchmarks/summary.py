@@ -24,8 +24,9 @@ KEY = [("disc_gbm", "disc_gbm", 3), ("disc_gru", "disc_gru", 3), ("mean err", "m
 # what each generator is (the order of the rows); unknown generators follow in name order
 GENERATORS = {
     "holdout": "real held-out series scored as if synthetic: the floor",
-    "tsynth": "no flag (`auto`): hourly one-channel data starts from the load prior, 24 members; other data trains "
-              "six members from scratch (the token model for short windows, else the step model)",
+    "tsynth": "no flag (`auto`): hourly one-channel series that start at one time of day start from the load "
+              "prior, 24 members; other data trains six members from scratch (the token model for short windows, "
+              "else the step model)",
     "tsynth-step": "the step model from scratch, six members (`--codec step`)",
     "tsynth-token": "the token model from scratch, six members (`--codec token`)",
     "tsynth-e12": "from scratch, twelve members",

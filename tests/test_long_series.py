@@ -466,11 +466,10 @@ def test_short_windows_train_the_token_model_by_default():
     take the token model; longer ones, gappy ones, ragged ones or codec 'step' the step model. Hourly one-channel
     data takes the load prior (a token model) under prior 'auto', unless it has gaps."""
     from tsynth.backends.local import SHORT_STEPS, SHORT_VALUES, LocalBackend
-    from tsynth.data import standardised_ddof
 
     def kind(data, **kw):
         backend = LocalBackend(**{"prior": "none", **kw})
-        return backend._codec_kind(data, backend._prior_choice(data, standardised_ddof(data)))
+        return backend._codec_kind(data, backend._prior_choice(data))
 
     assert kind(hourly_set(n=10, days=1, channels=6)) == "token"
     assert kind(hourly_set(n=10, days=2)) == "step" and SHORT_STEPS == 32   # 48 steps

@@ -218,19 +218,47 @@ def test_auto_load_prior_falls_back_to_the_model_the_data_takes_alone(caplog):
     assert "not starting from the load prior" in caplog.text
 
 
-def test_auto_takes_no_prior_for_series_standardised_each_on_its_own(caplog):
-    """Hourly one-channel series each standardised on its own (z-normalised archives, ETTh1's windows): without DP
-    and without a domain `auto` trains from scratch (docs/priors.md); a domain still takes the load prior."""
+def test_auto_takes_no_prior_where_the_series_start_at_different_times_of_day(caplog):
+    """Hourly one-channel series that start at different hours (windows cut from a few long series, as ETTh1's):
+    without DP and without a domain `auto` trains the step model from scratch, whose calendar inputs know each
+    step's hour (docs/priors.md); a domain still takes the load prior, and so do the same series on one start,
+    standardised each on its own or not."""
+    from tsynth.codecs.steps import phases_differ
+
     torch.set_num_threads(1)
     vals = 2 + daily(40, 48, 5)
     vals = (vals - vals.mean(1, keepdims=True)) / vals.std(1, ddof=1, keepdims=True)
-    data = SeriesSet.from_arrays(list(vals), [f"m{i}" for i in range(40)], start=[pd.Timestamp("2024-01-01")] * 40,
-                                 freq="h")
+    starts = [pd.Timestamp("2024-01-01") + pd.Timedelta(hours=5 * i) for i in range(40)]
+    data = SeriesSet.from_arrays(list(vals), [f"m{i}" for i in range(40)], start=starts, freq="h")
+    assert phases_differ(data)
     with caplog.at_level(logging.INFO, logger="tsynth"):
         syn = Synthesizer("local", epochs=1, ensemble=1).fit(data, progress=False)
-    assert syn.info["prior"] is None and "standardised each on its own" in caplog.text
+    assert syn.info["prior"] is None and syn.info["codec"]["kind"] == "step"
+    assert "start at different times of the day" in caplog.text
     told = Synthesizer("local", epochs=1, ensemble=1, domain="electricity").fit(data, progress=False)
     assert told.info["prior"] is not None and told.info["codec"].get("kind") != "step"  # a token model
+    panel = SeriesSet.from_arrays(list(vals), [f"m{i}" for i in range(40)], start=[starts[0]] * 40, freq="h")
+    assert not phases_differ(panel)
+    one_start = Synthesizer("local", epochs=1, ensemble=1).fit(panel, progress=False)
+    assert one_start.info["prior"] is not None and one_start.info["codec"].get("kind") != "step"
+    assert one_start.info["codec"].get("standardised") == 1  # the samples are standardised alike
+
+
+def test_phases_differ_reads_the_time_of_day_or_the_day_of_the_week():
+    from tsynth.codecs.steps import SHARED_PHASE, phases_differ
+
+    def starts(freq, stamps):
+        return SeriesSet.from_arrays([np.zeros(30)] * len(stamps), [f"s{i}" for i in range(len(stamps))],
+                                     start=[pd.Timestamp(t) for t in stamps], freq=freq)
+
+    days = [f"2024-01-{d:02d}" for d in range(1, 21)]                       # twenty days in a row, all at midnight
+    assert not phases_differ(starts("h", days))                           # hourly: one time of day
+    assert phases_differ(starts("D", days))                               # daily: every day of the week
+    assert not phases_differ(starts("D", ["2024-01-01", "2024-01-08", "2024-01-15"]))  # Mondays
+    one_off = int(20 * (1 - SHARED_PHASE)) - 1                             # a few at another hour: still shared
+    assert not phases_differ(starts("h", days[one_off:] + [d + " 05:00" for d in days[:one_off]]))
+    assert not phases_differ(SeriesSet.from_arrays([np.zeros(30)] * 3, ["a", "b", "c"]))  # no time stamps
+    assert not phases_differ(starts("MS", ["2024-01-01", "2024-02-01", "2024-03-05"]))  # no fixed step
 
 
 def test_auto_prior_from_public_facts_only():

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..codecs.steps import StepCodec, default_context, has_gaps
+from ..codecs.steps import StepCodec, default_context, has_gaps, phases_differ
 from ..codecs.values import POINT_MASS_SERIES, ValueCodec, choose_scaling
 from ..data import (SeriesSet, atomic_write, duplicate_channels, keep_channels, restore_copies,
                     standardised_ddof)
@@ -241,9 +241,7 @@ class LocalBackend:
         if not validate:
             log.warning("%s: no validation split, training for a fixed %d epochs",
                         "differential privacy" if dp_settings else f"only {len(items)} items", opts.train.epochs)
-        # a fact read from the data without DP (under DP a release of its own, below)
-        standardised = standardised_ddof(train) if dp_settings is None else None
-        choice = self._prior_choice(train, standardised)
+        choice = self._prior_choice(train)
         kind = self._codec_kind(train, choice)
         prior = resolve_prior(choice, dp_settings is not None) if kind == "token" else None
         if prior is not None:
@@ -303,7 +301,8 @@ class LocalBackend:
         values = codec.values if kind == "step" else codec
         if dp is not None:
             check_dp_range(values, train)
-        values.standardised = standardised if dp is None else dp.release_standardised(train)
+        # a fact read from the data without DP, under DP a release of its own
+        values.standardised = standardised_ddof(train) if dp is None else dp.release_standardised(train)
         if values.standardised is not None:
             log.info("%s standardised each on its own (mean 0, standard deviation 1, ddof %d): the samples are "
                      "standardised alike", "the training series are" if dp is None else "DP: most items' series are",
@@ -360,11 +359,12 @@ class LocalBackend:
         }
         self.schema = data_schema(full)
 
-    def _prior_choice(self, train: SeriesSet, standardised: int | None) -> str | None:
+    def _prior_choice(self, train: SeriesSet) -> str | None:
         """The prior to start from: the one asked for, or under ``prior="auto"`` what :func:`auto_prior` takes
         from public facts (``domain``, DP, the frequency and channel count), where a token model can take the
         data (no gaps, series within one step-model context), no step model is asked for and, without DP or a
-        domain, the series are not standardised each on its own (``standardised``: their ddof, read without DP)."""
+        domain, the series start at one point of the daily (weekly) cycle (:func:`phases_differ`: else the step
+        model's calendar inputs know each step's place in the cycle, which a token model's positions do not)."""
         opts = self.options
         if opts.prior is None or str(opts.prior) != "auto":
             if opts.domain is not None:
@@ -375,9 +375,10 @@ class LocalBackend:
             "prior: %s", why)
         if name is None:
             return None
-        if opts.domain is None and opts.dp_epsilon is None and standardised is not None:
-            log.info("prior: not the %s prior after all: the series are standardised each on its own, which a model "
-                     "from scratch learns better (docs/priors.md); --prior %s or --domain takes it", name, name)
+        if opts.domain is None and opts.dp_epsilon is None and phases_differ(train):
+            log.info("prior: not the %s prior after all: the series start at different times of the day (week), "
+                     "which the step model's calendar inputs learn from scratch and a token model cannot see "
+                     "(docs/priors.md); --prior %s or --domain takes it", name, name)
             return None
         gaps = has_gaps(train)
         if opts.codec == "step" or gaps or longer_than_context(train):

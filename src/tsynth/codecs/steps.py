@@ -40,6 +40,7 @@ DAY_NS = 86_400 * 10**9
 WEEK_STEPS = 7  # days
 MIN_CALENDAR_COVERAGE = 0.9  # share of a feature's values that the training data must show for it to be used
 STEPS_PER_DAY_MAX = 1440
+SHARED_PHASE = 0.9  # phases_differ: the share of series that must start at one point of the cycle
 PANEL_MIN_SERIES = 100  # series that must share a start for their time stamps to be a shared calendar (a panel)
 MAX_TIME_INDEX = 20_000  # steps of a panel's span that get their own time-step embedding
 
@@ -450,6 +451,19 @@ def check_gaps(data: SeriesSet) -> None:
     if never.any():
         raise DataError(f"channel '{data.channels[int(np.flatnonzero(never)[0])]}' holds no reading in any series: "
                         "drop it (--value-cols)")
+
+
+def phases_differ(data: SeriesSet) -> bool:
+    """Whether the series start at different points of the data's cycle: fewer than ``SHARED_PHASE`` of them at
+    the most common time of day (sub-daily data) or day of the week (daily data). A step's place in a series then
+    does not say where in the cycle it falls; the step model's calendar inputs say it, a token model's positions
+    cannot. False without time stamps or a fixed step of at most a day."""
+    delta = step_delta(data.freq)
+    if data.start is None or delta is None or delta <= 0 or delta > DAY_NS:
+        return False
+    period = DAY_NS if delta < DAY_NS else 7 * DAY_NS
+    phase = np.asarray(data.start, dtype="datetime64[ns]").astype(np.int64) % period
+    return bool(np.unique(phase, return_counts=True)[1].max() < SHARED_PHASE * len(data))
 
 
 def has_gaps(data: SeriesSet) -> bool:
