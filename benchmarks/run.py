@@ -486,6 +486,10 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "time) 0.117 / 0.026 / 0.047 (mean 0.063; 0.193 / 0.063 / 0.085 at c07d506), cycle autocorrelation error "
              "0.006 / 0.022 / 0.039 (mean 0.022 against 0.052; the holdout's 0.010), shape disc 0.175 / 0.106 / 0.046 "
              "(mean 0.109 against 0.092).",
+             "  - 17e6664: without DP, the exception to `auto`'s load prior is series that start at different times of "
+             "day, not series standardised each on its own (docs/priors.md). No set's choice changes (ETTh1's windows "
+             "start at six hours and still train from scratch; electricity336 still falls back to the step model, "
+             "its 336 steps beyond the prior's 168), so no rows were rerun.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
