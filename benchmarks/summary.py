@@ -50,8 +50,8 @@ GENERATORS = {
     "dgan": "gretel DoppelGANger (peer)",
     "copy": "the training series themselves: what no privacy looks like",
 }
-TASK_ORDER = ["electricity100", "electricity336", "italy24", "electricity-raw", "stocks24", "stocks24-blocked", "energy24",
-              "energy24-blocked"]
+TASK_ORDER = ["electricity100", "electricity336", "italy24", "electricity-raw", "electricity24-phases",
+              "electricity24-phases-raw", "stocks24", "stocks24-blocked", "energy24", "energy24-blocked"]
 # README: the recipe's task and two others; tsynth's defaults (and the load prior for energy data) against peers
 README_TASKS = ["electricity100", "italy24", "stocks24"]
 README_ROWS = ["holdout", "tsynth", "tsynth-step", "tsynth-token", "tsynth-load-e24", "gaussian", "par", "dgan"]

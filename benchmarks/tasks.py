@@ -60,6 +60,22 @@ def _electricity_whole(file: str, name: str, what: str) -> Task:
                 horizon=2000)
 
 
+PHASE_WINDOW = 24
+
+
+def _electricity_phases(file: str, name: str, what: str) -> Task:
+    """One day of each client, starting at a random hour of its two weeks (``RandomState(7)``): short windows whose
+    series start at different times of the day, as windows cut from long series at random offsets do."""
+    full = SeriesSet.read(data_dir() / file)
+    offsets = np.random.RandomState(7).randint(0, full.length - PHASE_WINDOW, size=len(full))
+    data = SeriesSet.from_arrays([full.values[i, o:o + PHASE_WINDOW] for i, o in enumerate(offsets)], list(full.item_id),
+                                 list(full.channels), freq=full.freq,
+                                 start=[pd.Timestamp(t) + pd.Timedelta(hours=int(o)) for t, o in zip(full.start, offsets)])
+    train, holdout = data.split(0.2, seed=0)  # the same clients as electricity100 on each side
+    return Task(name, train, holdout, f"{what}: {PHASE_WINDOW} hours of each of 370 clients from a random hour of its "
+                "two weeks (RandomState(7)), clients split 296/74 by RandomState(0)", data_names=ELECTRICITY_NAMES)
+
+
 def _timegan(file: str, name: str, blocked: bool) -> Task:
     """TimeGAN protocol: min-max over the table, windows of 24 stride 1, RandomState(0) permutation, 80/20.
 
@@ -155,6 +171,10 @@ TASKS = {
     "electricity100": lambda: _electricity("electricity_hourly_std.parquet", "electricity100", "z-scored kW"),
     "electricity-raw": lambda: _electricity("electricity_hourly_raw.parquet", "electricity-raw", "raw kW"),
     "electricity336": lambda: _electricity_whole("electricity_hourly_std.parquet", "electricity336", "z-scored kW"),
+    "electricity24-phases": lambda: _electricity_phases("electricity_hourly_std.parquet", "electricity24-phases",
+                                                        "z-scored kW"),
+    "electricity24-phases-raw": lambda: _electricity_phases("electricity_hourly_raw.parquet", "electricity24-phases-raw",
+                                                            "raw kW"),
     "stocks24": lambda: _timegan("stock_data.parquet", "stocks24", blocked=False),
     "stocks24-blocked": lambda: _timegan("stock_data.parquet", "stocks24-blocked", blocked=True),
     "energy24": lambda: _timegan("energy_data.parquet", "energy24", blocked=False),

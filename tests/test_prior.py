@@ -222,7 +222,9 @@ def test_auto_takes_no_prior_where_the_series_start_at_different_times_of_day(ca
     """Hourly one-channel series that start at different hours (windows cut from a few long series, as ETTh1's):
     without DP and without a domain `auto` trains the step model from scratch, whose calendar inputs know each
     step's hour (docs/priors.md); a domain still takes the load prior, and so do the same series on one start,
-    standardised each on its own or not."""
+    standardised each on its own or not, and short windows (at most SHORT_STEPS) at different hours, which from
+    scratch take the step model."""
+    from tsynth.backends.local import SHORT_STEPS
     from tsynth.codecs.steps import phases_differ
 
     torch.set_num_threads(1)
@@ -242,6 +244,18 @@ def test_auto_takes_no_prior_where_the_series_start_at_different_times_of_day(ca
     one_start = Synthesizer("local", epochs=1, ensemble=1).fit(panel, progress=False)
     assert one_start.info["prior"] is not None and one_start.info["codec"].get("kind") != "step"
     assert one_start.info["codec"].get("standardised") == 1  # the samples are standardised alike
+    days = SeriesSet.from_arrays(list(vals[:, :SHORT_STEPS]), [f"m{i}" for i in range(40)], start=starts, freq="h")
+    assert phases_differ(days)
+    short = Synthesizer("local", epochs=1, ensemble=1).fit(days, progress=False)
+    assert short.info["prior"] is not None and short.info["codec"].get("kind") != "step"
+    assert "hour" in [f["name"] for f in short.info["codec"]["fields"]]  # the token model knows each start's hour
+    # from scratch, short windows at different hours take the step model (its calendar inputs), on one start the token model
+    scratch = Synthesizer("local", epochs=1, ensemble=1, prior="none").fit(days, progress=False)
+    assert scratch.info["codec"]["kind"] == "step" and scratch.info["codec"]["calendar"]
+    one_day = SeriesSet.from_arrays(list(vals[:, :SHORT_STEPS]), [f"m{i}" for i in range(40)], start=[starts[0]] * 40,
+                                    freq="h")
+    assert Synthesizer("local", epochs=1, ensemble=1, prior="none").fit(one_day, progress=False).info["codec"].get(
+        "kind") != "step"
 
 
 def test_phases_differ_reads_the_time_of_day_or_the_day_of_the_week():

@@ -93,6 +93,13 @@ def readings(data: SeriesSet) -> int:
     return int(np.sum(~np.isnan(data.values)))
 
 
+def short_windows(train: SeriesSet) -> bool:
+    """Whether ``train`` holds windows short enough for a token per value (``SHORT_STEPS``, ``SHORT_VALUES``; equal
+    lengths, no gaps): from scratch they train the token model."""
+    steps = int(train.lengths.max())
+    return train.is_regular and steps <= SHORT_STEPS and steps * train.n_channels <= SHORT_VALUES
+
+
 def longer_than_context(train: SeriesSet) -> bool:
     """Whether the longest series exceeds the step model's default context (a token model sees series whole)."""
     steps = int(train.lengths.max())
@@ -363,8 +370,10 @@ class LocalBackend:
         """The prior to start from: the one asked for, or under ``prior="auto"`` what :func:`auto_prior` takes
         from public facts (``domain``, DP, the frequency and channel count), where a token model can take the
         data (no gaps, series within one step-model context), no step model is asked for and, without DP or a
-        domain, the series start at one point of the daily (weekly) cycle (:func:`phases_differ`: else the step
-        model's calendar inputs know each step's place in the cycle, which a token model's positions do not)."""
+        domain, the series either start at one point of the daily (weekly) cycle or are short windows
+        (:func:`phases_differ`, :func:`short_windows`: series longer than that, starting at different points of the
+        cycle, take the step model from scratch, whose calendar inputs give every step its place in the cycle; a
+        token model knows a step by its position after the start, whose hour is a condition token)."""
         opts = self.options
         if opts.prior is None or str(opts.prior) != "auto":
             if opts.domain is not None:
@@ -375,10 +384,11 @@ class LocalBackend:
             "prior: %s", why)
         if name is None:
             return None
-        if opts.domain is None and opts.dp_epsilon is None and phases_differ(train):
-            log.info("prior: not the %s prior after all: the series start at different times of the day (week), "
-                     "which the step model's calendar inputs learn from scratch and a token model cannot see "
-                     "(docs/priors.md); --prior %s or --domain takes it", name, name)
+        if opts.domain is None and opts.dp_epsilon is None and phases_differ(train) and not short_windows(train):
+            log.info("prior: not the %s prior after all: the series start at different times of the day (week) and "
+                     "are longer than %d steps: the step model from scratch, whose calendar inputs give every step "
+                     "its place in the cycle (docs/priors.md); --prior %s or --domain takes the prior",
+                     name, SHORT_STEPS, name)
             return None
         gaps = has_gaps(train)
         if opts.codec == "step" or gaps or longer_than_context(train):
@@ -391,8 +401,8 @@ class LocalBackend:
     def _codec_kind(self, train: SeriesSet, prior: str | None) -> str:
         """Which model to train: 'step' (one position per time step: any length, many channels, gaps) unless a
         prior is taken (``prior``: priors are token models; under DP one is taken where the data has no gaps and
-        its series fit in one step-model context), the windows are short (``SHORT_STEPS``, ``SHORT_VALUES``: equal
-        lengths, no gaps) or ``codec='token'``."""
+        its series fit in one step-model context), the windows are short (:func:`short_windows`) and, for one
+        channel, start at one point of the daily (weekly) cycle (:func:`phases_differ`), or ``codec='token'``."""
         opts = self.options
         gaps = has_gaps(train)
         explicit_prior = opts.prior not in (None, "none", "auto")
@@ -401,12 +411,17 @@ class LocalBackend:
                               "it, or no prior")
         steps = int(train.lengths.max())
         long = longer_than_context(train)
-        short = train.is_regular and steps <= SHORT_STEPS and steps * train.n_channels <= SHORT_VALUES
+        # one channel whose series start at different times of the day: the step model's calendar inputs, also on
+        # short windows
+        clock = train.n_channels == 1 and phases_differ(train)
         token = opts.codec == "token" or (opts.codec == "auto" and (prior is not None or (
-            not gaps and not long and (opts.dp_epsilon is not None or short))))
+            not gaps and not long and (opts.dp_epsilon is not None or (short_windows(train) and not clock)))))
         if token and opts.codec == "auto" and prior is None and opts.dp_epsilon is None:
             log.info("token model: series of %d steps x %d channels are short enough for a token per value (the step "
                      "model, for series of any length out: codec 'step')", steps, train.n_channels)
+        elif clock and short_windows(train) and not token and opts.codec == "auto" and opts.dp_epsilon is None:
+            log.info("step model: the series start at different times of the day (week), which its calendar inputs "
+                     "give every step")
         if token and gaps:
             raise DataError("the token model cannot learn missing readings (NaN inside a series): use the step model "
                             "(codec 'step', no prior) or fill them when reading (--fill)")
