@@ -86,6 +86,17 @@ def test_fine_tuning_keeps_the_prior_bins_and_grows_the_vocabulary(prior_dir):
     assert out.values.shape == (5, 24, 1) and abs(float(np.nanmean(out.values)) - 50) < 3
 
 
+def test_starting_from_a_prior_draws_no_progress_bar(capfd):
+    """Loading a prior's weights writes nothing to the terminal (transformers would draw a "Loading weights" bar)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as in a fresh process
+    weights = resolve_prior("load", False).initial_weights(400)
+    assert weights["transformer.wte.weight"].shape[0] == 400
+    out, err = capfd.readouterr()
+    assert out == "" and "Loading" not in err and "%" not in err
+
+
 def test_default_ensemble_is_larger_from_a_prior(prior_dir, monkeypatch, tmp_path):
     """Without --ensemble a fit from a prior trains PRIOR_ENSEMBLE members, one from scratch DEFAULT_ENSEMBLE;
     the size fit chose is what the saved model records and reloads; a given size wins either way. Dropout alike:

@@ -165,6 +165,7 @@ class Prior:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar for a model of a few hundred kB
         model = AutoModelForCausalLM.from_pretrained(self.path / "model")
         hf_logging.set_verbosity_error()  # its note on how new rows are initialised
         if vocab_size < model.config.vocab_size:
