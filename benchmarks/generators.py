@@ -170,6 +170,7 @@ GENERATORS: dict[str, Callable] = {
     "tsynth-pretrained": tsynth_pretrained,
     "tsynth-token": partial(tsynth_local, codec="token"),  # the token model from scratch (the default until the step model)
     "tsynth-step": partial(tsynth_local, codec="step"),  # the step model, also where the default is the token model
+    "tsynth-token-noprior": partial(tsynth_local, codec="token", prior="none"),  # the token model, never from a prior
     "tsynth-prior": partial(tsynth_local, prior="default", ensemble=6),
     "tsynth-load": partial(tsynth_local, prior="load", ensemble=6),  # the default before PRIOR_ENSEMBLE (rows)
     "tsynth-load-e12": partial(tsynth_local, prior="load", ensemble=12),

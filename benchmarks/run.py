@@ -490,6 +490,15 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "day, not series standardised each on its own (docs/priors.md). No set's choice changes (ETTh1's windows "
              "start at six hours and still train from scratch; electricity336 still falls back to the step model, "
              "its 336 steps beyond the prior's 168), so no rows were rerun.",
+             "  - 3157d43: without DP, hourly one-channel windows of at most 32 steps keep the load prior where the "
+             "series start at different times of day, and from scratch such windows of one channel train the step "
+             "model, not the token model (docs/priors.md). The new tasks `electricity24-phases` and "
+             "`electricity24-phases-raw` (a day of each client from a random hour of its two weeks) show both, rows at "
+             "3157d43 (idle machine, one job at a time): z-scored, `tsynth` (the load prior) 0.004 / 0.024 / 0.043, "
+             "`tsynth-step` 0.084 / 0.032 / 0.086, `tsynth-token-noprior` (what `auto` took before) 0.175 / 0.159 / "
+             "0.187; raw kW, `tsynth` (the step model: the prior refuses levels this far apart) 0.032 / 0.003 / "
+             "0.006, `tsynth-token` (before) 0.061 / 0.021 / 0.014. No other set's choice changes, so no other rows "
+             "were rerun.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "

@@ -24,11 +24,14 @@ KEY = [("disc_gbm", "disc_gbm", 3), ("disc_gru", "disc_gru", 3), ("mean err", "m
 # what each generator is (the order of the rows); unknown generators follow in name order
 GENERATORS = {
     "holdout": "real held-out series scored as if synthetic: the floor",
-    "tsynth": "no flag (`auto`): hourly one-channel series that start at one time of day start from the load "
-              "prior, 24 members; other data trains six members from scratch (the token model for short windows, "
-              "else the step model)",
+    "tsynth": "no flag (`auto`): hourly one-channel series start from the load prior, 24 members, unless they are "
+              "longer than 32 steps and start at different times of day; other data trains six members from scratch "
+              "(the token model for short windows, unless one channel starts at different times of day; else the "
+              "step model)",
     "tsynth-step": "the step model from scratch, six members (`--codec step`)",
     "tsynth-token": "the token model from scratch, six members (`--codec token`)",
+    "tsynth-token-noprior": "the token model from scratch where `--codec token` alone takes a prior, six members "
+                            "(`--codec token --prior none`)",
     "tsynth-e12": "from scratch, twelve members",
     "tsynth-prior": "from the default prior, six members",
     "tsynth-load": "`--prior load --ensemble 6`",
