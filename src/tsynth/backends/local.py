@@ -370,10 +370,10 @@ class LocalBackend:
         """The prior to start from: the one asked for, or under ``prior="auto"`` what :func:`auto_prior` takes
         from public facts (``domain``, DP, the frequency and channel count), where a token model can take the
         data (no gaps, series within one step-model context), no step model is asked for and, without DP or a
-        domain, the series either start at one point of the daily (weekly) cycle or are short windows
-        (:func:`phases_differ`, :func:`short_windows`: series longer than that, starting at different points of the
-        cycle, take the step model from scratch, whose calendar inputs give every step its place in the cycle; a
-        token model knows a step by its position after the start, whose hour is a condition token)."""
+        domain, the series start at one point of the daily (weekly) cycle or are short windows (:func:`phases_differ`,
+        :func:`short_windows`). Longer series that start at different points of the cycle take the step model from
+        scratch: its calendar inputs give every step its place in the cycle, where a token model has a condition
+        token for the start's hour and knows a step by its position after it."""
         opts = self.options
         if opts.prior is None or str(opts.prior) != "auto":
             if opts.domain is not None:
