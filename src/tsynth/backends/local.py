@@ -411,15 +411,16 @@ class LocalBackend:
                               "it, or no prior")
         steps = int(train.lengths.max())
         long = longer_than_context(train)
+        short = short_windows(train)
         # one channel whose series start at different times of the day: the step model's calendar inputs, also on
         # short windows
         clock = train.n_channels == 1 and phases_differ(train)
         token = opts.codec == "token" or (opts.codec == "auto" and (prior is not None or (
-            not gaps and not long and (opts.dp_epsilon is not None or (short_windows(train) and not clock)))))
+            not gaps and not long and (opts.dp_epsilon is not None or (short and not clock)))))
         if token and opts.codec == "auto" and prior is None and opts.dp_epsilon is None:
             log.info("token model: series of %d steps x %d channels are short enough for a token per value (the step "
                      "model, for series of any length out: codec 'step')", steps, train.n_channels)
-        elif clock and short_windows(train) and not token and opts.codec == "auto" and opts.dp_epsilon is None:
+        elif clock and short and not token and opts.codec == "auto" and opts.dp_epsilon is None:
             log.info("step model: the series start at different times of the day (week), which its calendar inputs "
                      "give every step")
         if token and gaps:
