@@ -99,10 +99,16 @@ def test_cached_steps_match_the_whole_window():
     assert lags == OWN_LAGS > 1 and (own[1, :, :, 0] == torch.as_tensor(arrays["ids"][1, 38:86].astype(np.int64))).all()
     with torch.no_grad():
         model.own_proj.weight.mul_(50.0)  # so that a wrong history shows in the head's output
+        model.cross.out.mul_(50.0)  # and so does a wrong reading of the channels drawn before
         full = model(prefix, prev, cal, season_ids=season)
         _, logits = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
         _, without = model(prefix, prev, cal, targets=target, season_ids=season)
         assert (logits - without).abs().max() > 0.1  # the head reads the channels' own history
+        readout, model.cross = model.cross, None
+        _, no_cross = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
+        model.cross = readout
+        assert (logits - no_cross)[:, :, 1:].abs().max() > 0.1  # and the channels before it in its step
+        assert torch.allclose(logits[:, :, 0], no_cross[:, :, 0])  # the first channel has none before it
         cache = KVCache.empty(model.config, 2, "cpu")
         parts = [model.hidden(model.prefix_emb(prefix), 0, cache)]
         for t in range(prev.shape[1]):
@@ -112,7 +118,7 @@ def test_cached_steps_match_the_whole_window():
         assert torch.allclose(full, step, atol=1e-5)
         # the channel head, one channel at a time, matches the teacher-forced one
         h = full[:, codec.prefix_length + 3]
-        before = torch.zeros_like(h)
+        before = model.chain_start(h)
         for c in range(3):
             assert torch.allclose(model.channel_logits(h, c, before, prev[:, 3, c], season[:, 3, c], own[:, 3, c]),
                                   logits[:, 3, c], atol=1e-5)

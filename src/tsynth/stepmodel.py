@@ -69,8 +69,11 @@ class StepModelConfig(PretrainedConfig):
                  context: int = 96, calendar_sizes: list[int] | tuple[int, ...] = (), n_layer: int = 2,
                  n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, copy: bool = False,
                  seasons: list[int] | tuple[int, ...] | None = None, season: int = 0, season_inputs: bool = False,
-                 own_lags: int = 0, time_feature: int = -1, **kwargs) -> None:
+                 own_lags: int = 0, time_feature: int = -1, cross_rank: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
+        # rank of each channel's linear reading of the channels drawn before it in its step (:class:`CrossReadout`):
+        # 0 for models saved before it, and where a step holds one channel
+        self.cross_rank = int(cross_rank) if int(n_channels) > 1 else 0
         self.time_feature = int(time_feature)  # index of the calendar's time-step feature, -1 without one
         self.copy = bool(copy)  # False for models saved before the copy component
         # how many of its own latest values (the previous one first) each channel's head reads: 0 for models
@@ -148,6 +151,38 @@ class _Block(nn.Module):
         return x + self.drop(self.fc_out(F.gelu(self.fc(self.ln2(x)))))
 
 
+class CrossReadout(nn.Module):
+    """Each channel's own linear reading of the values of the channels before it in the same step (d per channel).
+
+    Channel ``j``'s bin position (scaled to [-1, 1]) and missing flag map to ``rank`` numbers (``inp[j]``); their
+    running sum over the channels before ``c``, over the square root of their count, maps through channel ``c``'s
+    own matrix (``out[c]``). So every channel regresses on its predecessors with weights of its own, of rank at
+    most ``rank``, at a cost linear in the channels. The summed chain embeddings give every head the same
+    vector, from which each head must pull its own combination; with many correlated channels (a building's
+    temperatures, say) that shared vector is where the joint distribution of a step was lost."""
+
+    def __init__(self, n_channels: int, rank: int, d: int) -> None:
+        super().__init__()
+        self.inp = nn.Parameter(torch.randn(n_channels, 2, rank))
+        self.out = nn.Parameter(torch.randn(n_channels, rank, d) * 0.02)
+
+    def features(self, feats: torch.Tensor, channels: torch.Tensor | slice) -> torch.Tensor:
+        """``feats`` (..., channels, 2): positions and missing flags; their ``rank`` numbers (..., channels, rank)."""
+        return torch.einsum("...ci,cir->...cr", feats, self.inp[channels])
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Every channel's reading (..., channels, d) of the channels before it, from all channels' ``feats``
+        (..., channels, 2), as teacher forcing gives them."""
+        z = self.features(feats, slice(None))
+        before = torch.cumsum(z, dim=-2) - z
+        denom = torch.arange(z.shape[-2], device=z.device).clamp(min=1).sqrt()[:, None]
+        return torch.einsum("...cr,crd->...cd", before / denom, self.out)
+
+    def read(self, channel: int, running: torch.Tensor) -> torch.Tensor:
+        """Channel ``channel``'s reading (b, d) of the summed features ``running`` (b, rank) of those before it."""
+        return running @ self.out[channel] / math.sqrt(max(channel, 1))
+
+
 class StepModel(PreTrainedModel):
     """See the module docstring."""
 
@@ -182,6 +217,7 @@ class StepModel(PreTrainedModel):
         self.copy_head = nn.Linear(d, 3 * (1 + len(config.seasons))) if config.copy else None
         # each channel's own latest values, read by its head: positions, "no such value" flags and changes
         self.own_proj = nn.Linear(3 * config.own_lags - 1, d) if config.own_lags else None
+        self.cross = CrossReadout(c, config.cross_rank, d) if config.cross_rank else None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -388,22 +424,42 @@ class StepModel(PreTrainedModel):
         denom = torch.arange(c, device=h.device).clamp(min=1).sqrt()[:, None]
         ch = self.channel_emb(torch.arange(c, device=h.device).expand(b, c))[:, None]  # (b, 1, c, d)
         u = h[:, :, None] + ch + before / denom + self._own(prev, own)
+        if self.cross is not None:
+            u = u + self.cross(self._feats(targets))
         if support is None:
             return self._head(u, prev, season)
         return self._head_at(u, prev, season, support_bins(targets, support, self.config.n_bins))
 
+    def _feats(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bin positions and missing flags (..., 2) of value ids (...): what :class:`CrossReadout` reads."""
+        return self._value_position(ids[..., None])
+
     def channel_logits(self, h: torch.Tensor, channel: int, before: torch.Tensor, prev: torch.Tensor,
                        season: torch.Tensor | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
-        """Log-probabilities (b, bins + 1) of ``channel`` at one step: ``h`` (b, d), ``before`` (b, d) the summed
-        chain embeddings of the channels already drawn, ``prev`` (b,) the channel's previous value ids, ``season``
-        (b, lags) its ids one season earlier, per lag, ``own`` (b, own_lags - 1) its ids before the previous one."""
+        """Log-probabilities (b, bins + 1) of ``channel`` at one step: ``h`` (b, d), ``before`` the running state of
+        the channels already drawn (:meth:`chain_start`, :meth:`chain`), ``prev`` (b,) the channel's previous value
+        ids, ``season`` (b, lags) its ids one season earlier, per lag, ``own`` (b, own_lags - 1) its ids before the
+        previous one."""
         b = h.shape[0]
+        d = self.config.n_embd
         ch = self.channel_emb(torch.full((b,), channel, dtype=torch.long, device=h.device))
-        return self._head(h + ch + before / math.sqrt(max(channel, 1)) + self._own(prev, own), prev, season)
+        u = h + ch + before[:, :d] / math.sqrt(max(channel, 1)) + self._own(prev, own)
+        if self.cross is not None:
+            u = u + self.cross.read(channel, before[:, d:])
+        return self._head(u, prev, season)
+
+    def chain_start(self, h: torch.Tensor) -> torch.Tensor:
+        """The running state of a step before its first channel is drawn: the summed chain embeddings (b, d) and,
+        with a cross readout, the summed features of its rank, side by side."""
+        width = self.config.n_embd + (self.config.cross_rank if self.cross is not None else 0)
+        return h.new_zeros(h.shape[0], width)
 
     def chain(self, channel: int, ids: torch.Tensor) -> torch.Tensor:
-        """The chain embedding (b, d) of ``channel`` holding value ids ``ids`` (b,)."""
-        return self.chain_emb(ids + channel * self.config.n_ids)
+        """What ``channel`` holding value ids ``ids`` (b,) adds to the running state (:meth:`chain_start`)."""
+        e = self.chain_emb(ids + channel * self.config.n_ids)
+        if self.cross is None:
+            return e
+        return torch.cat([e, self.cross.features(self._feats(ids)[:, None], slice(channel, channel + 1))[:, 0]], -1)
 
 
 def support_bins(targets: torch.Tensor, radius: int, n_bins: int) -> torch.Tensor:

@@ -55,9 +55,11 @@ POINT_MASS_FILE = "point_masses.npz"  # the codec's point masses (ValueCodec.sav
 # few epochs, so more are cheap, and they keep helping (the measurements: docs/model-and-training.md, "Ensemble")
 DEFAULT_ENSEMBLE = 6
 # windows this short (steps, and values: steps x channels) of equal length without gaps train the token model by
-# default: it sees every value of the window exactly, where the step model's input sums a step's channels
+# default: it sees every value of the window exactly. Beyond a few channels its sequences (a token per value, with
+# attention over all of them) cost more than its exactness gives: a step model whose heads read the channels drawn
+# before them in their step (stepmodel.CrossReadout) scores better there (docs/long-series.md)
 SHORT_STEPS = 32
-SHORT_VALUES = 1024
+SHORT_VALUES = 256
 STEP_BATCH_POSITIONS, MIN_STEP_BATCH = 32 * 96, 8  # step model: time steps per batch, fewest windows per batch
 MIN_MEMBER_EPOCHS = 20  # under a time limit, members are dropped while each would train fewer epochs
 PRIOR_ENSEMBLE = 24
