@@ -198,7 +198,7 @@ def compare(seed: int = 0, smoke: bool = False) -> Path:
     rows of ``electricity100.json`` beside it."""
     from .run import machine, run_jobs
 
-    row = next(run_jobs("electricity100", [("tsynth-pretrained", seed)], smoke))
+    _, row = next(run_jobs([("electricity100", [("tsynth-pretrained", seed)])], smoke))
     local = json.loads((RESULTS / "electricity100.json").read_text())["rows"]
     doc = {"task": "electricity100", "machine": machine(), "rows": [row],
            "local_rows": [{k: r.get(k) for k in ("generator", "seed", "commit", "disc_gbm", "mean_err", "pct_err",

@@ -4,8 +4,8 @@
     python -m benchmarks.run --smoke                      # every task, tiny budget (used by the tests)
     python -m benchmarks.run --suite --generators holdout,gaussian,tsynth --seeds 0,1,2   # generalisation suite
 
-Each (task, generator, seed) runs in a fresh process (so its peak memory is its own; smoke mode runs a
-task's runs in one) on one torch thread.
+Each (task, generator, seed) runs in a fresh process (so its peak memory is its own; smoke mode runs all
+of a call's runs in one) on one torch thread.
 Results go to ``benchmarks/results/<task>.json`` (merged with earlier runs, keyed by generator and seed)
 and the table ``BENCHMARKS.md`` is rebuilt from every results file (``--render``: only that). A peer whose
 package is missing is recorded as ``{"generator": ..., "status": "unavailable", "reason": ...}``.
@@ -121,36 +121,39 @@ def _one(task, generator: str, seed: int, smoke: bool) -> dict:
     return row
 
 
-def _work(task_name: str, jobs: list, smoke: bool, queue) -> None:
+def _work(groups: list[tuple[str, list]], smoke: bool, queue) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
     from .tasks import load_task
 
-    task = load_task(task_name)
-    for generator, seed in jobs:
-        queue.put(_one(task, generator, seed, smoke))
+    for task_name, jobs in groups:
+        task = load_task(task_name)
+        for generator, seed in jobs:
+            queue.put(_one(task, generator, seed, smoke))
 
 
-def run_jobs(task_name: str, jobs: list[tuple[str, int]], smoke: bool) -> Iterator[dict]:
-    """Run and evaluate (generator, seed) jobs one after another in one fresh process; yields each result row.
-    The full mode gives every job its own process, so that its peak memory is its own."""
+def run_jobs(groups: list[tuple[str, list[tuple[str, int]]]], smoke: bool) -> Iterator[tuple[str, dict]]:
+    """Run and evaluate each task's (generator, seed) jobs one after another in one fresh process; yields
+    (task, result row) for each. The full mode gives every job its own process, so that its peak memory is its
+    own; smoke mode runs every task of a call in one (process start-up, the imports, is then paid once)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_work, args=(task_name, jobs, smoke, queue))
+    proc = ctx.Process(target=_work, args=(groups, smoke, queue))
     proc.start()
     try:
-        for generator, seed in jobs:
-            row = None
-            while row is None and (proc.is_alive() or not queue.empty()):
-                try:
-                    row = queue.get(timeout=1.0)
-                except Empty:  # keep waiting while the process lives
-                    continue
-            if row is None:
-                raise RuntimeError(f"{task_name}/{generator}/seed {seed} failed (exit code {proc.exitcode})")
-            yield row
+        for task_name, jobs in groups:
+            for generator, seed in jobs:
+                row = None
+                while row is None and (proc.is_alive() or not queue.empty()):
+                    try:
+                        row = queue.get(timeout=1.0)
+                    except Empty:  # keep waiting while the process lives
+                        continue
+                if row is None:
+                    raise RuntimeError(f"{task_name}/{generator}/seed {seed} failed (exit code {proc.exitcode})")
+                yield task_name, row
     finally:
         proc.join()
 
@@ -499,6 +502,16 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "0.187; raw kW, `tsynth` (the step model: the prior refuses levels this far apart) 0.032 / 0.003 / "
              "0.006, `tsynth-token` (before) 0.061 / 0.021 / 0.014. No other set's choice changes, so no other rows "
              "were rerun.",
+             "  - af38b7e: where a step holds several channels, each channel's head reads the channels before it in its "
+             "step through a linear map of its own (docs/long-series.md, \"Channels before it in the step\"), and "
+             "windows of more than 256 values (1,024 before) train the step model by default, so energy24 (672) moves "
+             "from the token model to the step model. energy24 `tsynth` at af38b7e (one job at a time; "
+             "the rows say +changes: tests and docs, and from seed 1 on the readout's initialisation moved into "
+             "`reset_parameters`, committed next): disc_gru 0.238 / 0.255 / 0.282 (the token model's "
+             "`tsynth-token` rows 0.319 / 0.322 / 0.340, `tsynth` seed 0 at c571bd9 0.416; the Gaussian's 0.245-0.277), "
+             "2 of 6 models trained, 4-6 epochs each, sampling 80-83 s (726-942 s). Seed 0's fit shared the machine "
+             "with a short test run for about 4 of its 10 minutes. No other set's choice or model changes (stocks24's "
+             "144 values keep the token model; the other sets have one channel), so no other rows were rerun.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
@@ -550,7 +563,7 @@ def main(argv=None) -> int:
     ap.add_argument("tasks", nargs="*", help=f"tasks (default: all): {', '.join(TASKS)}")
     ap.add_argument("--generators", default="holdout,copy,gaussian,tsynth", help=f"comma-separated: {', '.join(GENERATORS)}")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--smoke", action="store_true", help="tiny budget, every run of a task in one process: checks "
+    ap.add_argument("--smoke", action="store_true", help="tiny budget, every run in one process: checks "
                     "that everything runs; figures (peak memory included) meaningless")
     ap.add_argument("--out", default=str(RESULTS), help="results directory (elsewhere than the default, its "
                     "BENCHMARKS.md is written there, not over the repository's)")
@@ -570,20 +583,23 @@ def main(argv=None) -> int:
     unknown = [g for g in generators if g not in GENERATORS]
     if unknown:
         raise SystemExit(f"unknown generator(s) {', '.join(unknown)}; choose from {', '.join(GENERATORS)}")
-    for task in tasks:
-        jobs = [(gen, seed) for gen in generators for seed in (seeds if gen not in ("holdout", "copy") else [0])]
-        unavailable, path = set(), None
-        for group in ([jobs] if args.smoke else [[job] for job in jobs]):   # smoke: one process per task
-            group = [job for job in group if job[0] not in unavailable]   # a missing peer: reported once
-            if not group:
-                continue
-            for row in run_jobs(task, group, args.smoke):
-                _report(task, row)
-                path = save(task, [row], args.smoke, out_dir)   # each row at once: an interrupted run keeps them
-                if row.get("status") == "unavailable":
-                    unavailable.add(row["generator"])
-        if path is not None:
-            print(f"wrote {path}")
+    every = [(task, [(gen, seed) for gen in generators for seed in (seeds if gen not in ("holdout", "copy") else [0])])
+             for task in tasks]
+    # smoke: every task in one process; else one process per job, a peer missing on a task reported once there
+    unavailable: set[tuple[str, str]] = set()
+    written: dict[str, Path] = {}
+    for groups in ([every] if args.smoke else [[(task, [job])] for task, jobs in every for job in jobs]):
+        groups = [(task, [job for job in jobs if (task, job[0]) not in unavailable]) for task, jobs in groups]
+        groups = [(task, jobs) for task, jobs in groups if jobs]
+        if not groups:
+            continue
+        for task, row in run_jobs(groups, args.smoke):
+            _report(task, row)
+            written[task] = save(task, [row], args.smoke, out_dir)   # each row at once: an interrupted run keeps them
+            if row.get("status") == "unavailable":
+                unavailable.add((task, row["generator"]))
+    for path in written.values():
+        print(f"wrote {path}")
     if not args.smoke:
         from tsynth.data import atomic_write
 

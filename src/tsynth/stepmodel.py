@@ -14,8 +14,9 @@ A sequence is a short prefix of series-level tokens followed by one position per
   the model trains, so it leans on them only as far as they predict);
 * the output at step ``t`` gives the joint distribution of step ``t``'s channels, one channel after another:
   channel ``c``'s bin (or "missing") is predicted from the step's hidden state plus the embeddings of the
-  channels before it (drawn or, in training, true), through a small feed-forward head. Cost per step grows
-  linearly with the channels, and the attention runs over steps, not values;
+  channels before it (drawn or, in training, true) and, where a step holds several channels, channel ``c``'s
+  own linear reading of their values (:class:`CrossReadout`), through a small feed-forward head. Cost per step
+  grows linearly with the channels, and the attention runs over steps, not values;
 * with ``copy`` (every new model whose steps hold several channels), that distribution is a mixture of the head's
   free distribution and a discretised Gaussian over bins centred near the channel's own previous bin (gate, shift
   and width come from the head). The summed step input cannot carry dozens of channels' exact values, and a smooth
@@ -158,13 +159,20 @@ class CrossReadout(nn.Module):
     running sum over the channels before ``c``, over the square root of their count, maps through channel ``c``'s
     own matrix (``out[c]``). So every channel regresses on its predecessors with weights of its own, of rank at
     most ``rank``, at a cost linear in the channels. The summed chain embeddings give every head the same
-    vector, from which each head must pull its own combination; with many correlated channels (a building's
-    temperatures, say) that shared vector is where the joint distribution of a step was lost."""
+    vector, from which a small head must pull each channel's own combination; with many correlated channels (a
+    building's temperatures, say) it does that poorly, and a step's channels come out less related than the
+    data's (docs/long-series.md, "Channels before it in the step")."""
 
     def __init__(self, n_channels: int, rank: int, d: int) -> None:
         super().__init__()
-        self.inp = nn.Parameter(torch.randn(n_channels, 2, rank))
-        self.out = nn.Parameter(torch.randn(n_channels, rank, d) * 0.02)
+        self.inp = nn.Parameter(torch.empty(n_channels, 2, rank))
+        self.out = nn.Parameter(torch.empty(n_channels, rank, d))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Unit-scale features, and small output maps (a new head starts near its reading without them)."""
+        nn.init.normal_(self.inp, std=1.0)
+        nn.init.normal_(self.out, std=0.02)
 
     def features(self, feats: torch.Tensor, channels: torch.Tensor | slice) -> torch.Tensor:
         """``feats`` (..., channels, 2): positions and missing flags; their ``rank`` numbers (..., channels, rank)."""
@@ -228,6 +236,8 @@ class StepModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+        elif isinstance(module, CrossReadout):
+            module.reset_parameters()
 
     # ------------------------------------------------------------------ inputs
     def _channel_offsets(self, device) -> torch.Tensor:
