@@ -55,9 +55,9 @@ POINT_MASS_FILE = "point_masses.npz"  # the codec's point masses (ValueCodec.sav
 # few epochs, so more are cheap, and they keep helping (the measurements: docs/model-and-training.md, "Ensemble")
 DEFAULT_ENSEMBLE = 6
 # windows this short (steps, and values: steps x channels) of equal length without gaps train the token model by
-# default: it sees every value of the window exactly. Beyond a few channels its sequences (a token per value, with
-# attention over all of them) cost more than its exactness gives: a step model whose heads read the channels drawn
-# before them in their step (stepmodel.CrossReadout) scores better there (docs/long-series.md)
+# default: it sees every value of the window exactly. Windows of more values make long token sequences (attention
+# over all of them), and there the step model, whose heads read the channels drawn before them in their step
+# (stepmodel.CrossReadout), scores better and samples about ten times faster (docs/long-series.md)
 SHORT_STEPS = 32
 SHORT_VALUES = 256
 STEP_BATCH_POSITIONS, MIN_STEP_BATCH = 32 * 96, 8  # step model: time steps per batch, fewest windows per batch
