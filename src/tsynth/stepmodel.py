@@ -156,8 +156,9 @@ class CrossReadout(nn.Module):
     """Each channel's own linear reading of the values of the channels before it in the same step (d per channel).
 
     Channel ``j``'s bin position (scaled to [-1, 1]) and missing flag map to ``rank`` numbers (``inp[j]``); their
-    running sum over the channels before ``c``, over the square root of their count, maps through channel ``c``'s
-    own matrix (``out[c]``). So every channel regresses on its predecessors with weights of its own, of rank at
+    running sum over the channels before ``c``, over the square root of their count (summed beside the chain
+    embeddings, as one running state: :meth:`StepModel.chain`), maps through channel ``c``'s own matrix
+    (``out[c]``). So every channel regresses on its predecessors with weights of its own, of rank at
     most ``rank``, at a cost linear in the channels. The summed chain embeddings give every head the same
     vector, from which a small head must pull each channel's own combination; with many correlated channels (a
     building's temperatures, say) it does that poorly, and a step's channels come out less related than the
@@ -178,17 +179,14 @@ class CrossReadout(nn.Module):
         """``feats`` (..., channels, 2): positions and missing flags; their ``rank`` numbers (..., channels, rank)."""
         return torch.einsum("...ci,cir->...cr", feats, self.inp[channels])
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """Every channel's reading (..., channels, d) of the channels before it, from all channels' ``feats``
-        (..., channels, 2), as teacher forcing gives them."""
-        z = self.features(feats, slice(None))
-        before = torch.cumsum(z, dim=-2) - z
-        denom = torch.arange(z.shape[-2], device=z.device).clamp(min=1).sqrt()[:, None]
-        return torch.einsum("...cr,crd->...cd", before / denom, self.out)
+    def forward(self, summed: torch.Tensor) -> torch.Tensor:
+        """Every channel's reading (..., channels, d) of the summed features (..., channels, rank) of the channels
+        before it, as teacher forcing gives them."""
+        return torch.einsum("...cr,crd->...cd", summed, self.out)
 
-    def read(self, channel: int, running: torch.Tensor) -> torch.Tensor:
-        """Channel ``channel``'s reading (b, d) of the summed features ``running`` (b, rank) of those before it."""
-        return running @ self.out[channel] / math.sqrt(max(channel, 1))
+    def read(self, channel: int, summed: torch.Tensor) -> torch.Tensor:
+        """Channel ``channel``'s reading (b, d) of the summed features ``summed`` (b, rank) of those before it."""
+        return summed @ self.out[channel]
 
 
 class StepModel(PreTrainedModel):
@@ -430,12 +428,15 @@ class StepModel(PreTrainedModel):
         (:func:`support_bins`; b, t, channels, 2 * support + 1) and of "missing" (b, t, channels)."""
         b, t, c = targets.shape
         chain = self.chain_emb(targets.clamp(max=self.config.n_ids - 1) + self._channel_offsets(targets.device))
-        before = torch.cumsum(chain, dim=2) - chain
+        if self.cross is not None:  # the readout's features, summed beside the chain embeddings
+            chain = torch.cat([chain, self.cross.features(self._feats(targets), slice(None))], dim=-1)
         denom = torch.arange(c, device=h.device).clamp(min=1).sqrt()[:, None]
+        before = (torch.cumsum(chain, dim=2) - chain) / denom
+        d = self.config.n_embd
         ch = self.channel_emb(torch.arange(c, device=h.device).expand(b, c))[:, None]  # (b, 1, c, d)
-        u = h[:, :, None] + ch + before / denom + self._own(prev, own)
+        u = h[:, :, None] + ch + before[..., :d] + self._own(prev, own)
         if self.cross is not None:
-            u = u + self.cross(self._feats(targets))
+            u = u + self.cross(before[..., d:])
         if support is None:
             return self._head(u, prev, season)
         return self._head_at(u, prev, season, support_bins(targets, support, self.config.n_bins))
@@ -453,7 +454,8 @@ class StepModel(PreTrainedModel):
         b = h.shape[0]
         d = self.config.n_embd
         ch = self.channel_emb(torch.full((b,), channel, dtype=torch.long, device=h.device))
-        u = h + ch + before[:, :d] / math.sqrt(max(channel, 1)) + self._own(prev, own)
+        before = before / math.sqrt(max(channel, 1))
+        u = h + ch + before[:, :d] + self._own(prev, own)
         if self.cross is not None:
             u = u + self.cross.read(channel, before[:, d:])
         return self._head(u, prev, season)
