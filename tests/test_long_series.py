@@ -100,6 +100,7 @@ def test_cached_steps_match_the_whole_window():
     with torch.no_grad():
         model.own_proj.weight.mul_(50.0)  # so that a wrong history shows in the head's output
         model.cross.out.mul_(50.0)  # and so does a wrong reading of the channels drawn before
+        model.cross.prev_out.mul_(50.0)  # or of the previous step's values
         full = model(prefix, prev, cal, season_ids=season)
         _, logits = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
         _, without = model(prefix, prev, cal, targets=target, season_ids=season)
@@ -107,8 +108,13 @@ def test_cached_steps_match_the_whole_window():
         readout, model.cross = model.cross, None
         _, no_cross = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
         model.cross = readout
-        assert (logits - no_cross)[:, :, 1:].abs().max() > 0.1  # and the channels before it in its step
-        assert torch.allclose(logits[:, :, 0], no_cross[:, :, 0])  # the first channel has none before it
+        prev_out = model.cross.prev_out.clone()
+        model.cross.prev_out.zero_()
+        _, no_prev = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
+        model.cross.prev_out.copy_(prev_out)
+        assert (logits - no_prev).abs().amax((0, 1, 3)).min() > 0.1  # every head reads the previous step's values
+        assert (no_prev - no_cross)[:, :, 1:].abs().max() > 0.1  # and the channels before it in its step
+        assert torch.allclose(no_prev[:, :, 0], no_cross[:, :, 0])  # the first channel has none before it
         cache = KVCache.empty(model.config, 2, "cpu")
         parts = [model.hidden(model.prefix_emb(prefix), 0, cache)]
         for t in range(prev.shape[1]):
@@ -118,7 +124,7 @@ def test_cached_steps_match_the_whole_window():
         assert torch.allclose(full, step, atol=1e-5)
         # the channel head, one channel at a time, matches the teacher-forced one
         h = full[:, codec.prefix_length + 3]
-        before = model.chain_start(h)
+        before = model.chain_start(h, prev[:, 3])
         for c in range(3):
             assert torch.allclose(model.channel_logits(h, c, before, prev[:, 3, c], season[:, 3, c], own[:, 3, c]),
                                   logits[:, 3, c], atol=1e-5)
@@ -250,6 +256,25 @@ def test_step_model_under_dp_reports_its_accounting(channels):
     assert syn.sample(3, seed=0).values.shape == (3, 48, channels)
     model = syn.backend.models[0]
     assert (model.cross is not None) == (channels > 1)
+
+
+def test_dp_per_sample_gradients_are_the_model_gradients():
+    """Under DP-SGD the per-sample gradients that opacus computes, averaged over the batch, are the plain gradients
+    of every parameter of a several-channel step model: no part (the heads' readouts included) trains on noise
+    alone."""
+    from opacus import GradSampleModule
+    data = hourly_set(n=8, days=4, channels=3)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=16), 48)
+    torch.manual_seed(0)
+    model = StepModel(StepModelConfig(**codec.model_config(dict(n_layer=1, n_embd=32, n_head=4), 0.0)))
+    model.config._attn_implementation = "eager"
+    wrapped = GradSampleModule(model, loss_reduction="mean", strict=False)
+    window_loss(codec, codec.encode(data), 1.0, 0.0, seed=0)(wrapped, torch.tensor([[0, 0], [1, 5], [2, 9]])).backward()
+    params = dict(model.named_parameters())
+    assert {"cross.inp", "cross.out", "cross.prev_inp", "cross.prev_out"} <= params.keys()
+    for name, p in params.items():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+        assert torch.allclose(p.grad_sample.mean(0), p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max())), name
 
 
 def write_long_csv(path: Path, data: SeriesSet) -> Path:
@@ -401,12 +426,15 @@ def test_copy_components_only_where_a_step_holds_several_channels():
     assert config.copy and config.seasons == [24] and StepModel(config).copy_head.out_features == 6
     assert config.own_lags == OWN_LAGS and StepModel(config).own_proj.in_features == 3 * OWN_LAGS - 1
     assert config.cross_rank == CROSS_RANK and StepModel(config).cross.out.shape == (2, CROSS_RANK, config.n_embd)
+    assert config.cross_prev and StepModel(config).cross.prev_out.shape == (2, CROSS_RANK, config.n_embd)
     assert StepModelConfig(n_channels=1, cross_rank=CROSS_RANK).cross_rank == 0   # no channel before another
     old = StepModelConfig(n_channels=1, context=96, seasons=[24])   # saved before the seasonal inputs
     assert old.seasons == [] and StepModel(old).season_emb is None
     old = StepModelConfig(n_channels=2, context=96, seasons=[24], copy=True)  # saved before the heads read history
     assert old.own_lags == 0 and StepModel(old).own_proj is None
     assert old.cross_rank == 0 and StepModel(old).cross is None   # and before they read the channels before them
+    old = StepModelConfig(n_channels=2, copy=True, own_lags=OWN_LAGS, cross_rank=CROSS_RANK)  # and the previous step
+    assert not old.cross_prev and StepModel(old).cross.prev_out is None
 
 
 def test_the_heads_read_each_channel_own_recent_history():
@@ -438,6 +466,23 @@ def test_the_heads_read_the_channels_before_them_in_their_step():
     error = {rank: np.abs(np.corrcoef(generate_steps([m], codec, 20, length=48, seed=0).values.reshape(-1, 8).T)
                           - real).max() for rank, (m, _) in models.items()}
     assert error[CROSS_RANK] < 0.4 < 0.7 < error[0], error
+
+
+def test_the_heads_read_every_channel_previous_value():
+    """Eight channels, each following another's previous value (a signed permutation, as in a VAR(1)): a channel is
+    predictable from one other channel's last value only. After the same training, heads that each read all
+    channels' previous values through their own linear map reach a lower loss than heads that find them in the
+    step's shared input."""
+    rng = np.random.default_rng(7)
+    mix = np.eye(8)[rng.permutation(8)] * rng.choice([-0.95, 0.95], 8)[:, None]
+    x = np.zeros((40, 96, 8))
+    x[:, 0] = rng.normal(0, 1, (40, 8))
+    for t in range(1, 96):
+        x[:, t] = x[:, t - 1] @ mix.T + rng.normal(0, 0.3, (40, 8))
+    data = series_of(x)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=32), 48)
+    losses = {prev: loss_after_training(codec, data, -1, cross_prev=prev) for prev in (True, False)}
+    assert losses[True] < losses[False] - 0.05, losses
 
 
 def test_the_seasonal_input_repeats_each_series_own_day():

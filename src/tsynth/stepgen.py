@@ -201,7 +201,7 @@ def _generate_batch(models, codec: StepCodec, conds: list[dict], lengths: np.nda
         prev, cal, season = step_ids(t, t + 1)
         hs = [m.hidden(m.step_inputs(prev, cal, season), p_len + t - first, caches[j])[:, -1]
               for j, m in enumerate(models)]
-        before = [m.chain_start(h) for m, h in zip(models, hs)]
+        before = [m.chain_start(h, prev[:, 0]) for m, h in zip(models, hs)]
         # each channel's values before the previous one, latest first, as its head reads them
         own = backs(range(2, own_lags + 1), t, t + 1)
         for c in range(codec.n_channels):

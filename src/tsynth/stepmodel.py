@@ -15,8 +15,9 @@ A sequence is a short prefix of series-level tokens followed by one position per
 * the output at step ``t`` gives the joint distribution of step ``t``'s channels, one channel after another:
   channel ``c``'s bin (or "missing") is predicted from the step's hidden state plus the embeddings of the
   channels before it (drawn or, in training, true) and, where a step holds several channels, channel ``c``'s
-  own linear reading of their values (:class:`CrossReadout`), through a small feed-forward head. Cost per step
-  grows linearly with the channels, and the attention runs over steps, not values;
+  own linear reading of their values and of every channel's previous value (:class:`CrossReadout`), through a
+  small feed-forward head. Cost per step grows linearly with the channels, and the attention runs over steps,
+  not values;
 * with ``copy`` (every new model whose steps hold several channels), that distribution is a mixture of the head's
   free distribution and a discretised Gaussian over bins centred near the channel's own previous bin (gate, shift
   and width come from the head). The summed step input cannot carry dozens of channels' exact values, and a smooth
@@ -70,11 +71,14 @@ class StepModelConfig(PretrainedConfig):
                  context: int = 96, calendar_sizes: list[int] | tuple[int, ...] = (), n_layer: int = 2,
                  n_embd: int = 64, n_head: int = 4, dropout: float = 0.1, copy: bool = False,
                  seasons: list[int] | tuple[int, ...] | None = None, season: int = 0, season_inputs: bool = False,
-                 own_lags: int = 0, time_feature: int = -1, cross_rank: int = 0, **kwargs) -> None:
+                 own_lags: int = 0, time_feature: int = -1, cross_rank: int = 0, cross_prev: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         # rank of each channel's linear reading of the channels drawn before it in its step (:class:`CrossReadout`):
         # 0 for models saved before it, and where a step holds one channel
         self.cross_rank = int(cross_rank) if int(n_channels) > 1 else 0
+        # whether that readout also reads every channel's previous value: False for models saved before it
+        self.cross_prev = bool(cross_prev) and self.cross_rank > 0
         self.time_feature = int(time_feature)  # index of the calendar's time-step feature, -1 without one
         self.copy = bool(copy)  # False for models saved before the copy component
         # how many of its own latest values (the previous one first) each channel's head reads: 0 for models
@@ -153,40 +157,72 @@ class _Block(nn.Module):
 
 
 class CrossReadout(nn.Module):
-    """Each channel's own linear reading of the values of the channels before it in the same step (d per channel).
+    """Each channel's own linear reading of the values of the channels before it in the same step (d per channel)
+    and, with ``prev``, of every channel's value at the previous step.
 
     Channel ``j``'s bin position (scaled to [-1, 1]) and missing flag map to ``rank`` numbers (``inp[j]``); their
-    running sum over the channels before ``c``, over the square root of their count (summed beside the chain
-    embeddings, as one running state: :meth:`StepModel.chain`), maps through channel ``c``'s own matrix
+    running sum over the channels before ``c``, over the square root of their count (in generation, summed beside
+    the chain embeddings, as one running state: :meth:`StepModel.chain`), maps through channel ``c``'s own matrix
     (``out[c]``). So every channel regresses on its predecessors with weights of its own, of rank at
     most ``rank``, at a cost linear in the channels. The summed chain embeddings give every head the same
     vector, from which a small head must pull each channel's own combination; with many correlated channels (a
     building's temperatures, say) it does that poorly, and a step's channels come out less related than the
-    data's (docs/long-series.md, "Channels before it in the step")."""
+    data's (docs/long-series.md, "Channels before it in the step").
 
-    def __init__(self, n_channels: int, rank: int, d: int) -> None:
+    With ``prev``, the previous step's values of all channels map the same way (``prev_inp``), summed over every
+    channel / sqrt(channels), and each head reads that summary through a matrix of its own (``prev_out``): the
+    step input gives every head one summed vector of the previous values too, and a channel's next value depends
+    on its neighbours' last ones with weights of its own."""
+
+    def __init__(self, n_channels: int, rank: int, d: int, prev: bool = False) -> None:
         super().__init__()
         self.inp = nn.Parameter(torch.empty(n_channels, 2, rank))
         self.out = nn.Parameter(torch.empty(n_channels, rank, d))
+        self.prev_inp = nn.Parameter(torch.empty(n_channels, 2, rank)) if prev else None
+        self.prev_out = nn.Parameter(torch.empty(n_channels, rank, d)) if prev else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Unit-scale features, and small output maps (a new head starts near its reading without them)."""
-        nn.init.normal_(self.inp, std=1.0)
-        nn.init.normal_(self.out, std=0.02)
+        for inp, out in ((self.inp, self.out), (self.prev_inp, self.prev_out)):
+            if inp is not None and out is not None:
+                nn.init.normal_(inp, std=1.0)
+                nn.init.normal_(out, std=0.02)
 
     def features(self, feats: torch.Tensor, channels: torch.Tensor | slice) -> torch.Tensor:
         """``feats`` (..., channels, 2): positions and missing flags; their ``rank`` numbers (..., channels, rank)."""
         return torch.einsum("...ci,cir->...cr", feats, self.inp[channels])
 
-    def forward(self, summed: torch.Tensor) -> torch.Tensor:
-        """Every channel's reading (..., channels, d) of the summed features (..., channels, rank) of the channels
-        before it, as teacher forcing gives them."""
-        return torch.einsum("...cr,crd->...cd", summed, self.out)
+    def previous(self, feats: torch.Tensor) -> torch.Tensor:
+        """The summary (..., rank) of every channel's previous value, from their positions and missing flags
+        ``feats`` (..., channels, 2); empty (..., 0) without ``prev``."""
+        if self.prev_inp is None:
+            return feats.new_zeros(feats.shape[:-2] + (0,))
+        return torch.einsum("...ci,cir->...r", feats, self.prev_inp) / math.sqrt(feats.shape[-2])
 
-    def read(self, channel: int, summed: torch.Tensor) -> torch.Tensor:
-        """Channel ``channel``'s reading (b, d) of the summed features ``summed`` (b, rank) of those before it."""
-        return summed @ self.out[channel]
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Every channel's reading (..., channels, d), as teacher forcing gives the values: ``feats`` (..., channels,
+        4) holds each channel's position and missing flag at the step, then at the previous step. (One input, so
+        that DP-SGD's per-sample gradients reach every parameter through this call.)"""
+        out = torch.einsum("...cr,crd->...cd", exclusive_mean(self.features(feats[..., :2], slice(None))), self.out)
+        if self.prev_out is not None:
+            out = out + torch.einsum("...r,crd->...cd", self.previous(feats[..., 2:]), self.prev_out)
+        return out
+
+    def read(self, channel: int, summed: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Channel ``channel``'s reading (b, d) of the features ``summed`` (b, rank) of those before it (summed over
+        the square root of their count) and of the previous step's summary ``prev`` (b, rank; b, 0 without it)."""
+        out = summed @ self.out[channel]
+        if self.prev_out is not None:
+            out = out + prev @ self.prev_out[channel]
+        return out
+
+
+def exclusive_mean(x: torch.Tensor) -> torch.Tensor:
+    """For each channel of ``x`` (..., channels, width), the sum over the channels before it, over the square root
+    of their count (the first gets zeros): what a head reads of the channels drawn before it in its step."""
+    count = torch.arange(x.shape[-2], device=x.device).clamp(min=1).sqrt()[:, None]
+    return (torch.cumsum(x, dim=-2) - x) / count
 
 
 class StepModel(PreTrainedModel):
@@ -223,7 +259,7 @@ class StepModel(PreTrainedModel):
         self.copy_head = nn.Linear(d, 3 * (1 + len(config.seasons))) if config.copy else None
         # each channel's own latest values, read by its head: positions, "no such value" flags and changes
         self.own_proj = nn.Linear(3 * config.own_lags - 1, d) if config.own_lags else None
-        self.cross = CrossReadout(c, config.cross_rank, d) if config.cross_rank else None
+        self.cross = CrossReadout(c, config.cross_rank, d, config.cross_prev) if config.cross_rank else None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -428,15 +464,10 @@ class StepModel(PreTrainedModel):
         (:func:`support_bins`; b, t, channels, 2 * support + 1) and of "missing" (b, t, channels)."""
         b, t, c = targets.shape
         chain = self.chain_emb(targets.clamp(max=self.config.n_ids - 1) + self._channel_offsets(targets.device))
-        if self.cross is not None:  # the readout's features, summed beside the chain embeddings
-            chain = torch.cat([chain, self.cross.features(self._feats(targets), slice(None))], dim=-1)
-        denom = torch.arange(c, device=h.device).clamp(min=1).sqrt()[:, None]
-        before = (torch.cumsum(chain, dim=2) - chain) / denom
-        d = self.config.n_embd
         ch = self.channel_emb(torch.arange(c, device=h.device).expand(b, c))[:, None]  # (b, 1, c, d)
-        u = h[:, :, None] + ch + before[..., :d] + self._own(prev, own)
+        u = h[:, :, None] + ch + exclusive_mean(chain) + self._own(prev, own)
         if self.cross is not None:
-            u = u + self.cross(before[..., d:])
+            u = u + self.cross(torch.cat([self._feats(targets), self._feats(prev)], dim=-1))
         if support is None:
             return self._head(u, prev, season)
         return self._head_at(u, prev, season, support_bins(targets, support, self.config.n_bins))
@@ -454,24 +485,36 @@ class StepModel(PreTrainedModel):
         b = h.shape[0]
         d = self.config.n_embd
         ch = self.channel_emb(torch.full((b,), channel, dtype=torch.long, device=h.device))
-        before = before / math.sqrt(max(channel, 1))
-        u = h + ch + before[:, :d] + self._own(prev, own)
+        width = self._summed_width()
+        summed = before[:, :width] / math.sqrt(max(channel, 1))
+        u = h + ch + summed[:, :d] + self._own(prev, own)
         if self.cross is not None:
-            u = u + self.cross.read(channel, before[:, d:])
+            u = u + self.cross.read(channel, summed[:, d:], before[:, width:])
         return self._head(u, prev, season)
 
-    def chain_start(self, h: torch.Tensor) -> torch.Tensor:
-        """The running state of a step before its first channel is drawn: the summed chain embeddings (b, d) and,
-        with a cross readout, the summed features of its rank, side by side."""
-        width = self.config.n_embd + (self.config.cross_rank if self.cross is not None else 0)
-        return h.new_zeros(h.shape[0], width)
+    def _summed_width(self) -> int:
+        """Width of the running state's part that sums over the channels drawn: chain embeddings and the cross
+        readout's features."""
+        return self.config.n_embd + (self.config.cross_rank if self.cross is not None else 0)
+
+    def chain_start(self, h: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """The running state of a step before its first channel is drawn, whose channels' previous value ids are
+        ``prev`` (b, channels): the summed chain embeddings (b, d) and, with a cross readout, the summed features of
+        its rank, side by side, then the previous step's summary where the readout reads it (fixed for the step)."""
+        state = h.new_zeros(h.shape[0], self._summed_width())
+        if self.cross is None or self.cross.prev_inp is None:
+            return state
+        return torch.cat([state, self.cross.previous(self._feats(prev))], dim=-1)
 
     def chain(self, channel: int, ids: torch.Tensor) -> torch.Tensor:
         """What ``channel`` holding value ids ``ids`` (b,) adds to the running state (:meth:`chain_start`)."""
         e = self.chain_emb(ids + channel * self.config.n_ids)
         if self.cross is None:
             return e
-        return torch.cat([e, self.cross.features(self._feats(ids)[:, None], slice(channel, channel + 1))[:, 0]], -1)
+        parts = [e, self.cross.features(self._feats(ids)[:, None], slice(channel, channel + 1))[:, 0]]
+        if self.cross.prev_inp is not None:
+            parts.append(e.new_zeros(e.shape[0], self.config.cross_rank))  # the previous step's summary stays
+        return torch.cat(parts, dim=-1)
 
 
 def support_bins(targets: torch.Tensor, radius: int, n_bins: int) -> torch.Tensor:

@@ -47,7 +47,9 @@ MAX_TIME_INDEX = 20_000  # steps of a panel's span that get their own time-step 
 
 WHOLE_SERIES = 512  # series up to this many steps are seen whole
 OWN_LAGS = 4  # where a step holds several channels, each channel's head reads this many of its own latest values
-CROSS_RANK = 32  # where a step holds several channels, the rank of each head's reading of the channels before it
+# where a step holds several channels, the rank of each head's reading of the channels before it in the step and
+# of every channel's previous value
+CROSS_RANK = 32
 
 
 def default_context(freq: str | None, length: int) -> int:
@@ -327,7 +329,7 @@ class StepCodec:
                     prefix_length=self.prefix_length, context=self.context,
                     calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=self.copies,
                     seasons=self.seasons, season_inputs=True, own_lags=OWN_LAGS if self.copies else 0,
-                    cross_rank=CROSS_RANK if self.copies else 0,
+                    cross_rank=CROSS_RANK if self.copies else 0, cross_prev=self.copies,
                     time_feature=self.time_feature, **preset)
 
     @property
