@@ -512,6 +512,14 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "2 of 6 models trained, 4-6 epochs each, sampling 80-83 s (726-942 s). Seed 0's fit shared the machine "
              "with a short test run for about 4 of its 10 minutes. No other set's choice or model changes (stocks24's "
              "144 values keep the token model; the other sets have one channel), so no other rows were rerun.",
+             "  - 3ac1a16: each head also reads every channel's previous value through a map of its own "
+             "(docs/long-series.md, \"Channels before it in the step\"); under DP the readout's input maps now get "
+             "their per-sample gradients (they trained on noise alone). energy24 `tsynth` rerun (one job at a time, "
+             "idle machine): disc_gru 0.199 / 0.212 / 0.208 (af38b7e: 0.238 / 0.255 / 0.282), mean_err 0.010-0.013 "
+             "(0.018), 2 of 6 models, 6-7 epochs each, sampling 55-71 s. Only sets whose steps hold several channels "
+             "and train the step model change: energy24 is the one task with such `tsynth` rows (energy24-blocked "
+             "has a `tsynth-token` row only; energy24's DP row at bda1e77 trained the token model), so no other rows "
+             "were rerun.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
