@@ -15,8 +15,8 @@ from tsynth.codecs.steps import CROSS_RANK, OWN_LAGS, PANEL_MIN_SERIES, StepCode
 from tsynth.codecs.values import ValueCodec
 from tsynth.errors import DataError
 from tsynth.stepgen import generate_steps
-from tsynth.stepmodel import (KVCache, StepModel, StepModelConfig, bin_values, support_bins, support_weights,
-                              window_loss)
+from tsynth.stepmodel import (KVCache, LogSoftmaxAt, StepModel, StepModelConfig, bin_values, support_bins,
+                              support_weights, window_loss)
 from tsynth.train import smoothed_kernel
 
 
@@ -129,6 +129,22 @@ def test_cached_steps_match_the_whole_window():
             assert torch.allclose(model.channel_logits(h, c, before, prev[:, 3, c], season[:, 3, c], own[:, 3, c]),
                                   logits[:, 3, c], atol=1e-5)
             before = before + model.chain(c, target[:, 3, c])
+
+
+def test_log_softmax_at_the_support_has_autograd_gradients():
+    """The training head's log-probabilities at a few bins (an index may repeat, as bins clamped at a grid's edge
+    do) are those of the full log-softmax, and so are their gradients (its own backward pass)."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 12, dtype=torch.float64, requires_grad=True)
+    index = torch.cat([torch.zeros(3, 4, 2, dtype=torch.long), torch.randint(0, 12, (3, 4, 5))], dim=-1)
+    weights = torch.rand(3, 4, 7, dtype=torch.float64)
+    ours = LogSoftmaxAt.apply(logits, index)
+    theirs = torch.log_softmax(logits, -1).gather(-1, index)
+    assert torch.allclose(ours, theirs)
+    grad, = torch.autograd.grad((ours * weights).sum(), logits)
+    expected, = torch.autograd.grad((theirs * weights).sum(), logits)
+    assert torch.allclose(grad, expected)
+    assert torch.autograd.gradcheck(LogSoftmaxAt.apply, (logits, index))
 
 
 @pytest.mark.parametrize("channels,gaps,widths,n_bins,copy", [(1, 0.0, [2.0], 64, False), (1, 0.0, [2.0], 64, True),

@@ -218,6 +218,26 @@ class CrossReadout(nn.Module):
         return out
 
 
+class LogSoftmaxAt(torch.autograd.Function):
+    """``log_softmax(logits)`` (..., n) at ``index`` (..., m) only, with a backward pass of its own: the softmax
+    times minus the summed incoming gradient, plus that gradient scattered onto the indices. Autograd's
+    logsumexp-and-gather computes the same in several more passes over the (..., n) logits, each with a tensor of
+    that size to allocate (the logsumexp's shifted copy and exp, a zero gradient for the gather), and with many
+    channels those passes are much of a training step's time."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits, dim=-1)
+        ctx.save_for_backward(logp, index)
+        return logp.gather(-1, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logp, index = ctx.saved_tensors
+        out = torch.exp(logp).mul_(-grad.sum(-1, keepdim=True))
+        return out.scatter_add_(-1, index, grad), None
+
+
 def exclusive_mean(x: torch.Tensor) -> torch.Tensor:
     """For each channel of ``x`` (..., channels, width), the sum over the channels before it, over the square root
     of their count (the first gets zeros): what a head reads of the channels drawn before it in its step."""
@@ -422,8 +442,8 @@ class StepModel(PreTrainedModel):
         a step's cost where steps hold many values."""
         logits, parts, weights = self._head_parts(u, prev, season)
         k = self.config.n_bins
-        norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-        free, missing = logits.gather(-1, bins) - norm, logits[..., k] - norm[..., 0]
+        at = LogSoftmaxAt.apply(logits, torch.cat([bins, torch.full_like(bins[..., :1], k)], dim=-1))
+        free, missing = at[..., :-1], at[..., -1]
         if weights is None:
             return free.clamp(min=LOG_FLOOR), missing.clamp(min=LOG_FLOOR)
         out = (free + weights[..., :1]).clamp(min=LOG_FLOOR)
