@@ -520,6 +520,13 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "and train the step model change: energy24 is the one task with such `tsynth` rows (energy24-blocked "
              "has a `tsynth-token` row only; energy24's DP row at bda1e77 trained the token model), so no other rows "
              "were rerun.",
+             "  - 7fdf2ed: a training step's log-probabilities at the support come from one fused log-softmax with its "
+             "own backward pass (docs/long-series.md, \"What a training step computes\"): the same function, an "
+             "energy24 step 1.15 s -> 0.74 s. energy24 `tsynth` rerun (one job at a time, idle machine): disc_gru "
+             "0.255 / 0.267 / 0.203 (3ac1a16: 0.199 / 0.212 / 0.208), 8-9 epochs each (6-7), validation loss "
+             "1.37-1.41 (1.45-1.50). The faster steps bought more epochs and a lower loss, but not a better score: "
+             "seed 1 is above the Gaussian's 0.26. Sample quality on energy24 is not limited by training time "
+             "within this budget (docs/long-series.md, \"Where energy24 stands\").",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "

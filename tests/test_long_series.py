@@ -81,14 +81,17 @@ def test_windows_carry_previous_values_gaps_and_padding():
     assert (tail[0, 20:, 0] == k + 2).all() and (tail[0, :20, 0] <= k).all()
 
 
-def test_cached_steps_match_the_whole_window():
+@pytest.mark.parametrize("cross_prev", [True, False])
+def test_cached_steps_match_the_whole_window(cross_prev):
     """Step-by-step generation with the key/value cache computes what the training forward pass computes (the
-    seasonal inputs, a day back, included)."""
+    seasonal inputs, a day back, included), with the heads' reading of the previous step and, as in models saved
+    before it, without."""
     data = hourly_set(n=8, days=4, channels=3)
     codec = StepCodec.fit(data, ValueCodec(n_bins=16), 48)
     arrays = codec.encode(data)
     torch.manual_seed(0)
-    model = StepModel(StepModelConfig(**codec.model_config(dict(n_layer=2, n_embd=32, n_head=4), 0.0))).eval()
+    config = {**codec.model_config(dict(n_layer=2, n_embd=32, n_head=4), 0.0), "cross_prev": cross_prev}
+    model = StepModel(StepModelConfig(**config)).eval()
     rows, offsets = np.array([0, 1]), np.array([5, 40])
     prefix, prev, target, cal = (torch.as_tensor(a) for a in codec.windows(arrays, rows, offsets))
     season = torch.as_tensor(codec.lagged(arrays, rows, offsets, 24))[..., None]
@@ -100,7 +103,8 @@ def test_cached_steps_match_the_whole_window():
     with torch.no_grad():
         model.own_proj.weight.mul_(50.0)  # so that a wrong history shows in the head's output
         model.cross.out.mul_(50.0)  # and so does a wrong reading of the channels drawn before
-        model.cross.prev_out.mul_(50.0)  # or of the previous step's values
+        if cross_prev:
+            model.cross.prev_out.mul_(50.0)  # or of the previous step's values
         full = model(prefix, prev, cal, season_ids=season)
         _, logits = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
         _, without = model(prefix, prev, cal, targets=target, season_ids=season)
@@ -108,11 +112,13 @@ def test_cached_steps_match_the_whole_window():
         readout, model.cross = model.cross, None
         _, no_cross = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
         model.cross = readout
-        prev_out = model.cross.prev_out.clone()
-        model.cross.prev_out.zero_()
-        _, no_prev = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
-        model.cross.prev_out.copy_(prev_out)
-        assert (logits - no_prev).abs().amax((0, 1, 3)).min() > 0.1  # every head reads the previous step's values
+        no_prev = logits
+        if cross_prev:
+            prev_out = model.cross.prev_out.clone()
+            model.cross.prev_out.zero_()
+            _, no_prev = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
+            model.cross.prev_out.copy_(prev_out)
+            assert (logits - no_prev).abs().amax((0, 1, 3)).min() > 0.1  # every head reads the previous step's values
         assert (no_prev - no_cross)[:, :, 1:].abs().max() > 0.1  # and the channels before it in its step
         assert torch.allclose(no_prev[:, :, 0], no_cross[:, :, 0])  # the first channel has none before it
         cache = KVCache.empty(model.config, 2, "cpu")

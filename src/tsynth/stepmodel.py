@@ -223,7 +223,8 @@ class LogSoftmaxAt(torch.autograd.Function):
     times minus the summed incoming gradient, plus that gradient scattered onto the indices. Autograd's
     logsumexp-and-gather computes the same in several more passes over the (..., n) logits, each with a tensor of
     that size to allocate (the logsumexp's shifted copy and exp, a zero gradient for the gather), and with many
-    channels those passes are much of a training step's time."""
+    channels those passes are much of a training step's time. Its gradient is first-order only, and it runs under
+    autograd (opacus' hooks), not under ``torch.func`` transforms."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -232,6 +233,7 @@ class LogSoftmaxAt(torch.autograd.Function):
         return logp.gather(-1, index)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         logp, index = ctx.saved_tensors
         out = torch.exp(logp).mul_(-grad.sum(-1, keepdim=True))
