@@ -13,11 +13,11 @@ from tsynth.cli import main
 from tsynth.codecs import steps as steps_module
 from tsynth.codecs.steps import CROSS_RANK, OWN_LAGS, PANEL_MIN_SERIES, StepCodec, calendar_values, default_context
 from tsynth.codecs.values import ValueCodec
-from tsynth.errors import DataError
+from tsynth.errors import ConfigError, DataError
 from tsynth.stepgen import generate_steps
-from tsynth.stepmodel import (KVCache, LogSoftmaxAt, StepModel, StepModelConfig, bin_values, support_bins,
-                              support_weights, window_loss)
-from tsynth.train import smoothed_kernel
+from tsynth.stepmodel import (INPUT_NOISE, KVCache, LogSoftmaxAt, StepModel, StepModelConfig, bin_values,
+                              input_noise, noisy_inputs, support_bins, support_weights, window_loss)
+from tsynth.train import TrainConfig, smoothed_kernel
 
 
 def hourly_set(n: int = 24, days: int = 16, channels: int = 1, gaps: float = 0.0, seed: int = 0) -> SeriesSet:
@@ -261,6 +261,7 @@ def test_many_channels_share_a_position(tmp_path):
     assert out.values.shape == (5, 48, 12) and not np.isnan(out.values).any()
     # the heads' readings of the channels before them save and load with the rest of the model
     assert cfg.cross_rank == CROSS_RANK
+    assert syn.info["training"]["input_noise"] == INPUT_NOISE  # several channels: inputs moved while it trains
     syn.save(tmp_path / "model")
     np.testing.assert_array_equal(Synthesizer.load(tmp_path / "model").sample(5, seed=0).values, out.values)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model" / "model")
@@ -297,6 +298,54 @@ def test_dp_per_sample_gradients_are_the_model_gradients():
     for name, p in params.items():
         assert p.grad is not None and p.grad.abs().max() > 0, name
         assert torch.allclose(p.grad_sample.mean(0), p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max())), name
+
+
+def test_noisy_inputs_move_each_step_alike_in_every_view():
+    """Training moves a share of the input values by about a bin, a step's value alike wherever the window shows
+    it (as the previous value, an own lag, a day back), as one drawn value would be in generation; missing,
+    ``<start>`` and pad ids stay, and moved ids stay inside the bins."""
+    data = hourly_set(n=6, days=4, channels=3, gaps=0.05)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=16), 48)
+    arrays = codec.encode(data)
+    rows, offsets = np.array([0, 1, 2, 3]), np.array([0, 10, 30, 48])
+    lags = [1, 2, 3, 24]
+    views = [(codec.lagged(arrays, rows, offsets, lag), lag) for lag in lags]
+    k = codec.n_bins
+    moved = noisy_inputs(np.random.default_rng(0), 0.5, k, views)
+    for (before, _), after in zip(views, moved):
+        special = before >= k
+        assert np.array_equal(after[special], before[special])
+        assert ((after[~special] >= 0) & (after[~special] < k)).all()
+    changed = np.concatenate([(after != before)[before < k] for (before, _), after in zip(views, moved)])
+    assert 0.15 < changed.mean() < 0.5  # half the values drawn, a rounded N(0, 1) bin move is 0 for 38 % of them
+    # each series step's value, read through every view that shows it, is one value
+    seen: dict = {}
+    for (before, lag), after in zip(views, moved):
+        for i, t, c in zip(*np.nonzero(before < k)):
+            seen.setdefault((i, offsets[i] + t - lag, c), set()).add(int(after[i, t, c]))
+    assert all(len(v) == 1 for v in seen.values()) and sum(len(v) for v in seen.values()) > 300
+    assert all(np.array_equal(a, b) for (b, _), a in zip(views, noisy_inputs(np.random.default_rng(0), 0.0, k, views)))
+
+
+def test_input_noise_only_while_training_and_by_default_with_several_channels():
+    assert input_noise(1, None) == 0.0 and input_noise(3, None) == INPUT_NOISE and input_noise(3, 0.0) == 0.0
+    with pytest.raises(ConfigError, match="input_noise"):
+        TrainConfig(input_noise=1.0)
+    data = hourly_set(n=8, days=4, channels=3)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=16), 48)
+    arrays = codec.encode(data)
+    torch.manual_seed(0)
+    model = StepModel(StepModelConfig(**codec.model_config(dict(n_layer=1, n_embd=32, n_head=4), 0.0)))
+    rows = torch.tensor([[0, 0], [1, 5], [2, 9]])
+
+    def loss(noise):
+        torch.manual_seed(1)  # the same windows hidden from the seasonal and time inputs in training
+        with torch.no_grad():
+            return float(window_loss(codec, arrays, 1.0, 0.0, seed=0, noise=noise)(model, rows))
+    model.eval()
+    assert loss(0.5) == loss(0.0)  # scoring never moves the inputs
+    model.train()
+    assert loss(0.0) == loss(0.0) and loss(0.5) != loss(0.0)
 
 
 def write_long_csv(path: Path, data: SeriesSet) -> Path:

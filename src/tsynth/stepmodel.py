@@ -29,6 +29,10 @@ A sequence is a short prefix of series-level tokens followed by one position per
 * the prefix positions predict the next prefix token (series-level tokens are drawn first, then held in the
   context for the whole series).
 
+Where a step holds several channels, training moves a share of the input values by about a bin
+(:func:`noisy_inputs`), so that the model's own draws, which generation feeds back, do not read as the start of a
+rougher stretch.
+
 The context holds ``context`` steps. Training windows are drawn at random offsets of long series; generation
 beyond the context slides it: when it is full, the cache is rebuilt from the prefix and the most recent steps,
 so positions stay within the trained range, memory does not grow with the length asked for and time is linear
@@ -60,6 +64,10 @@ TIME_DROPOUT = 0.25  # share of training windows whose time-step feature reads "
 SEASON_DROPOUT = 0.75  # share of season inputs hidden while the model trains (docs/long-series.md)
 NORM_WINDOW = 16  # bins either side of a copy component's centre whose terms its normaliser sums exactly in training
 SUPPORT_SIGMAS = 4.0  # a smoothed target's bins that the loss reads: this many smoothing widths either side
+# where a step holds several channels: the share of the values shown to the model as inputs (previous, own and
+# seasonal lags) that training moves by a draw of about a bin (docs/long-series.md, "Inputs with noise")
+INPUT_NOISE = 0.3
+INPUT_NOISE_BINS = 1.0  # the standard deviation of that move, rounded to whole bins
 
 
 class StepModelConfig(PretrainedConfig):
@@ -589,14 +597,41 @@ def _config(model: nn.Module) -> StepModelConfig:
     return model.config
 
 
-def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_dropout: float, seed: int):
+def input_noise(n_channels: int, share: float | None) -> float:
+    """The share of input values that training moves (:func:`noisy_inputs`): ``share`` where given, else
+    ``INPUT_NOISE`` where a step holds several channels and none for one channel."""
+    return float(share) if share is not None else INPUT_NOISE if n_channels > 1 else 0.0
+
+
+def noisy_inputs(rng: np.random.Generator, share: float, n_bins: int, views: list[tuple[np.ndarray, int]]
+                 ) -> list[np.ndarray]:
+    """Input value ids with a ``share`` of the series' values moved by a rounded normal draw of
+    ``INPUT_NOISE_BINS`` bins (kept inside the bins). ``views``: (ids (b, t, c), lag) pairs, each the window's
+    values ``lag`` steps back (:meth:`StepCodec.lagged`); one step's value moves alike in every view that shows it,
+    as one drawn value would in generation. Missing, ``<start>`` and pad ids stay. Generation feeds the model its
+    own draws, which stray from a smooth path by about a bin where the data moves by about that much; trained on
+    exact inputs only, the model takes such a stray for the start of a rougher stretch and widens its next draw,
+    so that roughness grows along a sample."""
+    if share <= 0 or not views:
+        return [ids for ids, _ in views]
+    back = max(lag for _, lag in views)
+    b, t, c = views[0][0].shape
+    moved = rng.random((b, t + back, c)) < share
+    shift = np.where(moved, np.rint(rng.normal(0.0, INPUT_NOISE_BINS, (b, t + back, c))), 0).astype(np.int64)
+    steps = np.arange(t)
+    return [np.where(ids < n_bins, np.clip(ids + shift[:, steps - lag + back], 0, n_bins - 1), ids)
+            for ids, lag in views]
+
+
+def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_dropout: float, seed: int,
+                noise: float = 0.0):
     """``loss(model, rows, reduction)`` for the step model. ``rows`` (b, 2): a series of ``arrays``
     (:meth:`StepCodec.encode`) and the window's first step, or -1 for a random offset (drawn anew at every call,
     so every epoch sees other windows of long series). Value targets get the smoothed cross-entropy of
     :func:`tsynth.train.sequence_loss` (a Gaussian over neighbouring bins, per channel), missing readings and
     prefix tokens plain cross-entropy; condition tokens are replaced by their field's unknown token with
-    probability ``condition_dropout`` while the model trains. With ``reduction="none"`` it returns each row's
-    mean loss."""
+    probability ``condition_dropout`` and a ``noise`` share of the input values moved (:func:`noisy_inputs`) while
+    the model trains. With ``reduction="none"`` it returns each row's mean loss."""
     widths = [smoothing] if isinstance(smoothing, (int, float)) else list(smoothing)
     k = codec.n_bins
     # the smoothed target of each value has its mass within SUPPORT_SIGMAS widths of it (beyond them, under 1e-4
@@ -622,7 +657,18 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
             offsets[draw] = np.where(shifted, rng.integers(1, np.maximum(n // 2, 1) + 1), offset)
         prefix, prev, target, calendar = codec.windows(arrays, series, offsets)
         season = codec.lagged_stack(arrays, series, offsets, _config(model).seasons)
-        own = codec.lagged_stack(arrays, series, offsets, range(2, _config(model).own_lags + 1))
+        own_lags = range(2, _config(model).own_lags + 1)
+        own = codec.lagged_stack(arrays, series, offsets, own_lags)
+        if model.training and noise > 0:
+            views = [(prev, 1)]
+            views += [] if season is None else [(season[..., j], lag) for j, lag in enumerate(_config(model).seasons)]
+            views += [] if own is None else [(own[..., j], lag) for j, lag in enumerate(own_lags)]
+            moved = noisy_inputs(rng, noise, k, views)
+            prev, rest = moved[0], moved[1:]
+            if season is not None:
+                season, rest = np.stack(rest[:season.shape[-1]], axis=-1), rest[season.shape[-1]:]
+            if own is not None:
+                own = np.stack(rest, axis=-1)
         prefix_in = prefix.copy()
         if model.training and condition_dropout > 0:
             for pos, unknown in slots:

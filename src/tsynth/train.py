@@ -45,6 +45,9 @@ class TrainConfig:
     dropout: float = 0.1
     smoothing: float | None = None  # bins; None: per channel from the training data (step_smoothing), 2 under DP
     condition_dropout: float = 0.1
+    # step model: the share of the values shown as inputs that training moves by about a bin (None: INPUT_NOISE where
+    # a step holds several channels, else 0; see stepmodel.input_noise)
+    input_noise: float | None = None
     patience: int = 20
     seed: int = 0
     time_limit_s: float | None = None  # fewer steps (and a shorter lr schedule) when they would not fit (the local
@@ -57,6 +60,8 @@ class TrainConfig:
             raise ConfigError("epochs, batch_size and learning_rate must be positive")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ConfigError(f"time_limit_s must be positive, got {self.time_limit_s}")
+        if self.input_noise is not None and not 0 <= self.input_noise < 1:
+            raise ConfigError(f"input_noise must be a share in [0, 1) or None, got {self.input_noise}")
         if self.smoothing is not None and not self.smoothing >= 0:
             raise ConfigError(f"smoothing must be a width in bins (0 or more) or None, got {self.smoothing}")
 

@@ -39,7 +39,7 @@ from ..prior import CORPUS_FILE, DEFAULT_PRIOR, DOMAIN_PRIORS, Prior, auto_prior
 from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
 from ..sample import generate
 from ..stepgen import GAPS, generate_steps, parse_start
-from ..stepmodel import StepModel, StepModelConfig, bin_values, window_loss
+from ..stepmodel import StepModel, StepModelConfig, bin_values, input_noise, window_loss
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
 from ..tokenmodel import PRESETS, build_model, factor_positions, select_trainable
 from ..train import (MAX_SMOOTHING, TrainConfig, initial_epochs, seconds_per_step, step_smoothing, train_device, train_lm,
@@ -364,6 +364,7 @@ class LocalBackend:
             "seconds": time.time() - t0,  # wall clock; members train in parallel, each reports its own
             "members": runs,
             "smoothing": smoothing,  # label-smoothing width(s) in bins: one, or one per channel
+            **({"input_noise": input_noise(codec.n_channels, opts.train.input_noise)} if kind == "step" else {}),
             **({"time_plan": plan} if plan else {}),
         }
         self.schema = data_schema(full)
@@ -727,7 +728,8 @@ class StepJob(MemberJob):
         return StepModel(StepModelConfig(**{**self.model_config, "dropout": dropout}))
 
     def loss(self) -> Callable:
-        return window_loss(self.codec, self.arrays, self.smoothing, self.cfg.condition_dropout, self.cfg.seed)
+        return window_loss(self.codec, self.arrays, self.smoothing, self.cfg.condition_dropout, self.cfg.seed,
+                           input_noise(self.codec.n_channels, self.cfg.input_noise))
 
     def source_arrays(self) -> dict | None:
         return self.arrays

@@ -27,7 +27,7 @@ from ..train import PRESETS, TrainConfig, step_smoothing, train_lm
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema
 from .local import (DEFAULT_ENSEMBLE, MIN_SERIES, LocalBackend, default_dropout, fixed_windows, readings,
                     window_rows)
-from ..stepmodel import StepModel, StepModelConfig, window_loss
+from ..stepmodel import StepModel, StepModelConfig, input_noise, window_loss
 
 log = logging.getLogger("tsynth")
 
@@ -79,7 +79,8 @@ def fit_streaming(backend: LocalBackend, data: PartitionedSeries, callback: Call
         valid_rows = None if valid is None else fixed_windows(valid.lengths, codec.context, np.arange(len(valid)))
         torch.manual_seed(cfg.seed)
         model = StepModel(StepModelConfig(**codec.model_config(PRESETS[cfg.preset], cfg.dropout)))
-        loss = window_loss(codec, stream.arrays, smoothing, cfg.condition_dropout, cfg.seed)
+        loss = window_loss(codec, stream.arrays, smoothing, cfg.condition_dropout, cfg.seed,
+                           input_noise(codec.n_channels, cfg.input_noise))
         member_callback = None if callback is None else (lambda e, m=member: callback({**e, "member": m}))
         trained, result = train_lm(model, np.zeros((0, 2), dtype=np.int64), valid_rows, loss, [], cfg,
                                  Path(checkpoint_dir) / f"member_{member}" if checkpoint_dir else None, resume,
@@ -96,6 +97,7 @@ def fit_streaming(backend: LocalBackend, data: PartitionedSeries, callback: Call
         "train_series": data.n_series - (n_valid if validate else 0), "valid_series": n_valid if validate else 0,
         "parameters": int(sum(p.numel() for p in backend.models[0].parameters())),
         "seconds": time.time() - started, "members": runs, "smoothing": smoothing,
+        "input_noise": input_noise(codec.n_channels, opts.train.input_noise),
         "data": {"source": "partitioned Parquet data set, read as a stream", "partitions": len(data.files),
                  "series": data.n_series, "buffer_series": buffer_series,
                  "codec_fitted_on": {"how": "uniform sample of series (bottom-k of seeded random keys)",
