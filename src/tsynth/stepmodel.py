@@ -656,19 +656,15 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
             shifted = (span == 0) & (n >= 4) & (rng.random(len(n)) < SHIFTED_SHARE)
             offsets[draw] = np.where(shifted, rng.integers(1, np.maximum(n // 2, 1) + 1), offset)
         prefix, prev, target, calendar = codec.windows(arrays, series, offsets)
-        season = codec.lagged_stack(arrays, series, offsets, _config(model).seasons)
-        own_lags = range(2, _config(model).own_lags + 1)
-        own = codec.lagged_stack(arrays, series, offsets, own_lags)
+        # the previous values, each season back and the own lags: one view of the window per lag
+        seasons, own_lags = list(_config(model).seasons), list(range(2, _config(model).own_lags + 1))
+        lags = [1, *seasons, *own_lags]
+        views = [prev] + [codec.lagged(arrays, series, offsets, lag) for lag in lags[1:]]
         if model.training and noise > 0:
-            views = [(prev, 1)]
-            views += [] if season is None else [(season[..., j], lag) for j, lag in enumerate(_config(model).seasons)]
-            views += [] if own is None else [(own[..., j], lag) for j, lag in enumerate(own_lags)]
-            moved = noisy_inputs(rng, noise, k, views)
-            prev, rest = moved[0], moved[1:]
-            if season is not None:
-                season, rest = np.stack(rest[:season.shape[-1]], axis=-1), rest[season.shape[-1]:]
-            if own is not None:
-                own = np.stack(rest, axis=-1)
+            views = noisy_inputs(rng, noise, k, list(zip(views, lags)))
+        prev, seasonal, owned = views[0], views[1:1 + len(seasons)], views[1 + len(seasons):]
+        season = np.stack(seasonal, axis=-1) if seasonal else None
+        own = np.stack(owned, axis=-1) if owned else None
         prefix_in = prefix.copy()
         if model.training and condition_dropout > 0:
             for pos, unknown in slots:

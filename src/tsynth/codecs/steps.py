@@ -410,11 +410,6 @@ class StepCodec:
         out[idx >= lengths[:, None]] = self.n_bins + 2
         return out
 
-    def lagged_stack(self, arrays: dict[str, np.ndarray], rows: np.ndarray, offsets: np.ndarray,
-                     lags: Sequence[int]) -> np.ndarray | None:
-        """:meth:`lagged` for each of ``lags``, stacked on a last axis (b, t, c, lags); None without lags."""
-        return np.stack([self.lagged(arrays, rows, offsets, lag) for lag in lags], axis=-1) if len(lags) else None
-
     # ------------------------------------------------------------------ decoding
     def decode(self, prefix: np.ndarray, ids: np.ndarray, lengths: np.ndarray, rng: np.random.Generator,
                item_id: Sequence[str] | None, start: np.ndarray | None) -> SeriesSet:
