@@ -348,6 +348,33 @@ def test_input_noise_only_while_training_and_by_default_with_several_channels():
     assert loss(0.0) == loss(0.0) and loss(0.5) != loss(0.0)
 
 
+def test_training_moves_the_channels_read_before_each_one_in_its_step():
+    """The heads read the channels before theirs in the step moved as the other inputs are, each step's value as
+    the next step's previous value shows it, while the loss scores the exact values; scoring moves nothing."""
+    data = hourly_set(n=8, days=4, channels=3)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=16), 48)
+    arrays = codec.encode(data)
+    torch.manual_seed(0)
+    model = StepModel(StepModelConfig(**codec.model_config(dict(n_layer=1, n_embd=32, n_head=4), 0.0)))
+    seen = []
+    model.register_forward_pre_hook(lambda _m, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
+    rows = torch.tensor([[0, 0], [1, 5], [2, 9]])
+    _, prev, target, _ = codec.windows(arrays, rows[:, 0].numpy(), rows[:, 1].numpy())
+    loss = window_loss(codec, arrays, 1.0, 0.0, seed=0, noise=0.5)
+    model.train()
+    loss(model, rows)
+    (_, moved_prev, _), kwargs = seen[-1]
+    assert np.array_equal(kwargs["targets"].numpy(), target)  # scored on the exact values
+    chain = kwargs["chain_ids"].numpy()
+    values = target < codec.n_bins
+    assert 0.15 < (chain != target)[values].mean() < 0.5 and np.array_equal(chain[~values], target[~values])
+    assert np.array_equal(chain[:, :-1], moved_prev.numpy()[:, 1:])  # one value, read alike in both places
+    assert not np.array_equal(moved_prev.numpy(), prev)
+    model.eval()
+    loss(model, rows)
+    assert seen[-1][1]["chain_ids"] is None and np.array_equal(seen[-1][0][1].numpy(), prev)
+
+
 def write_long_csv(path: Path, data: SeriesSet) -> Path:
     data.to_long().to_csv(path, index=False)
     return path

@@ -30,8 +30,9 @@ A sequence is a short prefix of series-level tokens followed by one position per
   context for the whole series).
 
 Where a step holds several channels, training moves a share of the input values by about a bin
-(:func:`noisy_inputs`), so that the model's own draws, which generation feeds back, do not read as the start of a
-rougher stretch.
+(:func:`noisy_inputs`): the previous and earlier steps' values and the values of the channels before each one in
+its own step, so that the model's own draws, which generation feeds back, do not read as the start of a rougher
+stretch or as a sign of what the step's other channels hold.
 
 The context holds ``context`` steps. Training windows are drawn at random offsets of long series; generation
 beyond the context slides it: when it is full, the cache is rebuilt from the prefix and the most recent steps,
@@ -65,7 +66,8 @@ SEASON_DROPOUT = 0.75  # share of season inputs hidden while the model trains (d
 NORM_WINDOW = 16  # bins either side of a copy component's centre whose terms its normaliser sums exactly in training
 SUPPORT_SIGMAS = 4.0  # a smoothed target's bins that the loss reads: this many smoothing widths either side
 # where a step holds several channels: the share of the values shown to the model as inputs (previous, own and
-# seasonal lags) that training moves by a draw of about a bin (docs/long-series.md, "Inputs with noise")
+# seasonal lags, the channels before each one in its step) that training moves by a draw of about a bin
+# (docs/long-series.md, "Inputs with noise")
 INPUT_NOISE = 0.3
 INPUT_NOISE_BINS = 1.0  # the standard deviation of that move, rounded to whole bins
 
@@ -360,20 +362,23 @@ class StepModel(PreTrainedModel):
 
     def forward(self, prefix_ids: torch.Tensor, prev_ids: torch.Tensor, calendar: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, season_ids: torch.Tensor | None = None,
-                support: int | None = None, own_ids: torch.Tensor | None = None):
+                support: int | None = None, own_ids: torch.Tensor | None = None,
+                chain_ids: torch.Tensor | None = None):
         """A training window: prefix tokens (b, p), the previous step's values of each step (b, steps, channels)
         and each step's calendar features (b, steps, features). Without ``targets``: the hidden states
         (b, p + steps, d). ``own_ids`` (b, steps, channels, own_lags - 1): each channel's values before the
         previous one (:meth:`_own`). With the steps' value ids as ``targets``: the prefix logits (b, p - 1, prefix vocab;
         None when p is 1) and the values' log-probabilities (b, steps, channels, bins + 1), or with ``support``
-        those near each target and of "missing" (:meth:`channel_logits_all`)."""
+        those near each target and of "missing" (:meth:`channel_logits_all`); ``chain_ids`` (b, steps, channels),
+        where given, are the values that the heads read as the channels before theirs in the step (by default the
+        targets)."""
         x = torch.cat([self.prefix_emb(prefix_ids), self.step_inputs(prev_ids, calendar, season_ids)], dim=1)
         h = self.hidden(x)
         if targets is None:
             return h
         p = prefix_ids.shape[1]
         return ((self.prefix_head(h[:, :p - 1]) if p > 1 else None),
-                self.channel_logits_all(h[:, p:], targets, prev_ids, season_ids, support, own_ids))
+                self.channel_logits_all(h[:, p:], targets, prev_ids, season_ids, support, own_ids, chain_ids))
 
     # ------------------------------------------------------------------ outputs
     def _head_parts(self, u: torch.Tensor, prev: torch.Tensor, season: torch.Tensor | None
@@ -485,19 +490,23 @@ class StepModel(PreTrainedModel):
 
     def channel_logits_all(self, h: torch.Tensor, targets: torch.Tensor, prev: torch.Tensor,
                            season: torch.Tensor | None = None, support: int | None = None,
-                           own: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                           own: torch.Tensor | None = None, chain_ids: torch.Tensor | None = None
+                           ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities (b, t, channels, bins + 1) of every channel of every step, each given the true values
         of the channels before it (teacher forcing): ``h`` (b, t, d), ``targets`` and ``prev`` (b, t, channels)
         the steps' value ids and their previous steps', ``season`` (b, t, channels, lags) the ids one season
-        earlier, per lag, ``own`` (b, t, channels, own_lags - 1) the ids before the previous ones (:meth:`_own`).
+        earlier, per lag, ``own`` (b, t, channels, own_lags - 1) the ids before the previous ones (:meth:`_own`),
+        ``chain_ids`` (b, t, channels) the values read as the channels before each one in its step (None: the
+        targets; training passes them moved by :func:`noisy_inputs`).
         With ``support`` (bins): only the log-probabilities at the bins within that many of each target
         (:func:`support_bins`; b, t, channels, 2 * support + 1) and of "missing" (b, t, channels)."""
         b, t, c = targets.shape
-        chain = self.chain_emb(targets.clamp(max=self.config.n_ids - 1) + self._channel_offsets(targets.device))
+        shown = targets if chain_ids is None else chain_ids
+        chain = self.chain_emb(shown.clamp(max=self.config.n_ids - 1) + self._channel_offsets(targets.device))
         ch = self.channel_emb(torch.arange(c, device=h.device).expand(b, c))[:, None]  # (b, 1, c, d)
         u = h[:, :, None] + ch + exclusive_mean(chain) + self._own(prev, own)
         if self.cross is not None:
-            u = u + self.cross(torch.cat([self._feats(targets), self._feats(prev)], dim=-1))
+            u = u + self.cross(torch.cat([self._feats(shown), self._feats(prev)], dim=-1))
         if support is None:
             return self._head(u, prev, season)
         return self._head_at(u, prev, season, support_bins(targets, support, self.config.n_bins))
@@ -607,7 +616,8 @@ def noisy_inputs(rng: np.random.Generator, share: float, n_bins: int, views: lis
                  ) -> list[np.ndarray]:
     """Input value ids with a ``share`` of the series' values moved by a rounded normal draw of
     ``INPUT_NOISE_BINS`` bins (kept inside the bins). ``views``: (ids (b, t, c), lag) pairs, each the window's
-    values ``lag`` steps back (:meth:`StepCodec.lagged`); one step's value moves alike in every view that shows it,
+    values ``lag`` steps back (:meth:`StepCodec.lagged`; lag 0: the steps' own values, as the channels after each
+    one in its step read it); one step's value moves alike in every view that shows it,
     as one drawn value would in generation. Missing, ``<start>`` and pad ids stay. Generation feeds the model its
     own draws, which stray from a smooth path by about a bin where the data moves by about that much; trained on
     exact inputs only, the model takes such a stray for the start of a rougher stretch and widens its next draw,
@@ -660,8 +670,9 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
         seasons, own_lags = list(_config(model).seasons), list(range(2, _config(model).own_lags + 1))
         lags = [1, *seasons, *own_lags]
         views = [prev] + [codec.lagged(arrays, series, offsets, lag) for lag in lags[1:]]
-        if model.training and noise > 0:
-            views = noisy_inputs(rng, noise, k, list(zip(views, lags)))
+        chain_ids = None
+        if model.training and noise > 0:  # the step's own values too, as the channels before each one read them
+            *views, chain_ids = noisy_inputs(rng, noise, k, list(zip([*views, target], [*lags, 0])))
         prev, seasonal, owned = views[0], views[1:1 + len(seasons)], views[1 + len(seasons):]
         season = np.stack(seasonal, axis=-1) if seasonal else None
         own = np.stack(owned, axis=-1) if owned else None
@@ -677,7 +688,9 @@ def window_loss(codec, arrays: dict, smoothing: float | list[float], condition_d
                                             targets=tgt,
                                             season_ids=None if season is None else torch.as_tensor(season, device=device),
                                             support=radius,
-                                            own_ids=None if own is None else torch.as_tensor(own, device=device))
+                                            own_ids=None if own is None else torch.as_tensor(own, device=device),
+                                            chain_ids=None if chain_ids is None else torch.as_tensor(chain_ids,
+                                                                                                   device=device))
         logp, logp_missing = value_logits  # already normalised log-probabilities, near each target and of "missing"
         valid, is_value = tgt <= k, tgt < k  # pad (k + 2) is never predicted; k is "missing"
         soft = support_weights(tgt, channel_widths, radius, k, values)
