@@ -359,7 +359,7 @@ def test_training_moves_the_channels_read_before_each_one_in_its_step():
     seen = []
     model.register_forward_pre_hook(lambda _m, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
     rows = torch.tensor([[0, 0], [1, 5], [2, 9]])
-    _, prev, target, _ = codec.windows(arrays, rows[:, 0].numpy(), rows[:, 1].numpy())
+    prefix, prev, target, calendar = codec.windows(arrays, rows[:, 0].numpy(), rows[:, 1].numpy())
     loss = window_loss(codec, arrays, 1.0, 0.0, seed=0, noise=0.5)
     model.train()
     loss(model, rows)
@@ -374,12 +374,13 @@ def test_training_moves_the_channels_read_before_each_one_in_its_step():
     loss(model, rows)
     assert seen[-1][1]["chain_ids"] is None and np.array_equal(seen[-1][0][1].numpy(), prev)
     # and the heads read them: moving the first channel changes what the later channels are given, not its own
-    args = [torch.as_tensor(a) for a in codec.windows(arrays, rows[:, 0].numpy(), rows[:, 1].numpy())]
-    moved = args[2].clone()
+    inputs = [torch.as_tensor(a) for a in (prefix, prev, calendar)]
+    exact_ids = torch.as_tensor(target)
+    moved = exact_ids.clone()
     moved[..., 0] = torch.where(moved[..., 0] < codec.n_bins - 1, moved[..., 0] + 1, moved[..., 0] - 1)
     with torch.no_grad():
-        _, exact = model(args[0], args[1], args[3], targets=args[2])
-        _, shifted = model(args[0], args[1], args[3], targets=args[2], chain_ids=moved)
+        _, exact = model(*inputs, targets=exact_ids)
+        _, shifted = model(*inputs, targets=exact_ids, chain_ids=moved)
     assert torch.equal(exact[..., 0, :], shifted[..., 0, :])
     assert (exact[..., 1:, :] - shifted[..., 1:, :]).abs().amax((0, 1, 3)).min() > 1e-4
 

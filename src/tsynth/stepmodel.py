@@ -14,10 +14,10 @@ A sequence is a short prefix of series-level tokens followed by one position per
   the model trains, so it leans on them only as far as they predict);
 * the output at step ``t`` gives the joint distribution of step ``t``'s channels, one channel after another:
   channel ``c``'s bin (or "missing") is predicted from the step's hidden state plus the embeddings of the
-  channels before it (drawn or, in training, true or moved by a bin) and, where a step holds several channels, channel ``c``'s
-  own linear reading of their values and of every channel's previous value (:class:`CrossReadout`), through a
-  small feed-forward head. Cost per step grows linearly with the channels, and the attention runs over steps,
-  not values;
+  channels before it (drawn or, in training, true or moved by a bin) and, where a step holds several channels,
+  channel ``c``'s own linear reading of their values and of every channel's previous value
+  (:class:`CrossReadout`), through a small feed-forward head. Cost per step grows linearly with the channels,
+  and the attention runs over steps, not values;
 * with ``copy`` (every new model whose steps hold several channels), that distribution is a mixture of the head's
   free distribution and a discretised Gaussian over bins centred near the channel's own previous bin (gate, shift
   and width come from the head). The summed step input cannot carry dozens of channels' exact values, and a smooth
@@ -494,8 +494,8 @@ class StepModel(PreTrainedModel):
                            ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities (b, t, channels, bins + 1) of every channel of every step, each given the values of
         the channels before it (teacher forcing: ``chain_ids``, else the targets): ``h`` (b, t, d), ``targets`` and
-        ``prev`` (b, t, channels) the steps' value ids and their previous steps', ``season`` (b, t, channels, lags) the ids one season
-        earlier, per lag, ``own`` (b, t, channels, own_lags - 1) the ids before the previous ones (:meth:`_own`),
+        ``prev`` (b, t, channels) the steps' value ids and their previous steps', ``season`` (b, t, channels, lags)
+        the ids one season earlier, per lag, ``own`` (b, t, channels, own_lags - 1) the ids before the previous ones (:meth:`_own`),
         ``chain_ids`` (b, t, channels) the values read as the channels before each one in its step (None: the
         targets; training passes them moved by :func:`noisy_inputs`).
         With ``support`` (bins): only the log-probabilities at the bins within that many of each target
