@@ -540,6 +540,12 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "same machine as the f355b4a rows): disc_gru 0.122 / 0.120 / 0.117, mean 0.120 (f355b4a: 0.163 / 0.178 / "
              "0.177; Diffusion-TS publishes 0.122), mean_err 0.004-0.006 (0.009-0.016), 6-7 epochs, sampling "
              "112-124 s. stocks24 trains the token model (144 values a window) and is not affected.",
+             "  - 0125bf5: electricity336 `tsynth` rerun (seeds 0, 1, 2, one job at a time, idle machine; the changes "
+             "since a22e075 are for steps of several channels, or faster training steps): disc_gbm 0.176 / "
+             "0.177 / 0.185, mean 0.179 (a22e075: 0.215 / 0.143 / 0.181, mean 0.180), lag-24 / lag-168 autocorrelation "
+             "errors 0.010-0.034 / 0.001-0.013 (the holdout's 0.031 / 0.021). The same seed fits differently from run "
+             "to run (member 2 of seed 1 stopped after 54 epochs here, 56 in a one-off fit): one-off fits of seeds 0 "
+             "and 1 at e72c62b scored 0.155 and 0.089.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
