@@ -12,7 +12,7 @@ from tsynth import SeriesSet, Synthesizer
 from tsynth.cli import main
 from tsynth.codecs import steps as steps_module
 from tsynth.codecs.steps import CROSS_RANK, OWN_LAGS, PANEL_MIN_SERIES, StepCodec, calendar_values, default_context
-from tsynth.codecs.values import ValueCodec
+from tsynth.codecs.values import WIDE_BIN, WIDE_PIECES, ValueCodec
 from tsynth.errors import ConfigError, DataError
 from tsynth.stepgen import generate_steps
 from tsynth.stepmodel import (INPUT_NOISE, KVCache, LogSoftmaxAt, StepModel, StepModelConfig, bin_values,
@@ -474,6 +474,41 @@ def test_edge_bins_decode_like_the_data_tails():
     assert abs(back[top].mean() - codec.to_units(x[..., None])[top].mean()) < 0.2
     assert ValueCodec.from_dict(codec.to_dict()).tails == codec.tails
     assert ValueCodec(binning="uniform", value_range=(-5, 5)).fit(data).tails == []  # public bins under DP: uniform
+
+
+def test_wide_tail_bins_are_cut_so_a_low_reading_and_a_deep_dip_differ():
+    """An equal-mass edge bin that holds both the low end of ordinary readings and a dip half the series share
+    (a clock change) is cut at its own quantiles for the step model: the two are different bins, so the model can
+    say which one a step holds and decoding draws each from its own range. Bins of ordinary width keep their
+    equal-mass edges, every piece holds at least 1/WIDE_PIECES of a bin's share, and bins from a public range
+    (DP) or for the token model are not cut."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((600, 48))
+    x[:300, 30] = -4.5 + 0.4 * rng.standard_normal(300)
+    data = SeriesSet(x[..., None].astype(np.float32), np.full(600, 48), [f"s{i}" for i in range(600)], ["v"],
+                     start=np.full(600, np.datetime64("2024-01-01T00:00")), freq="h")
+    plain = ValueCodec(n_bins=64).fit(data)
+    cut = StepCodec.fit(data, ValueCodec(n_bins=64), None).values
+    e_plain, e_cut = np.asarray(plain.edges), np.asarray(cut.edges)
+    assert len(e_cut) > len(e_plain) and np.isin(e_plain, e_cut).all()
+    widths = np.diff(e_plain)
+    new = np.setdiff1d(e_cut, e_plain)
+    assert (widths[np.searchsorted(e_plain, new) - 1] > WIDE_BIN * np.median(widths)).all()  # only wide bins cut
+    units = cut.to_units(x[..., None].astype(np.float64)).reshape(-1)
+    counts = np.histogram(units, e_cut)[0]
+    assert counts.min() >= len(units) / 64 / WIDE_PIECES - 1
+
+    def same_bin(codec: ValueCodec, a: float, b: float) -> bool:
+        ids = codec.bins.assign(codec.to_units(np.array([[[a], [b]]])))
+        return bool(ids[0, 0, 0] == ids[0, 1, 0])
+
+    low = float(np.sort(x[:, np.r_[0:30, 31:48]].reshape(-1))[20])  # a low ordinary reading, about -3.4
+    assert same_bin(plain, low, -4.5) and not same_bin(cut, low, -4.5)
+    dip_bin = cut.bins.assign(cut.to_units(np.full((1, 2000, 1), -4.5)))
+    drawn = cut._bin_values(dip_bin, np.random.default_rng(0))
+    assert np.abs(drawn - cut.to_units(np.full((1, 1, 1), -4.5))[0, 0, 0]).max() < 1.5
+    public = StepCodec.fit(data, ValueCodec(n_bins=64, value_range=(-8.0, 8.0)), None, dp=True).values
+    assert len(public.edges) == 65
 
 
 def loss_after_training(codec: StepCodec, data: SeriesSet, offset: int, **config) -> float:

@@ -180,7 +180,7 @@ class StepCodec:
         elif values.conditions == "auto":
             values.conditions = [c for c in data.attributes.columns
                                  if c != "window_offset" and data.attributes[c].nunique() > 1]
-        values.fit(data)
+        values.fit(data, split_wide=not dp)  # under DP the bins come from the public range
         longest = int(data.lengths.max())
         ctx = default_context(data.freq, longest) if context is None else int(context)
         if ctx > longest:

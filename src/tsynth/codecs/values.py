@@ -49,6 +49,9 @@ N_NUMERIC_ATTRIBUTE_BINS = 8
 # a value held exactly by at least this many training items decodes exactly: readings on a fixed resolution are
 # then reproduced, and no single item's value is (why 10: docs/codec.md, "Point masses")
 POINT_MASS_SERIES = 10
+# split_wide: an equal-mass bin wider than WIDE_BIN median bin widths is cut into equal-mass pieces of at least
+# 1/WIDE_PIECES of a bin's share of the values, and at most as many as it has such widths (docs/codec.md, "Wide bins")
+WIDE_BIN, WIDE_PIECES = 4.0, 8
 
 
 @dataclass
@@ -186,6 +189,28 @@ class Scaler:
         return np.asarray(self.profile)[:steps]
 
 
+def split_wide_bins(edges: np.ndarray, flat: np.ndarray, per_bin: float) -> np.ndarray:
+    """Equal-mass ``edges`` with every bin wider than ``WIDE_BIN`` median bin widths cut at quantiles of its own
+    values (``flat``) into equal-mass pieces: as many as it is such widths wide, but none holding fewer than
+    ``per_bin / WIDE_PIECES`` values (``per_bin``: an equal-mass bin's count). Equal-mass bins are wide where
+    values are rare, in the tails: one bin of z-scored load holds everything from -17 to -2.1 standard deviations,
+    so a reading just below -2.1 and a dip to -4 are the same bin to the model, and decoding draws either from
+    the bin's one tail distribution whatever the model knew of the step."""
+    widths = np.diff(edges)
+    cap = WIDE_BIN * float(np.median(widths))
+    least = max(per_bin / WIDE_PIECES, 1.0)
+    out = [edges[:1]]
+    for i, w in enumerate(widths):
+        if w > cap:
+            inside = flat[(flat >= edges[i]) & ((flat < edges[i + 1]) if i < len(widths) - 1 else (flat <= edges[i + 1]))]
+            pieces = int(min(np.ceil(w / cap), len(inside) // least))
+            if pieces > 1:
+                cuts = np.quantile(inside, np.linspace(0, 1, pieces + 1)[1:-1])
+                out.append(np.unique(cuts[(cuts > edges[i]) & (cuts < edges[i + 1])]))
+        out.append(edges[i + 1:i + 2])
+    return np.concatenate(out)
+
+
 @dataclass
 class Bins:
     """The value bins in codec units (uniform, or equal-mass 'quantile'), with the point masses decoded exactly,
@@ -212,8 +237,9 @@ class Bins:
     def n_tokens(self) -> int:
         return len(self.edges) - 1
 
-    def fit_edges(self, flat: np.ndarray, value_range: tuple[float, float] | None) -> None:
-        """Bins over the observed values ``flat`` (codec units), or over ``value_range`` when given."""
+    def fit_edges(self, flat: np.ndarray, value_range: tuple[float, float] | None, split_wide: bool = False) -> None:
+        """Bins over the observed values ``flat`` (codec units), or over ``value_range`` when given; ``split_wide``:
+        equal-mass bins far wider than most are cut into pieces (:func:`split_wide_bins`)."""
         if value_range is not None:
             lo, hi = map(float, value_range)
         else:
@@ -227,6 +253,11 @@ class Bins:
             edges = np.unique(np.concatenate([[lo], inner, [hi]]))
             if len(edges) - 1 < self.n_bins:
                 log.info("quantile binning: %d distinct bins instead of %d (repeated values)", len(edges) - 1, self.n_bins)
+            if split_wide and value_range is None:
+                n = len(edges) - 1
+                edges = split_wide_bins(edges, flat, len(flat) / max(self.n_bins, 1))
+                if len(edges) - 1 > n:
+                    log.info("quantile binning: %d wide bins in the tails cut into %d", n, len(edges) - 1)
         self.edges = edges.tolist()
 
     def fit_tails(self, units: np.ndarray) -> None:
@@ -518,10 +549,11 @@ class ValueCodec:
     __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, data: SeriesSet, edges: Sequence[float] | None = None) -> "ValueCodec":
+    def fit(self, data: SeriesSet, edges: Sequence[float] | None = None, split_wide: bool = False) -> "ValueCodec":
         """Fit scaler, bins and condition vocabulary on the training set. ``edges``: fixed bin edges (a
         prior's, in scaled units) instead of bins fitted to ``data``; with scaling 'none' and a
-        ``value_range``, that range is mapped linearly onto the edges' range."""
+        ``value_range``, that range is mapped linearly onto the edges' range. ``split_wide``: quantile bins far
+        wider than most are cut into pieces (:func:`split_wide_bins`)."""
         if len(data) == 0:
             raise DataError("cannot fit a codec on an empty data set")
         self.bins.check()
@@ -535,7 +567,7 @@ class ValueCodec:
         if edges is not None:
             self.edges = [float(e) for e in edges]
         else:
-            self.bins.fit_edges(units[~np.isnan(vals)], self.value_range)
+            self.bins.fit_edges(units[~np.isnan(vals)], self.value_range, split_wide)
         self.point_masses, self.repeats = [], []
         if self.point_mass_series > 0:
             bins = self.bins.assign(units)  # one pass over the training values for both
