@@ -50,8 +50,9 @@ N_NUMERIC_ATTRIBUTE_BINS = 8
 # then reproduced, and no single item's value is (why 10: docs/codec.md, "Point masses")
 POINT_MASS_SERIES = 10
 # split_wide: an equal-mass bin wider than WIDE_BIN median bin widths is cut into equal-mass pieces of at least
-# 1/WIDE_PIECES of a bin's share of the values, and at most as many as it has such widths (docs/codec.md, "Wide bins")
-WIDE_BIN, WIDE_PIECES = 4.0, 8
+# 1/WIDE_PIECES of a bin's share of the values and at least WIDE_MIN_VALUES values (a bin learnt from fewer is
+# noise), and at most as many as it has such widths (docs/codec.md, "Wide bins")
+WIDE_BIN, WIDE_PIECES, WIDE_MIN_VALUES = 4.0, 8, 32
 
 
 @dataclass
@@ -192,13 +193,13 @@ class Scaler:
 def split_wide_bins(edges: np.ndarray, flat: np.ndarray, per_bin: float) -> np.ndarray:
     """Equal-mass ``edges`` with every bin wider than ``WIDE_BIN`` median bin widths cut at quantiles of its own
     values (``flat``) into equal-mass pieces: as many as it is such widths wide, but none holding fewer than
-    ``per_bin / WIDE_PIECES`` values (``per_bin``: an equal-mass bin's count). Equal-mass bins are wide where
-    values are rare, in the tails: one bin of z-scored load holds everything from -17 to -2.1 standard deviations,
-    so a reading just below -2.1 and a dip to -4 are the same bin to the model, and decoding draws either from
-    the bin's one tail distribution whatever the model knew of the step."""
+    ``per_bin / WIDE_PIECES`` values (``per_bin``: an equal-mass bin's count) nor fewer than ``WIDE_MIN_VALUES``.
+    Equal-mass bins are wide where values are rare, in the tails: one bin of z-scored load holds everything from
+    -17 to -2.1 standard deviations, so a reading just below -2.1 and a dip to -4 are the same bin to the model,
+    and decoding draws either from the bin's one tail distribution whatever the model knew of the step."""
     widths = np.diff(edges)
     cap = WIDE_BIN * float(np.median(widths))
-    least = max(per_bin / WIDE_PIECES, 1.0)
+    least = max(per_bin / WIDE_PIECES, WIDE_MIN_VALUES)
     out = [edges[:1]]
     for i, w in enumerate(widths):
         if w > cap:
