@@ -550,8 +550,9 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "\"Wide bins\"; electricity336 292 bins, energy24 283). electricity336 `tsynth` rerun (seeds 0, 1, 2, one "
              "job at a time, same machine as the 0125bf5 rows): disc_gbm 0.124 / 0.188 / 0.137, mean 0.150 (0125bf5: "
              "0.176 / 0.177 / 0.185), lag-24 / lag-168 autocorrelation errors 0.004-0.030 / 0.002-0.014, fits 510-602 s "
-             "(463-526 s). The other step-model rows predate it: energy24's `tsynth` rows, every `tsynth-step` row and the "
-             "suite's ETTh1 and fertility rows.",
+             "(463-526 s). Rows of other step models whose bins it cuts predate it: energy24 (283 bins; `tsynth` and "
+             "`tsynth-step`), suite-etth1 (304), and the `tsynth-step` rows of italy24 (264) and stocks24 (310); "
+             "suite-fertility's and electricity24-phases' bins are not cut.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
