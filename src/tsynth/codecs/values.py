@@ -200,10 +200,13 @@ def split_wide_bins(edges: np.ndarray, flat: np.ndarray, per_bin: float) -> np.n
     widths = np.diff(edges)
     cap = WIDE_BIN * float(np.median(widths))
     least = max(per_bin / WIDE_PIECES, WIDE_MIN_VALUES)
+    ordered = np.sort(flat)
+    # bin i holds ordered[bounds[i]:bounds[i + 1]]: [edges[i], edges[i + 1]), the last bin its top edge too (as assign)
+    bounds = np.r_[np.searchsorted(ordered, edges[:-1], side="left"), len(ordered)]
     out = [edges[:1]]
     for i, w in enumerate(widths):
         if w > cap:
-            inside = flat[(flat >= edges[i]) & ((flat < edges[i + 1]) if i < len(widths) - 1 else (flat <= edges[i + 1]))]
+            inside = ordered[bounds[i]:bounds[i + 1]]
             pieces = int(min(np.ceil(w / cap), len(inside) // least))
             if pieces > 1:
                 cuts = np.quantile(inside, np.linspace(0, 1, pieces + 1)[1:-1])
@@ -256,9 +259,9 @@ class Bins:
                 log.info("quantile binning: %d distinct bins instead of %d (repeated values)", len(edges) - 1, self.n_bins)
             if split_wide and value_range is None:
                 n = len(edges) - 1
-                edges = split_wide_bins(edges, flat, len(flat) / max(self.n_bins, 1))
+                edges = split_wide_bins(edges, flat, len(flat) / self.n_bins)
                 if len(edges) - 1 > n:
-                    log.info("quantile binning: %d wide bins in the tails cut into %d", n, len(edges) - 1)
+                    log.info("quantile binning: %d bins, %d with the wide ones in the tails cut", n, len(edges) - 1)
         self.edges = edges.tolist()
 
     def fit_tails(self, units: np.ndarray) -> None:
