@@ -771,3 +771,50 @@ def test_smoothing_keeps_a_wide_edge_bin_target_in_its_bin():
     expected = torch.zeros(42)
     expected[12:29] = aware[1, 0]  # the step model's support: 8 bins either side of bin 20
     assert torch.allclose(token_aware[20], expected, atol=1e-3)
+
+
+def day_and_night_meters(n_day: int, n_night: int, seed: int) -> SeriesSet:
+    """Four days of hourly series: ``n_day`` peak at midday, ``n_night`` at midnight (a minority shape), each at
+    its own level and strength of cycle, with noise."""
+    rng = np.random.default_rng(seed)
+    hours = np.arange(96)
+    shape = np.cos(2 * np.pi * (hours - 12) / 24)[None, :]
+    sign = np.r_[np.ones(n_day), -np.ones(n_night)][:, None]
+    x = rng.normal(0, 3, (n_day + n_night, 1)) + sign * rng.uniform(0.5, 1.5, (n_day + n_night, 1)) * shape
+    return series_of((x + rng.normal(0, 0.2, x.shape))[..., None])
+
+
+def test_profile_classes_group_series_by_the_shape_of_their_day():
+    """The codec groups series by the shape of their mean day, whatever their level: each class holds one shape,
+    new series of a shape get its class, and the class is a prefix token that round-trips with the codec. No
+    classes under DP, without a frequency, or for too few series."""
+    data = day_and_night_meters(66, 24, seed=0)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=32), 96)
+    assert 2 <= len(codec.profiles) <= 90 // steps_module.PROFILE_SERIES
+    classes = codec.encode(data)["prefix"][:, -1] - codec.profile_offset
+    night = np.r_[np.zeros(66, bool), np.ones(24, bool)]
+    assert not set(classes[night]) & set(classes[~night]), classes
+    assert codec.prefix_length == 2 and codec.slot_ranges()[-1] == (codec.profile_offset, codec.prefix_vocab)
+    fresh = day_and_night_meters(5, 5, seed=1)
+    again = StepCodec.from_dict(json.loads(json.dumps(codec.to_dict())))
+    fresh_classes = again.profile_classes(fresh)
+    assert set(fresh_classes[:5]) <= set(classes[~night]) and set(fresh_classes[5:]) <= set(classes[night])
+    assert StepCodec.fit(data, ValueCodec(n_bins=32), 96, dp=True).profiles == []
+    assert StepCodec.fit(data.subset(np.arange(50)), ValueCodec(n_bins=32), 96).profiles == []
+    no_freq = SeriesSet(data.values, data.lengths, data.item_id, data.channels)
+    assert StepCodec.fit(no_freq, ValueCodec(n_bins=32), 96).profiles == []
+
+
+def test_samples_keep_the_share_of_a_minority_day_shape():
+    """A quarter of the training series peak at night: the model draws a profile class first and follows its
+    shape, so about a quarter of the samples peak at night too, and they fall in the night-time classes."""
+    data = day_and_night_meters(66, 24, seed=0)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=32), 96)
+    night_classes = set(codec.encode(data)["prefix"][66:, -1] - codec.profile_offset)
+    model, _ = trained_model(codec, data, 0, batch=90, steps=80)
+    samples = generate_steps([model], codec, 200, length=96, start="2024-01-01", seed=0)
+    days = samples.values[:, :, 0].reshape(200, 4, 24).mean(1)
+    night_peak = days[:, [22, 23, 0, 1, 2]].mean(1) > days[:, 10:15].mean(1)
+    assert 0.12 < night_peak.mean() < 0.45, night_peak.mean()
+    in_night_class = np.isin(codec.profile_classes(samples), list(night_classes))
+    assert (in_night_class == night_peak).mean() > 0.9

@@ -9,6 +9,10 @@ what a model over time steps needs:
   and, when series are longer than the context (``long``), each channel's series mean and spread (binned) and
   the series' share of missing readings: series-level facts that a bounded context cannot see, drawn first
   when sampling and held in the context for the whole series, so a year-long sample keeps its level;
+* a profile class (not under DP): series are grouped by the shape of their own mean day (and week) into a few
+  classes whose frequencies the model learns as a prefix token, drawn first when sampling, so minority shapes (a
+  flat day, a night-time load) keep their share of the samples instead of being drawn as the common shape
+  (docs/long-series.md, "Profile classes");
 * calendar features of every step from its time stamp: the slot of the day (sub-daily data), the day of the
   week and the week of the year (or the month, for monthly data). A feature is used only where the training
   data shows every one of its values (a week of the year needs a year of data), so the model is never asked
@@ -43,6 +47,10 @@ STEPS_PER_DAY_MAX = 1440
 SHARED_PHASE = 0.9  # phases_differ: the share of series that must start at one point of the cycle
 PANEL_MIN_SERIES = 100  # series that must share a start for their time stamps to be a shared calendar (a panel)
 MAX_TIME_INDEX = 20_000  # steps of a panel's span that get their own time-step embedding
+PROFILE_CLASSES = 8  # at most this many profile classes
+PROFILE_SERIES = 30  # training series per profile class: fewer series get fewer classes (none under 2 x this)
+PROFILE_MIN_CLASS = 10  # series that every class must hold (else fewer classes are fitted)
+PROFILE_CHUNK = 1 << 22  # values whose profile features are computed at once (bounded memory on long series)
 
 
 WHOLE_SERIES = 512  # series up to this many steps are seen whole
@@ -163,6 +171,8 @@ class StepCodec:
     lengths: dict[int, int] = field(default_factory=dict)  # training series lengths and their counts (not under DP)
     starts: list[str] = field(default_factory=list)  # training start time stamps to draw from (not under DP)
     time_origin: int | None = None  # a panel's first time stamp (ns), origin of its ``time_step`` feature
+    # the profile classes' centres (classes x features, see :meth:`profile_features`); empty without the slot
+    profiles: list[list[float]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -209,7 +219,68 @@ class StepCodec:
             self.lengths = {int(a): int(b) for a, b in zip(u, c)}
             if data.start is not None:
                 self.starts = [str(s) for s in np.unique(data.start)[:1000]]
+            self._fit_profiles(data)
         return self
+
+    def _fit_profiles(self, data: SeriesSet) -> None:
+        """Group the training series by the shape of their mean cycle (:meth:`profile_features`) into at most
+        ``PROFILE_CLASSES`` classes of at least ``PROFILE_MIN_CLASS`` series each (k-means, seeded); no classes
+        where the data has no cycle, its series hold fewer than two cycles, or there are too few series."""
+        cycle = profile_cycle(data.freq)
+        k = min(PROFILE_CLASSES, len(data) // PROFILE_SERIES)
+        if cycle is None or k < 2 or np.median(data.lengths) < 2 * cycle:
+            return
+        from sklearn.cluster import KMeans
+
+        feats = self.profile_features(data, cycle)
+        while k >= 2:
+            km = KMeans(n_clusters=k, n_init=10, random_state=0).fit(feats)
+            counts = np.bincount(km.labels_, minlength=k)
+            if counts.min() >= PROFILE_MIN_CLASS:
+                self.profiles = km.cluster_centers_.tolist()
+                log.info("%d profile classes of %s series", k, "/".join(str(int(c)) for c in np.sort(counts)[::-1]))
+                return
+            k -= 1
+
+    def profile_features(self, data: SeriesSet, cycle: int | None = None) -> np.ndarray:
+        """Per series: each channel's mean over each slot of the cycle (the day of sub-daily data, the week of
+        daily data), and for sub-daily data over each day of the week, in units of the series' own spread about
+        its mean (so the features are its shape and how strong its cycle is, not its level). Slots come from
+        the time stamps where there are any, else from the step's index. Gaps and channels a series misses read
+        as the series' mean."""
+        cycle = cycle or profile_cycle(self.values.freq)
+        per_day = steps_per_day(data.freq)
+        weekly = per_day is not None and per_day > 1 and data.start is not None
+        out = []
+        chunk = max(1, PROFILE_CHUNK // max(1, data.length * data.n_channels))
+        for lo in range(0, len(data), chunk):
+            rows = slice(lo, lo + chunk)
+            x = data.values[rows].astype(np.float64)
+            b, length, c = x.shape
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                z = (x - np.nanmean(x, axis=1, keepdims=True)) / np.nanstd(x, axis=1, keepdims=True)
+            z = np.where(np.isfinite(z), z, np.nan)
+            offsets = np.arange(length)[None, :].repeat(b, 0)
+            if data.start is not None:
+                cal = calendar_values(step_times(data.start[rows], offsets, data.freq),
+                                      [("time_of_day", cycle) if per_day and per_day > 1 else ("dayofweek", 7)],
+                                      data.freq)[..., 0]
+            else:
+                cal = offsets % cycle
+            parts = [_slot_means(z, cal, cycle)]
+            if weekly:
+                dow = calendar_values(step_times(data.start[rows], offsets, data.freq), [("dayofweek", 7)],
+                                      data.freq)[..., 0]
+                parts.append(_slot_means(z, dow, 7))
+            out.append(np.concatenate(parts, axis=1))
+        return np.concatenate(out) if out else np.zeros((0, 0))
+
+    def profile_classes(self, data: SeriesSet) -> np.ndarray:
+        """Each series' profile class: the nearest class centre to its :meth:`profile_features`."""
+        centres = np.asarray(self.profiles)
+        feats = self.profile_features(data)
+        return ((feats[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
 
     def _fit_calendar(self, data: SeriesSet) -> list[tuple[str, int]]:
         cands = calendar_candidates(data.freq) if data.start is not None else []
@@ -294,11 +365,14 @@ class StepCodec:
         return len(self.values.vocab)
 
     @property
+    def profile_offset(self) -> int:
+        """Id of the first profile class token."""
+        return self.extra_offset + (N_MEAN_BINS + N_SPREAD_BINS if self.long else 0) + (
+            len(GAP_EDGES) - 1 if self.gap_slot else 0)
+
+    @property
     def prefix_vocab(self) -> int:
-        n = self.extra_offset
-        if self.long:
-            n += N_MEAN_BINS + N_SPREAD_BINS
-        return n + (len(GAP_EDGES) - 1 if self.gap_slot else 0)
+        return self.profile_offset + len(self.profiles)
 
     @property
     def value_prefix_length(self) -> int:
@@ -307,7 +381,8 @@ class StepCodec:
 
     @property
     def prefix_length(self) -> int:
-        return self.value_prefix_length + (2 * self.n_channels if self.long else 0) + int(self.gap_slot)
+        return (self.value_prefix_length + (2 * self.n_channels if self.long else 0) + int(self.gap_slot)
+                + int(bool(self.profiles)))
 
     def slot_ranges(self) -> list[tuple[int, int]]:
         """Allowed id range [lo, hi) of each prefix slot after <bos>."""
@@ -321,6 +396,8 @@ class StepCodec:
         if self.gap_slot:
             g0 = self.extra_offset + (N_MEAN_BINS + N_SPREAD_BINS if self.long else 0)
             ranges.append((g0, g0 + len(GAP_EDGES) - 1))
+        if self.profiles:
+            ranges.append((self.profile_offset, self.profile_offset + len(self.profiles)))
         return ranges
 
     def model_config(self, preset: dict, dropout: float) -> dict:
@@ -383,6 +460,9 @@ class StepCodec:
             share = data.missing().sum(1) / data.lengths
             g = np.clip(np.searchsorted(GAP_EDGES, share, side="right") - 1, 0, len(GAP_EDGES) - 2)
             prefix[:, col] = self.extra_offset + (N_MEAN_BINS + N_SPREAD_BINS if self.long else 0) + g
+            col += 1
+        if self.profiles:
+            prefix[:, col] = self.profile_offset + self.profile_classes(data)
         start = (np.zeros(0, dtype=np.int64) if data.start is None or not self.calendar
                  else np.asarray(data.start, dtype="datetime64[ns]").astype(np.int64))
         return {"ids": ids, "prefix": prefix, "lengths": data.lengths.astype(np.int64), "start": start}
@@ -428,7 +508,7 @@ class StepCodec:
                 "calendar": [list(c) for c in self.calendar], "mean_edges": self.mean_edges,
                 "spread_edges": self.spread_edges, "gap_slot": self.gap_slot, "gaps": self.gaps,
                 "lengths": {str(k): v for k, v in self.lengths.items()}, "starts": self.starts,
-                "time_origin": self.time_origin}
+                "time_origin": self.time_origin, "profiles": self.profiles}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StepCodec":
@@ -436,7 +516,27 @@ class StepCodec:
                    calendar=[(str(a), int(b)) for a, b in d["calendar"]], mean_edges=d["mean_edges"],
                    spread_edges=d["spread_edges"], gap_slot=d["gap_slot"], gaps=d.get("gaps", True),
                    lengths={int(k): int(v) for k, v in d.get("lengths", {}).items()}, starts=d.get("starts", []),
-                   time_origin=d.get("time_origin"))
+                   time_origin=d.get("time_origin"), profiles=d.get("profiles", []))
+
+
+def profile_cycle(freq: str | None) -> int | None:
+    """The cycle whose shape the profile classes read: a day of sub-daily data (in steps), a week of daily data;
+    None otherwise."""
+    per_day = steps_per_day(freq)
+    if per_day is None:
+        return None
+    return 7 if per_day == 1 else per_day if per_day <= STEPS_PER_DAY_MAX else None
+
+
+def _slot_means(z: np.ndarray, slot: np.ndarray, size: int) -> np.ndarray:
+    """Per series (rows of ``z`` (b, steps, channels), NaN where missing): the mean of each channel over the
+    steps of each ``slot`` value (b, steps) in 0..size-1, flattened to (b, size x channels); 0 where none."""
+    b, _, c = z.shape
+    seen = np.isfinite(z)
+    index = (np.arange(b)[:, None] * size + slot)[..., None] * c + np.arange(c)[None, None, :]
+    sums = np.bincount(index[seen], weights=z[seen], minlength=b * size * c)
+    counts = np.bincount(index[seen], minlength=b * size * c)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0).reshape(b, size * c)
 
 
 def check_gaps(data: SeriesSet) -> None:
