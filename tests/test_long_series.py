@@ -787,7 +787,7 @@ def day_and_night_meters(n_day: int, n_night: int, seed: int) -> SeriesSet:
 def test_profile_classes_group_series_by_the_shape_of_their_day():
     """The codec groups series by the shape of their mean day, whatever their level: each class holds one shape,
     new series of a shape get its class, and the class is a prefix token that round-trips with the codec. No
-    classes under DP, without a frequency, or for too few series."""
+    classes under DP, without a frequency, for too few series, or for windows that start at any hour."""
     data = day_and_night_meters(66, 24, seed=0)
     codec = StepCodec.fit(data, ValueCodec(n_bins=32), 96)
     assert 2 <= len(codec.profiles) <= 90 // steps_module.PROFILE_SERIES
@@ -803,6 +803,9 @@ def test_profile_classes_group_series_by_the_shape_of_their_day():
     assert StepCodec.fit(data.subset(np.arange(50)), ValueCodec(n_bins=32), 96).profiles == []
     no_freq = SeriesSet(data.values, data.lengths, data.item_id, data.channels)
     assert StepCodec.fit(no_freq, ValueCodec(n_bins=32), 96).profiles == []
+    cut_at_any_hour = SeriesSet(data.values, data.lengths, data.item_id, data.channels, freq="h",
+                                start=data.start + np.arange(90).astype("timedelta64[h]"))
+    assert StepCodec.fit(cut_at_any_hour, ValueCodec(n_bins=32), 96).profiles == []
 
 
 def test_samples_keep_the_share_of_a_minority_day_shape():

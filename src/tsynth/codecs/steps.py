@@ -9,10 +9,10 @@ what a model over time steps needs:
   and, when series are longer than the context (``long``), each channel's series mean and spread (binned) and
   the series' share of missing readings: series-level facts that a bounded context cannot see, drawn first
   when sampling and held in the context for the whole series, so a year-long sample keeps its level;
-* a profile class (not under DP): series are grouped by the shape of their own mean day (and week) into a few
-  classes whose frequencies the model learns as a prefix token, drawn first when sampling, so minority shapes (a
-  flat day, a night-time load) keep their share of the samples instead of being drawn as the common shape
-  (docs/long-series.md, "Profile classes");
+* a profile class (not under DP, for series that start at one point of their cycle): series are grouped by the
+  shape of their own mean day (and week) into a few classes whose frequencies the model learns as a prefix
+  token, drawn first when sampling, so minority shapes (a flat day, a night-time load) keep their share of the
+  samples instead of being drawn as the common shape (docs/long-series.md, "Profile classes");
 * calendar features of every step from its time stamp: the slot of the day (sub-daily data), the day of the
   week and the week of the year (or the month, for monthly data). A feature is used only where the training
   data shows every one of its values (a week of the year needs a year of data), so the model is never asked
@@ -225,10 +225,13 @@ class StepCodec:
     def _fit_profiles(self, data: SeriesSet) -> None:
         """Group the training series by the shape of their mean cycle (:meth:`profile_features`) into at most
         ``PROFILE_CLASSES`` classes of at least ``PROFILE_MIN_CLASS`` series each (k-means, seeded); no classes
-        where the data has no cycle, its series hold fewer than two cycles, or there are too few series."""
+        where the data has no cycle, its series hold fewer than two cycles, or there are too few series. Nor where
+        the series start at different points of the cycle (:func:`phases_differ`): those are windows cut from a few
+        long series, whose day shapes differ by when each window was cut, which every step's calendar input
+        already says, not entities of different kinds (docs/long-series.md, "Profile classes")."""
         cycle = profile_cycle(data.freq)
         k = min(PROFILE_CLASSES, len(data) // PROFILE_SERIES)
-        if cycle is None or k < 2 or np.median(data.lengths) < 2 * cycle:
+        if cycle is None or k < 2 or np.median(data.lengths) < 2 * cycle or phases_differ(data):
             return
         from sklearn.cluster import KMeans
 
