@@ -553,6 +553,17 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "(463-526 s). Rows of other step models whose bins it cuts predate it: energy24 (283 bins; `tsynth` and "
              "`tsynth-step`), suite-etth1 (304), and the `tsynth-step` rows of italy24 (264) and stocks24 (310); "
              "suite-fertility's and electricity24-phases' bins are not cut.",
+             "  - d549cbf: the step codec's profile classes (docs/long-series.md, \"Profile classes\": series grouped "
+             "by the shape of their own mean day and week, the class a prefix token drawn first; not under DP). "
+             "electricity336 `tsynth` rerun (seeds 0, 1, 2, one job at a time, same machine as the 620aaa9 rows): "
+             "disc_gbm 0.109 / 0.078 / 0.080, mean 0.089 (620aaa9: 0.124 / 0.188 / 0.137), mean_err 0.040-0.045 "
+             "(0.053-0.070), lag-24 / lag-168 autocorrelation errors 0.003-0.013 / 0.003-0.012, fits 504-602 s. "
+             "suite-etth1 at d549cbf with the classes: 0.125 / 0.145 / 0.148, cycle autocorrelation error 0.025 / "
+             "0.014 / 0.036; without them (the same commit, classes off): 0.113 / 0.101 / 0.153, 0.006 / 0.011 / "
+             "0.017. From c0ece8a the classes are fitted only where the series start at one point of their cycle "
+             "(not ETTh1's windows, cut at any hour); its `tsynth` rows are rerun there: 0.113 / 0.101 / 0.153 "
+             "(mean 0.122; 40526ea, before the cut bins: 0.130 / 0.134 / 0.159), cycle autocorrelation error 0.006 / "
+             "0.011 / 0.017 (40526ea: 0.007 / 0.002 / 0.007; the holdout's 0.015).",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "

@@ -50,7 +50,7 @@ MAX_TIME_INDEX = 20_000  # steps of a panel's span that get their own time-step 
 PROFILE_CLASSES = 8  # at most this many profile classes
 PROFILE_SERIES = 30  # training series per profile class: fewer series get fewer classes (none under 2 x this)
 PROFILE_MIN_CLASS = 10  # series that every class must hold (else fewer classes are fitted)
-PROFILE_CHUNK = 1 << 22  # values whose profile features are computed at once (bounded memory on long series)
+PROFILE_CHUNK = 1 << 20  # values whose profile features are computed at once (bounded memory on long series)
 
 
 WHOLE_SERIES = 512  # series up to this many steps are seen whole
