@@ -251,8 +251,9 @@ class StepCodec:
         its mean (so the features are its shape and how strong its cycle is, not its level). Slots come from
         the time stamps where there are any, else from the step's index. Gaps and channels a series misses read
         as the series' mean."""
-        cycle = cycle or profile_cycle(self.values.freq)
-        per_day = steps_per_day(data.freq)
+        freq = data.freq or self.values.freq
+        cycle = cycle or profile_cycle(freq)
+        per_day = steps_per_day(freq)
         weekly = per_day is not None and per_day > 1 and data.start is not None
         out = []
         chunk = max(1, PROFILE_CHUNK // max(1, data.length * data.n_channels))
@@ -266,16 +267,14 @@ class StepCodec:
             z = np.where(np.isfinite(z), z, np.nan)
             offsets = np.arange(length)[None, :].repeat(b, 0)
             if data.start is not None:
-                cal = calendar_values(step_times(data.start[rows], offsets, data.freq),
-                                      [("time_of_day", cycle) if per_day and per_day > 1 else ("dayofweek", 7)],
-                                      data.freq)[..., 0]
+                times = step_times(data.start[rows], offsets, freq)
+                slot = ("time_of_day", cycle) if per_day and per_day > 1 else ("dayofweek", 7)
+                cal = calendar_values(times, [slot], freq)[..., 0]
             else:
                 cal = offsets % cycle
             parts = [_slot_means(z, cal, cycle)]
             if weekly:
-                dow = calendar_values(step_times(data.start[rows], offsets, data.freq), [("dayofweek", 7)],
-                                      data.freq)[..., 0]
-                parts.append(_slot_means(z, dow, 7))
+                parts.append(_slot_means(z, calendar_values(times, [("dayofweek", 7)], freq)[..., 0], 7))
             out.append(np.concatenate(parts, axis=1))
         return np.concatenate(out) if out else np.zeros((0, 0))
 
