@@ -254,7 +254,7 @@ class StepCodec:
         freq = data.freq or self.values.freq
         cycle = cycle or profile_cycle(freq)
         per_day = steps_per_day(freq)
-        weekly = per_day is not None and per_day > 1 and data.start is not None
+        sub_daily = per_day is not None and per_day > 1
         out = []
         chunk = max(1, PROFILE_CHUNK // max(1, data.length * data.n_channels))
         for lo in range(0, len(data), chunk):
@@ -268,12 +268,12 @@ class StepCodec:
             offsets = np.arange(length)[None, :].repeat(b, 0)
             if data.start is not None:
                 times = step_times(data.start[rows], offsets, freq)
-                slot = ("time_of_day", cycle) if per_day and per_day > 1 else ("dayofweek", 7)
+                slot = ("time_of_day", cycle) if sub_daily else ("dayofweek", 7)
                 cal = calendar_values(times, [slot], freq)[..., 0]
             else:
                 cal = offsets % cycle
             parts = [_slot_means(z, cal, cycle)]
-            if weekly:
+            if sub_daily and data.start is not None:
                 parts.append(_slot_means(z, calendar_values(times, [("dayofweek", 7)], freq)[..., 0], 7))
             out.append(np.concatenate(parts, axis=1))
         return np.concatenate(out) if out else np.zeros((0, 0))
@@ -367,10 +367,14 @@ class StepCodec:
         return len(self.values.vocab)
 
     @property
+    def gap_offset(self) -> int:
+        """Id of the first gap-share token (after the mean and spread tokens of long series)."""
+        return self.extra_offset + (N_MEAN_BINS + N_SPREAD_BINS if self.long else 0)
+
+    @property
     def profile_offset(self) -> int:
         """Id of the first profile class token."""
-        return self.extra_offset + (N_MEAN_BINS + N_SPREAD_BINS if self.long else 0) + (
-            len(GAP_EDGES) - 1 if self.gap_slot else 0)
+        return self.gap_offset + (len(GAP_EDGES) - 1 if self.gap_slot else 0)
 
     @property
     def prefix_vocab(self) -> int:
@@ -396,8 +400,7 @@ class StepCodec:
             m0 = self.extra_offset
             ranges += [(m0, m0 + N_MEAN_BINS), (m0 + N_MEAN_BINS, m0 + N_MEAN_BINS + N_SPREAD_BINS)] * self.n_channels
         if self.gap_slot:
-            g0 = self.extra_offset + (N_MEAN_BINS + N_SPREAD_BINS if self.long else 0)
-            ranges.append((g0, g0 + len(GAP_EDGES) - 1))
+            ranges.append((self.gap_offset, self.gap_offset + len(GAP_EDGES) - 1))
         if self.profiles:
             ranges.append((self.profile_offset, self.profile_offset + len(self.profiles)))
         return ranges
@@ -461,7 +464,7 @@ class StepCodec:
         if self.gap_slot:
             share = data.missing().sum(1) / data.lengths
             g = np.clip(np.searchsorted(GAP_EDGES, share, side="right") - 1, 0, len(GAP_EDGES) - 2)
-            prefix[:, col] = self.extra_offset + (N_MEAN_BINS + N_SPREAD_BINS if self.long else 0) + g
+            prefix[:, col] = self.gap_offset + g
             col += 1
         if self.profiles:
             prefix[:, col] = self.profile_offset + self.profile_classes(data)
