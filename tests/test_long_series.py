@@ -11,9 +11,12 @@ import torch
 from tsynth import SeriesSet, Synthesizer
 from tsynth.cli import main
 from tsynth.codecs import steps as steps_module
-from tsynth.codecs.steps import CROSS_RANK, OWN_LAGS, PANEL_MIN_SERIES, StepCodec, calendar_values, default_context
+from tsynth.codecs import profiles as profiles_module
+from tsynth.codecs.calendar import calendar_values
+from tsynth.codecs.steps import CROSS_RANK, OWN_LAGS, PANEL_MIN_SERIES, StepCodec, default_context
 from tsynth.codecs.values import WIDE_BIN, WIDE_PIECES, ValueCodec
 from tsynth.errors import ConfigError, DataError
+from tsynth.prior import resolve_prior
 from tsynth.stepgen import generate_steps
 from tsynth.stepmodel import (INPUT_NOISE, KVCache, LogSoftmaxAt, StepModel, StepModelConfig, bin_values,
                               input_noise, noisy_inputs, support_bins, support_weights, window_loss)
@@ -773,14 +776,14 @@ def test_smoothing_keeps_a_wide_edge_bin_target_in_its_bin():
     assert torch.allclose(token_aware[20], expected, atol=1e-3)
 
 
-def day_and_night_meters(n_day: int, n_night: int, seed: int) -> SeriesSet:
-    """Four days of hourly series: ``n_day`` peak at midday, ``n_night`` at midnight (a minority shape), each at
-    its own level and strength of cycle, with noise."""
+def day_and_night_meters(n_day: int, n_night: int, seed: int, hours: int = 96, level: float = 3.0) -> SeriesSet:
+    """``hours`` hours (four days) of hourly series: ``n_day`` peak at midday, ``n_night`` at midnight (a minority
+    shape), each at its own level (standard deviation ``level``) and strength of cycle, with noise."""
     rng = np.random.default_rng(seed)
-    hours = np.arange(96)
+    hours = np.arange(hours)
     shape = np.cos(2 * np.pi * (hours - 12) / 24)[None, :]
     sign = np.r_[np.ones(n_day), -np.ones(n_night)][:, None]
-    x = rng.normal(0, 3, (n_day + n_night, 1)) + sign * rng.uniform(0.5, 1.5, (n_day + n_night, 1)) * shape
+    x = rng.normal(0, level, (n_day + n_night, 1)) + sign * rng.uniform(0.5, 1.5, (n_day + n_night, 1)) * shape
     return series_of((x + rng.normal(0, 0.2, x.shape))[..., None])
 
 
@@ -790,7 +793,7 @@ def test_profile_classes_group_series_by_the_shape_of_their_day():
     classes under DP, without a frequency, for too few series, or for windows that start at any hour."""
     data = day_and_night_meters(66, 24, seed=0)
     codec = StepCodec.fit(data, ValueCodec(n_bins=32), 96)
-    assert 2 <= len(codec.profiles) <= 90 // steps_module.PROFILE_SERIES
+    assert 2 <= len(codec.profiles) <= 90 // profiles_module.PROFILE_SERIES
     classes = codec.encode(data)["prefix"][:, -1] - codec.profile_offset
     night = np.r_[np.zeros(66, bool), np.ones(24, bool)]
     assert not set(classes[night]) & set(classes[~night]), classes
@@ -806,6 +809,60 @@ def test_profile_classes_group_series_by_the_shape_of_their_day():
     cut_at_any_hour = SeriesSet(data.values, data.lengths, data.item_id, data.channels, freq="h",
                                 start=data.start + np.arange(90).astype("timedelta64[h]"))
     assert StepCodec.fit(cut_at_any_hour, ValueCodec(n_bins=32), 96).profiles == []
+
+
+def test_token_codec_takes_the_profile_class_as_its_own_hidden_field():
+    """Asked for profile classes, the token codec adds a last condition field of its own: each class holds one day
+    shape, the field round-trips with the codec, a decoded class is never an attribute, and the field is not there
+    unless asked, without a frequency, for too few series, or where a prior's context holds no token more."""
+    data = day_and_night_meters(66, 24, seed=0)
+    codec = ValueCodec(n_bins=32).fit(data, profiles=True)
+    assert [f.hidden for f in codec.fields] == [True] and 2 <= len(codec.fields[0].values) <= 3
+    classes = codec.encode(data)[:, 1] - codec.field_offset(0) - 1
+    night = np.r_[np.zeros(66, bool), np.ones(24, bool)]
+    assert classes.min() >= 0 and not set(classes[night]) & set(classes[~night]), classes
+    again = ValueCodec.from_dict(json.loads(json.dumps(codec.to_dict())))
+    assert again.fields == codec.fields and (again.encode(data) == codec.encode(data)).all()
+    prefix = np.array([[1, codec.field_offset(0) + 1]] * 3)
+    out = codec.decode(prefix, np.full((3, 96), codec.value_offset), np.full(3, 96), np.random.default_rng(0))
+    assert "~profile" not in out.attributes.columns
+    assert ValueCodec(n_bins=32).fit(data).fields == []
+    assert ValueCodec(n_bins=32).fit(data.subset(np.arange(50)), profiles=True).fields == []
+    no_freq = SeriesSet(data.values, data.lengths, data.item_id, data.channels)
+    assert ValueCodec(n_bins=32).fit(no_freq, profiles=True).fields == []
+    with_attr = SeriesSet(data.values, data.lengths, data.item_id, data.channels, start=data.start, freq="h",
+                          attributes=pd.DataFrame({"~profile": np.arange(90) % 2}))
+    with pytest.raises(ConfigError, match="~profile"):
+        ValueCodec(n_bins=32).fit(with_attr, profiles=True)
+    load = resolve_prior("load", False)  # context 170 tokens: bos, 168 values, eos
+    assert [f.hidden for f in load.codec_for(data, "auto", False, None, 0, profiles=True).fields] == [True]
+    week = day_and_night_meters(66, 24, seed=0, hours=168)
+    assert load.codec_for(week, "auto", False, None, 0, profiles=True).fields == []
+    assert load.codec_for(data, "auto", True, (-5.0, 5.0), 0, profiles=True).fields == []  # never under DP
+
+
+def test_token_model_draws_the_minority_day_shape_at_its_share():
+    """The token model draws the profile class first and follows its shape: about a quarter of the samples peak
+    at night, as a quarter of the training series do; a given class is drawn as asked; samples carry no class
+    column. (Levels close together: the day's shape then spans many of the token model's global bins.)"""
+    data = day_and_night_meters(66, 24, seed=0, level=0.3)
+    syn = Synthesizer(codec="token", prior="none", preset="tiny", n_bins=32, ensemble=1, epochs=60, patience=60,
+                      seed=0).fit(data, progress=False)
+    codec = syn.backend.codec
+    assert [f.hidden for f in codec.fields] == [True]
+    classes = codec.encode(data)[:, 1] - codec.field_offset(0) - 1
+    night_class, day_class = (str(int(np.bincount(classes[rows]).argmax())) for rows in (slice(66, 90), slice(66)))
+    assert night_class != day_class
+
+    def night_peaks(samples: SeriesSet) -> np.ndarray:
+        days = samples.values[:, :, 0].reshape(len(samples), 4, 24).mean(1)
+        return days[:, [22, 23, 0, 1, 2]].mean(1) > days[:, 10:15].mean(1)
+
+    samples = syn.sample(200, seed=0)
+    assert "~profile" not in samples.attributes.columns
+    assert 0.12 < night_peaks(samples).mean() < 0.45, night_peaks(samples).mean()
+    assert night_peaks(syn.sample(50, conditions={"~profile": night_class}, seed=1)).mean() > 0.7
+    assert night_peaks(syn.sample(50, conditions={"~profile": day_class}, seed=1)).mean() < 0.1
 
 
 def test_samples_keep_the_share_of_a_minority_day_shape():

@@ -236,7 +236,7 @@ def test_auto_takes_no_prior_where_the_series_start_at_different_times_of_day(ca
     standardised each on its own or not, and short windows (at most SHORT_STEPS) at different hours, which from
     scratch take the step model."""
     from tsynth.backends.local import SHORT_STEPS
-    from tsynth.codecs.steps import phases_differ
+    from tsynth.codecs.calendar import phases_differ
 
     torch.set_num_threads(1)
     vals = 2 + daily(40, 48, 5)
@@ -270,7 +270,7 @@ def test_auto_takes_no_prior_where_the_series_start_at_different_times_of_day(ca
 
 
 def test_phases_differ_reads_the_time_of_day_or_the_day_of_the_week():
-    from tsynth.codecs.steps import SHARED_PHASE, phases_differ
+    from tsynth.codecs.calendar import SHARED_PHASE, phases_differ
 
     def starts(freq, stamps):
         return SeriesSet.from_arrays([np.zeros(30)] * len(stamps), [f"s{i}" for i in range(len(stamps))],

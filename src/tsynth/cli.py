@@ -363,7 +363,8 @@ def check_condition_fields(syn, conditions: dict[str, str] | None, model_dir: st
     codec = getattr(syn.backend, "codec", None)
     if not conditions or codec is None:
         return
-    fields = [f.name for f in codec.fields] if hasattr(codec, "fields") else list(getattr(codec, "user_fields", []))
+    fields = ([f.name for f in codec.fields if not f.hidden] if hasattr(codec, "fields")
+              else list(getattr(codec, "user_fields", [])))
     unknown = [k for k in conditions if k not in fields and k != "start"]
     if unknown:
         raise TsynthError(f"--condition {unknown[0]}=...: the model in {model_dir} has no condition field "

@@ -44,7 +44,7 @@ def pretrain(specs: Sequence[str], output: str | os.PathLike, lengths: Sequence[
     options = {"ensemble": 1, "epochs": 30, "batch_size": 64, "patience": 5, "validation_fraction": 0.05,
                "smoothing": MAX_SMOOTHING, "point_mass_series": 0, **train_options, "prior": "none", "codec": "token",
                "n_bins": PRIOR_BINS, "binning": "quantile",
-               "scaling": "none", "conditions": [], "value_range": PRIOR_RANGE, "seed": seed}
+               "scaling": "none", "conditions": [], "profiles": False, "value_range": PRIOR_RANGE, "seed": seed}
     syn = Synthesizer("local", **options)
     syn.backend.corpus = {
         "sources": sources, "lengths": lengths, "windows": len(windows), "seed": seed,

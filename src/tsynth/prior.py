@@ -143,8 +143,10 @@ class Prior:
                 "sources": [s["name"] for s in self.doc["corpus"]["sources"]], "format_version": FORMAT_VERSION}
 
     def codec_for(self, data: SeriesSet, conditions: Sequence[str] | str, dp: bool,
-                  value_range: tuple[float, float] | None, point_mass_series: int) -> ValueCodec:
-        """A codec for ``data`` that keeps the prior's bins (see the module docstring)."""
+                  value_range: tuple[float, float] | None, point_mass_series: int,
+                  profiles: bool = False) -> ValueCodec:
+        """A codec for ``data`` that keeps the prior's bins (see the module docstring); ``profiles``: with a profile
+        class field where the data has classes and the prior's context holds the extra token (never under DP)."""
         steps = int(data.lengths.max()) * data.n_channels
         if steps > self.lengths[-1] or int(data.lengths.min()) * data.n_channels < self.lengths[0]:
             raise ConfigError(f"the prior at {self.path} was pretrained on series of {self.lengths[0]}-{self.lengths[-1]} "
@@ -153,7 +155,11 @@ class Prior:
         codec = ValueCodec(n_bins=self.codec.n_bins, binning="quantile", scaling="none" if dp else "global",
                            conditions=conditions, value_range=value_range if dp else None,
                            point_mass_series=point_mass_series)
-        codec.fit(data, edges=self.codec.edges)
+        codec.fit(data, edges=self.codec.edges, profiles=profiles and not dp)
+        if codec.sequence_length(int(data.lengths.max())) > self.n_positions and codec.fields \
+                and codec.fields[-1].hidden:
+            log.info("no profile class field: the prior's context (%d tokens) holds no token more", self.n_positions)
+            codec.fields.pop()
         if codec.sequence_length(int(data.lengths.max())) > self.n_positions:
             raise ConfigError(f"the prior's context holds {self.n_positions} tokens; {len(codec.fields)} condition "
                               f"fields plus {steps} values do not fit: pass fewer --conditions or --prior none")

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .codecs.steps import StepCodec, step_times
+from .codecs.calendar import step_times
+from .codecs.steps import StepCodec
 from .codecs.values import BOS
 from .data import SeriesSet
 from .errors import ConfigError, check_sample_request

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..codecs.steps import StepCodec, default_context, has_gaps, phases_differ
+from ..codecs.calendar import phases_differ
+from ..codecs.steps import StepCodec, default_context, has_gaps
 from ..codecs.values import POINT_MASS_SERIES, ValueCodec, choose_scaling
 from ..data import (SeriesSet, atomic_write, duplicate_channels, keep_channels, restore_copies,
                     standardised_ddof)
@@ -136,6 +137,8 @@ class LocalOptions:
     domain: str | None = None  # what the data is ("electricity", "finance", ...): public, picks a prior under "auto"
     codec: str = "auto"  # "step" (a position per time step), "token" (a token per value: what priors are), "auto"
     context: int | None = None  # step model: steps in its context (default: codecs.steps.default_context)
+    # profile classes (codecs.profiles) where the data has them, never under DP: a prefix token of either model
+    profiles: bool = True
     train: TrainConfig = None  # type: ignore[assignment]
 
     @classmethod
@@ -275,13 +278,14 @@ class LocalBackend:
                                 conditions=opts.conditions, value_range=opts.value_range,
                                 point_mass_series=opts.point_mass_series)
             if kind == "step":
-                self.codec = StepCodec.fit(train, values, opts.context, dp=dp_settings is not None)
+                self.codec = StepCodec.fit(train, values, opts.context, dp=dp_settings is not None,
+                                           profiles=opts.profiles)
                 n_positions = self.codec.prefix_length + self.codec.context
                 log.info("step model: context %d steps%s, calendar features %s", self.codec.context,
                          " (windows at random offsets of longer series)" if self.codec.long else "",
                          [name for name, _ in self.codec.calendar] or "none")
             else:
-                self.codec = values.fit(train)
+                self.codec = values.fit(train, profiles=opts.profiles and dp_settings is None)
                 n_positions = self.codec.sequence_length(train.length)
             init, preset, self.prior = None, opts.train.preset, None
         if opts.ensemble is None:
@@ -542,7 +546,8 @@ class LocalBackend:
                               ": pass --prior none")
         if opts.train.preset != prior.preset and opts.train.preset != TrainConfig.preset:
             log.warning("the prior is a %r model; preset %r is ignored", prior.preset, opts.train.preset)
-        return prior.codec_for(train, opts.conditions, dp, opts.value_range, opts.point_mass_series)
+        return prior.codec_for(train, opts.conditions, dp, opts.value_range, opts.point_mass_series,
+                               profiles=opts.profiles and not dp)
 
     # ------------------------------------------------------------------ sample
     def sample(self, n: int, conditions: Sequence[dict] | None = None, temperature: float | None = None,

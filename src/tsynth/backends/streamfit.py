@@ -56,7 +56,7 @@ def fit_streaming(backend: LocalBackend, data: PartitionedSeries, callback: Call
                           f"{MIN_SERIES}")
     values = ValueCodec(n_bins=opts.n_bins, binning=opts.binning, scaling=opts.scaling, conditions=opts.conditions,
                         value_range=opts.value_range, point_mass_series=opts.point_mass_series)
-    codec = StepCodec.fit(sample, values, opts.context)
+    codec = StepCodec.fit(sample, values, opts.context, profiles=opts.profiles)
     backend.codec = codec  # type: ignore[assignment]  # the backend holds a step codec or a value codec
     if opts.ensemble is None:
         opts.ensemble = DEFAULT_ENSEMBLE

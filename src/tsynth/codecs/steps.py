@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 from ..data import SeriesSet
 from ..errors import ConfigError, DataError
+from .calendar import calendar_candidates, calendar_values, step_delta, step_times, steps_per_day
+from .profiles import fit_profiles, profile_classes
 from .values import BOS, CALENDAR_FIELDS, ValueCodec
 
 log = logging.getLogger("tsynth")
@@ -40,17 +41,9 @@ log = logging.getLogger("tsynth")
 N_MEAN_BINS = 32
 N_SPREAD_BINS = 16
 GAP_EDGES = (0.0, 1e-9, 0.01, 0.05, 0.2, 1.0 + 1e-9)  # share of missing steps: none, <=1 %, <=5 %, <=20 %, more
-DAY_NS = 86_400 * 10**9
-WEEK_STEPS = 7  # days
 MIN_CALENDAR_COVERAGE = 0.9  # share of a feature's values that the training data must show for it to be used
-STEPS_PER_DAY_MAX = 1440
-SHARED_PHASE = 0.9  # phases_differ: the share of series that must start at one point of the cycle
 PANEL_MIN_SERIES = 100  # series that must share a start for their time stamps to be a shared calendar (a panel)
 MAX_TIME_INDEX = 20_000  # steps of a panel's span that get their own time-step embedding
-PROFILE_CLASSES = 8  # at most this many profile classes
-PROFILE_SERIES = 30  # training series per profile class: fewer series get fewer classes (none under 2 x this)
-PROFILE_MIN_CLASS = 10  # series that every class must hold (else fewer classes are fitted)
-PROFILE_CHUNK = 1 << 20  # values whose profile features are computed at once (bounded memory on long series)
 
 
 WHOLE_SERIES = 512  # series up to this many steps are seen whole
@@ -76,86 +69,6 @@ def default_context(freq: str | None, length: int) -> int:
     return int(max(2, length if length <= max(2 * ctx, WHOLE_SERIES) else ctx))
 
 
-def step_delta(freq: str | None) -> int | None:
-    """The frequency's fixed step in nanoseconds, or None (no frequency, or a calendar one such as months)."""
-    if not freq:
-        return None
-    try:
-        offset = pd.tseries.frequencies.to_offset(freq)
-    except ValueError:
-        return None
-    if isinstance(offset, pd.offsets.Day):  # a calendar day in pandas 3, 24 hours in tz-naive stamps
-        return int(offset.n) * DAY_NS
-    try:
-        return int(pd.to_timedelta(offset).value)
-    except (ValueError, TypeError):
-        return None
-
-
-def steps_per_day(freq: str | None) -> int | None:
-    delta = step_delta(freq)
-    if delta is None or delta <= 0 or delta > DAY_NS or DAY_NS % delta:
-        return None
-    return DAY_NS // delta
-
-
-def calendar_candidates(freq: str | None) -> list[tuple[str, int]]:
-    """The calendar features that data of this frequency can have, with their number of values."""
-    if not freq:
-        return []
-    delta = step_delta(freq)
-    if delta is None:  # months, quarters, years
-        offset = pd.tseries.frequencies.to_offset(freq)
-        return [("month", 12)] if "M" in offset.name.upper() else []
-    per_day = steps_per_day(freq)
-    out = []
-    if per_day is not None and 1 < per_day <= STEPS_PER_DAY_MAX:
-        out.append(("time_of_day", per_day))
-    if delta <= DAY_NS:
-        out.append(("dayofweek", 7))
-    if delta <= WEEK_STEPS * DAY_NS:
-        out.append(("weekofyear", 53))
-    return out
-
-
-def calendar_values(times: np.ndarray, features: Sequence[tuple[str, int]], freq: str | None,
-                    origin: int | None = None) -> np.ndarray:
-    """Feature values (…, features) int64 of the time stamps ``times`` (datetime64[ns], any shape). ``time_step``
-    (a panel's own time axis): steps since ``origin`` (ns), its last value for stamps outside the span."""
-    ns = np.asarray(times, dtype="datetime64[ns]").astype(np.int64)
-    out = np.zeros(ns.shape + (len(features),), dtype=np.int64)
-    flat_index = None
-    for j, (name, size) in enumerate(features):
-        if name == "time_step":
-            delta = step_delta(freq)
-            offset = ns - int(origin or 0)
-            step = np.floor_divide(offset, delta)
-            out[..., j] = np.where((offset % delta == 0) & (step >= 0) & (step < size - 1), step, size - 1)
-            continue
-        if name == "time_of_day":
-            out[..., j] = (ns % DAY_NS) // step_delta(freq)
-        elif name == "dayofweek":
-            out[..., j] = (ns // DAY_NS + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
-        else:
-            if flat_index is None:
-                flat_index = pd.DatetimeIndex(ns.reshape(-1))
-            v = (flat_index.dayofyear.to_numpy() - 1) // 7 if name == "weekofyear" else flat_index.month.to_numpy() - 1
-            out[..., j] = v.reshape(ns.shape)
-        out[..., j] = np.clip(out[..., j], 0, size - 1)
-    return out
-
-
-def step_times(start: np.ndarray, offsets: np.ndarray, freq: str) -> np.ndarray:
-    """Time stamps (b, t) of steps ``offsets`` (b, t) of series starting at ``start`` (b,)."""
-    delta = step_delta(freq)
-    start = np.asarray(start, dtype="datetime64[ns]")
-    if delta is not None:
-        return (start.astype(np.int64)[:, None] + offsets * delta).astype("datetime64[ns]")
-    step = pd.tseries.frequencies.to_offset(freq)  # calendar steps (months): one by one
-    return np.stack([np.asarray([pd.Timestamp(s) + int(k) * step for k in row], dtype="datetime64[ns]")
-                     for s, row in zip(start, offsets)])
-
-
 @dataclass
 class StepCodec:
     """See the module docstring."""
@@ -171,14 +84,16 @@ class StepCodec:
     lengths: dict[int, int] = field(default_factory=dict)  # training series lengths and their counts (not under DP)
     starts: list[str] = field(default_factory=list)  # training start time stamps to draw from (not under DP)
     time_origin: int | None = None  # a panel's first time stamp (ns), origin of its ``time_step`` feature
-    # the profile classes' centres (classes x features, see :meth:`profile_features`); empty without the slot
+    # the profile classes' centres (classes x features, see :func:`~tsynth.codecs.profiles.profile_features`); empty without the slot
     profiles: list[list[float]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, data: SeriesSet, values: ValueCodec, context: int | None, dp: bool = False) -> "StepCodec":
+    def fit(cls, data: SeriesSet, values: ValueCodec, context: int | None, dp: bool = False,
+            profiles: bool = True) -> "StepCodec":
         """Fit on the training set. ``values`` is an unfitted value codec with the wanted settings (its calendar
-        conditions are replaced by per-step calendar features)."""
+        conditions are replaced by per-step calendar features). ``profiles``: profile classes where the data has
+        them (:func:`~tsynth.codecs.profiles.fit_profiles`; never under ``dp``)."""
         check_gaps(data)
         if context is not None and context < 2:
             raise ConfigError(f"context must be at least 2 steps, got {context}")
@@ -219,70 +134,17 @@ class StepCodec:
             self.lengths = {int(a): int(b) for a, b in zip(u, c)}
             if data.start is not None:
                 self.starts = [str(s) for s in np.unique(data.start)[:1000]]
-            self._fit_profiles(data)
+            if profiles:
+                self.profiles = fit_profiles(data)
         return self
 
-    def _fit_profiles(self, data: SeriesSet) -> None:
-        """Group the training series by the shape of their mean cycle (:meth:`profile_features`) into at most
-        ``PROFILE_CLASSES`` classes of at least ``PROFILE_MIN_CLASS`` series each (k-means, seeded); no classes
-        where the data has no cycle, its series hold fewer than two cycles, or there are too few series. Nor where
-        the series start at different points of the cycle (:func:`phases_differ`): those are windows cut from a few
-        long series, whose day shapes differ by when each window was cut, which every step's calendar input
-        already says, not entities of different kinds (docs/long-series.md, "Profile classes")."""
-        cycle = profile_cycle(data.freq)
-        k = min(PROFILE_CLASSES, len(data) // PROFILE_SERIES)
-        if cycle is None or k < 2 or np.median(data.lengths) < 2 * cycle or phases_differ(data):
-            return
-        from sklearn.cluster import KMeans
-
-        feats = self.profile_features(data, cycle)
-        while k >= 2:
-            km = KMeans(n_clusters=k, n_init=10, random_state=0).fit(feats)
-            counts = np.bincount(km.labels_, minlength=k)
-            if counts.min() >= PROFILE_MIN_CLASS:
-                self.profiles = km.cluster_centers_.tolist()
-                log.info("%d profile classes of %s series", k, "/".join(str(int(c)) for c in np.sort(counts)[::-1]))
-                return
-            k -= 1
-
-    def profile_features(self, data: SeriesSet, cycle: int | None = None) -> np.ndarray:
-        """Per series: each channel's mean over each slot of the cycle (the day of sub-daily data, the week of
-        daily data), and for sub-daily data over each day of the week, in units of the series' own spread about
-        its mean (so the features are its shape and how strong its cycle is, not its level). Slots come from
-        the time stamps where there are any, else from the step's index. Gaps and channels a series misses read
-        as the series' mean."""
-        freq = data.freq or self.values.freq
-        cycle = cycle or profile_cycle(freq)
-        per_day = steps_per_day(freq)
-        sub_daily = per_day is not None and per_day > 1
-        out = []
-        chunk = max(1, PROFILE_CHUNK // max(1, data.length * data.n_channels))
-        for lo in range(0, len(data), chunk):
-            rows = slice(lo, lo + chunk)
-            x = data.values[rows].astype(np.float64)
-            b, length, c = x.shape
-            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                z = (x - np.nanmean(x, axis=1, keepdims=True)) / np.nanstd(x, axis=1, keepdims=True)
-            z = np.where(np.isfinite(z), z, np.nan)
-            offsets = np.arange(length)[None, :].repeat(b, 0)
-            if data.start is not None:
-                times = step_times(data.start[rows], offsets, freq)
-                slot = ("time_of_day", cycle) if sub_daily else ("dayofweek", 7)
-                cal = calendar_values(times, [slot], freq)[..., 0]
-            else:
-                cal = offsets % cycle
-            parts = [_slot_means(z, cal, cycle)]
-            if sub_daily and data.start is not None:
-                parts.append(_slot_means(z, calendar_values(times, [("dayofweek", 7)], freq)[..., 0], 7))
-            out.append(np.concatenate(parts, axis=1))
-        return np.concatenate(out) if out else np.zeros((0, 0))
-
     def profile_classes(self, data: SeriesSet) -> np.ndarray:
-        """Each series' profile class: the nearest class centre to its :meth:`profile_features`."""
-        centres = np.asarray(self.profiles)
-        feats = self.profile_features(data)
-        return ((feats[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        """Each series' profile class (:func:`~tsynth.codecs.profiles.profile_classes`)."""
+        classes = profile_classes(data, self.profiles, self.values.freq)
+        if classes is None:
+            raise DataError("these series carry no start time stamps: their profile classes need them, as the "
+                            "training series had")
+        return classes
 
     def _fit_calendar(self, data: SeriesSet) -> list[tuple[str, int]]:
         cands = calendar_candidates(data.freq) if data.start is not None else []
@@ -524,26 +386,6 @@ class StepCodec:
                    time_origin=d.get("time_origin"), profiles=d.get("profiles", []))
 
 
-def profile_cycle(freq: str | None) -> int | None:
-    """The cycle whose shape the profile classes read: a day of sub-daily data (in steps), a week of daily data;
-    None otherwise."""
-    per_day = steps_per_day(freq)
-    if per_day is None:
-        return None
-    return 7 if per_day == 1 else per_day if per_day <= STEPS_PER_DAY_MAX else None
-
-
-def _slot_means(z: np.ndarray, slot: np.ndarray, size: int) -> np.ndarray:
-    """Per series (rows of ``z`` (b, steps, channels), NaN where missing): the mean of each channel over the
-    steps of each ``slot`` value (b, steps) in 0..size-1, flattened to (b, size x channels); 0 where none."""
-    b, _, c = z.shape
-    seen = np.isfinite(z)
-    index = (np.arange(b)[:, None] * size + slot)[..., None] * c + np.arange(c)[None, None, :]
-    sums = np.bincount(index[seen], weights=z[seen], minlength=b * size * c)
-    counts = np.bincount(index[seen], minlength=b * size * c)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0).reshape(b, size * c)
-
-
 def check_gaps(data: SeriesSet) -> None:
     """Refuse what no model can learn from: a series with no reading at all, a channel that is never observed."""
     observed = ~np.isnan(data.values)
@@ -555,19 +397,6 @@ def check_gaps(data: SeriesSet) -> None:
     if never.any():
         raise DataError(f"channel '{data.channels[int(np.flatnonzero(never)[0])]}' holds no reading in any series: "
                         "drop it (--value-cols)")
-
-
-def phases_differ(data: SeriesSet) -> bool:
-    """Whether the series start at different points of the data's cycle: fewer than ``SHARED_PHASE`` of them at
-    the most common time of day (sub-daily data) or day of the week (daily data). A step's place in a series then
-    does not say where in the cycle it falls; the step model's calendar inputs say it, a token model's positions
-    cannot. False without time stamps or a fixed step of at most a day."""
-    delta = step_delta(data.freq)
-    if data.start is None or delta is None or delta <= 0 or delta > DAY_NS:
-        return False
-    period = DAY_NS if delta < DAY_NS else 7 * DAY_NS
-    phase = np.asarray(data.start, dtype="datetime64[ns]").astype(np.int64) % period
-    return bool(np.unique(phase, return_counts=True)[1].max() < SHARED_PHASE * len(data))
 
 
 def has_gaps(data: SeriesSet) -> bool:

@@ -16,7 +16,9 @@ A series becomes one token sequence::
 * conditions are one token per field: item id, categorical attributes, numeric attributes (binned),
   calendar position of the window start (hour, day of week, month). Each field also has an unknown
   token ``<field=?>`` used for unseen values and, during training, for condition dropout, so the model
-  learns the unconditional distribution too.
+  learns the unconditional distribution too. Where asked (the local backend, not under DP) and the data has
+  them, the last field is the series' profile class (:mod:`tsynth.codecs.profiles`): a field of the codec's own,
+  computed from the values, drawn first when sampling and never returned as an attribute.
 
 The vocabulary is saved as a standard Hugging Face tokenizer (``AutoTokenizer`` loads it).
 
@@ -38,12 +40,14 @@ import pandas as pd
 
 from ..data import SeriesSet, standardise
 from ..errors import ConfigError, DataError
+from .profiles import fit_profiles, profile_classes
 
 log = logging.getLogger("tsynth")
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]
 PAD, BOS, EOS = 0, 1, 2
 CALENDAR_FIELDS = {"hour": "hour", "dayofweek": "dayofweek", "month": "month"}
+PROFILE_FIELD = "~profile"  # the profile class field: a name no attribute column takes (see ConditionVocabulary.fit)
 N_LEVEL_BINS = 64
 N_NUMERIC_ATTRIBUTE_BINS = 8
 # a value held exactly by at least this many training items decodes exactly: readings on a fixed resolution are
@@ -62,6 +66,12 @@ class ConditionField:
     name: str
     values: list[str]
     edges: list[float] | None = None  # numeric attribute: bin edges, values are bin labels
+    centres: list[list[float]] | None = None  # the profile class field: its classes' centres, values are "0".."k-1"
+
+    @property
+    def hidden(self) -> bool:
+        """A field of the codec's own (the profile class): never a user's condition nor a returned attribute."""
+        return self.name == PROFILE_FIELD
 
     def token(self, value: Any) -> str:
         return f"<{self.name}={value}>"
@@ -397,7 +407,9 @@ class ConditionVocabulary:
     conditions: Sequence[str] | str = "auto"
     fields: list[ConditionField] = field(default_factory=list)
 
-    def fit(self, data: SeriesSet) -> None:
+    def fit(self, data: SeriesSet, profiles: bool = False) -> None:
+        """Fit the fields on the training set; ``profiles``: the profile class field last, where the data has
+        profile classes (:func:`~tsynth.codecs.profiles.fit_profiles`)."""
         requested = self.conditions
         if requested == "auto":
             requested = [c for c in data.attributes.columns if c != "window_offset" and data.attributes[c].nunique() > 1]
@@ -405,6 +417,8 @@ class ConditionVocabulary:
                 requested += [c for c in CALENDAR_FIELDS if len(np.unique(_calendar(data.start, c))) > 1]
         fields = []
         for name in requested:
+            if name == PROFILE_FIELD:
+                raise ConfigError(f"condition {name!r} is tsynth's own profile class field: rename that attribute")
             if name == "item_id":
                 raw = pd.Series(data.item_id)
             elif name in data.attributes.columns:
@@ -422,6 +436,9 @@ class ConditionVocabulary:
                 fields.append(ConditionField(name, [f"bin{k}" for k in range(len(edges) - 1)], edges.tolist()))
             else:
                 fields.append(ConditionField(name, sorted(raw.dropna().astype(str).unique().tolist())))
+        centres = fit_profiles(data) if profiles else []
+        if centres:
+            fields.append(ConditionField(PROFILE_FIELD, [str(k) for k in range(len(centres))], centres=centres))
         self.fields = fields
 
     @staticmethod
@@ -447,11 +464,15 @@ class ConditionVocabulary:
             ids.append(self.offset(k, first) + (0 if label is None else 1 + f.values.index(label)))
         return ids
 
-    def series_conditions(self, data: SeriesSet) -> list[dict[str, Any]]:
-        """The raw condition values of every series in ``data``."""
+    def series_conditions(self, data: SeriesSet, freq: str | None = None) -> list[dict[str, Any]]:
+        """The raw condition values of every series in ``data`` (``freq``: the training data's, which the profile
+        class reads where ``data`` carries none)."""
         out: list[dict[str, Any]] = [dict() for _ in range(len(data))]
         for f in self.fields:
-            if f.name == "item_id":
+            if f.hidden:
+                classes = profile_classes(data, f.centres or [], freq) if len(data) else None
+                col = [None] * len(data) if classes is None else [str(int(k)) for k in classes]
+            elif f.name == "item_id":
                 col = list(data.item_id)
             elif f.name in CALENDAR_FIELDS:
                 cal = self.calendar(data, f.name)
@@ -467,7 +488,8 @@ class ConditionVocabulary:
     def decode(self, tokens: np.ndarray, first: int, ids: list[str],
                rng: np.random.Generator) -> tuple[list[str], dict[str, list]]:
         """Item ids and attributes from the field tokens (n, fields): a field's raw values replace ``ids`` (item
-        id) or become an attribute (calendar fields are neither: the start time carries them)."""
+        id) or become an attribute (calendar fields are neither: the start time carries them; nor is the profile
+        class, the codec's own)."""
         attrs = {}
         for j, f in enumerate(self.fields):
             tok = tokens[:, j] - self.offset(j, first)
@@ -475,7 +497,7 @@ class ConditionVocabulary:
             raw = [None if lab is None else f.raw(lab, rng) for lab in labels]
             if f.name == "item_id":
                 ids = [r if r is not None else ids[i] for i, r in enumerate(raw)]
-            elif f.name not in CALENDAR_FIELDS:
+            elif f.name not in CALENDAR_FIELDS and not f.hidden:
                 attrs[f.name] = raw
         return ids, attrs
 
@@ -553,11 +575,13 @@ class ValueCodec:
     __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, data: SeriesSet, edges: Sequence[float] | None = None, split_wide: bool = False) -> "ValueCodec":
+    def fit(self, data: SeriesSet, edges: Sequence[float] | None = None, split_wide: bool = False,
+            profiles: bool = False) -> "ValueCodec":
         """Fit scaler, bins and condition vocabulary on the training set. ``edges``: fixed bin edges (a
         prior's, in scaled units) instead of bins fitted to ``data``; with scaling 'none' and a
         ``value_range``, that range is mapped linearly onto the edges' range. ``split_wide``: quantile bins far
-        wider than most are cut into pieces (:func:`split_wide_bins`)."""
+        wider than most are cut into pieces (:func:`split_wide_bins`). ``profiles``: a profile class field where
+        the data has profile classes (never under DP: the classes are read from the private values)."""
         if len(data) == 0:
             raise DataError("cannot fit a codec on an empty data set")
         self.bins.check()
@@ -566,7 +590,7 @@ class ValueCodec:
         self.length = data.length if data.is_regular else None
         vals = data.values.astype(np.float64)
         self.scaler.fit(data, vals, edges, self.value_range)
-        self.vocabulary.fit(data)
+        self.vocabulary.fit(data, profiles)
         units = self.to_units(vals)
         if edges is not None:
             self.edges = [float(e) for e in edges]
@@ -652,7 +676,7 @@ class ValueCodec:
 
     def series_conditions(self, data: SeriesSet) -> list[dict[str, Any]]:
         """The raw condition values of every series in ``data``."""
-        return self.vocabulary.series_conditions(data)
+        return self.vocabulary.series_conditions(data, self.freq)
 
     def value_bins(self, data: SeriesSet, warn: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Each value's bin, shape (n, steps, channels) (meaningless beyond a series' length), and the series'
@@ -740,7 +764,8 @@ class ValueCodec:
             "point_mass_series": self.point_mass_series,  # the masses themselves: save_point_masses
             "tails": self.tails,
             "point_masses_per_channel": [len(m["values"]) for m in self.point_masses],
-            "fields": [{"name": f.name, "values": f.values, "edges": f.edges} for f in self.fields],
+            "fields": [{"name": f.name, "values": f.values, "edges": f.edges,
+                        **({"centres": f.centres} if f.centres else {})} for f in self.fields],
             # only where it is set: codecs without it save as they did before it existed
             **({"standardised": self.standardised} if self.standardised is not None else {}),
             **({"repeats": self.repeats} if self.repeats else {}),
@@ -751,7 +776,7 @@ class ValueCodec:
         fields = [ConditionField(**f) for f in d["fields"]]
         vr = tuple(d["value_range"]) if d.get("value_range") else None
         return cls(n_bins=d["n_bins"], binning=d["binning"], scaling=d["scaling"],
-                   conditions=[f.name for f in fields], channels=d["channels"], length=d["length"],
+                   conditions=[f.name for f in fields if not f.hidden], channels=d["channels"], length=d["length"],
                    freq=d["freq"], loc=d["loc"], scale=d["scale"], edges=d["edges"],
                    level_edges=d["level_edges"], fields=fields, value_range=vr, profile=d.get("profile"),
                    point_mass_series=d.get("point_mass_series", 0), tails=d.get("tails", []),
