@@ -813,8 +813,9 @@ def test_profile_classes_group_series_by_the_shape_of_their_day():
 
 def test_token_codec_takes_the_profile_class_as_its_own_hidden_field():
     """Asked for profile classes, the token codec adds a last condition field of its own: each class holds one day
-    shape, the field round-trips with the codec, a decoded class is never an attribute, and the field is not there
-    unless asked, without a frequency, for too few series, or where a prior's context holds no token more."""
+    shape, the field round-trips with the codec, unconditioned draws get the classes at the training shares, a
+    decoded class is never an attribute, and the field is not there unless asked, without a frequency, for too few
+    series, or where a prior's context holds no token more."""
     data = day_and_night_meters(66, 24, seed=0)
     codec = ValueCodec(n_bins=32).fit(data, profiles=True)
     assert [f.hidden for f in codec.fields] == [True] and 2 <= len(codec.fields[0].values) <= 3
@@ -823,6 +824,11 @@ def test_token_codec_takes_the_profile_class_as_its_own_hidden_field():
     assert classes.min() >= 0 and not set(classes[night]) & set(classes[~night]), classes
     again = ValueCodec.from_dict(json.loads(json.dumps(codec.to_dict())))
     assert again.fields == codec.fields and (again.encode(data) == codec.encode(data)).all()
+    counts = np.asarray(codec.fields[0].counts)
+    assert counts.sum() == 90 and (counts == np.bincount(classes, minlength=len(counts))).all()
+    drawn = codec.draw_profiles([{} for _ in range(100)] + [{"~profile": "0"}], np.random.default_rng(0))
+    got = np.bincount([int(d["~profile"]) for d in drawn[:100]], minlength=len(counts))
+    assert (np.abs(got - 100 * counts / 90) < 1).all() and drawn[100] == {"~profile": "0"}, got
     prefix = np.array([[1, codec.field_offset(0) + 1]] * 3)
     out = codec.decode(prefix, np.full((3, 96), codec.value_offset), np.full(3, 96), np.random.default_rng(0))
     assert "~profile" not in out.attributes.columns

@@ -146,6 +146,7 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
     if len(conds) != n:
         raise ConfigError(f"{len(conds)} condition rows for {n} series")
     rng = np.random.default_rng(seed)
+    conds = codec.draw_profiles(conds, rng)
     batch_size = batch_size or batch_size_for(models[: POOL], positions)
     starts = range(0, n, batch_size)
     seeds = rng.integers(2**31, size=len(starts))

@@ -32,16 +32,17 @@ def profile_cycle(freq: str | None) -> int | None:
     return 7 if per_day == 1 else per_day if per_day <= STEPS_PER_DAY_MAX else None
 
 
-def fit_profiles(data: SeriesSet) -> list[list[float]]:
-    """The class centres (classes x features of :func:`profile_features`): at most ``PROFILE_CLASSES`` classes of
-    at least ``PROFILE_MIN_CLASS`` series each (k-means, seeded). None (an empty list) where the data has no cycle,
-    its series hold fewer than two cycles, or there are too few series; nor where the series start at different
-    points of the cycle (:func:`~tsynth.codecs.calendar.phases_differ`): those are windows cut from a few long
-    series, whose day shapes differ by when each window was cut, not entities of different kinds."""
+def fit_profiles(data: SeriesSet) -> tuple[list[list[float]], list[int]]:
+    """The class centres (classes x features of :func:`profile_features`) and the training series in each class:
+    at most ``PROFILE_CLASSES`` classes of at least ``PROFILE_MIN_CLASS`` series each (k-means, seeded). None (empty
+    lists) where the data has no cycle, its series hold fewer than two cycles, or there are too few series; nor where
+    the series start at different points of the cycle (:func:`~tsynth.codecs.calendar.phases_differ`): those are
+    windows cut from a few long series, whose day shapes differ by when each window was cut, not entities of
+    different kinds."""
     cycle = profile_cycle(data.freq)
     k = min(PROFILE_CLASSES, len(data) // PROFILE_SERIES)
     if cycle is None or k < 2 or np.median(data.lengths) < 2 * cycle or phases_differ(data):
-        return []
+        return [], []
     from sklearn.cluster import KMeans
 
     feats = profile_features(data, data.freq)
@@ -50,9 +51,9 @@ def fit_profiles(data: SeriesSet) -> list[list[float]]:
         counts = np.bincount(km.labels_, minlength=k)
         if counts.min() >= PROFILE_MIN_CLASS:
             log.info("%d profile classes of %s series", k, "/".join(str(int(c)) for c in np.sort(counts)[::-1]))
-            return km.cluster_centers_.tolist()
+            return km.cluster_centers_.tolist(), [int(c) for c in counts]
         k -= 1
-    return []
+    return [], []
 
 
 def profile_classes(data: SeriesSet, centres: list[list[float]], freq: str | None) -> np.ndarray | None:

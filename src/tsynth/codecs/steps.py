@@ -135,7 +135,7 @@ class StepCodec:
             if data.start is not None:
                 self.starts = [str(s) for s in np.unique(data.start)[:1000]]
             if profiles:
-                self.profiles = fit_profiles(data)
+                self.profiles = fit_profiles(data)[0]
         return self
 
     def profile_classes(self, data: SeriesSet) -> np.ndarray:

@@ -67,6 +67,7 @@ class ConditionField:
     values: list[str]
     edges: list[float] | None = None  # numeric attribute: bin edges, values are bin labels
     centres: list[list[float]] | None = None  # the profile class field: its classes' centres, values are "0".."k-1"
+    counts: list[int] | None = None  # the profile class field: training series per class (the shares samples keep)
 
     @property
     def hidden(self) -> bool:
@@ -436,9 +437,10 @@ class ConditionVocabulary:
                 fields.append(ConditionField(name, [f"bin{k}" for k in range(len(edges) - 1)], edges.tolist()))
             else:
                 fields.append(ConditionField(name, sorted(raw.dropna().astype(str).unique().tolist())))
-        centres = fit_profiles(data) if profiles else []
+        centres, counts = fit_profiles(data) if profiles else ([], [])
         if centres:
-            fields.append(ConditionField(PROFILE_FIELD, [str(k) for k in range(len(centres))], centres=centres))
+            fields.append(ConditionField(PROFILE_FIELD, [str(k) for k in range(len(centres))], centres=centres,
+                                         counts=counts))
         self.fields = fields
 
     @staticmethod
@@ -463,6 +465,25 @@ class ConditionVocabulary:
                             f.name, conditions[f.name])
             ids.append(self.offset(k, first) + (0 if label is None else 1 + f.values.index(label)))
         return ids
+
+    def draw_profiles(self, conds: list[dict], rng: np.random.Generator) -> list[dict]:
+        """``conds`` (one dict per series to draw) with a profile class added to every row that gives no field,
+        at the training series' shares: systematic sampling over those rows (each class gets the floor or the
+        ceiling of rows x its share, its expected count exactly), in random order. A model drawing the class token
+        itself learns its frequencies from one token per training series, and over a few epochs leaves them
+        flatter than the data's, which shifts the samples' mean day towards the minority shapes. Rows that give a
+        field keep the model's draw, which depends on what they give."""
+        f = self.fields[-1] if self.fields and self.fields[-1].hidden and self.fields[-1].counts else None
+        free = [] if f is None else [i for i, c in enumerate(conds) if not any(g.name in c for g in self.fields)]
+        if f is None or not free:
+            return conds
+        share = np.asarray(f.counts, dtype=np.float64) / sum(f.counts or [])
+        classes = np.searchsorted(np.cumsum(share) * len(free), rng.uniform() + np.arange(len(free)), side="right")
+        classes = rng.permutation(np.minimum(classes, len(share) - 1))
+        out = list(conds)
+        for i, k in zip(free, classes):
+            out[i] = {**conds[i], f.name: f.values[int(k)]}
+        return out
 
     def series_conditions(self, data: SeriesSet, freq: str | None = None) -> list[dict[str, Any]]:
         """The raw condition values of every series in ``data`` (``freq``: the training data's, which the profile
@@ -678,6 +699,10 @@ class ValueCodec:
         """The raw condition values of every series in ``data``."""
         return self.vocabulary.series_conditions(data, self.freq)
 
+    def draw_profiles(self, conds: list[dict], rng: np.random.Generator) -> list[dict]:
+        """See :meth:`ConditionVocabulary.draw_profiles`."""
+        return self.vocabulary.draw_profiles(conds, rng)
+
     def value_bins(self, data: SeriesSet, warn: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Each value's bin, shape (n, steps, channels) (meaningless beyond a series' length), and the series'
         levels (scaling 'series'; else None). Values outside the range go to the edge bins (``warn``: say how many)."""
@@ -765,7 +790,7 @@ class ValueCodec:
             "tails": self.tails,
             "point_masses_per_channel": [len(m["values"]) for m in self.point_masses],
             "fields": [{"name": f.name, "values": f.values, "edges": f.edges,
-                        **({"centres": f.centres} if f.centres else {})} for f in self.fields],
+                        **({"centres": f.centres, "counts": f.counts} if f.centres else {})} for f in self.fields],
             # only where it is set: codecs without it save as they did before it existed
             **({"standardised": self.standardised} if self.standardised is not None else {}),
             **({"repeats": self.repeats} if self.repeats else {}),
