@@ -569,6 +569,16 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "0.120 / 0.117), 2 models of 6 epochs each as before, mean_err 0.004-0.007, full draw 136-146 s. The "
              "same run of seed 0 with the cut kept to one-channel data (256 bins, results kept out of the rows): "
              "0.132, so the cut is not the difference; fits of the same code move by about 0.015 (docs/codec.md).",
+             "  - d8a3018, 62d7052: the token model takes each series' profile class as a condition token of its own, not "
+             "under DP (docs/priors.md, \"Profile classes in the fine-tune\"); from 62d7052 samples that ask for no "
+             "condition get the classes at the training shares. `tsynth` rerun at 62d7052 (seeds 0, 1, 2, one job at a "
+             "time): electricity100 disc_gbm 0.040 / 0.014 / 0.044 (3e4e229: 0.112 / 0.100 / 0.127), mean_err "
+             "0.029-0.037, fits 181-189 s (113-117 s; 182 s without the class on the same machine); suite-elec-100c "
+             "0.038 / 0.023 / 0.094 (250a1d5: 0.117 / 0.026 / 0.047), suite-elec-160c 0.056 / 0.023 / 0.026 "
+             "(c07d506: 0.018 / 0.016 / 0.023), suite-elec-h100 "
+             "0.276 / 0.237 / 0.266 (0.282 / 0.289 / 0.314; cycle autocorrelation error 0.021-0.046, 0.006-0.032 "
+             "before), suite-elec-h236 0.099 / 0.110 / 0.153 (0.119 / 0.089 / 0.119). At d8a3018 (the class drawn "
+             "by the model): electricity100 0.060 / 0.056 / 0.071 with mean_err 0.061-0.089; those rows were replaced.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "

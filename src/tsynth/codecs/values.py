@@ -470,9 +470,9 @@ class ConditionVocabulary:
         """``conds`` (one dict per series to draw) with a profile class added to every row that gives no field,
         at the training series' shares: systematic sampling over those rows (each class gets the floor or the
         ceiling of rows x its share, its expected count exactly), in random order. A model drawing the class token
-        itself learns its frequencies from one token per training series, and over a few epochs leaves them
-        flatter than the data's, which shifts the samples' mean day towards the minority shapes. Rows that give a
-        field keep the model's draw, which depends on what they give."""
+        itself learns its frequencies from one token per training series and leans towards the most common class,
+        which shifts the samples' mean day towards the common shape. Rows that give a field keep the model's
+        draw, which depends on what they give."""
         f = self.fields[-1] if self.fields and self.fields[-1].hidden and self.fields[-1].counts else None
         free = [] if f is None else [i for i, c in enumerate(conds) if not any(g.name in c for g in self.fields)]
         if f is None or not free:
