@@ -1,10 +1,17 @@
 """Shared fixtures: small in-memory data sets (no test reads /work/shared/data)."""
 
-import numpy as np
-import pandas as pd
-import pytest
+import os
 
-from tsynth import SeriesSet
+# The suite runs on two pytest-xdist workers (pyproject.toml): each takes one core, one torch/OpenMP thread, so
+# that the two do not contend for both cores (threads spinning on a busy core slow a test many times over).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from tsynth import SeriesSet  # noqa: E402
 
 
 @pytest.fixture

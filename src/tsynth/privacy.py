@@ -54,6 +54,8 @@ PROFILE_SHARE = 0.25
 # Share of epsilon spent on releasing whether the series are standardised each on its own (a noisy count of items
 # per kind), so that samples of a z-normalised archive are standardised alike, as they are without DP
 STANDARDISED_SHARE, STANDARDISED_MARGIN = 0.02, 4.0
+# The calibrated DP-SGD noise spends the target epsilon or up to this much less (as opacus' get_noise_multiplier)
+EPSILON_TOLERANCE = 0.01
 PROFILE_FREQUENCY_DIVISOR = 8  # the profile keeps Fourier frequencies up to steps / 8 cycles per window
 MIA_MAX_BEYOND = 0.25  # the likelihood audit leaves out holdout series with more values beyond the training range
 
@@ -247,18 +249,20 @@ class DPEngine:
 
     def report(self) -> dict:
         """Privacy accounting for ``tsynth.json`` and the report."""
-        return {"epsilon": self.epsilon(), "target_epsilon": self.settings.epsilon, "delta": self.delta,
+        spent = self.epsilon()
+        return {"epsilon": spent, "target_epsilon": self.settings.epsilon, "delta": self.delta,
                 "max_grad_norm": self.settings.max_grad_norm, "noise_multiplier": self.noise_multiplier,
                 "sample_rate": self.sample_rate, "steps": self.steps, "accountant": self.settings.accountant,
                 "unit": "item", "items": int(len(self.items)), "releases": self.releases,
-                "guarantee": (f"({self.epsilon():.2f}, {self.delta:.1e})-differential privacy for each item: "
+                "guarantee": (f"({spent:.2f}, {self.delta:.1e})-differential privacy for each item: "
                               "any one item's data changes the probability of any trained model, and so of any "
-                              f"sampled series, by at most a factor e^{self.epsilon():.2f} (plus {self.delta:.1e})")}
+                              f"sampled series, by at most a factor e^{spent:.2f} (plus {self.delta:.1e})")}
 
 
 def _calibrate(settings: DPSettings, delta: float, pre: list[tuple], sample_rate: float, steps: int) -> float:
-    """The smallest DP-SGD noise multiplier (bisection) whose composition with the ``pre`` releases stays
-    within the target epsilon."""
+    """The DP-SGD noise multiplier whose composition with the ``pre`` releases spends the target epsilon, or
+    less by at most ``EPSILON_TOLERANCE`` (opacus' ``get_noise_multiplier`` tolerance): a bisection that stops
+    there, as each accountant call costs about half a second."""
     from opacus.accountants import create_accountant
 
     def eps(sigma: float) -> float:
@@ -267,13 +271,19 @@ def _calibrate(settings: DPSettings, delta: float, pre: list[tuple], sample_rate
         return float(acct.get_epsilon(delta=delta))
 
     lo, hi = 0.3, 2.0
-    while eps(hi) > settings.epsilon:
+    spent = eps(hi)
+    while spent > settings.epsilon:
         lo, hi = hi, hi * 2
         if hi > 1e4:
             raise ConfigError(f"epsilon {settings.epsilon} is too small for {steps} DP-SGD steps after the profile release")
-    for _ in range(30):
+        spent = eps(hi)
+    while settings.epsilon - spent > EPSILON_TOLERANCE and hi - lo > 1e-6 * hi:
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if eps(mid) > settings.epsilon else (lo, mid)
+        e = eps(mid)
+        if e > settings.epsilon:
+            lo = mid
+        else:
+            hi, spent = mid, e
     return hi
 
 
