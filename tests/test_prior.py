@@ -101,7 +101,8 @@ def test_default_ensemble_is_larger_from_a_prior(prior_dir, monkeypatch, tmp_pat
     """Without --ensemble a fit from a prior trains PRIOR_ENSEMBLE members, one from scratch DEFAULT_ENSEMBLE;
     the size fit chose is what the saved model records and reloads; a given size wins either way. Dropout alike:
     SMALL_DATA_DROPOUT on at most SMALL_DATA_VALUES readings from scratch, PRIOR_SMALL_DATA_VALUES from a prior,
-    never under DP, else TrainConfig's; a given one either way."""
+    never under DP, else TrainConfig's; a given one either way. A member fine-tuned from a prior without DP has
+    no attention dropout."""
     import tsynth.backends.local as local
 
     monkeypatch.setattr(local, "DEFAULT_ENSEMBLE", 1)
@@ -119,7 +120,8 @@ def test_default_ensemble_is_larger_from_a_prior(prior_dir, monkeypatch, tmp_pat
     given = Synthesizer("local", prior=str(prior_dir), ensemble=1, **fast).fit(data, progress=False)
     assert len(given.backend.models) == 1
     assert local.SMALL_DATA_DROPOUT != TrainConfig.dropout
-    assert {m.config.attn_pdrop for m in from_prior.backend.models} == {local.SMALL_DATA_DROPOUT}  # 960 readings
+    assert {m.config.resid_pdrop for m in from_prior.backend.models} == {local.SMALL_DATA_DROPOUT}  # 960 readings
+    assert {m.config.attn_pdrop for m in from_prior.backend.models} == {0.0}  # fine-tuned: no attention dropout
     assert from_prior.info["options"]["train"]["dropout"] == local.SMALL_DATA_DROPOUT  # recorded as trained
     assert scratch.backend.models[0].config.attn_pdrop == local.SMALL_DATA_DROPOUT
     assert scratch.info["options"]["train"]["dropout"] == local.SMALL_DATA_DROPOUT
@@ -130,9 +132,10 @@ def test_default_ensemble_is_larger_from_a_prior(prior_dir, monkeypatch, tmp_pat
                                         (local.PRIOR_SMALL_DATA_VALUES + 1, True, False, TrainConfig.dropout),
                                         (100, True, True, TrainConfig.dropout), (100, False, True, TrainConfig.dropout)]:
         assert local.default_dropout(n, from_prior_, dp) == dropout
-    for prior in (str(prior_dir), "none"):
+    for prior, attention in ((str(prior_dir), 0.0), ("none", 0.05)):
         chosen = Synthesizer("local", prior=prior, ensemble=1, dropout=0.05, **fast).fit(data, progress=False)
-        assert chosen.backend.models[0].config.attn_pdrop == 0.05
+        assert chosen.backend.models[0].config.resid_pdrop == 0.05
+        assert chosen.backend.models[0].config.attn_pdrop == attention
 
 
 def test_values_beyond_a_prior_range_are_reported_once_per_fit(prior_dir, caplog):
@@ -170,6 +173,7 @@ def test_dp_fine_tuning_from_a_prior_uses_no_data_fitted_scaler(prior_dir):
     load = Synthesizer("local", prior="load", dp_epsilon=8.0, epochs=1, value_range=(-20.0, 20.0)).fit(
         data, progress=False)
     assert profiles(load) == []  # the shipped load prior is a domain prior too
+    assert load.backend.models[0].config.attn_pdrop == TrainConfig.dropout  # under DP attention dropout stays
     assert load.info["prior"]["sources"] == list(LOAD_CORPUS)
 
 

@@ -18,14 +18,18 @@ FACTORED_POSITIONS_FROM = 8  # channels (see factor_positions)
 TRAINABLE = ("all", "bitfit", "bitfit+positions", "bitfit+positions+embeddings")
 
 
-def build_model(vocab_size: int, n_positions: int, preset: str, dropout: float = 0.1):
-    """A GPT-2 style causal LM from a config (learned absolute positions suit fixed-length windows)."""
+def build_model(vocab_size: int, n_positions: int, preset: str, dropout: float = 0.1,
+                attn_dropout: float | None = None):
+    """A GPT-2 style causal LM from a config (learned absolute positions suit fixed-length windows); attention
+    dropout ``attn_dropout``, by default ``dropout`` as on the embeddings and the residual stream."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    # attention dropout makes long windows about 3x slower (no fused kernel) but is worth it: samples are told from
-    # real data less often with it (docs/model-and-training.md, "Training")
+    # attention dropout triples the attention's cost on a CPU (no fused kernel draws it): worth it for a model from
+    # scratch, whose samples are told from real data less often with it; not for a member fine-tuned from a prior
+    # (TokenJob.fresh_model; docs/model-and-training.md, "Training")
     cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, resid_pdrop=dropout, embd_pdrop=dropout,
-                     attn_pdrop=dropout, bos_token_id=1, eos_token_id=2, pad_token_id=0, **PRESETS[preset])
+                     attn_pdrop=dropout if attn_dropout is None else attn_dropout, bos_token_id=1, eos_token_id=2,
+                     pad_token_id=0, **PRESETS[preset])
     return GPT2LMHeadModel(cfg)
 
 

@@ -711,7 +711,10 @@ class TokenJob(MemberJob):
     tails: list[list[float]]
 
     def fresh_model(self, dropout: float) -> torch.nn.Module:
-        return build_model(self.vocab_size, self.n_positions, self.cfg.preset, dropout)
+        # a member fine-tuned from a prior without DP stops early (a dozen epochs) and trains without attention
+        # dropout: its fit is about a quarter faster, its samples told apart about as often (docs/model-and-training.md)
+        from_prior = self.init is not None and not self.dp
+        return build_model(self.vocab_size, self.n_positions, self.cfg.preset, dropout, 0.0 if from_prior else None)
 
     def prepare(self, model: torch.nn.Module) -> None:
         factor_positions(model, self.first_value, self.n_channels)
