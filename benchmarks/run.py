@@ -579,6 +579,16 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "0.276 / 0.237 / 0.266 (0.282 / 0.289 / 0.314; cycle autocorrelation error 0.021-0.046, 0.006-0.032 "
              "before), suite-elec-h236 0.099 / 0.110 / 0.153 (0.119 / 0.089 / 0.119). At d8a3018 (the class drawn "
              "by the model): electricity100 0.060 / 0.056 / 0.071 with mean_err 0.061-0.089; those rows were replaced.",
+             "  - d00547e: token members fine-tuned from a prior without DP train without attention dropout "
+             "(docs/model-and-training.md, \"Training\"). `tsynth` rerun (seeds 0, 1, 2, one job at a time): "
+             "electricity100 disc_gbm 0.080 / 0.010 / 0.055 (62d7052: 0.040 / 0.014 / 0.044), fits 126-133 s (181-189 s), "
+             "1,000 samples 10.5-10.9 s; suite-elec-100c 0.052 / 0.101 / 0.027 (0.038 / 0.023 / 0.094; fits 38-44 s "
+             "against 59-60 s; seeds 0-1 rerun, their first run shared the machine), suite-elec-160c 0.093 / 0.060 / "
+             "0.019 (0.056 / 0.023 / 0.026), suite-elec-h100 0.267 / 0.288 / 0.283 (0.276 / 0.237 / 0.266; fits "
+             "131-134 s against 200-210 s), suite-elec-h236 0.112 / 0.089 / 0.120 (0.099 / 0.110 / 0.153). The first "
+             "`tsynth` rows of electricity-raw (and its holdout and Gaussian rows rerun for the shape-level figures): "
+             "disc_gbm 0.023 / 0.010 / 0.002, shape disc 0.183-0.188 (the holdout's 0.033), cycle autocorrelation "
+             "error 0.015-0.022 (0.026), dcr_ratio 0.85 / 0.86 / 0.97.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
