@@ -3,11 +3,13 @@ plus fit and sample seconds; the harness measures memory and evaluates."""
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 from typing import Callable
 
 import numpy as np
+import torch
 
 from tsynth import SeriesSet
 from tsynth.prior import Prior, resolve_prior
@@ -125,12 +127,19 @@ def tsynth_local(task: Task, seed: int, smoke: bool, **options) -> tuple[SeriesS
     t0 = time.time()
     syn = Synthesizer("local", **opts).fit(task.train, progress=False)
     fit_s = time.time() - t0
-    t0 = time.time()
-    synthetic = syn.sample(len(task.train), seed=seed)
-    sample_s = time.time() - t0
-    t0 = time.time()
-    more = syn.sample(5 if smoke else 1000, seed=seed + 1)
-    sample_1000_s = time.time() - t0  # the draw alone (the audit below scores every member on train and holdout)
+    # the draws run as `tsynth sample` runs in a process of its own: torch on every core (the harness's worker
+    # keeps one thread, for the fit's member processes and the scores), batches one at a time (sample.default_workers)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        t0 = time.time()
+        synthetic = syn.sample(len(task.train), seed=seed)
+        sample_s = time.time() - t0
+        t0 = time.time()
+        more = syn.sample(5 if smoke else 1000, seed=seed + 1)
+        sample_1000_s = time.time() - t0  # the draw alone (the audit below scores every member on train and holdout)
+    finally:
+        torch.set_num_threads(threads)
     members = syn.info["training"]["members"]
     audit = likelihood_mia(syn, task.train, task.holdout, seed=seed)
     if task.horizon is not None and syn.info["codec"].get("kind") == "step":
