@@ -589,6 +589,11 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "`tsynth` rows of electricity-raw (and its holdout and Gaussian rows rerun for the shape-level figures): "
              "disc_gbm 0.023 / 0.010 / 0.002, shape disc 0.183-0.188 (the holdout's 0.033), cycle autocorrelation "
              "error 0.015-0.022 (0.026), dcr_ratio 0.85 / 0.86 / 0.97.",
+             "  - f4970c8: a row's timed draws run with torch on every core, as `tsynth sample` runs (the worker keeps one "
+             "thread for the fit and the scores); rows before it drew with one thread and two batches at a time "
+             "(docs/model-and-training.md, \"Sampling\"). electricity100 `tsynth` rerun (seeds 0, 1, 2, one job at a "
+             "time): disc_gbm 0.083 / 0.001 / 0.027, mean 0.037, mean_err 0.027-0.030, pct_err 0.045-0.061, fits "
+             "118-121 s, 1,000 samples 8.7-9.2 s (d00547e: 10.5-10.9 s).",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
