@@ -10,8 +10,8 @@ from tsynth import SeriesSet
 from tsynth.backends.local import DP_MIN_PROB
 from tsynth.codecs.values import ValueCodec
 from tsynth.errors import ConfigError
-from tsynth.synthesizer import Synthesizer
 from tsynth.privacy import EPSILON_TOLERANCE
+from tsynth.synthesizer import Synthesizer
 
 
 def items(n=80, length=16, seed=0):

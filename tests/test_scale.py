@@ -32,6 +32,15 @@ def tsynth(*args: str, env: dict | None = None, cwd: Path | None = None) -> subp
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=600)
 
 
+def run_together(commands: list[tuple[list[str], dict]], cwd: Path) -> tuple[list[int], list[tuple[str, str]]]:
+    """Each (arguments after the interpreter, environment) started at once in ``cwd``; their exit statuses and
+    (stdout, stderr) once all end."""
+    procs = [subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args, env in commands]
+    outs = [p.communicate(timeout=600) for p in procs]
+    return [p.returncode for p in procs], outs
+
+
 FIT = ("--ensemble", "1", "--epochs", "3", "--batch-size", "16", "--seed", "3")
 
 
@@ -54,12 +63,10 @@ def test_two_processes_train_like_one(tmp_path):
     """2 gloo processes at the same global batch: the same loss curve within noise, the same model directory."""
     meters().write(tmp_path / "m.parquet")
     # both fits at once: each is deterministic on its own, and the test's wall time is then the longer one
-    procs = [subprocess.Popen([sys.executable, "-m", "tsynth.cli", "fit", "m.parquet", "-o", out, *FIT, *extra],
-                              cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for out, extra in (("one", ()), ("two", ("--processes", "2")))]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    codes, outs = run_together([(["-m", "tsynth.cli", "fit", "m.parquet", "-o", out, *FIT, *extra],
+                                 {**os.environ, "OMP_NUM_THREADS": "1"})
+                                for out, extra in (("one", ()), ("two", ("--processes", "2")))], tmp_path)
+    assert codes == [0, 0], outs
     docs = [json.loads((tmp_path / d / "tsynth.json").read_text()) for d in ("one", "two")]
     runs = [d["training"]["members"][0] for d in docs]
     for key in ("train_loss", "valid_loss"):
@@ -80,11 +87,10 @@ def test_processes_that_disagree_on_the_data_are_refused(tmp_path):
     """Two processes of one launch given other data files: refused before the first step, exit status 2."""
     meters(seed=0).write(tmp_path / "a.parquet")
     meters(seed=1).write(tmp_path / "b.parquet")
-    procs = [subprocess.Popen([sys.executable, "-m", "tsynth.cli", "fit", data, "-o", f"out{rank}", *FIT], cwd=tmp_path,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank, (data, env) in enumerate(zip(("a.parquet", "b.parquet"), rank_envs(2)))]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [2, 2], outs
+    codes, outs = run_together([(["-m", "tsynth.cli", "fit", data, "-o", f"out{rank}", *FIT], env)
+                                for rank, (data, env) in enumerate(zip(("a.parquet", "b.parquet"), rank_envs(2)))],
+                               tmp_path)
+    assert codes == [2, 2], outs
     assert "training processes disagree" in outs[0][1] and "training data" in outs[0][1]
     assert not (tmp_path / "out0").exists() and not (tmp_path / "out1").exists()
 
@@ -116,11 +122,9 @@ if is_main_process():
 
 def _dp_fits(tmp_path: Path, launches: list[tuple[str, int, int]]) -> list[dict]:
     """Each launch (output directory, secret seed, processes) started at once; their saved models once all end."""
-    procs = [subprocess.Popen([sys.executable, "-c", DP_FIT, "m.parquet", out, str(secret)], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for out, secret, processes in launches for env in rank_envs(processes)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0] * len(procs), outs
+    codes, outs = run_together([(["-c", DP_FIT, "m.parquet", out, str(secret)], env)
+                                for out, secret, processes in launches for env in rank_envs(processes)], tmp_path)
+    assert codes == [0] * len(codes), outs
     from tsynth import Synthesizer
 
     fits = []

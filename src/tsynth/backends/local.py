@@ -712,7 +712,8 @@ class TokenJob(MemberJob):
 
     def fresh_model(self, dropout: float) -> torch.nn.Module:
         # a member fine-tuned from a prior without DP stops early (a dozen epochs) and trains without attention
-        # dropout: its fit is about a quarter faster, its samples told apart about as often (docs/model-and-training.md)
+        # dropout: its fit is about a third faster, its samples told apart a little more often on most sets
+        # (docs/model-and-training.md, "Training")
         from_prior = self.init is not None and not self.dp
         return build_model(self.vocab_size, self.n_positions, self.cfg.preset, dropout, 0.0 if from_prior else None)
 
