@@ -359,13 +359,13 @@ def test_cached_sampling_follows_the_model_token_by_token(fitted):
     """Greedy decoding (a vanishing nucleus) through the preallocated cache picks, at every position, the
     allowed token a full forward pass over the prefix ranks first: through the model's own forward and its cache,
     and through the stacked members' (tsynth.stacked)."""
-    from tsynth.sample import _generate_batch, _OneByOne, _position_ranges
+    from tsynth.sample import _generate_batch, _OneByOne
     from tsynth.stacked import stack_members
 
     _, syn = fitted
     model, codec = syn.backend.models[0], syn.backend.codec
     device = next(model.parameters()).device  # cuda after a fit where there is one
-    ranges = _position_ranges(codec) + [(codec.value_offset, codec.value_offset + codec.n_value_tokens)] * 24
+    ranges = codec.prefix_slots() + [(codec.value_offset, codec.value_offset + codec.n_value_tokens)] * 24
     for decoder in (_OneByOne([model]), stack_members([model])):
         prefix, values, _ = _generate_batch(decoder, codec, [{}] * 4, 24, 1.0, 1e-9,
                                             torch.Generator().manual_seed(0), device)

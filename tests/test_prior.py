@@ -184,10 +184,9 @@ def test_refusals_write_nothing(prior_dir, tmp_path):
     short = SeriesSet.from_arrays(list(daily(30, 12, 4)), [f"u{i}" for i in range(30)])
     with pytest.raises(ConfigError, match="24-48 steps"):
         Synthesizer("local", prior=str(prior_dir), epochs=1).fit(short, progress=False)
-    levels = SeriesSet.from_arrays([x * 10 ** (i % 4) + 10 ** (i % 4) * 3 for i, x in enumerate(daily(30, 24, 5))],
-                                   [f"u{i}" for i in range(30)])
-    with pytest.raises(ConfigError, match="orders of magnitude"):
-        Synthesizer("local", prior=str(prior_dir), epochs=1).fit(levels, progress=False)
+    fits = SeriesSet.from_arrays(list(daily(30, 24, 5)), [f"u{i}" for i in range(30)])
+    with pytest.raises(ConfigError, match="scaling 'none' cannot start from a prior"):
+        Synthesizer("local", prior=str(prior_dir), epochs=1, scaling="none").fit(fits, progress=False)
     with pytest.raises(ConfigError, match="no such directory"):
         Synthesizer("local", prior=str(tmp_path / "missing"), epochs=1).fit(long, progress=False)
     with pytest.raises(ConfigError, match="corpus"):
@@ -220,17 +219,47 @@ def test_auto_prior_falls_back_when_the_data_does_not_fit(caplog):
 
 
 def test_auto_load_prior_falls_back_to_the_model_the_data_takes_alone(caplog):
-    """Hourly one-channel data whose series differ in level by orders of magnitude (per-series scaling, which a
-    prior cannot serve): the load prior is not taken, and the data gets the model it gets without a prior (the step
-    model for 100-step series), not a token model from scratch."""
+    """Hourly one-channel series longer than the load prior's longest window: the load prior is not taken, and the
+    data gets the model it gets without a prior (the step model), not a token model from scratch."""
     torch.set_num_threads(1)
-    levels = 10.0 ** np.repeat(np.arange(4), 10)[:, None]
-    vals = levels * (2 + daily(40, 100, 8))
+    vals = 2 + daily(40, 200, 8)
     data = SeriesSet.from_arrays(list(vals), [f"m{i}" for i in range(40)], start=[pd.Timestamp("2024-01-01")] * 40,
                                  freq="h")
     syn = Synthesizer("local", epochs=1, ensemble=1).fit(data, progress=False)
     assert syn.info["prior"] is None and syn.info["codec"]["kind"] == "step"
     assert "not starting from the load prior" in caplog.text
+
+
+def test_series_whose_levels_differ_by_orders_of_magnitude_start_from_a_prior(prior_dir):
+    """Per-series scaling from a prior: each series over its level, less the mean, over its own spread, onto the
+    prior's bins (a positive series is standardised on its own); its level and spread are new tokens before the
+    values, and samples keep the levels over orders of magnitude and the series' spreads."""
+    from tsynth.codecs.values import N_LEVEL_BINS
+
+    torch.set_num_threads(1)
+    levels = 10.0 ** np.repeat(np.arange(4), 10)
+    vals = levels[:, None] * (3 + daily(40, 24, 9) * np.tile([0.3, 1.0], 20)[:, None])  # two spreads at each level
+    data = SeriesSet.from_arrays(list(vals), [f"m{i}" for i in range(40)])
+    syn = Synthesizer("local", prior=str(prior_dir), ensemble=1, epochs=12).fit(data, progress=False)
+    prior, codec = Prior.load(prior_dir), syn.backend.codec
+    assert codec.scaling == "series" and codec.edges == prior.codec.edges
+    assert len(codec.vocab) == len(prior.codec.vocab) + 2 * N_LEVEL_BINS and codec.prefix_length == 3
+    x = data.values.astype(np.float64)
+    units = codec.to_units(x)
+    np.testing.assert_allclose(units.mean(1), 0, atol=1e-9)
+    np.testing.assert_allclose(units.std(1), 1, rtol=1e-9)
+    np.testing.assert_allclose(codec.scaler.from_units(units, codec.scaler.levels(x)), x, rtol=1e-9)
+    flat = np.array([[[0.0]] * 24, [[7.0]] * 24])  # an all-zero and a constant series: at the bins' centre
+    assert np.all(codec.to_units(flat) == 0)
+    assert type(codec).from_dict(codec.to_dict()).scaler == codec.scaler
+    out = syn.sample(200, seed=0)
+    y = out.values[..., 0].astype(np.float64)
+    drawn = np.log10(np.mean(np.abs(y), axis=1))
+    assert drawn.min() < 0.9 and drawn.max() > 3.2  # the lowest and highest of the four levels (0.48 and 3.48)
+    for k in range(4):  # each drawn level near one of the data's: no series between the four groups' levels
+        assert np.mean(np.abs(drawn - (k + np.log10(3))) < 0.3) > 0.1
+    cv = np.log10(y.std(1) / y.mean(1))  # the data's: about -1.4 (spread 0.3) and -0.9 (spread 1)
+    assert np.mean(cv < -1.15) > 0.25 and np.mean(cv > -1.15) > 0.25
 
 
 def test_auto_takes_no_prior_where_the_series_start_at_different_times_of_day(caplog):

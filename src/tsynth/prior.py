@@ -144,15 +144,17 @@ class Prior:
 
     def codec_for(self, data: SeriesSet, conditions: Sequence[str] | str, dp: bool,
                   value_range: tuple[float, float] | None, point_mass_series: int,
-                  profiles: bool = False) -> ValueCodec:
+                  profiles: bool = False, scaling: str = "global") -> ValueCodec:
         """A codec for ``data`` that keeps the prior's bins (see the module docstring); ``profiles``: with a profile
-        class field where the data has classes and the prior's context holds the extra token (never under DP)."""
+        class field where the data has classes and the prior's context holds the extra token (never under DP);
+        ``scaling`` (without DP): 'global', or 'series' for series whose levels differ by orders of magnitude (each
+        series over its level, then standardised; the level is a new token before the values)."""
         steps = int(data.lengths.max()) * data.n_channels
         if steps > self.lengths[-1] or int(data.lengths.min()) * data.n_channels < self.lengths[0]:
             raise ConfigError(f"the prior at {self.path} was pretrained on series of {self.lengths[0]}-{self.lengths[-1]} "
                               f"steps; this data has {int(data.lengths.min())}-{int(data.lengths.max())} steps x "
                               f"{data.n_channels} channels: pass --prior none (or pretrain a prior for this length)")
-        codec = ValueCodec(n_bins=self.codec.n_bins, binning="quantile", scaling="none" if dp else "global",
+        codec = ValueCodec(n_bins=self.codec.n_bins, binning="quantile", scaling="none" if dp else scaling,
                            conditions=conditions, value_range=value_range if dp else None,
                            point_mass_series=point_mass_series)
         codec.fit(data, edges=self.codec.edges, profiles=profiles and not dp)
@@ -161,8 +163,9 @@ class Prior:
             log.info("no profile class field: the prior's context (%d tokens) holds no token more", self.n_positions)
             codec.fields.pop()
         if codec.sequence_length(int(data.lengths.max())) > self.n_positions:
+            levels = f" plus {data.n_channels} level token(s)" if codec.scaling == "series" else ""
             raise ConfigError(f"the prior's context holds {self.n_positions} tokens; {len(codec.fields)} condition "
-                              f"fields plus {steps} values do not fit: pass fewer --conditions or --prior none")
+                              f"fields{levels} plus {steps} values do not fit: pass fewer --conditions or --prior none")
         return codec
 
     def initial_weights(self, vocab_size: int) -> dict:

@@ -28,14 +28,6 @@ from .errors import ConfigError, check_min_prob, check_sample_request
 from .stacked import StackedGPT2, stack_members
 
 
-def _position_ranges(codec: ValueCodec) -> list[tuple[int, int]]:
-    """Allowed token id range [lo, hi) of each prefix slot after <bos> (field values exclude '?')."""
-    ranges = [(codec.field_offset(k) + 1, codec.field_offset(k) + 1 + len(f.values)) for k, f in enumerate(codec.fields)]
-    if codec.scaling == "series":
-        ranges += [(codec.level_offset, codec.level_offset + codec.n_level_tokens)] * codec.n_channels
-    return ranges
-
-
 def pooled_probs(logits: Sequence[torch.Tensor] | torch.Tensor, temperature: float) -> torch.Tensor:
     """The ensemble's next-token distribution from its members' logits (a list, or one tensor with the members
     first; rows: series): the mean of their distributions at ``temperature`` (a mixture). The normalised geometric
@@ -178,7 +170,7 @@ def _generate_batch(decoder: "StackedGPT2 | _OneByOne", codec: ValueCodec, conds
     b = len(conds)
     forced = torch.tensor([codec.condition_ids(c) for c in conds], dtype=torch.long).reshape(b, len(codec.fields))
     given = torch.tensor([[f.name in c for f in codec.fields] for c in conds], dtype=torch.bool).reshape(b, len(codec.fields))
-    ranges = _position_ranges(codec)
+    ranges = codec.prefix_slots()
     n_values = steps * codec.n_channels
     total = 1 + len(ranges) + n_values
     tokens = torch.full((b, total), BOS, dtype=torch.long)

@@ -540,14 +540,13 @@ class LocalBackend:
         scaling = opts.scaling
         if scaling == "auto" and not dp:
             scaling = choose_scaling(train)
-        if not dp and scaling != "global":
+        if not dp and scaling not in ("global", "series"):
             raise ConfigError(f"scaling {scaling!r} cannot start from a prior (it needs standardised values: "
-                              f"'global'){'; these series differ in level by orders of magnitude' if scaling == 'series' else ''}"
-                              ": pass --prior none")
+                              "'global' or 'series'): pass --prior none")
         if opts.train.preset != prior.preset and opts.train.preset != TrainConfig.preset:
             log.warning("the prior is a %r model; preset %r is ignored", prior.preset, opts.train.preset)
         return prior.codec_for(train, opts.conditions, dp, opts.value_range, opts.point_mass_series,
-                               profiles=opts.profiles and not dp)
+                               profiles=opts.profiles and not dp, scaling=scaling)
 
     # ------------------------------------------------------------------ sample
     def sample(self, n: int, conditions: Sequence[dict] | None = None, temperature: float | None = None,

@@ -254,10 +254,7 @@ class StepCodec:
 
     def slot_ranges(self) -> list[tuple[int, int]]:
         """Allowed id range [lo, hi) of each prefix slot after <bos>."""
-        vc = self.values
-        ranges = [(vc.field_offset(k) + 1, vc.field_offset(k) + 1 + len(f.values)) for k, f in enumerate(vc.fields)]
-        if vc.scaling == "series":
-            ranges += [(vc.level_offset, vc.level_offset + vc.n_level_tokens)] * self.n_channels
+        ranges = self.values.prefix_slots()
         if self.long:
             m0 = self.extra_offset
             ranges += [(m0, m0 + N_MEAN_BINS), (m0 + N_MEAN_BINS, m0 + N_MEAN_BINS + N_SPREAD_BINS)] * self.n_channels
@@ -313,8 +310,7 @@ class StepCodec:
             prefix[i, 1:1 + len(vc.fields)] = vc.condition_ids(conds[i])
         col = 1 + len(vc.fields)
         if levels is not None:
-            lb = np.clip(np.searchsorted(vc.level_edges, levels, side="right") - 1, 0, vc.n_level_tokens - 1)
-            prefix[:, col:col + self.n_channels] = vc.level_offset + lb
+            prefix[:, col:col + self.n_channels] = vc.level_offset + vc.scaler.level_ids(levels)
             col += self.n_channels
         if self.long:
             means, spreads = self._series_stats(data)

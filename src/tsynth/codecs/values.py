@@ -106,13 +106,18 @@ class ConditionField:
 class Scaler:
     """Data units <-> codec units: a per-channel standardisation ('global'), the series' mean absolute level as
     well ('series', whose log-level is a level token), or none (a DP fit's public range onto the bins), less an
-    optional per-step profile."""
+    optional per-step profile.
+
+    'series' onto a prior's bins (``spread_edges`` set) also divides each series, over its level and less the
+    channel's mean, by its own spread, whose log is a spread token after the level tokens: the prior's bins were
+    fitted on standardised series, and with this each positive series reaches them standardised on its own."""
 
     scaling: str = "auto"
     loc: list[float] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
     level_edges: list[float] = field(default_factory=list)
     profile: list[list[float]] | None = None  # per-step offset (steps x channels) removed after scaling (DP release)
+    spread_edges: list[float] = field(default_factory=list)
 
     def fit(self, data: SeriesSet, vals: np.ndarray, edges: Sequence[float] | None,
             value_range: tuple[float, float] | None) -> None:
@@ -134,47 +139,82 @@ class Scaler:
             s = (hi - lo) / (edges[-1] - edges[0])
             self.loc, self.scale = [lo - edges[0] * s] * n_channels, [s] * n_channels
         if self.scaling == "series":
+            self.level_edges, self.spread_edges = [], []
             levels = self.levels(vals)
-            finite = levels[np.isfinite(levels)]
-            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-            pad = max(0.05 * (hi - lo), 1e-3)
-            self.level_edges = np.linspace(lo - pad, hi + pad, N_LEVEL_BINS + 1).tolist()
+            self.level_edges = _log_edges(levels)
+            if edges is not None and value_range is None:  # a prior's edges: each series standardised on its own
+                rel = vals / (10 ** levels)[:, None, :]
+                self.loc = [float(np.nanmean(rel[..., c])) for c in range(n_channels)]
+                self.spread_edges = _log_edges(self._spreads(rel, None))
 
     @property
     def n_level_tokens(self) -> int:
         return N_LEVEL_BINS if self.scaling == "series" else 0
 
+    @property
+    def n_spread_tokens(self) -> int:
+        return N_LEVEL_BINS if self.spread_edges else 0
+
     def levels(self, vals: np.ndarray) -> np.ndarray:
-        """log10 of each series' mean absolute value per channel, shape (n, channels)."""
+        """log10 of each series' mean absolute value per channel, shape (n, channels); with spreads, then the log10
+        of each series' spread over its level, shape (n, 2 * channels)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             m = np.nanmean(np.abs(vals), axis=1)
         floor = max(float(np.nanmedian(m)) * 1e-4, 1e-12) if self.level_edges == [] else 10 ** self.level_edges[0]
-        return np.log10(np.maximum(m, floor))
+        levels = np.log10(np.maximum(m, floor))
+        if not self.spread_edges:
+            return levels
+        return np.concatenate([levels, self._spreads(vals / (10 ** levels)[:, None, :], 10 ** self.spread_edges[0])],
+                              axis=1)
+
+    @staticmethod
+    def _spreads(rel: np.ndarray, floor: float | None) -> np.ndarray:
+        """log10 of each series' standard deviation per channel (``rel``: values over their series' level), at
+        least ``floor`` (None: 1e-4 of the median spread), so that a constant series has a finite spread."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sd = np.nanstd(rel, axis=1)
+        floor = max(float(np.nanmedian(sd)) * 1e-4, 1e-12) if floor is None else floor
+        return np.log10(np.maximum(np.nan_to_num(sd, nan=floor), floor))
 
     def level_ids(self, levels: np.ndarray) -> np.ndarray:
-        """The level bin of each level."""
-        return np.clip(np.searchsorted(self.level_edges, levels, side="right") - 1, 0, N_LEVEL_BINS - 1)
+        """The token of each level (and spread), counted from the first level token: spreads follow the levels."""
+        c = levels.shape[1] // (2 if self.spread_edges else 1)
+        ids = np.clip(np.searchsorted(self.level_edges, levels[:, :c], side="right") - 1, 0, N_LEVEL_BINS - 1)
+        if not self.spread_edges:
+            return ids
+        spread = np.clip(np.searchsorted(self.spread_edges, levels[:, c:], side="right") - 1, 0, N_LEVEL_BINS - 1)
+        return np.concatenate([ids, N_LEVEL_BINS + spread], axis=1)
 
     def draw_levels(self, level_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A level for each level bin: uniform inside it."""
+        """A level (and spread) for each token of :meth:`level_ids`: uniform inside its bin."""
+        c = level_ids.shape[1] // (2 if self.spread_edges else 1)
         le = np.asarray(self.level_edges)
-        return rng.uniform(le[level_ids], le[level_ids + 1])
+        levels = rng.uniform(le[level_ids[:, :c]], le[level_ids[:, :c] + 1])
+        if not self.spread_edges:
+            return levels
+        se, k = np.asarray(self.spread_edges), level_ids[:, c:] - N_LEVEL_BINS
+        return np.concatenate([levels, rng.uniform(se[k], se[k + 1])], axis=1)
 
     def to_units(self, vals: np.ndarray, levels: np.ndarray | None, n_channels: int) -> np.ndarray:
         """Values (n, steps, channels) in the codec's units: scaled, less the per-step profile."""
-        loc = np.asarray(self.loc)
-        scale = np.asarray(self.scale)
-        out = (vals - loc) / scale
         if self.scaling == "series":
             lv = self.levels(vals) if levels is None else levels
-            out = out / (10 ** lv)[:, None, :]
+            vals = vals / (10 ** lv[:, :n_channels])[:, None, :]
+        out = (vals - np.asarray(self.loc)) / np.asarray(self.scale)
+        if self.spread_edges:
+            out = out / (10 ** lv[:, n_channels:])[:, None, :]
+            with np.errstate(invalid="ignore"):
+                flat = np.nanstd(vals, axis=1) == 0  # a constant series (all zero, say): at the bins' centre
+            out = np.where(flat[:, None, :], 0.0, out)
         return out - self.step_profile(out.shape[1], n_channels)
 
     def from_units(self, units: np.ndarray, levels: np.ndarray | None) -> np.ndarray:
         """Values in data units from codec units to which the per-step profile is already added back."""
-        if levels is not None:
-            units = units * (10 ** levels)[:, None, :]
-        return units * np.asarray(self.scale) + np.asarray(self.loc)
+        c = units.shape[2]
+        if levels is not None and self.spread_edges:
+            units = units * (10 ** levels[:, c:])[:, None, :]
+        vals = units * np.asarray(self.scale) + np.asarray(self.loc)
+        return vals if levels is None else vals * (10 ** levels[:, :c])[:, None, :]
 
     def set_profile(self, profile: np.ndarray, centred: bool, value_range: tuple[float, float],
                     first: float, last: float) -> None:
@@ -549,6 +589,7 @@ class ValueCodec:
     loc = _Part("scaler")
     scale = _Part("scaler")
     level_edges = _Part("scaler")
+    spread_edges = _Part("scaler")
     profile = _Part("scaler")
     n_bins = _Part("bins")
     binning = _Part("bins")
@@ -567,8 +608,9 @@ class ValueCodec:
                  fields: list[ConditionField] | None = None, value_range: tuple[float, float] | None = None,
                  profile: list[list[float]] | None = None, point_mass_series: int = POINT_MASS_SERIES,
                  point_masses: list[dict] | None = None, tails: list[list[float]] | None = None,
-                 repeats: list[float] | None = None, standardised: int | None = None) -> None:
-        self.scaler = Scaler(scaling, _list(loc), _list(scale), _list(level_edges), profile)
+                 repeats: list[float] | None = None, standardised: int | None = None,
+                 spread_edges: list[float] | None = None) -> None:
+        self.scaler = Scaler(scaling, _list(loc), _list(scale), _list(level_edges), profile, _list(spread_edges))
         self.bins = Bins(n_bins, binning, _list(edges), point_mass_series, _list(point_masses), _list(tails),
                          _list(repeats))
         self.vocabulary = ConditionVocabulary(conditions, _list(fields))
@@ -651,20 +693,38 @@ class ValueCodec:
     def n_level_tokens(self) -> int:
         return self.scaler.n_level_tokens
 
+    @property
+    def n_spread_tokens(self) -> int:
+        """Spread tokens (scaling 'series' onto a prior's bins); they follow the level tokens."""
+        return self.scaler.n_spread_tokens
+
     def field_offset(self, k: int) -> int:
         """Id of field k's unknown token; its values follow."""
-        return self.vocabulary.offset(k, self.level_offset + self.n_level_tokens)
+        return self.vocabulary.offset(k, self.level_offset + self.n_level_tokens + self.n_spread_tokens)
 
     @property
     def vocab(self) -> list[str]:
         toks = list(SPECIAL_TOKENS) + [f"<v_{k}>" for k in range(self.n_value_tokens)]
         toks += [f"<level_{k}>" for k in range(self.n_level_tokens)]
+        toks += [f"<spread_{k}>" for k in range(self.n_spread_tokens)]
         return toks + self.vocabulary.tokens()
 
     @property
     def prefix_length(self) -> int:
-        """Tokens before the first value: bos, one per condition field, one level token per channel."""
-        return 1 + len(self.fields) + (self.n_channels if self.scaling == "series" else 0)
+        """Tokens before the first value: bos, one per condition field, one level token per channel (and one spread
+        token per channel after them)."""
+        return 1 + len(self.fields) + self.n_channels * (int(self.scaling == "series") + int(self.n_spread_tokens > 0))
+
+    def prefix_slots(self) -> list[tuple[int, int]]:
+        """The allowed token id range [lo, hi) of each prefix slot after <bos>: the condition fields (their values,
+        not the unknown token), then the level and spread slots."""
+        ranges = [(self.field_offset(k) + 1, self.field_offset(k) + 1 + len(f.values)) for k, f in enumerate(self.fields)]
+        lo = self.level_offset
+        if self.scaling == "series":
+            ranges += [(lo, lo + self.n_level_tokens)] * self.n_channels
+        if self.n_spread_tokens:
+            ranges += [(lo + self.n_level_tokens, lo + self.n_level_tokens + self.n_spread_tokens)] * self.n_channels
+        return ranges
 
     def sequence_length(self, steps: int) -> int:
         return self.prefix_length + steps * self.n_channels + 1
@@ -732,10 +792,11 @@ class ValueCodec:
         bins, levels = self.value_bins(data, warn)
         conds = self.series_conditions(data)
         out = np.full((len(data), self.sequence_length(data.length)), PAD, dtype=np.int64)
+        level_ids = None if levels is None else self.level_offset + self.scaler.level_ids(levels)
         for i in range(len(data)):
             seq = [BOS] + self.condition_ids(conds[i])
-            if levels is not None:
-                seq += (self.level_offset + self.scaler.level_ids(levels[i])).tolist()
+            if level_ids is not None:
+                seq += level_ids[i].tolist()
             n = int(data.lengths[i])
             seq += (self.value_offset + bins[i, :n].reshape(-1)).tolist() + [EOS]
             out[i, : len(seq)] = seq
@@ -785,6 +846,7 @@ class ValueCodec:
             "n_bins": self.n_bins, "binning": self.binning, "scaling": self.scaling,
             "channels": self.channels, "length": self.length, "freq": self.freq,
             "loc": self.loc, "scale": self.scale, "edges": self.edges, "level_edges": self.level_edges,
+            **({"spread_edges": self.spread_edges} if self.spread_edges else {}),
             "value_range": list(self.value_range) if self.value_range else None, "profile": self.profile,
             "point_mass_series": self.point_mass_series,  # the masses themselves: save_point_masses
             "tails": self.tails,
@@ -805,7 +867,8 @@ class ValueCodec:
                    freq=d["freq"], loc=d["loc"], scale=d["scale"], edges=d["edges"],
                    level_edges=d["level_edges"], fields=fields, value_range=vr, profile=d.get("profile"),
                    point_mass_series=d.get("point_mass_series", 0), tails=d.get("tails", []),
-                   repeats=[float(r) for r in d.get("repeats", [])], standardised=d.get("standardised"))
+                   repeats=[float(r) for r in d.get("repeats", [])], standardised=d.get("standardised"),
+                   spread_edges=d.get("spread_edges"))
 
     def save_point_masses(self, path: Path) -> None:
         """Write the point masses (if any) to ``path`` (.npz): too many numbers for ``tsynth.json``."""
@@ -833,6 +896,14 @@ def _calendar(start: np.ndarray, name: str) -> np.ndarray:
 def _list(x: list | None) -> list:
     """``x``, or a new empty list (the same object when given: as the dataclass fields were)."""
     return [] if x is None else x
+
+
+def _log_edges(logs: np.ndarray) -> list[float]:
+    """``N_LEVEL_BINS`` equal bins over the finite values of ``logs`` (log10 levels or spreads), padded by 5 %."""
+    finite = logs[np.isfinite(logs)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    pad = max(0.05 * (hi - lo), 1e-3)
+    return np.linspace(lo - pad, hi + pad, N_LEVEL_BINS + 1).tolist()
 
 
 def choose_scaling(data: SeriesSet, span: float = 20.0) -> str:
