@@ -594,6 +594,14 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "(docs/model-and-training.md, \"Sampling\"). electricity100 `tsynth` rerun (seeds 0, 1, 2, one job at a "
              "time): disc_gbm 0.083 / 0.001 / 0.027, mean 0.037, mean_err 0.027-0.030, pct_err 0.045-0.061, fits "
              "118-121 s, 1,000 samples 8.7-9.2 s (d00547e: 10.5-10.9 s).",
+             "  - 201d730: series whose levels differ by orders of magnitude start from the load prior, each standardised "
+             "on its own onto its bins with its level and spread as tokens (docs/priors.md, \"Levels that differ by "
+             "orders of magnitude\"). `tsynth` rerun (seeds 0, 1, 2, one job at a time): electricity-raw disc_gbm 0.019 "
+             "/ 0.020 / 0.030 (d00547e: 0.023 / 0.010 / 0.002), shape disc 0.052 / 0.078 / 0.093 (0.183-0.188), cycle "
+             "autocorrelation error 0.021-0.025 (0.015-0.022; the holdout's 0.026), dcr_ratio 1.07 / 0.96 / 0.85, fits "
+             "147-153 s (123-134 s); electricity24-phases-raw 0.009 / 0.034 / 0.066 (3157d43: 0.032 / 0.003 / 0.006), "
+             "shape disc 0.108 / 0.059 / 0.066 (0.097 / 0.087 / 0.167), dcr_ratio 0.82 / 0.84 / 0.96 (0.94 / 0.95 / "
+             "1.10), fits 56-58 s (31 s).",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "

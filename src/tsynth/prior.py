@@ -7,9 +7,10 @@ the directory repeats it). Fine-tuning from a prior (``Synthesizer("local", prio
 
 * the bins are equal-mass bins of the *public* windows, fixed in units of standard deviations over
   ``PRIOR_RANGE``; without DP the private data is standardised with its own mean and scale (``global``
-  scaling) before binning; under DP nothing is fitted to it: the user's public ``value_range`` is mapped
-  linearly onto ``PRIOR_RANGE`` (the default [-5, 5] maps to itself);
-* the vocabulary grows by the private condition tokens (new embedding rows), the model keeps the
+  scaling) before binning, or, where the series' levels differ by orders of magnitude (``series`` scaling), each
+  series over its level is standardised on its own, its level and spread new tokens; under DP nothing is fitted to
+  it: the user's public ``value_range`` is mapped linearly onto ``PRIOR_RANGE`` (the default [-5, 5] maps to itself);
+* the vocabulary grows by the private condition and level tokens (new embedding rows), the model keeps the
   prior's architecture and context, so a series longer than the prior's longest window is refused.
 
 Corpus windows are cut at several lengths (``PRIOR_LENGTHS``) and each is standardised by the mean and
@@ -148,7 +149,8 @@ class Prior:
         """A codec for ``data`` that keeps the prior's bins (see the module docstring); ``profiles``: with a profile
         class field where the data has classes and the prior's context holds the extra token (never under DP);
         ``scaling`` (without DP): 'global', or 'series' for series whose levels differ by orders of magnitude (each
-        series over its level, then standardised; the level is a new token before the values)."""
+        series standardised on its own, its level and spread new tokens before the values: see
+        :class:`~tsynth.codecs.values.Scaler`)."""
         steps = int(data.lengths.max()) * data.n_channels
         if steps > self.lengths[-1] or int(data.lengths.min()) * data.n_channels < self.lengths[0]:
             raise ConfigError(f"the prior at {self.path} was pretrained on series of {self.lengths[0]}-{self.lengths[-1]} "
@@ -163,7 +165,8 @@ class Prior:
             log.info("no profile class field: the prior's context (%d tokens) holds no token more", self.n_positions)
             codec.fields.pop()
         if codec.sequence_length(int(data.lengths.max())) > self.n_positions:
-            levels = f" plus {data.n_channels} level token(s)" if codec.scaling == "series" else ""
+            series_tokens = codec.prefix_length - 1 - len(codec.fields)
+            levels = f" plus {series_tokens} level and spread tokens" if series_tokens else ""
             raise ConfigError(f"the prior's context holds {self.n_positions} tokens; {len(codec.fields)} condition "
                               f"fields{levels} plus {steps} values do not fit: pass fewer --conditions or --prior none")
         return codec

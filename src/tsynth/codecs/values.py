@@ -2,10 +2,11 @@
 
 A series becomes one token sequence::
 
-    <bos> <cond tokens ...> [<level_k> per channel] <v_k> ... (one per step and channel) <eos>
+    <bos> <cond tokens ...> [<level_k> per channel] [<spread_k> per channel] <v_k> ... (one per step and channel) <eos>
 
 * values are scaled (a global per-channel standardisation, or per-series mean-absolute scaling whose
-  log-level becomes a level token, so levels that differ by orders of magnitude are reproduced), then
+  log-level becomes a level token, so levels that differ by orders of magnitude are reproduced; onto a prior's
+  bins each series is then standardised on its own too, its log-spread a spread token), then
   quantised into ``n_bins`` bins (uniform over the range, or equal-mass quantile bins); decoding draws
   uniformly inside the bin so marginals stay continuous, except at point masses: a value that at least
   ``point_mass_series`` training items hold (integer counts, zeros, a sensor's resolution; windows of one item
@@ -108,7 +109,7 @@ class Scaler:
     well ('series', whose log-level is a level token), or none (a DP fit's public range onto the bins), less an
     optional per-step profile.
 
-    'series' onto a prior's bins (``spread_edges`` set) also divides each series, over its level and less the
+    'series' onto a prior's bins (``series_spread_edges`` set) also divides each series, over its level and less the
     channel's mean, by its own spread, whose log is a spread token after the level tokens: the prior's bins were
     fitted on standardised series, and with this each positive series reaches them standardised on its own."""
 
@@ -117,7 +118,7 @@ class Scaler:
     scale: list[float] = field(default_factory=list)
     level_edges: list[float] = field(default_factory=list)
     profile: list[list[float]] | None = None  # per-step offset (steps x channels) removed after scaling (DP release)
-    spread_edges: list[float] = field(default_factory=list)
+    series_spread_edges: list[float] = field(default_factory=list)
 
     def fit(self, data: SeriesSet, vals: np.ndarray, edges: Sequence[float] | None,
             value_range: tuple[float, float] | None) -> None:
@@ -139,13 +140,13 @@ class Scaler:
             s = (hi - lo) / (edges[-1] - edges[0])
             self.loc, self.scale = [lo - edges[0] * s] * n_channels, [s] * n_channels
         if self.scaling == "series":
-            self.level_edges, self.spread_edges = [], []
+            self.level_edges, self.series_spread_edges = [], []
             levels = self.levels(vals)
             self.level_edges = _log_edges(levels)
             if edges is not None and value_range is None:  # a prior's edges: each series standardised on its own
                 rel = vals / (10 ** levels)[:, None, :]
                 self.loc = [float(np.nanmean(rel[..., c])) for c in range(n_channels)]
-                self.spread_edges = _log_edges(self._spreads(rel, None))
+                self.series_spread_edges = _log_edges(self._spreads(rel, None))
 
     @property
     def n_level_tokens(self) -> int:
@@ -153,7 +154,7 @@ class Scaler:
 
     @property
     def n_spread_tokens(self) -> int:
-        return N_LEVEL_BINS if self.spread_edges else 0
+        return N_LEVEL_BINS if self.series_spread_edges else 0
 
     def levels(self, vals: np.ndarray) -> np.ndarray:
         """log10 of each series' mean absolute value per channel, shape (n, channels); with spreads, then the log10
@@ -162,10 +163,10 @@ class Scaler:
             m = np.nanmean(np.abs(vals), axis=1)
         floor = max(float(np.nanmedian(m)) * 1e-4, 1e-12) if self.level_edges == [] else 10 ** self.level_edges[0]
         levels = np.log10(np.maximum(m, floor))
-        if not self.spread_edges:
+        if not self.series_spread_edges:
             return levels
-        return np.concatenate([levels, self._spreads(vals / (10 ** levels)[:, None, :], 10 ** self.spread_edges[0])],
-                              axis=1)
+        spreads = self._spreads(vals / (10 ** levels)[:, None, :], 10 ** self.series_spread_edges[0])
+        return np.concatenate([levels, spreads], axis=1)
 
     @staticmethod
     def _spreads(rel: np.ndarray, floor: float | None) -> np.ndarray:
@@ -178,21 +179,21 @@ class Scaler:
 
     def level_ids(self, levels: np.ndarray) -> np.ndarray:
         """The token of each level (and spread), counted from the first level token: spreads follow the levels."""
-        c = levels.shape[1] // (2 if self.spread_edges else 1)
+        c = levels.shape[1] // (2 if self.series_spread_edges else 1)
         ids = np.clip(np.searchsorted(self.level_edges, levels[:, :c], side="right") - 1, 0, N_LEVEL_BINS - 1)
-        if not self.spread_edges:
+        if not self.series_spread_edges:
             return ids
-        spread = np.clip(np.searchsorted(self.spread_edges, levels[:, c:], side="right") - 1, 0, N_LEVEL_BINS - 1)
-        return np.concatenate([ids, N_LEVEL_BINS + spread], axis=1)
+        spread = np.searchsorted(self.series_spread_edges, levels[:, c:], side="right") - 1
+        return np.concatenate([ids, N_LEVEL_BINS + np.clip(spread, 0, N_LEVEL_BINS - 1)], axis=1)
 
     def draw_levels(self, level_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A level (and spread) for each token of :meth:`level_ids`: uniform inside its bin."""
-        c = level_ids.shape[1] // (2 if self.spread_edges else 1)
+        c = level_ids.shape[1] // (2 if self.series_spread_edges else 1)
         le = np.asarray(self.level_edges)
         levels = rng.uniform(le[level_ids[:, :c]], le[level_ids[:, :c] + 1])
-        if not self.spread_edges:
+        if not self.series_spread_edges:
             return levels
-        se, k = np.asarray(self.spread_edges), level_ids[:, c:] - N_LEVEL_BINS
+        se, k = np.asarray(self.series_spread_edges), level_ids[:, c:] - N_LEVEL_BINS
         return np.concatenate([levels, rng.uniform(se[k], se[k + 1])], axis=1)
 
     def to_units(self, vals: np.ndarray, levels: np.ndarray | None, n_channels: int) -> np.ndarray:
@@ -201,7 +202,7 @@ class Scaler:
             lv = self.levels(vals) if levels is None else levels
             vals = vals / (10 ** lv[:, :n_channels])[:, None, :]
         out = (vals - np.asarray(self.loc)) / np.asarray(self.scale)
-        if self.spread_edges:
+        if self.series_spread_edges:
             out = out / (10 ** lv[:, n_channels:])[:, None, :]
             with np.errstate(invalid="ignore"):
                 flat = np.nanstd(vals, axis=1) == 0  # a constant series (all zero, say): at the bins' centre
@@ -211,7 +212,7 @@ class Scaler:
     def from_units(self, units: np.ndarray, levels: np.ndarray | None) -> np.ndarray:
         """Values in data units from codec units to which the per-step profile is already added back."""
         c = units.shape[2]
-        if levels is not None and self.spread_edges:
+        if levels is not None and self.series_spread_edges:
             units = units * (10 ** levels[:, c:])[:, None, :]
         vals = units * np.asarray(self.scale) + np.asarray(self.loc)
         return vals if levels is None else vals * (10 ** levels[:, :c])[:, None, :]
@@ -589,7 +590,7 @@ class ValueCodec:
     loc = _Part("scaler")
     scale = _Part("scaler")
     level_edges = _Part("scaler")
-    spread_edges = _Part("scaler")
+    series_spread_edges = _Part("scaler")
     profile = _Part("scaler")
     n_bins = _Part("bins")
     binning = _Part("bins")
@@ -609,8 +610,9 @@ class ValueCodec:
                  profile: list[list[float]] | None = None, point_mass_series: int = POINT_MASS_SERIES,
                  point_masses: list[dict] | None = None, tails: list[list[float]] | None = None,
                  repeats: list[float] | None = None, standardised: int | None = None,
-                 spread_edges: list[float] | None = None) -> None:
-        self.scaler = Scaler(scaling, _list(loc), _list(scale), _list(level_edges), profile, _list(spread_edges))
+                 series_spread_edges: list[float] | None = None) -> None:
+        self.scaler = Scaler(scaling, _list(loc), _list(scale), _list(level_edges), profile,
+                             _list(series_spread_edges))
         self.bins = Bins(n_bins, binning, _list(edges), point_mass_series, _list(point_masses), _list(tails),
                          _list(repeats))
         self.vocabulary = ConditionVocabulary(conditions, _list(fields))
@@ -718,7 +720,8 @@ class ValueCodec:
     def prefix_slots(self) -> list[tuple[int, int]]:
         """The allowed token id range [lo, hi) of each prefix slot after <bos>: the condition fields (their values,
         not the unknown token), then the level and spread slots."""
-        ranges = [(self.field_offset(k) + 1, self.field_offset(k) + 1 + len(f.values)) for k, f in enumerate(self.fields)]
+        ranges = [(self.field_offset(k) + 1, self.field_offset(k) + 1 + len(f.values))
+                  for k, f in enumerate(self.fields)]
         lo = self.level_offset
         if self.scaling == "series":
             ranges += [(lo, lo + self.n_level_tokens)] * self.n_channels
@@ -846,7 +849,7 @@ class ValueCodec:
             "n_bins": self.n_bins, "binning": self.binning, "scaling": self.scaling,
             "channels": self.channels, "length": self.length, "freq": self.freq,
             "loc": self.loc, "scale": self.scale, "edges": self.edges, "level_edges": self.level_edges,
-            **({"spread_edges": self.spread_edges} if self.spread_edges else {}),
+            **({"series_spread_edges": self.series_spread_edges} if self.series_spread_edges else {}),
             "value_range": list(self.value_range) if self.value_range else None, "profile": self.profile,
             "point_mass_series": self.point_mass_series,  # the masses themselves: save_point_masses
             "tails": self.tails,
@@ -868,7 +871,7 @@ class ValueCodec:
                    level_edges=d["level_edges"], fields=fields, value_range=vr, profile=d.get("profile"),
                    point_mass_series=d.get("point_mass_series", 0), tails=d.get("tails", []),
                    repeats=[float(r) for r in d.get("repeats", [])], standardised=d.get("standardised"),
-                   spread_edges=d.get("spread_edges"))
+                   series_spread_edges=d.get("series_spread_edges"))
 
     def save_point_masses(self, path: Path) -> None:
         """Write the point masses (if any) to ``path`` (.npz): too many numbers for ``tsynth.json``."""
