@@ -230,7 +230,7 @@ def test_auto_load_prior_falls_back_to_the_model_the_data_takes_alone(caplog):
     assert "not starting from the load prior" in caplog.text
 
 
-def test_series_whose_levels_differ_by_orders_of_magnitude_start_from_a_prior(prior_dir):
+def test_series_whose_levels_differ_by_orders_of_magnitude_start_from_a_prior(prior_dir, tmp_path):
     """Per-series scaling from a prior: each series over its level, less the mean, over its own spread, onto the
     prior's bins (a positive series is standardised on its own); its level and spread are new tokens before the
     values, and samples keep the levels over orders of magnitude and the series' spreads."""
@@ -260,6 +260,8 @@ def test_series_whose_levels_differ_by_orders_of_magnitude_start_from_a_prior(pr
         assert np.mean(np.abs(drawn - (k + np.log10(3))) < 0.3) > 0.1
     cv = np.log10(y.std(1) / y.mean(1))  # the data's: about -1.4 (spread 0.3) and -0.9 (spread 1)
     assert np.mean(cv < -1.15) > 0.25 and np.mean(cv > -1.15) > 0.25
+    syn.save(tmp_path / "m")  # the saved model draws the same series
+    np.testing.assert_array_equal(Synthesizer.load(tmp_path / "m").sample(200, seed=0).values, out.values)
 
 
 def test_per_series_scaling_onto_prior_bins_round_trips_every_channel(prior_dir):
