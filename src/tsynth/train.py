@@ -32,6 +32,15 @@ from .tokenmodel import FACTORED_POSITIONS_FROM, PRESETS, TRAINABLE, build_model
 
 log = logging.getLogger(__name__)
 
+
+class _TiedWeightsNote(logging.Filter):
+    """Drops accelerate's "Removed shared tensor" warning, which ``save_state`` logs at every checkpoint of a model
+    with tied weights (GPT-2's output layer is its input embedding): safetensors stores the tensor once and loading
+    ties it again (a resumed fit continues with the same losses), so it says nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (all recorded in ``tsynth.json``)."""
@@ -552,7 +561,12 @@ def _save_checkpoint(accelerator, directory: Path, gen: torch.Generator, best_st
             if stale.exists():
                 shutil.rmtree(stale)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    quiet, saver = _TiedWeightsNote(), logging.getLogger("accelerate.utils.other")
+    saver.addFilter(quiet)
+    try:
+        accelerator.save_state(str(tmp))
+    finally:
+        saver.removeFilter(quiet)
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return directory / name
