@@ -288,7 +288,10 @@ def test_per_series_scaling_onto_prior_bins_round_trips_every_channel(prior_dir)
     x, y = data.values.astype(np.float64), back.values.astype(np.float64)
     true, drawn = codec.scaler.levels(x), codec.scaler.levels(y)
     level_bin = codec.level_edges[1] - codec.level_edges[0]
-    assert np.all(np.abs(true[:, :2] - drawn[:, :2])[np.arange(40) != 5] < 2 * level_bin)
+    spread_bin = codec.series_spread_edges[1] - codec.series_spread_edges[0]
+    varied = np.arange(40) != 5
+    assert np.all(np.abs(true[:, :2] - drawn[:, :2])[varied] < 2 * level_bin)
+    assert np.all(np.abs(true[:, 2:] - drawn[:, 2:])[varied] < 2 * spread_bin)
     rel_err = np.abs(y - x) / np.abs(x).mean(1, keepdims=True)  # mostly the level's draw inside its bin (+-6 %)
     assert np.median(rel_err[:, :, 0]) < 0.1 and np.all(np.abs(y[5, :, 1]) < 1e-3 * np.abs(x).max())
 

@@ -41,6 +41,7 @@ class _TiedWeightsNote(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "Removed shared tensor" not in record.getMessage()
 
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (all recorded in ``tsynth.json``)."""

@@ -713,9 +713,8 @@ class ValueCodec:
 
     @property
     def prefix_length(self) -> int:
-        """Tokens before the first value: bos, one per condition field, one level token per channel (and one spread
-        token per channel after them)."""
-        return 1 + len(self.fields) + self.n_channels * (int(self.scaling == "series") + int(self.n_spread_tokens > 0))
+        """Tokens before the first value: bos and one per slot of :meth:`prefix_slots`."""
+        return 1 + len(self.prefix_slots())
 
     def prefix_slots(self) -> list[tuple[int, int]]:
         """The allowed token id range [lo, hi) of each prefix slot after <bos>: the condition fields (their values,
