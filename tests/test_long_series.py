@@ -284,6 +284,23 @@ def test_step_model_under_dp_reports_its_accounting(channels):
     assert (model.cross is not None) == (channels > 1)
 
 
+def test_step_model_under_dp_spends_its_target_on_series_of_several_windows():
+    """Series longer than the context hold several windows each, but a DP-SGD step draws items, one window each:
+    an epoch is items / batch steps, and the noise is calibrated for those steps, so the fit spends its target
+    epsilon (calibrated for a pass over every window, it took half the steps it was calibrated for and spent
+    about a third of the target)."""
+    from tsynth.backends.local import window_rows
+    from tsynth.privacy import EPSILON_TOLERANCE
+
+    data = hourly_set(n=60, days=2, seed=3).zscore()
+    syn = Synthesizer(epochs=2, dp_epsilon=8.0, prior="none", codec="step", context=12, batch_size=16,
+                      n_bins=16).fit(data, progress=False)
+    assert len(window_rows(data.lengths, 12)) == 4 * 60  # an epoch's rows without DP: four windows a series
+    priv = syn.info["privacy"]
+    assert priv["steps"] == 2 * round(60 / 16)
+    assert 8.0 - EPSILON_TOLERANCE <= priv["epsilon"] <= 8.0 + 1e-6
+
+
 def test_dp_per_sample_gradients_are_the_model_gradients():
     """Under DP-SGD the per-sample gradients that opacus computes, averaged over the batch, are the plain gradients
     of every parameter of a several-channel step model: no part (the heads' readouts included) trains on noise

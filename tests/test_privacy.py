@@ -151,6 +151,7 @@ def test_dp_processes_split_each_poisson_sample_by_item():
         engine.rank, engine.world = rank, world
         engine.rng = torch.Generator().manual_seed(5)
         engine.sample_rate = 0.02  # two items a step on average: steps where one process draws none of its own
+        engine.epoch_steps = engine.steps_per_epoch(2)
         draws.append(engine.batches())
     one, zero, first = draws
     seen = set()

@@ -153,6 +153,7 @@ def test_dp_sgd_on_two_processes_takes_the_one_process_steps(tmp_path):
 
     replica = DPEngine(DPSettings(epsilon=8.0), np.arange(60))
     replica.world, replica.sample_rate = 2, one["privacy"]["sample_rate"]
+    replica.epoch_steps = replica.steps_per_epoch(round(replica.sample_rate * 60))
     for rank in (0, 1):
         replica.rank, replica.rng = rank, torch.Generator().manual_seed(1234567)
         assert sum(not live for _ in range(2) for _, live in replica.batches()) > 0

@@ -99,6 +99,7 @@ class DPEngine:
         self.delta = settings.check(len(self.items))
         self.noise_multiplier: Any = None   # a float once attach() has run
         self.sample_rate: Any = None
+        self.epoch_steps = 0  # steps of one epoch of batches(), set by attach()
         self.accountant: Any = None
         self.steps = 0
         self.releases: list[dict] = []  # Gaussian releases before training (the profile), composed with DP-SGD
@@ -150,9 +151,15 @@ class DPEngine:
                               "noisy_counts": [round(float(c), 1) for c in noisy], "standardised_ddof": ddof})
         return ddof
 
-    def attach(self, model, optimizer, batch: int, epochs: int, steps_per_epoch: int, device: torch.device | str = "cpu"):
-        """Wrap model and optimizer; the noise is calibrated for ``epochs * steps_per_epoch`` steps and drawn
-        on ``device``, where the model trains."""
+    def steps_per_epoch(self, batch: int) -> int:
+        """The DP-SGD steps of one epoch of :meth:`batches` at an expected ``batch`` items a step: as many as it
+        takes for each item to be drawn once on average (items / batch, rounded, at least 1). The number of an
+        item's windows does not count: a step draws items, and each drawn item gives one window."""
+        return max(1, round(len(self.items) / min(batch, len(self.items))))
+
+    def attach(self, model, optimizer, batch: int, epochs: int, device: torch.device | str = "cpu"):
+        """Wrap model and optimizer; the noise is calibrated for the ``epochs * steps_per_epoch(batch)`` steps that
+        :meth:`batches` will take and drawn on ``device``, where the model trains."""
         from opacus import GradSampleModule
         from opacus.accountants import create_accountant
         from opacus.accountants.utils import get_noise_multiplier
@@ -161,7 +168,8 @@ class DPEngine:
 
         n_items = len(self.items)
         self.sample_rate = min(1.0, batch / n_items)
-        total_steps = epochs * steps_per_epoch
+        self.epoch_steps = self.steps_per_epoch(batch)
+        total_steps = epochs * self.epoch_steps
         pre = [(r["noise_multiplier"], 1.0, 1) for r in self.releases]
         if pre:
             self.noise_multiplier = _calibrate(self.settings, self.delta, pre, self.sample_rate, total_steps)
@@ -195,9 +203,8 @@ class DPEngine:
         another process' were, one placeholder row with ``live`` False (see the module docstring). A step
         that drew no item at all gives no rows."""
         gen = self.rng
-        steps = max(1, round(1 / self.sample_rate))
         out = []
-        for _ in range(steps):
+        for _ in range(self.epoch_steps):
             take = torch.rand(len(self.items), generator=gen) < self.sample_rate
             rows, drawn = [], 0
             for k in np.flatnonzero(take.numpy()):

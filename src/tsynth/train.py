@@ -252,7 +252,8 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     data = torch.as_tensor(train_tokens) if stream is None else None
     n = len(data) if data is not None else len(stream)
     batch = min(cfg.batch_size, n)
-    steps_per_epoch = max(1, math.ceil(n / batch))
+    # under DP an epoch is the DP engine's: Poisson batches of items, one window each, not a pass over every window
+    steps_per_epoch = max(1, math.ceil(n / batch)) if dp is None else dp.steps_per_epoch(batch)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.95))
     result = TrainResult(epochs_planned=cfg.epochs, steps_planned=cfg.epochs * steps_per_epoch)
@@ -260,7 +261,7 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, result,
                                                                              cfg.warmup_epochs * steps_per_epoch))
     if dp is not None:
-        model, optimizer = dp.attach(model, optimizer, batch, cfg.epochs, steps_per_epoch, accelerator.device)
+        model, optimizer = dp.attach(model, optimizer, batch, cfg.epochs, accelerator.device)
     if dp is not None and accelerator.num_processes > 1:  # opacus' DPDDP adds up the clipped sums, not DDP
         optimizer, sched = accelerator.prepare(optimizer, sched)
         accelerator.register_for_checkpointing(model)

@@ -531,8 +531,9 @@ class LocalBackend:
             torch.set_num_threads(threads)
         batch = min(cfg.batch_size, len(job.train_tokens))
         valid_rows = 0 if job.valid_tokens is None else len(job.valid_tokens)
+        steps = math.ceil(len(job.train_tokens) / batch) if job.dp is None else job.dp.steps_per_epoch(batch)
         # a validation batch (forward only) costs about a third of a training step
-        return pace * (math.ceil(len(job.train_tokens) / batch) + math.ceil(valid_rows / batch) / 3)
+        return pace * (steps + math.ceil(valid_rows / batch) / 3)
 
     def _prior_codec(self, prior: Prior, train: SeriesSet, dp: bool) -> ValueCodec:
         """The prior's codec adapted to ``train``; refuses settings the prior cannot serve."""
