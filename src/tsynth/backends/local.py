@@ -296,9 +296,15 @@ class LocalBackend:
             dropout = default_dropout(readings(train), prior is not None, dp_settings is not None)
             opts.train = replace(opts.train, dropout=dropout)
         codec = self.codec
-        if kind == "step" and dp_settings is not None and dp_settings.profile_share > 0:
-            dp_settings = replace(dp_settings, profile_share=0.0)
-            log.info("DP: the step model releases no per-step profile (dp_profile_share=0)")
+        if kind == "step" and dp_settings is not None:
+            why = ("codec 'step'" if opts.codec == "step" else "missing readings" if has_gaps(train) else
+                   f"series of {int(train.lengths.max())} steps, longer than the step model sees whole")
+            log.warning("DP: the step model from scratch (%s), which releases no profile and learns little of a daily "
+                        "cycle under DP (docs/privacy.md, 'Long series and gaps under DP'); shorter windows without "
+                        "gaps (--length) train the token model from a prior", why)
+            if dp_settings.profile_share > 0:
+                dp_settings = replace(dp_settings, profile_share=0.0)
+                log.info("DP: the step model releases no per-step profile (dp_profile_share=0)")
         step_rows = step_row_items = None
         if kind == "step":
             step_rows = window_rows(train.lengths, codec.context)
