@@ -285,6 +285,51 @@ def test_step_model_under_dp_reports_its_accounting(channels):
     assert (model.cross is not None) == (channels > 1)
 
 
+def test_cycle_profile_comes_off_before_binning_and_back_on_decoding(tmp_path):
+    """A step codec with a cycle profile (the DP release, here the data's own mean day) takes each value's position
+    in the day from its series' start, bins the value less the profile there, and decodes it back to within a bin;
+    the public range less the profile still falls inside the bins, and the profile saves and loads."""
+    data = hourly_set(n=30, days=3, seed=2).zscore()
+    data = SeriesSet(data.values, data.lengths, data.item_id, data.channels, freq=data.freq,
+                     start=np.asarray(data.start, dtype="datetime64[ns]") + np.timedelta64(5, "h") *
+                     (np.arange(30) % 2))  # half the series start at 05:00
+    codec = StepCodec.fit(data, ValueCodec(n_bins=64, binning="uniform", scaling="none", value_range=(-5, 5)),
+                          None, dp=True)
+    assert codec.cycle_length == 24
+    phase = codec.cycle_phase(data.start, 3)
+    assert phase[0].tolist() == [0, 1, 2] and phase[1].tolist() == [5, 6, 7]
+    means = codec.cycle_means(data)  # (series, 24, channels) in the codec's units
+    assert means.shape == (30, 24, 1)
+    codec.set_cycle_profile(means.mean(axis=0))
+    day = np.asarray(codec.cycle_profile)[:, 0]
+    hours = np.arange(24)
+    truth = np.sin(2 * np.pi * hours / 24) + np.sin(2 * np.pi * (hours - 5) / 24)  # each half's day, on the clock
+    assert np.corrcoef(day, truth)[0, 1] > 0.99 and codec.values.profile is None
+    lo, hi = codec.values.to_units(np.array([[[-5.0 - day.min()], [5.0 - day.max()]]]))[0, :, 0]
+    assert codec.values.edges[0] <= lo + 1e-9 and hi <= codec.values.edges[-1] + 1e-9  # the range fits, less the profile
+    arrays = codec.encode(data)
+    width = (codec.values.edges[1] - codec.values.edges[0]) * float(np.asarray(codec.values.scale)[0])
+    out = codec.decode(arrays["prefix"], arrays["ids"].astype(np.int64), data.lengths, np.random.default_rng(0),
+                       list(data.item_id), data.start)
+    assert np.abs(out.values - data.values).max() <= width + 1e-5
+    loaded = StepCodec.from_dict(json.loads(json.dumps(codec.to_dict())))
+    assert loaded.cycle_profile == codec.cycle_profile
+
+
+def test_step_model_under_dp_releases_a_cycle_profile():
+    """Under DP the step model starts from scratch; the mean of each hour of the day over the items is released
+    (composed with DP-SGD) and the samples follow it: their mean day tracks the data's."""
+    data = hourly_set(n=200, days=22, seed=4).zscore()
+    syn = Synthesizer(epochs=1, dp_epsilon=8.0, context=24, batch_size=32, n_bins=32).fit(data, progress=False)
+    priv = syn.info["privacy"]
+    assert [r["what"] for r in priv["releases"]][0] == "per-step mean profile"
+    assert 8.0 - 0.01 <= priv["epsilon"] <= 8.0 + 1e-6
+    out = syn.sample(50, seed=0, length=48)
+    day = np.nanmean(out.values[:, :, 0].reshape(50, 2, 24), axis=(0, 1))
+    truth = np.nanmean(data.values[:, :48, 0].reshape(200, 2, 24), axis=(0, 1))
+    assert np.corrcoef(day, truth)[0, 1] > 0.8
+
+
 def test_step_model_under_dp_spends_its_target_on_series_of_several_windows(caplog):
     """Series longer than the step model sees whole take it under DP (with a warning of what to expect) and hold
     several windows each, but a DP-SGD step draws items, one window each: an epoch is items / batch steps, and the
@@ -297,7 +342,7 @@ def test_step_model_under_dp_spends_its_target_on_series_of_several_windows(capl
     with caplog.at_level(logging.WARNING, logger="tsynth"):
         syn = Synthesizer(epochs=2, dp_epsilon=8.0, context=12, batch_size=16, n_bins=16).fit(data, progress=False)
     assert syn.info["codec"]["kind"] == "step"
-    assert "the step model from scratch (series of 528 steps" in caplog.text
+    assert "the step model from scratch (series of 528 steps" in caplog.text and "no released profile" not in caplog.text
     assert len(window_rows(data.lengths, 12)) == 44 * 60  # an epoch's rows without DP: 44 windows a series
     priv = syn.info["privacy"]
     assert priv["steps"] == 2 * round(60 / 16)

@@ -110,16 +110,18 @@ class DPEngine:
         self.secret_seed = broadcast_seed(secrets.randbits(63), cpu)
         self.rng = torch.Generator().manual_seed(self.secret_seed)
 
-    def release_profile(self, scaled: np.ndarray) -> np.ndarray:
+    def release_profile(self, scaled: np.ndarray, item_index: np.ndarray | None = None) -> np.ndarray:
         """Release the per-step mean of the items' series (codec units, shape (steps, channels)) with the
         Gaussian mechanism, low-pass in a Fourier basis, for ``profile_share`` of epsilon; the release is
-        composed with DP-SGD by the accountant."""
+        composed with DP-SGD by the accountant. ``scaled`` (rows, steps, channels); ``item_index``: each row's
+        item (default: the engine's, one per training row)."""
         from opacus.accountants.utils import get_noise_multiplier
 
         share = self.settings.profile_share
         sigma = get_noise_multiplier(target_epsilon=share * self.settings.epsilon, target_delta=self.delta,
                                      sample_rate=1.0, steps=1, accountant=self.settings.accountant)
-        profile, info = dp_profile(scaled, self.item_index, sigma, np.random.default_rng(self.secret_seed + 1))
+        profile, info = dp_profile(scaled, self.item_index if item_index is None else item_index, sigma,
+                                   np.random.default_rng(self.secret_seed + 1))
         self.releases.append({"what": "per-step mean profile", "noise_multiplier": sigma, **info})
         return profile
 

@@ -296,22 +296,29 @@ class LocalBackend:
             dropout = default_dropout(readings(train), prior is not None, dp_settings is not None)
             opts.train = replace(opts.train, dropout=dropout)
         codec = self.codec
+        cycle = kind == "step" and train.start is not None and codec.cycle_length is not None
         if kind == "step" and dp_settings is not None:
             why = ("codec 'step'" if opts.codec == "step" else "missing readings" if has_gaps(train) else
                    f"series of {int(train.lengths.max())} steps, longer than the step model sees whole")
-            log.warning("DP: the step model from scratch (%s), which releases no profile and learns little of a daily "
-                        "cycle under DP (docs/privacy.md, 'Long series and gaps under DP'); shorter windows without "
-                        "gaps (--length) train the token model from a prior", why)
-            if dp_settings.profile_share > 0:
+            log.warning("DP: the step model from scratch (%s)%s (docs/privacy.md, 'Long series and gaps under DP'); "
+                        "shorter windows without gaps (--length) train the token model from a prior, whose DP samples are closer "
+                        "to the data", why,
+                        "" if cycle and dp_settings.profile_share > 0 else
+                        ", with no released profile: it learns little of a daily cycle under DP")
+            if not cycle and dp_settings.profile_share > 0:
                 dp_settings = replace(dp_settings, profile_share=0.0)
-                log.info("DP: the step model releases no per-step profile (dp_profile_share=0)")
+                log.info("DP: no time stamps or no cycle in the data: no profile is released (dp_profile_share=0)")
         step_rows = step_row_items = None
         if kind == "step":
             step_rows = window_rows(train.lengths, codec.context)
             step_row_items = pd.factorize(train.item_id)[0][step_rows[:, 0]]
         dp = (DPEngine(dp_settings, pd.factorize(train.item_id)[0] if step_row_items is None else step_row_items,
                        cpu=train_device() == "cpu") if dp_settings is not None else None)
-        if dp is not None and dp_settings.profile_share > 0:
+        if dp is not None and dp_settings.profile_share > 0 and kind == "step":
+            # the mean of each position of the day (week) over the items: series may start anywhere in it
+            codec.set_cycle_profile(dp.release_profile(codec.cycle_means(train), pd.factorize(train.item_id)[0]))
+            log.info("DP: released the mean of each of the %d positions of the cycle", codec.cycle_length)
+        elif dp is not None and dp_settings.profile_share > 0:
             if train.is_regular:
                 release = dp.release_profile(codec.to_units(train.values.astype(np.float64)))
                 codec.set_profile(release, centred=prior is not None)  # a prior's bins expect centred values

@@ -32,8 +32,8 @@ import numpy as np
 
 from ..data import SeriesSet
 from ..errors import ConfigError, DataError
-from .calendar import calendar_candidates, calendar_values, step_delta, step_times, steps_per_day
-from .profiles import fit_profiles, profile_classes
+from .calendar import DAY_NS, calendar_candidates, calendar_values, step_delta, step_times, steps_per_day
+from .profiles import fit_profiles, profile_classes, profile_cycle
 from .values import BOS, CALENDAR_FIELDS, ValueCodec
 
 log = logging.getLogger("tsynth")
@@ -86,6 +86,9 @@ class StepCodec:
     time_origin: int | None = None  # a panel's first time stamp (ns), origin of its ``time_step`` feature
     # the profile classes' centres (classes x features, see :func:`~tsynth.codecs.profiles.profile_features`); empty without the slot
     profiles: list[list[float]] = field(default_factory=list)
+    # under DP: the released mean of each position of the cycle (cycle x channels, data units), taken off the values
+    # before they are binned and put back on decoding (see :meth:`set_cycle_profile`); empty without one
+    cycle_profile: list[list[float]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -137,6 +140,50 @@ class StepCodec:
             if profiles:
                 self.profiles = fit_profiles(data)[0]
         return self
+
+    @property
+    def cycle_length(self) -> int | None:
+        """The positions of the data's cycle (a day of sub-daily steps, a week of days), or None."""
+        return profile_cycle(self.values.freq)
+
+    def cycle_phase(self, start: np.ndarray, steps: int) -> np.ndarray:
+        """Each step's position (n, steps) in its cycle, for series starting at time stamps ``start`` (n,): the
+        step of its day (sub-daily data) or the day of its week (daily data, Monday 0)."""
+        offsets = np.broadcast_to(np.arange(steps), (len(start), steps))
+        times = step_times(np.asarray(start, dtype="datetime64[ns]"), offsets, self.values.freq).astype(np.int64)
+        if steps_per_day(self.values.freq) == 1:
+            return (times // DAY_NS + 3) % 7  # 1970-01-01, time stamp 0, was a Thursday
+        return (times % DAY_NS) // int(step_delta(self.values.freq) or 1)
+
+    def cycle_means(self, data: SeriesSet) -> np.ndarray:
+        """Each series' mean at each position of its cycle (n, cycle, channels) in the value codec's units, 0 where
+        it has no reading there: what a DP release of the cycle profile averages over the items."""
+        units = self.values.to_units(data.values.astype(np.float64))
+        phase = self.cycle_phase(data.start, data.length)
+        seen = (np.arange(data.length)[None, :] < data.lengths[:, None])[:, :, None] & ~np.isnan(units)
+        k = int(self.cycle_length or 0)
+        sums, counts = np.zeros((len(data), k, self.n_channels)), np.zeros((len(data), k, self.n_channels))
+        for p in range(k):
+            at = seen & (phase == p)[:, :, None]
+            sums[:, p] = np.where(at, units, 0.0).sum(axis=1)
+            counts[:, p] = at.sum(axis=1)
+        return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+
+    def set_cycle_profile(self, release: np.ndarray) -> None:
+        """Take a released cycle profile (cycle x channels, in the value codec's units): it is taken off every value
+        at its position before binning and put back on decoding, and the public range is re-mapped onto the bins so
+        that every value in it, less its position's profile, stays inside them (:meth:`ValueCodec.set_profile`,
+        whose per-step offset is then dropped: a step model's series start anywhere in the cycle)."""
+        vc = self.values
+        vc.set_profile(np.asarray(release), centred=False)
+        self.cycle_profile = (np.asarray(vc.profile) * np.asarray(vc.scale)).tolist()  # data units
+        vc.profile = None
+
+    def _cycle_offsets(self, start: np.ndarray | None, steps: int) -> np.ndarray | None:
+        """The cycle profile at every step (n, steps, channels) of series starting at ``start``; None without one."""
+        if not self.cycle_profile or start is None:
+            return None
+        return np.asarray(self.cycle_profile)[self.cycle_phase(start, steps)]
 
     def profile_classes(self, data: SeriesSet) -> np.ndarray:
         """Each series' profile class (:func:`~tsynth.codecs.profiles.profile_classes`)."""
@@ -296,6 +343,10 @@ class StepCodec:
         """Arrays the training windows are cut from: ``ids`` (n, length, channels) uint16 value ids (bins,
         missing, pad), ``prefix`` (n, prefix_length) int64, ``lengths`` (n,), ``start`` (n,) int64 ns or empty."""
         check_gaps(data)
+        shift = self._cycle_offsets(data.start, data.length)
+        if shift is not None:  # values less their position's released mean (DP)
+            data = SeriesSet((data.values - shift).astype(np.float32), data.lengths, data.item_id, data.channels,
+                             start=data.start, freq=data.freq, attributes=data.attributes)
         bins, levels = self.values.value_bins(data)
         k = self.n_bins
         ids = bins.astype(np.uint16)
@@ -362,6 +413,9 @@ class StepCodec:
         value_ids = vc.value_offset + np.where(missing, 0, ids).reshape(len(ids), -1)
         out = vc.decode(prefix[:, :self.value_prefix_length], value_ids, lengths, rng, item_id=item_id, start=start,
                         finish=False, runs=ids)
+        shift = self._cycle_offsets(start, out.length)
+        if shift is not None:
+            out.values[:] += shift.astype(np.float32)
         out.values[missing[:, :out.length]] = np.nan
         return vc.finish(out)
 
@@ -371,7 +425,8 @@ class StepCodec:
                 "calendar": [list(c) for c in self.calendar], "mean_edges": self.mean_edges,
                 "spread_edges": self.spread_edges, "gap_slot": self.gap_slot, "gaps": self.gaps,
                 "lengths": {str(k): v for k, v in self.lengths.items()}, "starts": self.starts,
-                "time_origin": self.time_origin, "profiles": self.profiles}
+                "time_origin": self.time_origin, "profiles": self.profiles,
+                **({"cycle_profile": self.cycle_profile} if self.cycle_profile else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StepCodec":
@@ -379,7 +434,8 @@ class StepCodec:
                    calendar=[(str(a), int(b)) for a, b in d["calendar"]], mean_edges=d["mean_edges"],
                    spread_edges=d["spread_edges"], gap_slot=d["gap_slot"], gaps=d.get("gaps", True),
                    lengths={int(k): int(v) for k, v in d.get("lengths", {}).items()}, starts=d.get("starts", []),
-                   time_origin=d.get("time_origin"), profiles=d.get("profiles", []))
+                   time_origin=d.get("time_origin"), profiles=d.get("profiles", []),
+                   cycle_profile=d.get("cycle_profile", []))
 
 
 def check_gaps(data: SeriesSet) -> None:
