@@ -322,7 +322,7 @@ def test_step_model_under_dp_releases_a_cycle_profile():
     data = hourly_set(n=200, days=22, seed=4).zscore()
     syn = Synthesizer(epochs=1, dp_epsilon=8.0, context=24, batch_size=32, n_bins=32).fit(data, progress=False)
     priv = syn.info["privacy"]
-    assert [r["what"] for r in priv["releases"]][0] == "per-step mean profile"
+    assert [r["what"] for r in priv["releases"]][0] == "mean profile by position in the cycle"
     assert 8.0 - 0.01 <= priv["epsilon"] <= 8.0 + 1e-6
     out = syn.sample(50, seed=0, length=48)
     day = np.nanmean(out.values[:, :, 0].reshape(50, 2, 24), axis=(0, 1))

@@ -16,14 +16,14 @@ batch and the accounting are those of a one-process fit. A process none of whose
 runs one row with weight zero (its clipped gradient is exactly zero) so that it still takes part in the sum;
 a step in which no item at all was drawn is skipped by every process.
 
-Data-dependent preprocessing is kept public or made private: under DP the codec uses user-given value
-bounds (``value_range``, default [-5, 5] in units of the data after the optional per-series z-score) and
-no data-fitted scaler; the bins are the public prior's (or uniform without a prior); values outside the
-bounds are clipped and counted. The per-step mean profile is released with the Gaussian mechanism
-(:func:`dp_profile`) and composed with DP-SGD by the same accountant, as is whether the series are standardised
-each on its own (:meth:`DPEngine.release_standardised`: noisy counts of the items by kind). Conditions are off by default and
-item-id conditioning is refused (an id token per item would let the model memorise it). Noise and
-sampling use a secret seed from the OS, never the recorded training seed.
+Data-dependent preprocessing is kept public or made private: under DP the codec uses user-given value bounds
+(``value_range``, default [-5, 5] in units of the data after the optional per-series z-score) and no data-fitted
+scaler; the bins are the public prior's (or uniform without a prior); values outside the bounds are clipped and
+counted. The per-step mean profile (the step model's: the mean of each position of the day or week) is released
+with the Gaussian mechanism (:func:`dp_profile`) and composed with DP-SGD by the same accountant, as is whether the
+series are standardised each on its own (:meth:`DPEngine.release_standardised`: noisy counts of the items by kind).
+Conditions are off by default and item-id conditioning is refused (an id token per item would let the model
+memorise it). Noise and sampling use a secret seed from the OS, never the recorded training seed.
 
 Also here: the DP Gaussian baseline (:func:`dp_gaussian`), the memorization guard for non-DP models
 (:func:`memorization_guard`) and the likelihood membership-inference audit (:func:`likelihood_mia`).
@@ -110,11 +110,12 @@ class DPEngine:
         self.secret_seed = broadcast_seed(secrets.randbits(63), cpu)
         self.rng = torch.Generator().manual_seed(self.secret_seed)
 
-    def release_profile(self, scaled: np.ndarray, item_index: np.ndarray | None = None) -> np.ndarray:
+    def release_profile(self, scaled: np.ndarray, item_index: np.ndarray | None = None,
+                        what: str = "per-step mean profile") -> np.ndarray:
         """Release the per-step mean of the items' series (codec units, shape (steps, channels)) with the
         Gaussian mechanism, low-pass in a Fourier basis, for ``profile_share`` of epsilon; the release is
         composed with DP-SGD by the accountant. ``scaled`` (rows, steps, channels); ``item_index``: each row's
-        item (default: the engine's, one per training row)."""
+        item (default: the engine's, one per training row); ``what`` names the release in the accounting."""
         from opacus.accountants.utils import get_noise_multiplier
 
         share = self.settings.profile_share
@@ -122,7 +123,7 @@ class DPEngine:
                                      sample_rate=1.0, steps=1, accountant=self.settings.accountant)
         profile, info = dp_profile(scaled, self.item_index if item_index is None else item_index, sigma,
                                    np.random.default_rng(self.secret_seed + 1))
-        self.releases.append({"what": "per-step mean profile", "noise_multiplier": sigma, **info})
+        self.releases.append({"what": what, "noise_multiplier": sigma, **info})
         return profile
 
     def release_standardised(self, data: SeriesSet) -> int | None:

@@ -316,7 +316,8 @@ class LocalBackend:
                        cpu=train_device() == "cpu") if dp_settings is not None else None)
         if dp is not None and dp_settings.profile_share > 0 and kind == "step":
             # the mean of each position of the day (week) over the items: series may start anywhere in it
-            codec.set_cycle_profile(dp.release_profile(codec.cycle_means(train), pd.factorize(train.item_id)[0]))
+            codec.set_cycle_profile(dp.release_profile(codec.cycle_means(train), pd.factorize(train.item_id)[0],
+                                                       "mean profile by position in the cycle"))
             log.info("DP: released the mean of each of the %d positions of the cycle", codec.cycle_length)
         elif dp is not None and dp_settings.profile_share > 0:
             if train.is_regular:
