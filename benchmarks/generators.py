@@ -188,6 +188,7 @@ GENERATORS: dict[str, Callable] = {
     **{f"tsynth-dp-eps{e:g}": partial(tsynth_local, dp_epsilon=e) for e in DP_EPSILONS},
     "tsynth-dp-eps8-noprior": partial(tsynth_local, dp_epsilon=8.0, prior="none"),
     "tsynth-dp-eps8-load": partial(tsynth_local, dp_epsilon=8.0, prior="load"),
+    "tsynth-dp-eps8-step": partial(tsynth_local, dp_epsilon=8.0, codec="step"),  # what long series and gaps train
     "dgan": dgan,
     "par": par,
 }

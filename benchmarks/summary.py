@@ -45,6 +45,8 @@ GENERATORS = {
                       "default prior; from scratch where it refuses the data)",
     "tsynth-dp-eps8-noprior": "DP, epsilon 8, from scratch",
     "tsynth-dp-eps8-load": "DP, epsilon 8, `--prior load`",
+    "tsynth-dp-eps8-step": "DP, epsilon 8, the step model from scratch (`--codec step`: what series longer than it sees "
+                           "whole, or with gaps, train under DP)",
     "gaussian": "multivariate Gaussian (baseline)",
     "dp-gaussian-eps1": "DP Gaussian, epsilon 1",
     "dp-gaussian-eps3": "DP Gaussian, epsilon 3",
