@@ -602,6 +602,12 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "147-153 s (123-134 s); electricity24-phases-raw 0.009 / 0.034 / 0.066 (3157d43: 0.032 / 0.003 / 0.006), "
              "shape disc 0.108 / 0.059 / 0.066 (0.097 / 0.087 / 0.167), dcr_ratio 0.82 / 0.84 / 0.96 (0.94 / 0.95 / "
              "1.10), fits 56-58 s (31 s).",
+             "  - 0344e62, f3a553d: a DP epoch is items / batch steps and the noise is calibrated for those (docs/"
+             "privacy.md; every DP row above had matching counts and spent its target, so none changes); the DP step "
+             "model releases a mean profile by position in the day (docs/privacy.md, \"Long series and gaps under "
+             "DP\"). New row `tsynth-dp-eps8-step` on electricity100 at ce06d22 (seeds 0, 1, 2): per-step mean error "
+             "0.093 / 0.105 / 0.097 (without the profile, one-off fits at 0344e62: 0.54-0.62), percentile error "
+             "0.167-0.175, disc_gbm 0.494 each.",
              "- Peers' settings: `benchmarks/peers.py`. DGAN's large mean errors are its own output, not a scaling "
              "slip in the wrapper (its series come back through gretel's own inverse scaling): on electricity100 "
              "with gretel's defaults the generated mean was -2.0 / +0.6 after 200 / 2,000 epochs (real -0.06; "
