@@ -301,9 +301,8 @@ class LocalBackend:
             why = ("codec 'step'" if opts.codec == "step" else "missing readings" if has_gaps(train) else
                    f"series of {int(train.lengths.max())} steps, longer than the step model sees whole")
             log.warning("DP: the step model from scratch (%s)%s (docs/privacy.md, 'Long series and gaps under DP'); "
-                        "shorter windows without gaps (--length) train the token model from a prior, whose DP samples are closer "
-                        "to the data", why,
-                        "" if cycle and dp_settings.profile_share > 0 else
+                        "shorter windows without gaps (--length) train the token model from a prior, whose DP samples "
+                        "are closer to the data", why, "" if cycle and dp_settings.profile_share > 0 else
                         ", with no released profile: it learns little of a daily cycle under DP")
             if not cycle and dp_settings.profile_share > 0:
                 dp_settings = replace(dp_settings, profile_share=0.0)

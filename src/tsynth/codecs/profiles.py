@@ -32,6 +32,15 @@ def profile_cycle(freq: str | None) -> int | None:
     return 7 if per_day == 1 else per_day if per_day <= STEPS_PER_DAY_MAX else None
 
 
+def cycle_slot(freq: str | None) -> tuple[str, int]:
+    """The calendar feature (:func:`~tsynth.codecs.calendar.calendar_values`) whose values are the positions of the
+    cycle of :func:`profile_cycle`: the step of the day of sub-daily data, the day of the week of daily data."""
+    cycle = profile_cycle(freq)
+    if cycle is None:
+        raise ValueError(f"frequency {freq!r} has no cycle")
+    return ("dayofweek", 7) if steps_per_day(freq) == 1 else ("time_of_day", cycle)
+
+
 def fit_profiles(data: SeriesSet) -> tuple[list[list[float]], list[int]]:
     """The class centres (classes x features of :func:`profile_features`) and the training series in each class:
     at most ``PROFILE_CLASSES`` classes of at least ``PROFILE_MIN_CLASS`` series each (k-means, seeded). None (empty
@@ -90,18 +99,17 @@ def profile_features(data: SeriesSet, freq: str | None) -> np.ndarray:
         offsets = np.arange(length)[None, :].repeat(b, 0)
         if data.start is not None:
             times = step_times(data.start[rows], offsets, freq)
-            slot = ("time_of_day", cycle) if sub_daily else ("dayofweek", 7)
-            cal = calendar_values(times, [slot], freq)[..., 0]
+            cal = calendar_values(times, [cycle_slot(freq)], freq)[..., 0]
         else:
             cal = offsets % cycle
-        parts = [_slot_means(z, cal, cycle)]
+        parts = [slot_means(z, cal, cycle)]
         if sub_daily and data.start is not None:
-            parts.append(_slot_means(z, calendar_values(times, [("dayofweek", 7)], freq)[..., 0], 7))
+            parts.append(slot_means(z, calendar_values(times, [("dayofweek", 7)], freq)[..., 0], 7))
         out.append(np.concatenate(parts, axis=1))
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def _slot_means(z: np.ndarray, slot: np.ndarray, size: int) -> np.ndarray:
+def slot_means(z: np.ndarray, slot: np.ndarray, size: int) -> np.ndarray:
     """Per series (rows of ``z`` (b, steps, channels), NaN where missing): the mean of each channel over the
     steps of each ``slot`` value (b, steps) in 0..size-1, flattened to (b, size x channels); 0 where none."""
     b, _, c = z.shape

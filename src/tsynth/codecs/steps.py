@@ -32,8 +32,8 @@ import numpy as np
 
 from ..data import SeriesSet
 from ..errors import ConfigError, DataError
-from .calendar import DAY_NS, calendar_candidates, calendar_values, step_delta, step_times, steps_per_day
-from .profiles import fit_profiles, profile_classes, profile_cycle
+from .calendar import calendar_candidates, calendar_values, step_delta, step_times, steps_per_day
+from .profiles import cycle_slot, fit_profiles, profile_classes, profile_cycle, slot_means
 from .values import BOS, CALENDAR_FIELDS, ValueCodec
 
 log = logging.getLogger("tsynth")
@@ -150,24 +150,16 @@ class StepCodec:
         """Each step's position (n, steps) in its cycle, for series starting at time stamps ``start`` (n,): the
         step of its day (sub-daily data) or the day of its week (daily data, Monday 0)."""
         offsets = np.broadcast_to(np.arange(steps), (len(start), steps))
-        times = step_times(np.asarray(start, dtype="datetime64[ns]"), offsets, self.values.freq).astype(np.int64)
-        if steps_per_day(self.values.freq) == 1:
-            return (times // DAY_NS + 3) % 7  # 1970-01-01, time stamp 0, was a Thursday
-        return (times % DAY_NS) // int(step_delta(self.values.freq) or 1)
+        times = step_times(np.asarray(start, dtype="datetime64[ns]"), offsets, self.values.freq)
+        return calendar_values(times, [cycle_slot(self.values.freq)], self.values.freq)[..., 0]
 
     def cycle_means(self, data: SeriesSet) -> np.ndarray:
         """Each series' mean at each position of its cycle (n, cycle, channels) in the value codec's units, 0 where
         it has no reading there: what a DP release of the cycle profile averages over the items."""
         units = self.values.to_units(data.values.astype(np.float64))
-        phase = self.cycle_phase(data.start, data.length)
-        seen = (np.arange(data.length)[None, :] < data.lengths[:, None])[:, :, None] & ~np.isnan(units)
+        units[np.arange(data.length)[None, :] >= data.lengths[:, None]] = np.nan  # steps beyond a series' end
         k = int(self.cycle_length or 0)
-        sums, counts = np.zeros((len(data), k, self.n_channels)), np.zeros((len(data), k, self.n_channels))
-        for p in range(k):
-            at = seen & (phase == p)[:, :, None]
-            sums[:, p] = np.where(at, units, 0.0).sum(axis=1)
-            counts[:, p] = at.sum(axis=1)
-        return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+        return slot_means(units, self.cycle_phase(data.start, data.length), k).reshape(len(data), k, self.n_channels)
 
     def set_cycle_profile(self, release: np.ndarray) -> None:
         """Take a released cycle profile (cycle x channels, in the value codec's units): it is taken off every value
