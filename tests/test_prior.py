@@ -86,6 +86,43 @@ def test_fine_tuning_keeps_the_prior_bins_and_grows_the_vocabulary(prior_dir):
     assert out.values.shape == (5, 24, 1) and abs(float(np.nanmean(out.values)) - 50) < 3
 
 
+def test_fine_tuning_cuts_the_prior_bins_that_the_data_fills_far_out(prior_dir):
+    """A dip that every series takes at one hour (a clock change: every meter reads about 0) lies beyond the
+    prior's inner bins, in its lowest bin together with the ordinary lows: one token to the model. Without DP the
+    fine-tune cuts the prior's edge bins at quantiles of the values they hold (as the step codec cuts its wide
+    bins), every piece a token whose embedding and output rows start as its bin's; the inner bins stay the prior's,
+    and the tokens after the values keep their rows, moved up. Under DP the bins stay the prior's."""
+    from transformers import AutoModelForCausalLM
+
+    from tsynth.codecs.values import WIDE_MIN_VALUES
+
+    torch.set_num_threads(1)
+    x = daily(200, 24, seed=4)
+    x[:, 5] = -4 + 0.5 * np.random.default_rng(5).normal(size=200)
+    data = SeriesSet.from_arrays(list(x), [f"m{i}" for i in range(200)])
+    prior = Prior.load(prior_dir)
+    codec = prior.codec_for(data, [], dp=False, value_range=None, point_mass_series=10)
+    edges, cut = np.asarray(prior.codec.edges), np.asarray(codec.edges)
+    assert len(cut) > len(edges) and set(edges) <= set(cut)
+    assert ((cut < edges[1]) | (cut > edges[-2]) | np.isin(cut, edges)).all()  # only the edge bins are cut
+    assert (cut < edges[1]).sum() >= 3  # the lowest bin in two pieces or more
+    units = codec.to_units(data.values.astype(np.float64))
+    held = np.histogram(units[units < edges[1]], cut[cut <= edges[1]])[0]
+    assert held.min() >= WIDE_MIN_VALUES, held
+    init = prior.initial_weights(len(codec.vocab), codec)["transformer.wte.weight"]
+    original = AutoModelForCausalLM.from_pretrained(prior_dir / "model").state_dict()["transformer.wte.weight"]
+    first, n_prior = codec.value_offset, len(edges) - 1
+    bin_of = np.searchsorted(edges, (cut[:-1] + cut[1:]) / 2, side="right") - 1
+    assert torch.equal(init[:first], original[:first])
+    assert torch.equal(init[first:first + len(cut) - 1], original[first + bin_of])
+    assert torch.equal(init[first + len(cut) - 1:len(original) + len(cut) - len(edges)], original[first + n_prior:])
+    assert prior.codec_for(data, [], dp=True, value_range=(-5, 5), point_mass_series=0).edges == prior.codec.edges
+    syn = Synthesizer("local", prior=str(prior_dir), ensemble=1, epochs=2).fit(data, progress=False)
+    assert syn.backend.codec.edges == codec.edges
+    out = syn.sample(20, seed=0)
+    assert out.values.shape == (20, 24, 1) and np.isfinite(out.values).all()
+
+
 def test_starting_from_a_prior_draws_no_progress_bar(capfd):
     """Loading a prior's weights writes nothing to the terminal (transformers would draw a "Loading weights" bar)."""
     from transformers.utils import logging as hf_logging

@@ -10,8 +10,13 @@ the directory repeats it). Fine-tuning from a prior (``Synthesizer("local", prio
   scaling) before binning, or, where the series' levels differ by orders of magnitude (``series`` scaling), each
   series over its level is standardised on its own, its level and spread new tokens; under DP nothing is fitted to
   it: the user's public ``value_range`` is mapped linearly onto ``PRIOR_RANGE`` (the default [-5, 5] maps to itself);
-* the vocabulary grows by the private condition and level tokens (new embedding rows), the model keeps the
-  prior's architecture and context, so a series longer than the prior's longest window is refused.
+* without DP, the prior's two edge bins, which hold everything beyond its outermost inner edges (public
+  standardised windows rarely reach beyond two standard deviations), are cut into pieces at quantiles of the private
+  values they hold, where they hold enough, as the step codec cuts its wide bins
+  (:func:`~tsynth.codecs.values.split_wide_bins`); each piece is a token that starts from its bin's embedding. Under
+  DP the bins stay the prior's (which bins hold enough values is a fact about the data);
+* the vocabulary grows by those pieces and the private condition and level tokens (new embedding rows), the model
+  keeps the prior's architecture and context, so a series longer than the prior's longest window is refused.
 
 Corpus windows are cut at several lengths (``PRIOR_LENGTHS``) and each is standardised by the mean and
 standard deviation of its surrounding context (up to ``CONTEXT_FACTOR`` times the window), so windows keep
@@ -38,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from .artifact import FORMAT_VERSION, read_manifest
-from .codecs.values import ValueCodec
+from .codecs.values import ValueCodec, split_wide_bins
 from .data import SeriesSet
 from .errors import ArtifactError, ConfigError, DataError
 
@@ -160,6 +165,17 @@ class Prior:
                            conditions=conditions, value_range=value_range if dp else None,
                            point_mass_series=point_mass_series)
         codec.fit(data, edges=self.codec.edges, profiles=profiles and not dp)
+        if not dp:  # the edge bins: a client's 0 kW at a clock change and an ordinary low are one token there
+            units = codec.to_units(data.values.astype(np.float64))
+            flat = units[~np.isnan(units)]
+            edges = np.asarray(self.codec.edges)
+            cut = split_wide_bins(edges, flat, len(flat) / (len(edges) - 1))
+            cut = np.unique(np.concatenate([edges, cut[(cut < edges[1]) | (cut > edges[-2])]]))
+            if len(cut) > len(edges):
+                codec.fit(data, edges=cut.tolist(), profiles=profiles)
+                pieces = np.bincount(np.searchsorted(edges, (cut[:-1] + cut[1:]) / 2, side="right") - 1)
+                log.info("%d of the prior's edge bins cut into %d pieces for the values they hold here",
+                         int((pieces > 1).sum()), int(pieces[pieces > 1].sum()))
         if codec.sequence_length(int(data.lengths.max())) > self.n_positions and codec.fields \
                 and codec.fields[-1].hidden:
             log.info("no profile class field: the prior's context (%d tokens) holds no token more", self.n_positions)
@@ -171,9 +187,12 @@ class Prior:
                               f"fields{levels} plus {steps} values do not fit: pass fewer --conditions or --prior none")
         return codec
 
-    def initial_weights(self, vocab_size: int) -> dict:
+    def initial_weights(self, vocab_size: int, codec: ValueCodec | None = None) -> dict:
         """The prior's weights with the embedding grown to ``vocab_size`` (new rows drawn around the mean
-        embedding, with the old rows' covariance)."""
+        embedding, with the old rows' covariance). ``codec``: the fine-tune's (:meth:`codec_for`); where it cut some
+        of the prior's value bins into pieces, each piece's row (embedding and output, which GPT-2 ties) is its bin's,
+        and the rows after the value tokens move up by the pieces added."""
+        import torch
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
@@ -183,7 +202,20 @@ class Prior:
         if vocab_size < model.config.vocab_size:
             raise ConfigError(f"prior {self.path}: the vocabulary shrank ({vocab_size} < {model.config.vocab_size})")
         model.resize_token_embeddings(vocab_size, mean_resizing=True)
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        edges = np.asarray(self.codec.edges)
+        if codec is None or len(codec.edges) == len(edges):
+            return state
+        cut = np.asarray(codec.edges)
+        bin_of = np.searchsorted(edges, (cut[:-1] + cut[1:]) / 2, side="right") - 1  # each piece's prior bin
+        first = codec.value_offset
+        rows = np.arange(vocab_size)
+        rows[first:first + len(bin_of)] = first + bin_of
+        rows[first + len(bin_of):] -= len(cut) - len(edges)
+        for key in ("transformer.wte.weight", "lm_head.weight"):
+            if key in state:
+                state[key] = state[key][torch.as_tensor(rows)].clone()
+        return state
 
 
 # what ``--domain`` may name, and the shipped prior that serves it: the load prior's corpus is metered electric load

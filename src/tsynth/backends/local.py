@@ -270,7 +270,8 @@ class LocalBackend:
             dp_settings = replace(dp_settings, profile_share=0.0)
             log.info("DP: starting from a domain prior, so no profile release (dp_profile_share=0)")
         if prior is not None:
-            n_positions, init, preset = prior.n_positions, prior.initial_weights(len(self.codec.vocab)), prior.preset
+            init = prior.initial_weights(len(self.codec.vocab), self.codec)
+            n_positions, preset = prior.n_positions, prior.preset
             self.prior = prior.summary()
             log.info("fine-tuning from the prior at %s (%s model)", prior.path, preset)
         else:
