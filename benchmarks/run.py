@@ -614,7 +614,8 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "as 227bc75 (their code column: 0d57ca4+changes): suite-elec-h100 disc_gbm 0.175 / 0.178 / 0.181 (d00547e: "
              "0.267 / 0.288 / 0.283), shape disc 0.191-0.201 (0.266-0.293), cycle autocorrelation error 0.016-0.046 "
              "(0.026-0.047); electricity100 0.054 / 0.023 / 0.077 (f4970c8: 0.083 / 0.001 / 0.027), 1,000 samples "
-             "12.4 s for seed 0 (8.7-9.2 s; not rerun at f4970c8 on this machine); suite-elec-h236 0.102 / 0.159 / "
+             "12.2-13.5 s (8.7-9.2 s; this machine draws as slowly without the cut: 12.2-15.3 s from suite-elec-h100 "
+             "models fitted at 0ffd891); suite-elec-h236 0.102 / 0.159 / "
              "0.140 (d00547e: 0.112 / 0.089 / 0.120). The other sets fine-tuned from the load prior (suite-elec-100c, "
              "-160c, electricity-raw, electricity24-phases) are not rerun: 160c's and raw's lowest bins are cut in 3 and "
              "5 pieces, 100c's not at all.",
