@@ -616,9 +616,10 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "(0.026-0.047); electricity100 0.054 / 0.023 / 0.077 (f4970c8: 0.083 / 0.001 / 0.027), 1,000 samples "
              "12.2-13.5 s (8.7-9.2 s; this machine draws as slowly without the cut: 12.2-15.3 s from suite-elec-h100 "
              "models fitted at 0ffd891); suite-elec-h236 0.102 / 0.159 / "
-             "0.140 (d00547e: 0.112 / 0.089 / 0.120). The other sets fine-tuned from the load prior (suite-elec-100c, "
-             "-160c, electricity-raw, electricity24-phases) are not rerun: 160c's and raw's lowest bins are cut in 3 and "
-             "5 pieces, 100c's not at all.",
+             "0.140 (d00547e: 0.112 / 0.089 / 0.120). electricity-raw at f301b35 (its lowest bin in 5 pieces): disc_gbm "
+             "0.009 / 0.011 / 0.055 (201d730: 0.019 / 0.020 / 0.030), shape disc 0.064 / 0.106 / 0.144 (0.052 / 0.078 / "
+             "0.093), cycle autocorrelation error 0.025-0.027 (0.021-0.025). Not rerun: suite-elec-100c (no cut), "
+             "suite-elec-160c (3 pieces), electricity24-phases(-raw).",
              "- suite-elec-h100 (hours 100-200: Friday 05:00 to Tuesday 09:00, across the clock change of 2014-03-30, "
              "its step 45, where 95 % of the training clients read their minimum, about 0 kW). Three default fits at "
              "0ffd891 (one-off checks): disc_gbm on all steps 0.271 / 0.255 / 0.253, without steps 44-46 0.139 / 0.115 "
