@@ -649,6 +649,26 @@ def test_members_stop_and_remove_their_inputs_when_the_fit_is_killed(tmp_path):
     assert _processes_reading(tmp_path) == [] and list(tmp_path.glob("tsynth-members-*")) == []
 
 
+def test_a_worker_whose_fit_is_gone_before_it_starts_removes_its_inputs(tmp_path):
+    """A fit killed while its member workers are still starting (importing torch) is gone before they could read who
+    started them: each worker is told its parent's pid, so it still sees the fit gone, removes the private inputs
+    directory (where job files with the encoded training data would lie) and exits."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from tsynth.backends.local import MEMBERS_TMP_PREFIX
+
+    inputs = Path(tempfile.mkdtemp(prefix=MEMBERS_TMP_PREFIX, dir=tmp_path))
+    (inputs / "member_0.pt").write_bytes(b"encoded training data")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that is no longer anyone's parent
+    worker = subprocess.Popen([sys.executable, "-m", "tsynth.backends.local", str(inputs), str(gone.pid)],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert worker.wait(timeout=120) == 1
+    assert not inputs.exists()
+
+
 def test_stacked_members_compute_what_each_members_own_forward_does():
     """The ensemble decoded as one (weights stacked, one cache) gives, position by position, the logits each
     member's own Hugging Face forward gives over the whole sequence; models that differ in shape, or are not GPT-2,

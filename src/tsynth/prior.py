@@ -173,7 +173,7 @@ class Prior:
             cut = np.unique(np.concatenate([edges, cut[(cut < edges[1]) | (cut > edges[-2])]]))
             if len(cut) > len(edges):
                 codec.fit(data, edges=cut.tolist(), profiles=profiles)
-                pieces = np.bincount(np.searchsorted(edges, (cut[:-1] + cut[1:]) / 2, side="right") - 1)
+                pieces = np.bincount(bin_of_piece(edges, cut))
                 log.info("%d of the prior's edge bins cut into %d pieces for the values they hold here",
                          int((pieces > 1).sum()), int(pieces[pieces > 1].sum()))
         if codec.sequence_length(int(data.lengths.max())) > self.n_positions and codec.fields \
@@ -207,7 +207,7 @@ class Prior:
         if codec is None or len(codec.edges) == len(edges):
             return state
         cut = np.asarray(codec.edges)
-        bin_of = np.searchsorted(edges, (cut[:-1] + cut[1:]) / 2, side="right") - 1  # each piece's prior bin
+        bin_of = bin_of_piece(edges, cut)
         first = codec.value_offset
         rows = np.arange(vocab_size)
         rows[first:first + len(bin_of)] = first + bin_of
@@ -216,6 +216,11 @@ class Prior:
             if key in state:
                 state[key] = state[key][torch.as_tensor(rows)].clone()
         return state
+
+
+def bin_of_piece(edges: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """For the bins of ``cut`` (edges that hold every one of ``edges`` and more), the bin of ``edges`` each lies in."""
+    return np.searchsorted(edges, (cut[:-1] + cut[1:]) / 2, side="right") - 1
 
 
 # what ``--domain`` may name, and the shipped prior that serves it: the load prior's corpus is metered electric load

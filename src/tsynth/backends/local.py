@@ -900,8 +900,10 @@ def _start_worker(index: int, tmp: Path, events: Queue) -> subprocess.Popen:
     """Start a worker process on the inputs directory ``tmp``; a thread forwards its event lines (then None) to
     ``events`` as ``(index, line)``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tsynth.backends.local", str(tmp)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+    # the worker is told who started it: read from os.getppid() once it has started, a parent killed while the worker
+    # imports would already be gone, and the worker would watch its new parent instead
+    proc = subprocess.Popen([sys.executable, "-m", "tsynth.backends.local", str(tmp), str(os.getpid())],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def forward() -> None:
         for line in proc.stdout:
@@ -950,12 +952,12 @@ def _stop_with_parent(tmp: Path, current: list[Path], parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_main(directory: str) -> None:
+def _worker_main(directory: str, parent: int) -> None:
     """Worker process entry: train the members whose job files (names in ``directory``) arrive on its input, a line
     each, one after another; remove each job file once read, print the member's events as JSON lines, save its
     result beside the job and print ``{"done": member}``. Its input closed, it exits. Once the process that
-    started it is gone (its events then have nowhere to go), it removes the inputs and exits."""
-    parent, tmp = os.getppid(), Path(directory)
+    started it (``parent``) is gone (its events then have nowhere to go), it removes the inputs and exits."""
+    tmp = Path(directory)
     current: list[Path] = []
     _stop_with_parent(tmp, current, parent)
     torch.set_num_threads(1)
@@ -979,6 +981,9 @@ def _worker_main(directory: str) -> None:
                 _remove_inputs(tmp, current)
                 os._exit(1)
             raise
+    if os.getppid() != parent:  # the input closed because the parent is gone, before the watch noticed
+        _remove_inputs(tmp, current)
+        os._exit(1)
 
 
 def _quiet_transformers() -> None:
@@ -989,4 +994,4 @@ def _quiet_transformers() -> None:
 
 
 if __name__ == "__main__":
-    _worker_main(sys.argv[1])
+    _worker_main(sys.argv[1], int(sys.argv[2]))
