@@ -623,8 +623,8 @@ def test_the_copy_component_keeps_smooth_channels_smooth():
 
 def test_copy_components_only_where_a_step_holds_several_channels():
     """One channel: its exact previous bin is the step's input, so the model has no copy components (they made
-    samples wander from the series' level), only the seasonal input; two channels share a step's input and get
-    both."""
+    samples wander from the series' level), only the seasonal input and its head's reading of its own latest
+    values; two channels share a step's input and get all of them."""
     rng = np.random.default_rng(4)
     one, two = (series_of(rng.normal(0, 1, (8, 96, c))) for c in (1, 2))
     codec = StepCodec.fit(one, ValueCodec(n_bins=16), 96)
@@ -632,7 +632,7 @@ def test_copy_components_only_where_a_step_holds_several_channels():
     assert not codec.copies and codec.seasons == [24] and not config.copy and config.seasons == [24]
     model = StepModel(config)
     assert model.copy_head is None and model.season_emb.num_embeddings == config.n_ids
-    assert config.own_lags == 0 and model.own_proj is None  # its input already is its exact previous bin
+    assert config.own_lags == OWN_LAGS and model.own_proj.in_features == 3 * OWN_LAGS - 1  # its own course
     config = StepModelConfig(**StepCodec.fit(two, ValueCodec(n_bins=16), 96).model_config({}, 0.0))
     assert config.copy and config.seasons == [24] and StepModel(config).copy_head.out_features == 6
     assert config.own_lags == OWN_LAGS and StepModel(config).own_proj.in_features == 3 * OWN_LAGS - 1
@@ -659,6 +659,31 @@ def test_the_heads_read_each_channel_own_recent_history():
     codec = StepCodec.fit(data, ValueCodec(n_bins=64), 48)
     losses = {lags: loss_after_training(codec, data, -1, own_lags=lags) for lags in (OWN_LAGS, 0)}
     assert losses[OWN_LAGS] < losses[0] - 0.3, losses
+
+
+def test_a_single_channel_head_reads_its_own_course():
+    """One channel's head reads its own latest values too: the teacher-forced log-probabilities change with the
+    values before the previous one, and the head that generation calls one step at a time, given them, gives
+    what training computes (docs/long-series.md, "Own history in the heads")."""
+    data = hourly_set(n=4, days=3, channels=1)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=16), 48)
+    arrays = codec.encode(data)
+    torch.manual_seed(0)
+    model = StepModel(StepModelConfig(**codec.model_config(dict(n_layer=1, n_embd=32, n_head=4), 0.0))).eval()
+    rows, offsets = np.array([0, 1]), np.array([0, 20])
+    prefix, prev, target, cal = (torch.as_tensor(a) for a in codec.windows(arrays, rows, offsets))
+    season = torch.as_tensor(codec.lagged(arrays, rows, offsets, 24))[..., None]
+    own = torch.as_tensor(np.stack([codec.lagged(arrays, rows, offsets, lag) for lag in range(2, OWN_LAGS + 1)], -1))
+    with torch.no_grad():
+        model.own_proj.weight.mul_(50.0)
+        full = model(prefix, prev, cal, season_ids=season)
+        _, logits = model(prefix, prev, cal, targets=target, season_ids=season, own_ids=own)
+        _, without = model(prefix, prev, cal, targets=target, season_ids=season)
+        assert (logits - without)[1].abs().amax(-1).min() > 0.1  # at every step of a window inside the series
+        for t in (1, 5, 30):
+            h = full[:, codec.prefix_length + t]
+            assert torch.allclose(model.channel_logits(h, 0, model.chain_start(h, prev[:, t]), prev[:, t, 0],
+                                                       season[:, t, 0], own[:, t, 0]), logits[:, t, 0], atol=1e-5)
 
 
 def test_the_heads_read_the_channels_before_them_in_their_step():

@@ -47,7 +47,7 @@ MAX_TIME_INDEX = 20_000  # steps of a panel's span that get their own time-step 
 
 
 WHOLE_SERIES = 512  # series up to this many steps are seen whole
-OWN_LAGS = 4  # where a step holds several channels, each channel's head reads this many of its own latest values
+OWN_LAGS = 4  # each channel's head reads this many of its own latest values
 # where a step holds several channels, the rank of each head's reading of the channels before it in the step and
 # of every channel's previous value
 CROSS_RANK = 32
@@ -308,7 +308,7 @@ class StepCodec:
         return dict(n_channels=self.n_channels, n_bins=self.n_bins, prefix_vocab=self.prefix_vocab,
                     prefix_length=self.prefix_length, context=self.context,
                     calendar_sizes=[s for _, s in self.calendar], dropout=dropout, copy=self.copies,
-                    seasons=self.seasons, season_inputs=True, own_lags=OWN_LAGS if self.copies else 0,
+                    seasons=self.seasons, season_inputs=True, own_lags=OWN_LAGS,
                     cross_rank=CROSS_RANK if self.copies else 0, cross_prev=self.copies,
                     time_feature=self.time_feature, **preset)
 
