@@ -620,6 +620,14 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "0.009 / 0.011 / 0.055 (201d730: 0.019 / 0.020 / 0.030), shape disc 0.064 / 0.106 / 0.144 (0.052 / 0.078 / "
              "0.093), cycle autocorrelation error 0.025-0.027 (0.021-0.025). Not rerun: suite-elec-100c (no cut), "
              "suite-elec-160c (3 pieces), electricity24-phases(-raw).",
+             "  - 6153708: a single channel's step-model head reads its own latest four values (docs/long-series.md, "
+             "\"Own history in the heads\"). `tsynth` rows (seeds 0, 1, 2, one job at a time, from b87794a with the "
+             "change, the same code as 6153708): suite-fertility disc_gbm 0.027 / 0.024 / 0.036 (265d927: 0.030 / 0.031 "
+             "/ 0.019), shape disc 0.108 / 0.069 / 0.117 (0.151 / 0.161 / 0.161), fit 60-65 s (37-40 s, more epochs); "
+             "suite-etth1 0.080 / 0.124 / 0.127 (c0ece8a: 0.113 / 0.101 / 0.153), fit 234-271 s (206-219 s); "
+             "electricity24-phases 0.036 / 0.005 / 0.020 (3157d43: 0.004 / 0.024 / 0.043). electricity24-phases-raw "
+             "trains the load prior's token model, which the change leaves alone (rerun: the same privacy figures, "
+             "disc_gbm 0.013 / 0.035 / 0.022 against 0.009 / 0.034 / 0.066), so its rows stay.",
              "- suite-elec-h100 (hours 100-200: Friday 05:00 to Tuesday 09:00, across the clock change of 2014-03-30, "
              "its step 45, where 95 % of the training clients read their minimum, about 0 kW). Three default fits at "
              "0ffd891 (one-off checks): disc_gbm on all steps 0.271 / 0.255 / 0.253, without steps 44-46 0.139 / 0.115 "
