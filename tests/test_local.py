@@ -170,6 +170,33 @@ def test_token_decoding_holds_values_for_runs_as_the_data_does():
     assert not (roundtrip(plain, data)[:, 1:] == roundtrip(plain, data)[:, :-1]).any()
 
 
+def test_held_values_follow_the_series_level_where_levels_span_orders_of_magnitude():
+    """Meters that all read in whole kW: a small one holds its reading for runs of steps, a large one hardly
+    ever. With per-series scaling the codec learns the held share by level group (quarters of the series by mean)
+    and decoding gives each series its group's share, read from its own drawn level; one share for all would put
+    holds on the large meters and too few on the small ones. A loaded codec keeps the groups; global scaling has
+    none."""
+    rng = np.random.default_rng(5)
+    level = np.exp(rng.uniform(0.0, 7.0, 160))
+    day = 1 + 0.3 * np.sin(2 * np.pi * np.arange(48) / 24)
+    kw = np.round(level[:, None] * day[None, :] * (1 + rng.normal(0, 0.1, (160, 48))))
+    data = SeriesSet(kw[..., None].astype(np.float32), np.full(160, 48), [f"m{i}" for i in range(160)], ["kw"])
+    codec = ValueCodec(n_bins=32, scaling="series").fit(data)
+    groups = codec.repeat_groups[0]
+    assert len(groups["edges"]) == 3 and groups["shares"][0] > 0.5 > 0.1 > groups["shares"][-1], codec.repeat_groups
+    assert groups["shares"][0] > codec.repeats[0] > groups["shares"][-1]
+    quarter = np.searchsorted(groups["edges"], kw.mean(axis=1), side="right")
+    bins = codec.value_bins(data)[0][..., 0]
+    same_bin = bins[:, 1:] == bins[:, :-1]
+    back = np.stack([roundtrip(codec, data, seed)[..., 0] for seed in range(4)])
+    exact = (back[:, :, 1:] == back[:, :, :-1]) & same_bin[None]
+    for g in (0, 3):  # the decoded share among steps that stay in their bin is the group's
+        share = exact[:, quarter == g].sum() / (4 * same_bin[quarter == g].sum())
+        assert abs(share - groups["shares"][g]) < 0.05, (g, share, groups["shares"])
+    assert ValueCodec.from_dict(codec.to_dict()).repeat_groups == codec.repeat_groups
+    assert ValueCodec(n_bins=32, scaling="global").fit(data).repeat_groups == []
+
+
 def test_point_masses_need_enough_series():
     data = counts_and_readings()
     data.values[:3, :, 1] = 1.5  # three series hold 1.5
