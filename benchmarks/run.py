@@ -628,6 +628,13 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "electricity24-phases 0.036 / 0.005 / 0.020 (3157d43: 0.004 / 0.024 / 0.043). electricity24-phases-raw "
              "trains the load prior's token model, which the change leaves alone (rerun: the same privacy figures, "
              "disc_gbm 0.013 / 0.035 / 0.022 against 0.009 / 0.034 / 0.066), so its rows stay.",
+             "  - 9a280ac: with per-series scaling the held-value share is learnt per level group (docs/codec.md, "
+             "\"Held values\"). `tsynth` rows (seeds 0, 1, 2, one job at a time; the fits are those of f301b35, the "
+             "draws differ): electricity-raw disc_gbm 0.043 / 0.038 / 0.044 (f301b35: 0.009 / 0.011 / 0.055), shape disc "
+             "0.054 / 0.084 / 0.147 (0.064 / 0.106 / 0.144); one draw's disc_gbm varies by several hundredths (seed 0's "
+             "model, four draws each: 0.004-0.047 with the groups, 0.010-0.039 without, means 0.018 and 0.030). "
+             "electricity24-phases-raw 0.034 / 0.046 / 0.011 (201d730: 0.009 / 0.034 / 0.066), shape disc 0.107 / 0.043 "
+             "/ 0.032 (0.108 / 0.059 / 0.066); its dcr ratio stays 0.81-0.95, as before.",
              "- suite-elec-h100 (hours 100-200: Friday 05:00 to Tuesday 09:00, across the clock change of 2014-03-30, "
              "its step 45, where 95 % of the training clients read their minimum, about 0 kW). Three default fits at "
              "0ffd891 (one-off checks): disc_gbm on all steps 0.271 / 0.255 / 0.253, without steps 44-46 0.139 / 0.115 "
