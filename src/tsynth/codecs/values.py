@@ -861,6 +861,7 @@ class ValueCodec:
         k = value_ids.reshape(n, steps, self.n_channels) - self.value_offset
         k = np.clip(k, 0, len(self.edges) - 2)
         units = self._bin_values(k, rng)
+        profile = self._profile(steps)
         levels = None
 
         def draw_levels() -> np.ndarray | None:
@@ -871,12 +872,11 @@ class ValueCodec:
             shares = None
             if self.repeat_groups:  # each series' share by its level, read from its values as drawn
                 levels = draw_levels()
-                shares = self.bins.repeat_shares(self.scaler.from_units(units + self._profile(steps), levels), lengths)
+                shares = self.bins.repeat_shares(self.scaler.from_units(units + profile, levels), lengths)
             units = self.bins.hold(units, k if runs is None else runs, rng, shares)
-        units = units + self._profile(steps)
         if levels is None:
             levels = draw_levels()
-        vals = self.scaler.from_units(units, levels)
+        vals = self.scaler.from_units(units + profile, levels)
         vals = np.where(np.arange(steps)[None, :, None] < lengths[:, None, None], vals, np.nan)
         ids = list(item_id) if item_id is not None else [f"synthetic_{i}" for i in range(n)]
         ids, attrs = self.vocabulary.decode(prefix[:, 1:1 + len(self.fields)], self.field_offset(0), ids, rng)
