@@ -18,6 +18,7 @@ import numpy as np
 import openai
 import pandas as pd
 import pytest
+import torch
 from server_helpers import ThreadServer, kill_worker, meters, wait_for_event, wait_for_job, write_chat_files
 
 from tsynth import SeriesSet
@@ -198,6 +199,70 @@ def test_length_one_series_keep_their_time_stamps(tmp_path, capsys):
     assert run(capsys, "fit", data, "-o", tmp_path / "m", *FIT)[0] == 0
     assert run(capsys, "sample", tmp_path / "m", "-n", "5", "-o", tmp_path / "s.csv")[0] == 0
     assert set(pd.read_csv(tmp_path / "s.csv")["timestamp"]) == {"2024-03-01"}
+
+
+# ---------------------------------------------------------------------- running out of memory
+def out_of_memory_past(limit: int, real):
+    """``real`` (a batch function taking the batch's conditions third, or a training step taking its tokens first)
+    that raises torch's out-of-memory error, as a GPU does, where its batch holds more than ``limit`` rows: no test
+    machine has a GPU to fill, so the error is raised where a real one would arise."""
+    def wrapped(*args, **kwargs):
+        rows = args[2] if real.__name__ == "_generate_batch" else args[0]
+        if len(rows) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+    return wrapped
+
+
+@pytest.mark.parametrize("codec", ["token", "step"])
+def test_sampling_out_of_memory_draws_again_in_smaller_batches(tmp_path, monkeypatch, caplog, codec):
+    """A batch that does not fit is drawn again at half the size, said in a warning, and the result is exactly
+    what asking for that batch size gives; where one series does not fit, one line says what to lower."""
+    import tsynth.sample
+    import tsynth.stepgen
+    from tsynth import Synthesizer
+    from tsynth.errors import DeviceMemoryError
+
+    syn = Synthesizer("local", epochs=1, ensemble=1, n_bins=16, codec=codec, seed=0)
+    syn.fit(SeriesSet.read(long_csv(tmp_path / "m.csv")), progress=False)
+    module = tsynth.sample if codec == "token" else tsynth.stepgen
+    draw = module.generate if codec == "token" else module.generate_steps
+    models, c = syn.backend.models, syn.backend.codec
+    expected = draw(models, c, 10, seed=3, batch_size=2).values
+    real = module._generate_batch
+    monkeypatch.setattr(module, "_generate_batch", out_of_memory_past(2, real))
+    with caplog.at_level("WARNING", logger="tsynth"):
+        got = draw(models, c, 10, seed=3).values
+    np.testing.assert_array_equal(got, expected)
+    said = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
+    assert said == [f"the machine ran out of memory drawing series of 24 steps in batches of {a} series: drawing "
+                    f"again in batches of {b}" for a, b in ((10, 5), (5, 2))], said
+    monkeypatch.setattr(module, "_generate_batch", out_of_memory_past(0, real))
+    with pytest.raises(DeviceMemoryError, match="ran out of memory drawing series of 24 steps one series at a time: "
+                                                "draw shorter series"):
+        draw(models, c, 3, seed=3)
+
+
+def test_out_of_memory_through_the_cli_names_what_to_lower(model, tmp_path, capsys, monkeypatch):
+    """`tsynth fit` that runs out of memory names the batch size to try; `tsynth sample` that cannot draw even
+    one series at a time says so; both exit 2 in one line and write nothing."""
+    import tsynth.sample
+    import tsynth.train
+    from tsynth.devicememory import is_out_of_memory
+
+    data = long_csv(tmp_path / "meters.csv")
+    monkeypatch.setattr(tsynth.train, "drop_conditions", out_of_memory_past(4, tsynth.train.drop_conditions))
+    line = refused(capsys, "fit", data, "-o", tmp_path / "m", *FIT, "--batch-size", "8")
+    assert line == ("tsynth: error: the machine ran out of memory training at batch size 8: lower the batch size "
+                    "(--batch-size 4, or batch_size=4)"), line
+    assert files_under(tmp_path) == ["meters.csv"]
+    monkeypatch.setattr(tsynth.sample, "_generate_batch", out_of_memory_past(0, tsynth.sample._generate_batch))
+    line = refused(capsys, "sample", model, "-n", "3", "-o", tmp_path / "s.csv")
+    assert "ran out of memory drawing series of 24 steps one series at a time" in line, line
+    assert files_under(tmp_path) == ["meters.csv"]
+    # a CPU allocation the machine cannot serve counts as running out of memory; other runtime errors do not
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
 
 
 # ---------------------------------------------------------------------- case 3: resume

@@ -17,6 +17,10 @@ class ArtifactError(TsynthError):
     """A model directory is missing, incomplete or of another format version."""
 
 
+class DeviceMemoryError(TsynthError):
+    """The GPU (or the machine) ran out of memory at a setting the message names, with the value to try instead."""
+
+
 def check_sample_request(n: int, temperature: float | None = None, top_p: float = 1.0) -> None:
     """Refuse ``n <= 0``, a non-positive temperature and a top_p outside (0, 1]."""
     if n <= 0:

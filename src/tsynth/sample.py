@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from .codecs.values import BOS, EOS, ValueCodec
 from .data import SeriesSet
+from .devicememory import draw_within_memory
 from .errors import ConfigError, check_min_prob, check_sample_request
 from .stacked import StackedGPT2, stack_members
+
+T = TypeVar("T")
 
 
 def pooled_probs(logits: Sequence[torch.Tensor] | torch.Tensor, temperature: float) -> torch.Tensor:
@@ -115,6 +118,16 @@ def default_workers() -> int:
     return max(1, cores // max(1, torch.get_num_threads()))
 
 
+def run_batches(run: Callable[[int], T], count: int, workers: int | None, progress: bool) -> list[T]:
+    """``run(k)`` for the ``count`` batches, ``workers`` at a time (default :func:`default_workers`), in order,
+    with a progress bar where ``progress``."""
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(min(workers or default_workers(), count)) as pool:
+        return list(tqdm(pool.map(run, range(count)), total=count, desc="sampling", disable=not progress,
+                         leave=False))
+
+
 def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Sequence[dict] | None = None,
              length: int | None = None, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 0,
              batch_size: int | None = None, workers: int | None = None, progress: bool = False,
@@ -139,24 +152,25 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
         raise ConfigError(f"{len(conds)} condition rows for {n} series")
     rng = np.random.default_rng(seed)
     conds = codec.draw_profiles(conds, rng)
-    batch_size = batch_size or batch_size_for(models[: POOL], positions)
-    starts = range(0, n, batch_size)
-    seeds = rng.integers(2**31, size=len(starts))
     device = next(models[0].parameters()).device
+    before = rng.bit_generator.state
 
-    def run(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        gen = torch.Generator().manual_seed(int(seeds[k]))
-        pooled = [models[i] for i in pool_members(len(models), int(seeds[k]))]
-        decoder = stack_members(pooled) or _OneByOne(pooled)
-        return _generate_batch(decoder, codec, conds[starts[k]: starts[k] + batch_size], steps, temperature, top_p,
-                               gen, device, min_prob)
+    def draw(size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        rng.bit_generator.state = before  # a draw again at a smaller batch size is the one that size gives
+        starts = range(0, n, size)
+        seeds = rng.integers(2**31, size=len(starts))
 
-    from tqdm.auto import tqdm
+        def run(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            gen = torch.Generator().manual_seed(int(seeds[k]))
+            pooled = [models[i] for i in pool_members(len(models), int(seeds[k]))]
+            decoder = stack_members(pooled) or _OneByOne(pooled)
+            return _generate_batch(decoder, codec, conds[starts[k]: starts[k] + size], steps, temperature, top_p,
+                                   gen, device, min_prob)
 
-    workers = min(workers or default_workers(), len(starts))
-    with ThreadPoolExecutor(workers) as pool:
-        batches = list(tqdm(pool.map(run, range(len(starts))), total=len(starts), desc="sampling",
-                            disable=not progress, leave=False))
+        return run_batches(run, len(starts), workers, progress)
+
+    batches = draw_within_memory(draw, min(n, batch_size or batch_size_for(models[: POOL], positions)),
+                                 f"drawing series of {steps} steps")
     prefixes, values, lengths = (np.concatenate(parts) for parts in zip(*batches))
     item_ids = [str(c.get("item_id", f"synthetic_{i}")) for i, c in enumerate(conds)]
     return codec.decode(prefixes, values, lengths, rng, item_id=item_ids, start=_starts(conds, n))

@@ -16,7 +16,6 @@ so the result does not depend on how many run at once.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,8 +26,9 @@ from .codecs.calendar import step_times
 from .codecs.steps import StepCodec
 from .codecs.values import BOS
 from .data import SeriesSet
+from .devicememory import draw_within_memory
 from .errors import ConfigError, check_sample_request
-from .sample import default_workers, draw_tokens, pooled_probs
+from .sample import draw_tokens, pooled_probs, run_batches
 from .stepmodel import KVCache
 
 GAPS = ("keep", "none")
@@ -110,23 +110,24 @@ def generate_steps(models: Sequence[Any], codec: StepCodec, n: int, conditions: 
     lengths = sample_lengths(codec, n, length, rng)
     starts = sample_starts(codec, conds, start, rng, lengths)
     per_series = int(lengths.max()) * (codec.n_channels + len(codec.calendar)) * 8
-    batch_size = batch_size or int(max(1, min(MAX_BATCH, CALENDAR_BUDGET // per_series)))
-    first = range(0, n, batch_size)
-    seeds = rng.integers(2**31, size=len(first))
     device = next(models[0].parameters()).device
+    before = rng.bit_generator.state
 
-    def run(k: int) -> tuple[np.ndarray, np.ndarray]:
-        sl = slice(first[k], first[k] + batch_size)
-        gen = torch.Generator().manual_seed(int(seeds[k]))
-        return _generate_batch(models, codec, conds[sl], lengths[sl], None if starts is None else starts[sl], gaps,
-                               temperature, top_p, gen, device)
+    def draw(size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        rng.bit_generator.state = before  # a draw again at a smaller batch size is the one that size gives
+        first = range(0, n, size)
+        seeds = rng.integers(2**31, size=len(first))
 
-    from tqdm.auto import tqdm
+        def run(k: int) -> tuple[np.ndarray, np.ndarray]:
+            sl = slice(first[k], first[k] + size)
+            gen = torch.Generator().manual_seed(int(seeds[k]))
+            return _generate_batch(models, codec, conds[sl], lengths[sl], None if starts is None else starts[sl],
+                                   gaps, temperature, top_p, gen, device)
 
-    workers = min(workers or default_workers(), len(first))
-    with ThreadPoolExecutor(workers) as pool:
-        batches = list(tqdm(pool.map(run, range(len(first))), total=len(first), desc="sampling",
-                            disable=not progress, leave=False))
+        return run_batches(run, len(first), workers, progress)
+
+    batches = draw_within_memory(draw, min(n, batch_size or max(1, min(MAX_BATCH, CALENDAR_BUDGET // per_series))),
+                                 f"drawing series of {int(lengths.max())} steps")
     width = int(lengths.max())
     prefixes = np.concatenate([b[0] for b in batches])
     ids = np.concatenate([np.pad(b[1], ((0, 0), (0, width - b[1].shape[1]), (0, 0)),

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .devicememory import train_within_memory
 from .errors import ConfigError
 # the token model's definition lives in tokenmodel.py; these names stay importable from here
 from .tokenmodel import FACTORED_POSITIONS_FROM, PRESETS, TRAINABLE, build_model, factor_positions, select_trainable  # noqa: F401
@@ -190,7 +191,11 @@ def train_device() -> str:
 def seconds_per_step(model, tokens: np.ndarray, loss_fn: Callable, batch_size: int, steps: int = 3) -> float:
     """Seconds one training step of ``model`` takes here, on its device and with torch's current threads: one
     untimed and ``steps`` timed AdamW steps on the first rows of ``tokens``. It trains ``model``: pass a
-    throwaway one."""
+    throwaway one. Running out of memory raises :class:`~tsynth.errors.DeviceMemoryError` (as in :func:`train_lm`)."""
+    return train_within_memory(lambda: _seconds_per_step(model, tokens, loss_fn, batch_size, steps), batch_size)
+
+
+def _seconds_per_step(model, tokens: np.ndarray, loss_fn: Callable, batch_size: int, steps: int) -> float:
     model.train()
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
@@ -238,7 +243,21 @@ def train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, l
     unused): data read partition by partition, never held whole. ``micro_batches(rows)`` splits a batch into
     ``(part, share)`` pairs whose gradients accumulate (the batch loss is the sum of share x part loss), so that
     only one part's activations are held at a time. Only trainable parameters are copied as the best state.
+    Running out of memory raises :class:`~tsynth.errors.DeviceMemoryError`, which names the batch size to lower
+    (:mod:`tsynth.devicememory`).
     """
+    return train_within_memory(lambda: _train_lm(model, train_tokens, valid_tokens, loss_fn, field_slots, cfg,
+                                                 checkpoint_dir, resume, callback, dp, progress, source_arrays, stream,
+                                                 micro_batches), cfg.batch_size)
+
+
+def _train_lm(model, train_tokens: np.ndarray, valid_tokens: np.ndarray | None, loss_fn: Callable,
+              field_slots: list[tuple[int, int]], cfg: TrainConfig, checkpoint_dir: Path | None,
+              resume: bool, callback: Callable[[dict], None] | None, dp, progress: bool,
+              source_arrays: dict[str, np.ndarray] | None, stream,
+              micro_batches: Callable[[torch.Tensor], list[tuple[torch.Tensor, float]]] | None
+              ) -> tuple[object, TrainResult]:
+    """:func:`train_lm` without its out-of-memory handling."""
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 

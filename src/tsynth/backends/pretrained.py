@@ -52,6 +52,7 @@ from torch.utils.checkpoint import checkpoint
 from ..codecs.chat import DEFAULT_SYSTEM_PROMPT, ChatCodec
 from ..codecs.grammar import AnswerGrammar, TokenConstraint
 from ..data import SeriesSet
+from ..devicememory import draw_within_memory
 from ..errors import ConfigError, DataError
 from ..sample import draw_tokens
 from ..train import TrainConfig, train_device, train_lm
@@ -203,7 +204,7 @@ class PretrainedLoRABackend:
         temperature = self.options.temperature if temperature is None else temperature
         length, rng, conds = text_sample_inputs(self.codec, n, conditions, self.conditions, temperature, top_p, seed,
                                                 length)
-        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        gen_seed = int(rng.integers(2**31))
         if self._texts is None:
             self._texts = token_texts(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
         c = self.codec
@@ -212,10 +213,16 @@ class PretrainedLoRABackend:
         constraint = TokenConstraint(grammar, self._texts, self.end_id)
         prompts = [prompt_ids(self.tokenizer, self.codec, c) for c in conds]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
-        step = self.options.sample_batch_size
-        answers: list[str] = []
-        for lo in tqdm(range(0, n, step), desc="sampling", disable=not progress, leave=False):
-            answers += generate_answers(self.model, prompts[lo: lo + step], constraint, pad, temperature, top_p, gen)
+
+        def draw(step: int) -> list[str]:
+            gen = torch.Generator().manual_seed(gen_seed)  # a draw again at a smaller batch size starts anew
+            answers: list[str] = []
+            for lo in tqdm(range(0, n, step), desc="sampling", disable=not progress, leave=False):
+                answers += generate_answers(self.model, prompts[lo: lo + step], constraint, pad, temperature, top_p,
+                                            gen)
+            return answers
+
+        answers = draw_within_memory(draw, min(n, self.options.sample_batch_size), "drawing answers")
         arrays = [self.codec.parse(a, length) for a in answers]
         self.last_sample_stats = {"requested": n, "parsed": n, "right_length": n, "retried": 0, "dropped": 0}
         return series_from_answers(arrays, conds, self.codec.channels)
