@@ -234,6 +234,30 @@ def test_fit_records_its_memory_plan_and_tokens_per_value(base):
     assert tr["tokens_per_value"] > 1 and rendered.startswith('{"consumption":[') and "." not in rendered
 
 
+def test_a_fit_that_runs_out_of_memory_names_the_batch_size_and_the_budget(base, monkeypatch):
+    """Its memory plan sizes the micro-batches, so the error names --max-memory beside --batch-size. No test machine
+    has a GPU to fill: torch's out-of-memory error is raised in steps of more than 2 rows, where a GPU would raise it."""
+    import torch
+
+    import tsynth.train
+    from tsynth.errors import DeviceMemoryError
+
+    real = tsynth.train.drop_conditions
+
+    def out_of_memory_past_2(tokens, *args):
+        if len(tokens) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(tokens, *args)
+
+    monkeypatch.setattr(tsynth.train, "drop_conditions", out_of_memory_past_2)
+    backend = PretrainedLoRABackend(base_model=base, max_memory="3G", **{**FAST, "epochs": 1})
+    with pytest.raises(DeviceMemoryError, match=r"ran out of memory training at batch size 4( \(.+\))?: lower the "
+                                                r"batch size \(--batch-size 2, or batch_size=2\); or a lower "
+                                                r"--max-memory than the 3.00 GiB this fit planned for \(micro-batches "
+                                                r"of up to \d+ rows\)"):
+        backend.fit(series(8, length=6), progress=False)
+
+
 # ---------------------------------------------------------------------- bad input: one line, exit 2, nothing written
 def _gguf(path, arch):
     import gguf

@@ -43,6 +43,7 @@ def memory_note() -> str:
 
 
 def device_name() -> str:
+    """What ran out of memory, for a message: the GPU where there is one, else the machine."""
     return "the GPU" if torch.cuda.is_available() else "the machine"
 
 

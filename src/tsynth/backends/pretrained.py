@@ -53,7 +53,7 @@ from ..codecs.chat import DEFAULT_SYSTEM_PROMPT, ChatCodec
 from ..codecs.grammar import AnswerGrammar, TokenConstraint
 from ..data import SeriesSet
 from ..devicememory import draw_within_memory
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, DeviceMemoryError
 from ..sample import draw_tokens
 from ..train import TrainConfig, train_device, train_lm
 from .common import MIN_ITEMS_FOR_VALIDATION, data_schema, series_from_answers, text_sample_inputs
@@ -173,9 +173,15 @@ class PretrainedLoRABackend:
         torch.manual_seed(cfg.seed)
         model = add_lora(model, o)
         set_checkpointing(model, plan.checkpoint_every)
-        model, result = train_lm(model, rows, valid_rows, chat_loss(plan.micro_batch_tokens), [], cfg,
-                                 Path(checkpoint_dir) if checkpoint_dir else None, resume, callback, progress=progress,
-                                 micro_batches=micro_batches(plan.micro_batch_tokens))
+        try:
+            model, result = train_lm(model, rows, valid_rows, chat_loss(plan.micro_batch_tokens), [], cfg,
+                                     Path(checkpoint_dir) if checkpoint_dir else None, resume, callback,
+                                     progress=progress, micro_batches=micro_batches(plan.micro_batch_tokens))
+        except DeviceMemoryError as e:
+            # a step holds one micro-batch's activations at a time, sized by the plan's budget: a lower budget
+            # makes smaller micro-batches where a smaller batch alone may not
+            raise DeviceMemoryError(f"{e}; or a lower --max-memory than the {format_bytes(plan.budget)} this fit "
+                                    f"planned for (micro-batches of up to {plan.micro_batch_rows} rows)") from None
         set_checkpointing(model, 0)
         answer_tokens = int((rows > 0).sum()) - len(rows)  # without each row's end-of-turn token
         self.training = {
