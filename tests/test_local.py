@@ -12,7 +12,7 @@ import torch
 
 from tsynth import SeriesSet
 from tsynth.artifact import FORMAT_VERSION
-from tsynth.codecs.values import ValueCodec, choose_scaling
+from tsynth.codecs.values import ValueCodec, choose_scaling, settle
 from tsynth.errors import ArtifactError, ConfigError, DataError
 from tsynth.backends.local import SMALL_DATA_DROPOUT
 from tsynth.synthesizer import Synthesizer
@@ -168,6 +168,89 @@ def test_token_decoding_holds_values_for_runs_as_the_data_does():
     plain = ValueCodec(n_bins=16, point_mass_series=0).fit(data)
     assert plain.repeats == [] and "repeats" not in plain.to_dict()
     assert not (roundtrip(plain, data)[:, 1:] == roundtrip(plain, data)[:, :-1]).any()
+
+
+def slow_rates(n=160, length=52, seed=0):
+    """Slowly changing yearly rates (like the World Bank's fertility rates): a level, a trend and a bend per series,
+    with a little noise; every value continuous, so none is a point mass."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, length)[None, :]
+    x = rng.normal(4, 1, (n, 1)) + rng.normal(-1.5, 0.5, (n, 1)) * t + rng.normal(0, 0.5, (n, 1)) * t ** 2
+    x = x + rng.normal(0, 0.002, x.shape)
+    return SeriesSet(x[..., None].astype(np.float32), np.full(n, length), [f"s{i}" for i in range(n)], ["rate"])
+
+
+def second_difference(x):
+    """The median over series of the mean absolute second difference relative to the series' spread."""
+    return float(np.median(np.abs(np.diff(x[..., 0], 2, axis=1)).mean(axis=1) / x[..., 0].std(axis=1)))
+
+
+def test_smooth_data_settles_inside_its_bins_and_rough_data_is_decoded_as_drawn():
+    """Values drawn each on its own inside narrow bins are far rougher than slowly changing rates. The codec learns
+    how far a decoded value may move towards its neighbours, never out of its bin, and keeps it in tsynth.json; a
+    random walk and a codec without point masses (as under DP) decode as drawn."""
+    data = slow_rates()
+    codec = ValueCodec().fit(data)
+    assert len(codec.settle) == 1 and codec.settle[0] > 0, codec.settle
+    as_drawn = ValueCodec.from_dict({**codec.to_dict(), "settle": []})
+    back, drawn = roundtrip(codec, data), roundtrip(as_drawn, data)
+    bins = codec.value_bins(data)[0]
+    back_bins = codec.value_bins(SeriesSet(back, data.lengths, data.item_id, data.channels))[0]
+    assert (back_bins != bins).mean() < 1e-3 and np.abs(back_bins.astype(int) - bins).max() <= 1  # float32 at edges
+    real = second_difference(data.values)
+    assert second_difference(drawn) > 2 * real and second_difference(back) < 1.5 * real, (
+        real, second_difference(drawn), second_difference(back))
+    assert not (back[:, 1:] == back[:, :-1]).any()  # no value meets its neighbour at a bin edge
+    assert ValueCodec.from_dict(codec.to_dict()).settle == codec.settle
+    assert "settle" not in as_drawn.to_dict()
+    rng = np.random.default_rng(1)
+    walk = SeriesSet(np.cumsum(rng.normal(size=(160, 52, 1)), axis=1).astype(np.float32), np.full(160, 52),
+                     [f"w{i}" for i in range(160)], ["walk"])
+    assert ValueCodec().fit(walk).settle == []
+    assert ValueCodec(point_mass_series=0).fit(data).settle == []
+
+
+def test_a_slow_reading_on_a_fixed_resolution_passes_through_the_readings_between():
+    """A sensor read to 0.1 that moves slowly (interpolated weather): its readings are point masses, several to a
+    bin. Drawn anew at every step they jump between any of their bin's, and repeat by themselves on top of the
+    held share; settled, each takes the mass of its bin nearest to where it settled, the held share counts only
+    what the data holds beyond the repeats that come by themselves, and the round trip is as rough as the data
+    and holds as often."""
+    rng = np.random.default_rng(2)
+    t = np.arange(48)[None, :]
+    x = np.round(15 + 3 * np.sin(t / 12 + rng.uniform(0, 6, (200, 1))) + rng.normal(0, 1, (200, 1)), 1)
+    data = SeriesSet(x[..., None].astype(np.float32), np.full(200, 48), [f"s{i}" for i in range(200)], ["temp"])
+    codec = ValueCodec(n_bins=32).fit(data)
+    assert codec.point_masses and codec.settle and codec.settle[0] > 0, codec.settle
+    as_drawn = ValueCodec(n_bins=32).fit(data)
+    bins = as_drawn.value_bins(data)[0]
+    as_drawn.settle = []
+    as_drawn.bins.fit_repeats(data.values.astype(np.float64), bins)  # the share before the repeats by themselves
+    assert codec.repeats[0] < as_drawn.repeats[0]
+    back, drawn = roundtrip(codec, data), roundtrip(as_drawn, data)
+    on_resolution = np.isin(back, data.values).mean()  # the point masses stay readings of the data's
+    assert on_resolution > 0.9 and abs(on_resolution - np.isin(drawn, data.values).mean()) < 0.02
+
+    def held(v):
+        return float((v[:, 1:] == v[:, :-1]).mean())
+
+    assert abs(held(back) - held(data.values)) < 0.5 * (held(drawn) - held(data.values)), (
+        held(back), held(drawn), held(data.values))
+    real = second_difference(data.values)
+    assert abs(np.log(second_difference(back) / real)) < 0.5 * np.log(second_difference(drawn) / real) > 0.5, (
+        real, second_difference(back), second_difference(drawn))
+
+
+def test_settle_leaves_values_beside_gaps_and_fixed_values_where_they_were_drawn():
+    x = np.array([0.5, 0.5, 0.9, 0.1, 0.5, 0.2, 0.8])[None, :, None]
+    lo, hi = np.zeros_like(x), np.ones_like(x)
+    valid = np.array([True, True, True, False, True, True, True])[None, :, None]
+    movable = valid & (np.arange(7) != 5)[None, :, None]
+    out = settle(x, lo, hi, movable, valid, [0.9])
+    assert np.isclose(out[0, 1, 0], 0.7)  # between its neighbours 0.5 and 0.9
+    unmoved = [0, 2, 3, 4, 5, 6]  # the ends, both sides of the gap, the gap, the fixed value
+    assert np.array_equal(out[0, unmoved, 0], x[0, unmoved, 0])
+    assert np.array_equal(settle(x, lo, hi, movable, valid, [0.0]), x)
 
 
 def test_held_values_follow_the_series_level_where_levels_span_orders_of_magnitude():

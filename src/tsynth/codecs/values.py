@@ -13,7 +13,10 @@ A series becomes one token sequence::
   count once) is decoded exactly, as often within its bin as the training values are. A value held by fewer
   items is never reproduced, so point masses cannot single an item out; continuous data has none. Where the
   model draws a step's bin again, the previous value is held exactly at the share of such steps that the training
-  data holds (readings that do not move);
+  data holds (readings that do not move). Where the data is smoother than values drawn independently inside
+  their bins would be (yearly rates, slow sensors), each decoded value may move part of the way from its draw
+  towards its neighbours' mean, never out of its bin (:func:`settle`), as far as the training data's own bins
+  decoded that way come closest to the data's roughness;
 * conditions are one token per field: item id, categorical attributes, numeric attributes (binned),
   calendar position of the window start (hour, day of week, month). Each field also has an unknown
   token ``<field=?>`` used for unseen values and, during training, for condition dropout, so the model
@@ -32,6 +35,7 @@ tails; values to bins and back) and :class:`ConditionVocabulary` (the condition 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,6 +60,11 @@ N_NUMERIC_ATTRIBUTE_BINS = 8
 POINT_MASS_SERIES = 10
 HOLD_GROUP_SERIES = 30  # training series per level group of the held-value share, at least
 HOLD_GROUPS = 4  # level groups of the held-value share, at most
+SETTLE_FREEDOMS = (0.0, 0.25, 0.5, 0.75, 0.9)  # the within-bin freedoms a fit chooses from (see settle)
+SETTLE_PASSES = 16  # passes of settle's neighbour averaging
+SETTLE_FIT_SERIES = 400  # training series (a seeded subsample) whose roughness chooses the freedom
+SETTLE_FIT_VALUES = 1 << 21  # values of them read at most (longer series: their first steps)
+SETTLE_MIN_GAIN = 0.1  # a channel settles where that brings its roughness at least this much closer (log ratios)
 # split_wide: an equal-mass bin wider than WIDE_BIN median bin widths is cut into equal-mass pieces of at least
 # 1/WIDE_PIECES of a bin's share of the values and at least WIDE_MIN_VALUES values (a bin learnt from fewer is
 # noise), and at most as many as it has such widths (docs/codec.md, "Wide bins")
@@ -269,6 +278,43 @@ def split_wide_bins(edges: np.ndarray, flat: np.ndarray, per_bin: float) -> np.n
     return np.concatenate(out)
 
 
+def settle(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, movable: np.ndarray, valid: np.ndarray,
+           freedom: Sequence[float]) -> np.ndarray:
+    """``values`` (n, steps, channels) with each movable value moved towards the mean of its two neighbours, over
+    ``SETTLE_PASSES`` passes, but kept inside ``[v - f (v - lo), v + f (hi - v)]`` around its draw ``v``: a share
+    ``f`` (``freedom``, per channel) of the room to its bin's edges ``lo`` and ``hi``. Every value stays in its bin,
+    so the model's bins are decoded as before; only where inside them is smoothed. Each value keeps a range of
+    its own around its own draw, so two values of one bin never meet at an edge (an exact repeat the data does
+    not have). A value whose neighbours are not both ``valid`` (a series' ends, gaps) stays where it was drawn,
+    and so do values that are not ``movable`` (point masses, the edge bins' tails)."""
+    out = np.array(values, dtype=np.float64)
+    for c, f in enumerate(freedom):
+        if f <= 0:
+            continue
+        v = out[..., c]
+        low, high = v - f * (v - lo[..., c]), v + f * (hi[..., c] - v)
+        ok = valid[..., c]
+        move = movable[:, 1:-1, c] & ok[:, :-2] & ok[:, 2:]
+        y = v.copy()
+        for _ in range(SETTLE_PASSES):
+            mean = np.clip((y[:, :-2] + y[:, 2:]) / 2, low[:, 1:-1], high[:, 1:-1])
+            y[:, 1:-1] = np.where(move, mean, y[:, 1:-1])
+        out[..., c] = y
+    return out
+
+
+def _roughness(x: np.ndarray) -> np.ndarray:
+    """(2, channels): the median over series of the mean absolute first and second differences of ``x`` (n, steps,
+    channels, NaN where there is no value), each relative to the series' standard deviation (constant series
+    left out)."""
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sd = np.nanstd(x, axis=1)
+        sd = np.where(sd > 0, sd, np.nan)
+        return np.stack([np.nanmedian(np.nanmean(np.abs(np.diff(x, d, axis=1)), axis=1) / sd, axis=0)
+                         for d in (1, 2)])
+
+
 @dataclass
 class Bins:
     """The value bins in codec units (uniform, or equal-mass 'quantile'), with the point masses decoded exactly,
@@ -287,6 +333,9 @@ class Bins:
     # per channel where the share differs by the series' level: {"edges": inner edges of the series means (data
     # units), "shares": one share per level group}; empty where one share serves every series
     repeat_groups: list[dict] = field(default_factory=list)
+    # per channel: the share of the room to its bin's edges that a decoded value may move towards its neighbours
+    # (:func:`settle`; fitted where point masses are: under DP, and in codecs saved before it existed, empty)
+    settle: list[float] = field(default_factory=list)
 
     def check(self) -> None:
         if self.binning not in ("quantile", "uniform"):
@@ -431,12 +480,48 @@ class Bins:
         finite = ~np.isnan(units)
         return np.clip(np.searchsorted(edges, np.where(finite, units, 0.0), side="right") - 1, 0, len(edges) - 2)
 
-    def draw(self, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def draw(self, k: np.ndarray, rng: np.random.Generator, valid: np.ndarray | None = None) -> np.ndarray:
         """A value for each bin id in ``k`` (n, steps, channels): uniform inside the bin, or one of the bin's point
         masses of that channel, drawn in the proportions of the training values in the bin. In a channel whose
-        training values are all point masses, a bin without any gets the point mass nearest its centre."""
+        training values are all point masses, a bin without any gets the point mass nearest its centre. A channel
+        with a ``settle`` freedom then moves its values towards their neighbours (:func:`settle`); ``valid``
+        (n, steps, channels; default all): the steps that hold a value (not a gap, not beyond a series' end)."""
+        out, fixed, mass = self._draw_each(k, rng)
+        if not any(self.settle):
+            return out
+        valid = np.ones(k.shape, dtype=bool) if valid is None else valid
+        return self._settled(out, k, fixed, mass, valid, self.settle)
+
+    def _settled(self, drawn: np.ndarray, k: np.ndarray, fixed: np.ndarray, mass: np.ndarray, valid: np.ndarray,
+                 freedom: Sequence[float]) -> np.ndarray:
+        """``drawn`` (:meth:`_draw_each`) settled (:func:`settle`), each point mass then moved to the point mass of
+        its bin nearest to where it settled: a reading on a fixed resolution that moves slowly passes through the
+        readings between, where drawn each on its own it jumps between any of its bin's."""
+        edges = np.asarray(self.edges)
+        out = settle(drawn, edges[k], edges[k + 1], valid & ~fixed, valid, freedom)
+        for c, pm in enumerate(self.point_masses):
+            hit = mass[..., c] & (freedom[c] > 0)
+            if not hit.any():
+                continue
+            values = np.asarray(pm["values"], dtype=np.float64)
+            value_bin = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+            b, at = k[..., c][hit], out[..., c][hit]
+            first = np.searchsorted(value_bin, b, side="left")  # the bin's masses: values[first:last + 1]
+            last = np.searchsorted(value_bin, b, side="right") - 1
+            j = np.searchsorted(values, at)
+            below, above = np.clip(j - 1, first, last), np.clip(j, first, last)
+            nearer = np.where(np.abs(values[below] - at) <= np.abs(values[above] - at), below, above)
+            out[..., c][hit] = values[nearer]
+        return out
+
+    def _draw_each(self, k: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`draw`'s values each drawn on its own; where they are fixed (the edge bins' tails, and in a channel
+        of point masses alone the bins without any, which take the nearest), which :func:`settle` leaves where
+        they are; and which are point masses."""
         edges = np.asarray(self.edges)
         out = rng.uniform(edges[k], edges[k + 1])
+        fixed = (k == 0) | (k == len(edges) - 2)
+        mass = np.zeros(k.shape, dtype=bool)
         for c, (low, high) in enumerate(self.tails):  # edge bins: a truncated exponential from the inner edge
             for b, mean, inner, sign in ((0, low, edges[1], -1.0), (len(edges) - 2, high, edges[-2], 1.0)):
                 hit = k[..., c] == b
@@ -463,13 +548,64 @@ class Bins:
             pick = np.minimum(np.searchsorted(cum, draw, side="right"), len(cum) - 1)
             is_mass = (order[pick] < len(values)) & (bin_total[kc] > 0)
             out[..., c] = np.where(is_mass, values[np.minimum(order[pick], len(values) - 1)], out[..., c])
+            mass[..., c] = is_mass
             if not any(pm["rest"]):  # every training value is a point mass: a bin it never had gets the nearest
                 centre = (edges[kc] + edges[kc + 1]) / 2
                 j = np.searchsorted(values, centre)
                 below, above = values[np.maximum(j - 1, 0)], values[np.minimum(j, len(values) - 1)]
                 nearest = np.where(centre - below <= above - centre, below, above)
                 out[..., c] = np.where(bin_total[kc] > 0, out[..., c], nearest)
-        return out
+                fixed[..., c] |= bin_total[kc] == 0
+        return out, fixed, mass
+
+    def fit_settle(self, units: np.ndarray, bins: np.ndarray) -> None:
+        """Per channel, the freedom of :func:`settle` (one of ``SETTLE_FREEDOMS``) with which the training values'
+        own bins, decoded (and held, :meth:`hold`), come closest to the values' roughness: the median over series
+        of the mean absolute first and of the mean absolute second difference, each relative to the series'
+        standard deviation (the sum of the two log ratios). Values drawn each on its own inside narrow bins are
+        rougher than smooth data (World Bank fertility rates: a median second difference 3x the data's); on
+        rough data the freedom that fits is 0, and decoding stays as it was. Read on at most
+        ``SETTLE_FIT_SERIES`` series (seeded) and ``SETTLE_FIT_VALUES`` values. Call after the point masses,
+        the held-value shares and the tails, which decoding uses."""
+        rng = np.random.default_rng(0)
+        n, t, c = units.shape
+        if t < 3:
+            self.settle = []
+            return
+        pick = np.sort(rng.choice(n, min(n, SETTLE_FIT_SERIES), replace=False))
+        steps = min(t, max(3, SETTLE_FIT_VALUES // (len(pick) * c)))
+        x, k = units[pick, :steps], bins[pick, :steps]
+        valid = ~np.isnan(x)
+        target = _roughness(x)
+        drawn, fixed, mass = self._draw_each(k, rng)
+        runs = np.where(valid, k, -1)
+        same_bin = (k[:, 1:] == k[:, :-1]) & valid[:, 1:] & valid[:, :-1]
+        errors, shares = [], []
+        for freedom in SETTLE_FREEDOMS:
+            y = self._settled(drawn, k, fixed, mass, valid, [freedom] * c)
+            share = np.asarray(self.repeats, dtype=np.float64)
+            if self.repeats:
+                # point masses of one bin repeat by themselves: hold only as much more as the data holds
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    alone = (same_bin & (y[:, 1:] == y[:, :-1])).sum(axis=(0, 1)) / same_bin.sum(axis=(0, 1))
+                alone = np.nan_to_num(alone)
+                share = np.where(alone < 1, np.clip((share - alone) / np.maximum(1 - alone, 1e-12), 0, 1), share)
+                y = self.hold(y, runs, np.random.default_rng(1), np.tile(share, (len(y), 1)))
+            shares.append(share)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                errors.append(np.nansum(np.abs(np.log(_roughness(np.where(valid, y, np.nan)) / target)), axis=0))
+        err = np.asarray(errors)  # (freedoms, channels); SETTLE_FREEDOMS[0] is 0: decoding as drawn
+        best = np.argmin(err, axis=0)
+        # noise-level gains (hourly load: 0.01-0.03) leave a channel as drawn
+        best = np.where(err[0] - err[best, np.arange(c)] >= SETTLE_MIN_GAIN, best, 0)
+        self.settle = [float(SETTLE_FREEDOMS[b]) for b in best]
+        if self.repeats and not self.repeat_groups:
+            self.repeats = [float(shares[b][ch]) for ch, b in enumerate(best)]
+        if any(self.settle):
+            log.info("decoding: values settle towards their neighbours within their bins (freedom %s per channel: "
+                     "the data is smoother than values drawn each on its own)", [round(f, 2) for f in self.settle])
+        else:
+            self.settle = []
 
     def save_point_masses(self, path: Path) -> None:
         """Write the point masses (if any) to ``path`` (.npz): too many numbers for ``tsynth.json``."""
@@ -643,6 +779,7 @@ class ValueCodec:
     tails = _Part("bins")
     repeats = _Part("bins")
     repeat_groups = _Part("bins")
+    settle = _Part("bins")
     conditions = _Part("vocabulary")
     fields = _Part("vocabulary")
 
@@ -654,11 +791,12 @@ class ValueCodec:
                  profile: list[list[float]] | None = None, point_mass_series: int = POINT_MASS_SERIES,
                  point_masses: list[dict] | None = None, tails: list[list[float]] | None = None,
                  repeats: list[float] | None = None, standardised: int | None = None,
-                 series_spread_edges: list[float] | None = None, repeat_groups: list[dict] | None = None) -> None:
+                 series_spread_edges: list[float] | None = None, repeat_groups: list[dict] | None = None,
+                 settle: list[float] | None = None) -> None:
         self.scaler = Scaler(scaling, _list(loc), _list(scale), _list(level_edges), profile,
                              _list(series_spread_edges))
         self.bins = Bins(n_bins, binning, _list(edges), point_mass_series, _list(point_masses), _list(tails),
-                         _list(repeats), _list(repeat_groups))
+                         _list(repeats), _list(repeat_groups), _list(settle))
         self.vocabulary = ConditionVocabulary(conditions, _list(fields))
         self.channels: list[str] = _list(channels)
         self.length = length
@@ -713,9 +851,11 @@ class ValueCodec:
             else:
                 self.bins.fit_point_masses(units, bins, data.item_id)
             self.bins.fit_repeats(vals, bins, by_level=self.scaling == "series")
-        self.tails = []
+        self.tails, self.settle = [], []
         if self.binning == "quantile" and self.value_range is None:
             self.bins.fit_tails(units)
+        if self.point_mass_series > 0:  # read from the data like the point masses: not under DP
+            self.bins.fit_settle(units, self.bins.assign(units))
         return self
 
     # ------------------------------------------------------------------ vocabulary
@@ -860,7 +1000,10 @@ class ValueCodec:
         steps = value_ids.shape[1] // self.n_channels
         k = value_ids.reshape(n, steps, self.n_channels) - self.value_offset
         k = np.clip(k, 0, len(self.edges) - 2)
-        units = self._bin_values(k, rng)
+        valid = np.broadcast_to(np.arange(steps)[None, :, None] < np.asarray(lengths)[:, None, None], k.shape)
+        if runs is not None:
+            valid = valid & (runs[:, :steps] < self.n_value_tokens)
+        units = self._bin_values(k, rng, valid)
         profile = self._profile(steps)
         levels = None
 
@@ -891,9 +1034,9 @@ class ValueCodec:
             data.values[:] = standardise(data.values, self.standardised)
         return data
 
-    def _bin_values(self, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _bin_values(self, k: np.ndarray, rng: np.random.Generator, valid: np.ndarray | None = None) -> np.ndarray:
         """A value for each bin id in ``k`` (n, steps, channels): see :meth:`Bins.draw`."""
-        return self.bins.draw(k, rng)
+        return self.bins.draw(k, rng, valid)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
@@ -912,6 +1055,7 @@ class ValueCodec:
             **({"standardised": self.standardised} if self.standardised is not None else {}),
             **({"repeats": self.repeats} if self.repeats else {}),
             **({"repeat_groups": self.repeat_groups} if self.repeat_groups else {}),
+            **({"settle": self.settle} if self.settle else {}),
         }
 
     @classmethod
@@ -924,7 +1068,8 @@ class ValueCodec:
                    level_edges=d["level_edges"], fields=fields, value_range=vr, profile=d.get("profile"),
                    point_mass_series=d.get("point_mass_series", 0), tails=d.get("tails", []),
                    repeats=[float(r) for r in d.get("repeats", [])], standardised=d.get("standardised"),
-                   series_spread_edges=d.get("series_spread_edges"), repeat_groups=d.get("repeat_groups"))
+                   series_spread_edges=d.get("series_spread_edges"), repeat_groups=d.get("repeat_groups"),
+                   settle=[float(f) for f in d.get("settle", [])])
 
     def save_point_masses(self, path: Path) -> None:
         """Write the point masses (if any) to ``path`` (.npz): too many numbers for ``tsynth.json``."""
