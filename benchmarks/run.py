@@ -639,10 +639,13 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "its own, and point masses' own repeats count towards the held share (docs/codec.md, \"Series smoother "
              "than their bins\"). It changes the draws of sets with a settling channel or point masses: of the rows, "
              "suite-fertility (rerun, seeds 0, 1, 2, one job at a time: disc_gbm 0.029 / 0.028 / 0.032 against 0.027 / "
-             "0.024 / 0.036 at 6153708, shape disc 0.082 / 0.100 / 0.119 against 0.108 / 0.069 / 0.117), energy24 and "
-             "stocks24 (not rerun: their rows predate it). One 600 s fit each (seed 0), scored settled and as drawn "
-             "before on the same model: energy24 disc_gru 0.131 against 0.128 (one draw), stocks24 0.036 / 0.040 "
-             "against 0.036 / 0.040 (two draws). Electricity, ETTh1 and ItalyPowerDemand decode as before.",
+             "0.024 / 0.036 at 6153708, shape disc 0.082 / 0.100 / 0.119 against 0.108 / 0.069 / 0.117), stocks24 "
+             "(rerun, seeds 0, 1, 2, one job at a time; code column f728b47+changes: a docstring edit over the code of "
+             "1f4f7b7: disc_gru 0.020 / 0.047 / 0.038 against 0.046 / 0.030 / 0.032, "
+             "disc_gbm 0.096 / 0.079 / 0.077 against 0.103 / 0.099 / 0.065; seed 1's time limit trained 2 models of 6, "
+             "the others 4) and energy24 (not rerun: its rows predate it). One 600 s fit each (seed 0), scored settled "
+             "and as drawn before on the same model: energy24 disc_gru 0.131 against 0.128 (one draw), stocks24 0.036 "
+             "/ 0.040 against 0.036 / 0.040 (two draws). Electricity, ETTh1 and ItalyPowerDemand decode as before.",
              "- suite-elec-h100 (hours 100-200: Friday 05:00 to Tuesday 09:00, across the clock change of 2014-03-30, "
              "its step 45, where 95 % of the training clients read their minimum, about 0 kW). Three default fits at "
              "0ffd891 (one-off checks): disc_gbm on all steps 0.271 / 0.255 / 0.253, without steps 44-46 0.139 / 0.115 "

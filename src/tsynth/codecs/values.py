@@ -327,8 +327,9 @@ class Bins:
     point_mass_series: int = POINT_MASS_SERIES  # 0: no point masses (under DP: they would be data-dependent)
     point_masses: list[dict] = field(default_factory=list)  # per channel: values, counts, rest (per bin)
     tails: list[list[float]] = field(default_factory=list)  # per channel: mean distance into the two edge bins
-    # per channel: the share of steps in the same bin as the step before that hold exactly its value (fitted where
-    # point masses are: under DP neither is)
+    # per channel: the share of steps in the same bin as the step before that decoding holds at exactly its value:
+    # the data's share, less what point masses repeat by themselves (fit_settle; fitted where point masses are:
+    # under DP neither is)
     repeats: list[float] = field(default_factory=list)
     # per channel where the share differs by the series' level: {"edges": inner edges of the series means (data
     # units), "shares": one share per level group}; empty where one share serves every series
@@ -566,7 +567,9 @@ class Bins:
         rougher than smooth data (World Bank fertility rates: a median second difference 3x the data's); on
         rough data the freedom that fits is 0, and decoding stays as it was. Read on at most
         ``SETTLE_FIT_SERIES`` series (seeded) and ``SETTLE_FIT_VALUES`` values. Call after the point masses,
-        the held-value shares and the tails, which decoding uses."""
+        the held-value shares and the tails, which decoding uses. The held-value shares (one per channel, not by
+        level group) then become what the data holds beyond the repeats that the chosen decoding makes by itself
+        (point masses of one bin repeat: a bin of one mass always does): (share - a) / (1 - a)."""
         rng = np.random.default_rng(0)
         n, t, c = units.shape
         if t < 3:
