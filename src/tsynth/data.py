@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -562,6 +563,20 @@ def series_moments(values: np.ndarray, ddof: int) -> tuple[np.ndarray, np.ndarra
         mean = np.nansum(x, axis=1, keepdims=True) / counts  # 0 / 0: NaN, without nanmean's empty-slice warning
         sd = np.sqrt(np.nansum((x - mean) ** 2, axis=1, keepdims=True) / (counts - ddof))
     return mean, np.where(counts > ddof, sd, np.nan)
+
+
+def series_roughness(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How rough every series and channel of ``values`` (n, steps, channels; NaN: gaps) is, each (n, channels): the
+    mean absolute first and second differences relative to the series' standard deviation (NaN where it is
+    constant), and the share of steps that hold the previous reading exactly. The evaluation's ``roughness``
+    family and the codec's choice of how far decoded values settle both read it."""
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
+        sd = np.nanstd(values, axis=1)
+        scale = np.where(sd > 0, sd, np.nan)
+        d1, d2 = np.diff(values, axis=1), np.diff(values, 2, axis=1)
+        held = np.nanmean(np.where(np.isnan(d1), np.nan, (d1 == 0).astype(float)), axis=1)
+        return np.nanmean(np.abs(d1), axis=1) / scale, np.nanmean(np.abs(d2), axis=1) / scale, held
 
 
 def standardise(values: np.ndarray, ddof: int) -> np.ndarray:

@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data import SeriesSet, standardise
+from ..data import SeriesSet, series_roughness, standardise
 from ..errors import ConfigError, DataError
 from .profiles import fit_profiles, profile_classes
 
@@ -304,15 +304,12 @@ def settle(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, movable: np.ndarr
 
 
 def _roughness(x: np.ndarray) -> np.ndarray:
-    """(2, channels): the median over series of the mean absolute first and second differences of ``x`` (n, steps,
-    channels, NaN where there is no value), each relative to the series' standard deviation (constant series
-    left out)."""
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        sd = np.nanstd(x, axis=1)
-        sd = np.where(sd > 0, sd, np.nan)
-        return np.stack([np.nanmedian(np.nanmean(np.abs(np.diff(x, d, axis=1)), axis=1) / sd, axis=0)
-                         for d in (1, 2)])
+    """(2, channels): the median over series of the relative mean absolute first and second differences of ``x``
+    (n, steps, channels, NaN where there is no value; :func:`tsynth.data.series_roughness`), constant series left
+    out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a channel with no varying series: NaN
+        return np.stack([np.nanmedian(r, axis=0) for r in series_roughness(x)[:2]])
 
 
 @dataclass
@@ -846,19 +843,18 @@ class ValueCodec:
             self.edges = [float(e) for e in edges]
         else:
             self.bins.fit_edges(units[~np.isnan(vals)], self.value_range, split_wide)
-        self.point_masses, self.repeats, self.repeat_groups = [], [], []
-        if self.point_mass_series > 0:
-            bins = self.bins.assign(units)  # one pass over the training values for both
+        self.tails = []
+        if self.binning == "quantile" and self.value_range is None:
+            self.bins.fit_tails(units)
+        self.point_masses, self.repeats, self.repeat_groups, self.settle = [], [], [], []
+        if self.point_mass_series > 0:  # facts read from the values: none under DP
+            bins = self.bins.assign(units)  # one pass over the training values for all three
             if self.scaling == "series":
                 log.info("no point masses with per-series scaling (a value's units differ from series to series)")
             else:
                 self.bins.fit_point_masses(units, bins, data.item_id)
             self.bins.fit_repeats(vals, bins, by_level=self.scaling == "series")
-        self.tails, self.settle = [], []
-        if self.binning == "quantile" and self.value_range is None:
-            self.bins.fit_tails(units)
-        if self.point_mass_series > 0:  # read from the data like the point masses: not under DP
-            self.bins.fit_settle(units, self.bins.assign(units))
+            self.bins.fit_settle(units, bins)  # decodes with the tails, point masses and held shares above
         return self
 
     # ------------------------------------------------------------------ vocabulary

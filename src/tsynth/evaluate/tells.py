@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 
+from ..data import series_roughness
 from .fidelity import discriminative_score, subsample
 from .longseries import acf_with_gaps
 
@@ -56,11 +57,7 @@ def family_features(x: np.ndarray, family: str, cycle: int | None) -> np.ndarray
         if family == "roughness":
             if length < 3:
                 return None
-            d1, d2 = np.diff(x, axis=1), np.diff(x, 2, axis=1)
-            scale = np.where(sd > 0, sd, np.nan)
-            held = np.nanmean(np.where(np.isnan(d1), np.nan, (d1 == 0).astype(float)), axis=1)
-            return np.concatenate([np.nanmean(np.abs(d1), axis=1) / scale, np.nanmean(np.abs(d2), axis=1) / scale, held],
-                                  axis=1)
+            return np.concatenate(series_roughness(x), axis=1)
         if family in ("cycle_profile", "cycle_deviation"):
             if cycle is None or cycle < 2 or length < 2 * cycle:
                 return None
