@@ -223,6 +223,20 @@ def long_section(out_dir: Path = RESULTS) -> list[str]:
                 lines.append(f"| {r['length']} | {r['factor']} | {_fmt(r.get('epoch_s'), 1)} | "
                              f"{_fmt(1000 * r['epoch_s'] / (100 * r['length']) if r.get('epoch_s') else None, 3)} |")
         lines.append("")
+    step = out_dir / "train_step.json"
+    if step.exists():
+        doc = json.loads(step.read_text())
+        lines += [f"`python -m benchmarks.bench_train_step` ({doc['date']}, one torch thread as each training worker): "
+                  "seconds per step of the step model, by default and with the value layer run as its module (as "
+                  "under DP); the median of each run's steps after the first two, two runs each, alternating.", "",
+                  "| task | windows x steps x channels | bins | value head | default s | module s | same losses |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in doc["tasks"].items():
+            lines.append(f"| {name} | {r['rows_per_step']} rows (batch {r['batch']}) | {r['bins']} | "
+                         f"{'fused' if r['fused_by_default'] else 'module'} | "
+                         f"{' / '.join(_fmt(v, 3) for v in r['default_s'])} | "
+                         f"{' / '.join(_fmt(v, 3) for v in r['module_s'])} | {'yes' if r['same_losses'] else 'no'} |")
+        lines.append("")
     task = out_dir / "electricity336.json"
     horizon = [r for r in json.loads(task.read_text())["rows"]
                if (r.get("extra") or {}).get("horizon")] if task.exists() else []

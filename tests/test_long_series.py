@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tsynth import SeriesSet, Synthesizer
 from tsynth.cli import main
@@ -19,8 +20,9 @@ from tsynth.codecs.values import WIDE_BIN, WIDE_PIECES, ValueCodec
 from tsynth.errors import ConfigError, DataError
 from tsynth.prior import resolve_prior
 from tsynth.stepgen import generate_steps
-from tsynth.stepmodel import (INPUT_NOISE, KVCache, LogSoftmaxAt, StepModel, StepModelConfig, bin_values,
-                              input_noise, noisy_inputs, support_bins, support_weights, window_loss)
+from tsynth import stepmodel
+from tsynth.stepmodel import (INPUT_NOISE, KVCache, LinearLogSoftmaxAt, LogSoftmaxAt, StepModel, StepModelConfig,
+                              bin_values, input_noise, noisy_inputs, support_bins, support_weights, window_loss)
 from tsynth.train import TrainConfig, smoothed_kernel
 
 
@@ -155,6 +157,55 @@ def test_log_softmax_at_the_support_has_autograd_gradients():
     expected, = torch.autograd.grad((theirs * weights).sum(), logits)
     assert torch.allclose(grad, expected)
     assert torch.autograd.gradcheck(LogSoftmaxAt.apply, (logits, index))
+
+
+def test_the_fused_value_head_gives_the_linear_layers_log_softmax_and_gradients(monkeypatch):
+    """The training head on a CPU computes the value layer and its log-softmax a block of rows at a time (here
+    blocks of 16 rows: 16, 16 and 3); the log-probabilities at the support and the gradients of the input, weight and
+    bias are those of the layer followed by the full log-softmax."""
+    monkeypatch.setattr(stepmodel, "CHUNK_VALUES", 40)
+    torch.manual_seed(0)
+    x = torch.randn(5, 7, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(12, 6, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    index = torch.cat([torch.zeros(5, 7, 2, dtype=torch.long), torch.randint(0, 12, (5, 7, 4))], dim=-1)
+    weights = torch.rand(5, 7, 6, dtype=torch.float64)
+    ours = LinearLogSoftmaxAt.apply(x, weight, bias, index)
+    theirs = torch.log_softmax(F.linear(x, weight, bias), -1).gather(-1, index)
+    assert torch.allclose(ours, theirs)
+    grads = torch.autograd.grad((ours * weights).sum(), (x, weight, bias))
+    expected = torch.autograd.grad((theirs * weights).sum(), (x, weight, bias))
+    for g, e in zip(grads, expected):
+        assert torch.allclose(g, e)
+    assert torch.autograd.gradcheck(LinearLogSoftmaxAt.apply, (x, weight, bias, index))
+
+
+def test_a_hooked_value_head_runs_as_its_module(monkeypatch):
+    """Where something hooks the value layer (opacus does, for per-sample gradients under DP), the training head
+    calls the layer as a module, so that the hooks see its input and output; without hooks (and with enough logits:
+    here any) it takes the fused path, and both give the same loss."""
+    monkeypatch.setattr(stepmodel, "FUSED_MIN_LOGITS", 0)
+    fused_calls = []
+    forward = LinearLogSoftmaxAt.forward
+    monkeypatch.setattr(LinearLogSoftmaxAt, "forward",
+                        staticmethod(lambda ctx, *args: fused_calls.append(1) or forward(ctx, *args)))
+    data = hourly_set(n=4, days=3, channels=2)
+    codec = StepCodec.fit(data, ValueCodec(n_bins=32), 48)
+    arrays = codec.encode(data)
+    torch.manual_seed(0)
+    model = StepModel(StepModelConfig(**codec.model_config(dict(n_layer=1, n_embd=16, n_head=2), 0.0))).eval()
+    loss = window_loss(codec, arrays, 1.0, 0.0, 0)
+    rows = torch.tensor([[0, 0], [1, 0], [2, 0]])
+    fused = loss(model, rows)
+    assert len(fused_calls) == 1
+    seen = []
+    handle = model.value_head.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    try:
+        hooked = loss(model, rows)
+    finally:
+        handle.remove()
+    assert seen and seen[0][-1] == codec.n_bins + 1 and len(fused_calls) == 1
+    assert torch.allclose(fused, hooked, atol=1e-6)
 
 
 @pytest.mark.parametrize("channels,gaps,widths,n_bins,copy", [(1, 0.0, [2.0], 64, False), (1, 0.0, [2.0], 64, True),

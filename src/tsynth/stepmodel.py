@@ -63,6 +63,10 @@ SHIFTED_SHARE = 0.25  # training windows of series that fit the context which st
 COPY_SHIFT = 4.0  # bins a copy component's centre may sit away from its anchor value
 TIME_DROPOUT = 0.25  # share of training windows whose time-step feature reads "outside the data's span"
 SEASON_DROPOUT = 0.75  # share of season inputs hidden while the model trains (docs/long-series.md)
+# the fused value head (LinearLogSoftmaxAt) on a CPU: logits per block, and the fewest logits a batch must hold to
+# take it (below about that many, the whole logits stay near the cores' caches and recomputing them costs more than
+# it saves; benchmarks/bench_train_step.py)
+CHUNK_VALUES, FUSED_MIN_LOGITS = 1 << 17, 1 << 22
 NORM_WINDOW = 16  # bins either side of a copy component's centre whose terms its normaliser sums exactly in training
 SUPPORT_SIGMAS = 4.0  # a smoothed target's bins that the loss reads: this many smoothing widths either side
 # where a step holds several channels: the share of the values shown to the model as inputs (previous, own and
@@ -250,6 +254,56 @@ class LogSoftmaxAt(torch.autograd.Function):
         return out.scatter_add_(-1, index, grad), None
 
 
+class LinearLogSoftmaxAt(torch.autograd.Function):
+    """``log_softmax(x @ weight.T + bias)`` at ``index`` (..., m) only, computed ``CHUNK_VALUES`` logits at a time:
+    each block of rows gets its logits, their log-normaliser and the asked entries while the block is still in the
+    core's cache, and the backward pass recomputes a block's logits to form its gradient (the softmax minus the
+    scattered incoming gradient) and passes it on to ``x``, ``weight`` and ``bias`` at once. The logits of every
+    value of a step-model batch (rows x bins, tens of MB where steps hold many channels) are never held whole: on
+    a CPU the head is bound by writing and rereading them, not by its arithmetic. It gives what
+    :class:`LogSoftmaxAt` over the linear layer gives (up to float rounding); first-order only, under plain
+    autograd (not under opacus' per-module hooks or ``torch.func`` transforms)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        rows, ids = x.reshape(-1, x.shape[-1]), index.reshape(-1, index.shape[-1])
+        out = x.new_empty(ids.shape)
+        lse = x.new_empty(ids.shape[0])
+        for lo, hi in _blocks(ids.shape[0], weight.shape[0]):
+            logits = torch.addmm(bias, rows[lo:hi], weight.t())
+            lse[lo:hi] = torch.logsumexp(logits, dim=-1)
+            torch.sub(logits.gather(-1, ids[lo:hi]), lse[lo:hi, None], out=out[lo:hi])
+        ctx.save_for_backward(x, weight, bias, index, lse)
+        return out.reshape(index.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, bias, index, lse = ctx.saved_tensors
+        rows, ids, g = x.reshape(-1, x.shape[-1]), index.reshape(-1, index.shape[-1]), grad.reshape(-1, index.shape[-1])
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx = torch.empty_like(rows) if need_x else None
+        gw = torch.zeros_like(weight) if need_w else None
+        gb = torch.zeros_like(bias) if need_b else None
+        for lo, hi in _blocks(ids.shape[0], weight.shape[0]):
+            logits = torch.addmm(bias, rows[lo:hi], weight.t())
+            gl = torch.exp(logits.sub_(lse[lo:hi, None])).mul_(-g[lo:hi].sum(-1, keepdim=True))
+            gl.scatter_add_(-1, ids[lo:hi], g[lo:hi])
+            if gx is not None:
+                torch.mm(gl, weight, out=gx[lo:hi])
+            if gw is not None:
+                gw.addmm_(gl.t(), rows[lo:hi])
+            if gb is not None:
+                gb += gl.sum(0)
+        return (None if gx is None else gx.reshape(x.shape)), gw, gb, None
+
+
+def _blocks(n: int, width: int) -> list[tuple[int, int]]:
+    """Row ranges of :class:`LinearLogSoftmaxAt`'s blocks: about ``CHUNK_VALUES`` logits each."""
+    step = max(16, CHUNK_VALUES // max(width, 1))
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
 def exclusive_mean(x: torch.Tensor) -> torch.Tensor:
     """For each channel of ``x`` (..., channels, width), the sum over the channels before it, over the square root
     of their count (the first gets zeros): what a head reads of the channels drawn before it in its step."""
@@ -388,9 +442,8 @@ class StepModel(PreTrainedModel):
         part first). ``prev`` (...) holds the channel's previous value ids, ``season`` (..., lags) its ids one
         season earlier (the copy components' anchors; a start, missing or pad id turns one off)."""
         z = self.head_out_ln(u + self.head_proj(F.gelu(self.head_fc(self.head_ln(u)))))
-        logits = self.value_head(z).float()
         if self.copy_head is None:
-            return logits, [], None
+            return z, [], None
         k = self.config.n_bins
         params = self.copy_head(z).float()
         lags = len(self.config.seasons)
@@ -403,7 +456,7 @@ class StepModel(PreTrainedModel):
             centre = anchor.clamp(max=k - 1).float() + COPY_SHIFT * torch.tanh(shift / COPY_SHIFT)
             parts.append((centre, F.softplus(width + 1.0) + 0.3))  # width in bins
             gates.append(torch.where(anchor < k, gate, torch.full_like(gate, -30.0)))  # no such value: component off
-        return logits, parts, F.log_softmax(torch.stack(gates, dim=-1), dim=-1)
+        return z, parts, F.log_softmax(torch.stack(gates, dim=-1), dim=-1)
 
     @staticmethod
     def _near(bins: torch.Tensor, centre: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -414,8 +467,8 @@ class StepModel(PreTrainedModel):
         """Log-probabilities (..., bins + 1) from head inputs ``u`` (..., d), the channel's previous value ids
         ``prev`` (...) and, with seasonal components, its value ids one season earlier ``season`` (..., lags): the
         free distribution, or its mixture with the copy components (a discretised Gaussian over the bins each)."""
-        logits, parts, weights = self._head_parts(u, prev, season)
-        free = F.log_softmax(logits, dim=-1)
+        z, parts, weights = self._head_parts(u, prev, season)
+        free = F.log_softmax(self.value_head(z).float(), dim=-1)
         if weights is None:
             return free.clamp(min=LOG_FLOOR)
         grid = torch.arange(self.config.n_bins, device=u.device, dtype=torch.float32)
@@ -455,9 +508,16 @@ class StepModel(PreTrainedModel):
         distribution: the normalisers run over every bin, the mixture only over the m asked for. Training needs
         the log-probabilities only where a (smoothed) target has mass, and the mixture over every bin is most of
         a step's cost where steps hold many values."""
-        logits, parts, weights = self._head_parts(u, prev, season)
+        z, parts, weights = self._head_parts(u, prev, season)
         k = self.config.n_bins
-        at = LogSoftmaxAt.apply(logits, torch.cat([bins, torch.full_like(bins[..., :1], k)], dim=-1))
+        index = torch.cat([bins, torch.full_like(bins[..., :1], k)], dim=-1)
+        head = self.value_head
+        hooked = bool(head._forward_hooks or head._forward_pre_hooks or head._backward_hooks)
+        if (z.device.type == "cpu" and z.dtype == torch.float32 and not hooked
+                and z[..., 0].numel() * head.out_features >= FUSED_MIN_LOGITS):
+            at = LinearLogSoftmaxAt.apply(z, head.weight, head.bias, index)
+        else:  # few logits, a GPU, or hooks that watch the layer (opacus' per-sample gradients under DP)
+            at = LogSoftmaxAt.apply(head(z).float(), index)
         free, missing = at[..., :-1], at[..., -1]
         if weights is None:
             return free.clamp(min=LOG_FLOOR), missing.clamp(min=LOG_FLOOR)
