@@ -660,6 +660,14 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "the others 4) and energy24 (not rerun: its rows predate it). One 600 s fit each (seed 0), scored settled "
              "and as drawn before on the same model: energy24 disc_gru 0.131 against 0.128 (one draw), stocks24 0.036 "
              "/ 0.040 against 0.036 / 0.040 (two draws). Electricity, ETTh1 and ItalyPowerDemand decode as before.",
+             "  - 156e9e9: on a CPU the step model's value layer and its log-softmax run fused, a block of rows at a "
+             "time, where a batch holds at least 4.2 million logits (docs/long-series.md, \"What a training step "
+             "computes\"; the same losses, energy24's steps 12-17 % faster: the Long series section). Of the rows, "
+             "energy24's `tsynth` fits change (more epochs in their 600 s): rerun (seeds 0, 1, 2, one job at a time, "
+             "idle machine), disc_gru 0.126 / 0.137 / 0.142, mean 0.135 (8aab1a4: 0.135 / 0.139 / 0.129, mean 0.134), "
+             "2 models of 7 epochs each (6 before), validation loss 1.698-1.734 (1.740-1.759), mean_err 0.004-0.005. "
+             "Lower validation loss, the same disc_gru: the remaining gap to 0.12 is not training time. These rows "
+             "also carry 1f4f7b7's settled decoding.",
              "- suite-elec-h100 (hours 100-200: Friday 05:00 to Tuesday 09:00, across the clock change of 2014-03-30, "
              "its step 45, where 95 % of the training clients read their minimum, about 0 kW). Three default fits at "
              "0ffd891 (one-off checks): disc_gbm on all steps 0.271 / 0.255 / 0.253, without steps 44-46 0.139 / 0.115 "
