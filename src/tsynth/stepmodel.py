@@ -437,9 +437,10 @@ class StepModel(PreTrainedModel):
     # ------------------------------------------------------------------ outputs
     def _head_parts(self, u: torch.Tensor, prev: torch.Tensor, season: torch.Tensor | None
                     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
-        """The head's free logits (..., bins + 1) from head inputs ``u`` (..., d) and, with copy components, each
-        component's centre and width in bins (..., each) and the log mixture weights (..., 1 + components: the free
-        part first). ``prev`` (...) holds the channel's previous value ids, ``season`` (..., lags) its ids one
+        """The features (..., d) that the value layer turns into the head's free logits (bins + 1; the callers apply
+        it, in training fused with its log-softmax), from head inputs ``u`` (..., d), and, with copy components,
+        each component's centre and width in bins (..., each) and the log mixture weights (..., 1 + components: the
+        free part first). ``prev`` (...) holds the channel's previous value ids, ``season`` (..., lags) its ids one
         season earlier (the copy components' anchors; a start, missing or pad id turns one off)."""
         z = self.head_out_ln(u + self.head_proj(F.gelu(self.head_fc(self.head_ln(u)))))
         if self.copy_head is None:
