@@ -250,8 +250,14 @@ class LogSoftmaxAt(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         logp, index = ctx.saved_tensors
-        out = torch.exp(logp).mul_(-grad.sum(-1, keepdim=True))
-        return out.scatter_add_(-1, index, grad), None
+        return _log_softmax_at_grad(logp, index, grad), None
+
+
+def _log_softmax_at_grad(logp: torch.Tensor, index: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The gradient with respect to the logits of ``log_softmax(logits)`` gathered at ``index``, given the
+    log-probabilities ``logp`` and the incoming ``grad`` at the index: the softmax times minus the summed incoming
+    gradient, plus that gradient scattered onto the indices."""
+    return torch.exp(logp).mul_(-grad.sum(-1, keepdim=True)).scatter_add_(-1, index, grad)
 
 
 class LinearLogSoftmaxAt(torch.autograd.Function):
@@ -287,8 +293,7 @@ class LinearLogSoftmaxAt(torch.autograd.Function):
         gb = torch.zeros_like(bias) if need_b else None
         for lo, hi in _blocks(ids.shape[0], weight.shape[0]):
             logits = torch.addmm(bias, rows[lo:hi], weight.t())
-            gl = torch.exp(logits.sub_(lse[lo:hi, None])).mul_(-g[lo:hi].sum(-1, keepdim=True))
-            gl.scatter_add_(-1, ids[lo:hi], g[lo:hi])
+            gl = _log_softmax_at_grad(logits.sub_(lse[lo:hi, None]), ids[lo:hi], g[lo:hi])
             if gx is not None:
                 torch.mm(gl, weight, out=gx[lo:hi])
             if gw is not None:

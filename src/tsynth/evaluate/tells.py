@@ -43,13 +43,12 @@ def family_features(x: np.ndarray, family: str, cycle: int | None) -> np.ndarray
     n, length, c = x.shape
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN features, which the classifier takes
-        sd = np.nanstd(x, axis=1)
         if family == "values_sorted":  # order statistics of the readings there are (without gaps: the sorted series)
             q = np.nanpercentile(x, np.linspace(0, 100, min(length, MAX_SORTED)), axis=1)  # (k, n, c)
             return np.moveaxis(q, 0, 1).reshape(n, -1)
         if family == "moments":
             q = np.nanpercentile(x, [0, 25, 50, 75, 100], axis=1)  # (5, n, c)
-            return np.concatenate([np.nanmean(x, axis=1), sd, *q], axis=1)
+            return np.concatenate([np.nanmean(x, axis=1), np.nanstd(x, axis=1), *q], axis=1)
         if family == "autocorrelation":
             lags = sorted({lag for lag in (1, 2, *(() if cycle is None else (cycle // 2, cycle, 2 * cycle)))
                            if 0 < lag < length - 1})
