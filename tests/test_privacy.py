@@ -108,6 +108,49 @@ def test_dp_profile_keeps_a_sharp_mean_day_and_shrinks_noise_away():
     assert info["kept"] < 24 and np.abs(flat).mean() < 30  # unshrunk, the noise is about 49 a step
 
 
+def test_tilt_moves_draws_onto_a_target_mean():
+    """The tilt's weights bring the draws' mean onto the target, even where part of the target lies out of reach
+    (every draw sums to zero, the target does not); keeping draws by it gives that mean, reproducibly."""
+    from tsynth.privacy import fit_tilt, tilt_keep
+
+    rng = np.random.default_rng(0)
+    draws = rng.normal(size=(4000, 12, 2))
+    draws -= draws.mean(axis=1, keepdims=True)  # each series centred, as standardised samples are
+    target = np.zeros((12, 2))
+    target[:6, 0], target[6:, 0] = 0.2, -0.2
+    target[:, 1] = 0.05  # a mean no centred draw can have: the ridge keeps lambda finite
+    tilt = fit_tilt(draws, target)
+    assert np.isfinite(tilt["lambda"]).all() and 0.05 < tilt["kept"] < 1.0
+    assert tilt["gap_before"] > 0.1 and tilt["gap_after"] < 0.05
+    fresh = rng.normal(size=(40000, 12, 2))
+    fresh -= fresh.mean(axis=1, keepdims=True)
+    keep = tilt_keep(fresh, tilt, np.random.default_rng(1))
+    assert np.array_equal(keep, tilt_keep(fresh, tilt, np.random.default_rng(1)))
+    assert np.abs(fresh[keep].mean(axis=0)[:, 0] - target[:, 0]).mean() < 0.05  # 0.2 untilted
+    assert np.abs(fresh[keep, :6, 0].mean() - 0.2) < 0.05
+
+
+def test_dp_token_model_samples_from_its_tilt(tmp_path):
+    """A DP token model with a released profile keeps a tilt toward it (tsynth.json), draws from it by default,
+    reproducibly and with the series' names in order, and plainly with tilt=False."""
+    torch.set_num_threads(1)
+    data = items(n=200)
+    syn = Synthesizer("local", dp_epsilon=8.0, prior="none", epochs=1, n_bins=32, batch_size=32).fit(
+        data, progress=False)
+    tilt = syn.info["tilt"]
+    assert np.shape(tilt["lambda"]) == (16, 1) and tilt["gap_after"] < tilt["gap_before"]
+    assert 0.0 < tilt["kept"] <= 1.0
+    target = np.asarray(syn.backend.codec.profile)[:, 0] * syn.backend.codec.scale[0]  # the release, data units
+    tilted, plain = syn.sample(600, seed=0), syn.sample(600, seed=0, tilt=False)
+    assert tilted.values.shape == plain.values.shape == (600, 16, 1)
+    assert list(tilted.item_id[:3]) == ["synthetic_0", "synthetic_1", "synthetic_2"]
+    assert np.array_equal(tilted.values, syn.sample(600, seed=0).values)
+    gap = [np.abs(s.values[:, :, 0].mean(axis=0) - target).mean() for s in (tilted, plain)]
+    assert gap[0] < gap[1]
+    again = Synthesizer.load(syn.save(tmp_path / "m"))
+    assert again.info["tilt"] == tilt and np.array_equal(again.sample(50, seed=2).values, syn.sample(50, seed=2).values)
+
+
 def test_set_profile_remaps_the_range_onto_fixed_edges():
     """The same with a prior's fixed (unequal) edges: the public range less the profile maps inside them, and a
     value equal to its step's profile sits at the edges' centre (the prior was pretrained on centred series)."""

@@ -56,6 +56,9 @@ PROFILE_SHARE = 0.25
 STANDARDISED_SHARE, STANDARDISED_MARGIN = 0.02, 4.0
 # The calibrated DP-SGD noise spends the target epsilon or up to this much less (as opacus' get_noise_multiplier)
 EPSILON_TOLERANCE = 0.01
+# A DP token model's draws are tilted toward the released per-step mean (fit_tilt): series drawn to fit the tilt,
+# its ridge (in units of the codec's scale) and the quantile of the fit's draws at which the weights are capped
+TILT_DRAWS, TILT_RIDGE, TILT_CAP_QUANTILE = 2000, 0.01, 0.99
 MIA_MAX_BEYOND = 0.25  # the likelihood audit leaves out holdout series with more values beyond the training range
 
 
@@ -326,6 +329,45 @@ def dp_profile(scaled: np.ndarray, item_index: np.ndarray, sigma: float,
     profile = basis @ shrunk.reshape(basis.shape[1], n_ch)
     return profile, {"clip": clip, "basis_size": int(basis.shape[1]), "kept": int(np.count_nonzero(shrunk)),
                      "noise_sd": noise_sd, "clipped_items": int((norms > clip).sum())}
+
+
+def fit_tilt(draws: np.ndarray, target: np.ndarray) -> dict:
+    """The exponential tilt that moves a DP model's draws onto the released per-step mean: weights
+    exp(lambda . x) over the flattened draws x (``draws``: (n, steps, channels), values over the codec's scale)
+    whose weighted mean is ``target`` (steps, channels), with a ridge of ``TILT_RIDGE`` on lambda (where no weights
+    reach the target, e.g. a standardised series' mean, it comes as near as the ridge lets it). Drawing from the
+    model and keeping a series with probability exp(min(0, lambda . x - cap)) (:func:`tilt_keep`) draws from the
+    tilted distribution, its weights capped at the ``TILT_CAP_QUANTILE`` quantile of the fit's draws. Everything
+    here post-processes the model and the release, so it costs no budget. Returns the tilt as ``tsynth.json``
+    keeps it: lambda, the cap, the share of draws kept, and the draws' mean gap to the target before and after."""
+    from scipy.optimize import minimize
+
+    x = np.nan_to_num(np.asarray(draws, dtype=np.float64)).reshape(len(draws), -1)
+    goal = np.asarray(target, dtype=np.float64).ravel()
+
+    def dual(lam: np.ndarray) -> tuple[float, np.ndarray]:
+        a = x @ lam
+        w = np.exp(a - a.max())
+        total = w.sum()
+        value = a.max() + math.log(total / len(x)) - lam @ goal + 0.5 * TILT_RIDGE * lam @ lam
+        return value, (w @ x) / total - goal + TILT_RIDGE * lam
+
+    lam = minimize(dual, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B").x
+    a = x @ lam
+    cap = float(np.quantile(a, TILT_CAP_QUANTILE))
+    keep = np.exp(np.minimum(0.0, a - cap))
+    return {"lambda": lam.reshape(np.shape(target)).tolist(), "cap": cap, "kept": float(keep.mean()),
+            "draws": len(x), "gap_before": float(np.abs(x.mean(0) - goal).mean()),
+            "gap_after": float(np.abs((keep @ x) / keep.sum() - goal).mean())}
+
+
+def tilt_keep(draws: np.ndarray, tilt: dict, rng: np.random.Generator) -> np.ndarray:
+    """Which of ``draws`` (n, steps, channels; values over the codec's scale, steps at most the tilt's) to keep
+    under ``tilt`` (:func:`fit_tilt`): each with probability exp(min(0, lambda . x - cap))."""
+    x = np.nan_to_num(np.asarray(draws, dtype=np.float64))
+    lam = np.asarray(tilt["lambda"])[: x.shape[1]]
+    a = np.einsum("nsc,sc->n", x, lam)
+    return rng.random(len(x)) < np.exp(np.minimum(0.0, a - tilt["cap"]))
 
 
 def fourier_basis(n_steps: int) -> np.ndarray:

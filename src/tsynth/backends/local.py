@@ -37,7 +37,7 @@ from ..distributed import check_options as check_distributed_options
 from ..distributed import world_size
 from ..errors import ArtifactError, ConfigError, DataError, TsynthError, check_min_prob
 from ..prior import CORPUS_FILE, DEFAULT_PRIOR, DOMAIN_PRIORS, Prior, auto_prior, resolve_prior
-from ..privacy import PROFILE_SHARE, DPEngine, DPSettings
+from ..privacy import PROFILE_SHARE, TILT_DRAWS, DPEngine, DPSettings, fit_tilt, tilt_keep
 from ..sample import generate
 from ..stepgen import GAPS, generate_steps, parse_start
 from ..stepmodel import StepModel, StepModelConfig, bin_values, input_noise, window_loss
@@ -81,6 +81,9 @@ DP_MAX_OUTSIDE = 0.25  # a DP fit refuses data with more of its values beyond th
 DP_TRAIN_DEFAULTS = {"epochs": 60, "batch_size": 64, "learning_rate": 3e-3}
 # a token model trained under DP draws no value token below this probability (sample.floor_values; docs/privacy.md)
 DP_MIN_PROB = 5e-4
+# A DP tilt's later rounds draw TILT_SPARE / (the share of draws kept) candidates for each series not yet kept, and
+# after TILT_ROUNDS rounds a series not kept stays as first drawn (each round keeps some with probability ~1 - e^-1.5)
+TILT_SPARE, TILT_ROUNDS = 1.5, 20
 
 
 def default_dropout(n_readings: float, from_prior: bool, dp: bool) -> float:
@@ -218,6 +221,8 @@ class LocalBackend:
         self.corpus: dict[str, Any] | None = None  # set when this model *is* a prior (see tsynth.prior)
         # where training channels repeat others exactly: every channel in order and {copy: original} by name
         self.channel_copies: dict[str, Any] | None = None
+        # a DP token model's tilt toward its released per-step mean (privacy.fit_tilt), applied when sampling
+        self.tilt: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: SeriesSet, callback: Callable[[dict], None] | None = None,
@@ -386,6 +391,14 @@ class LocalBackend:
             **({"time_plan": plan} if plan else {}),
         }
         self.schema = data_schema(full)
+        self.tilt = None
+        if dp is not None and kind != "step" and codec.profile is not None:
+            self.tilt = fit_tilt(self._over_scale(generate(
+                self.models, codec, TILT_DRAWS, None, None, opts.temperature, 1.0, opts.train.seed,
+                min_prob=opts.min_prob)), np.asarray(codec.profile))
+            log.info("DP: samples are tilted toward the released per-step mean: the draws' mean %.3f off it, "
+                     "tilted %.3f; %.0f%% of the draws are kept", self.tilt["gap_before"], self.tilt["gap_after"],
+                     100 * self.tilt["kept"])
 
     def _prior_choice(self, train: SeriesSet) -> str | None:
         """The prior to start from: the one asked for, or under ``prior="auto"`` what :func:`auto_prior` takes
@@ -566,11 +579,12 @@ class LocalBackend:
     # ------------------------------------------------------------------ sample
     def sample(self, n: int, conditions: Sequence[dict] | None = None, temperature: float | None = None,
                top_p: float = 1.0, seed: int | None = 0, length: int | None = None, progress: bool = False,
-               start=None, gaps: str = "keep", min_prob: float | None = None) -> SeriesSet:
+               start=None, gaps: str = "keep", min_prob: float | None = None, tilt: bool = True) -> SeriesSet:
         """Draw ``n`` series; fields missing from ``conditions`` are drawn from the learned distribution. Step
         models draw series of any ``length`` from time stamp ``start`` (default: one of the training starts) and
         reproduce missing readings (``gaps="keep"``) or not (``"none"``). A token model draws no value token below
-        ``min_prob`` (default: the fit's option, ``DP_MIN_PROB`` under DP)."""
+        ``min_prob`` (default: the fit's option, ``DP_MIN_PROB`` under DP); one trained under DP with a released
+        per-step mean draws from its tilt toward that mean (:meth:`_tilted`) unless ``tilt`` is False."""
         if not self.models or self.codec is None:
             raise ConfigError("the model is not fitted")
         if gaps not in GAPS:
@@ -581,8 +595,15 @@ class LocalBackend:
                 start = self.schema.get("start")
             return self._with_copies(generate_steps(self.models, self.codec, n, conditions, length, start, gaps,
                                                     temperature, top_p, seed, progress=progress))
-        out = generate(self.models, self.codec, n, conditions, length, temperature, top_p, seed, progress=progress,
-                       min_prob=self.options.min_prob if min_prob is None else min_prob)
+        floor = self.options.min_prob if min_prob is None else min_prob
+
+        def draw(count: int, conds: Sequence[dict] | None, draw_seed: int | None, bar: bool) -> SeriesSet:
+            return generate(self.models, self.codec, count, conds, length, temperature, top_p, draw_seed,
+                            progress=bar, min_prob=floor)
+
+        out = draw(n, conditions, seed, progress)
+        if self.tilt is not None and tilt and n > 0:
+            out = self._tilted(out, conditions, draw, seed)
         first = parse_start(start) if start is not None else (
             np.datetime64(self.schema["start"], "ns") if self.schema.get("start") is not None else None)
         if first is not None and (out.start is None or start is not None):
@@ -590,6 +611,52 @@ class LocalBackend:
                             start=np.full(len(out), first, dtype="datetime64[ns]"),
                             freq=self.schema.get("freq"), attributes=out.attributes)
         return self._with_copies(out)
+
+    def _over_scale(self, data: SeriesSet) -> np.ndarray:
+        """Sampled values over the codec's scale (per channel), the units of the released profile and the tilt."""
+        return data.values.astype(np.float64) / np.asarray(self.codec.scale)
+
+    def _tilted(self, first: SeriesSet, conditions: Sequence[dict] | None,
+                draw: Callable[[int, Sequence[dict] | None, int | None, bool], SeriesSet],
+                seed: int | None) -> SeriesSet:
+        """``first`` (series drawn from the model) made draws of its tilt (:func:`tsynth.privacy.tilt_keep`): each
+        series is kept with its tilt's probability, and each one not kept is drawn again, with its own conditions,
+        in rounds of as many candidates as make a keep likely, until one is kept (after ``TILT_ROUNDS`` rounds the
+        first draw stays). Every round has its own seed derived from ``seed``, so the result is reproducible."""
+        tilt = self.tilt
+        assert tilt is not None
+        n = len(first)
+        rounds = [first]
+        where = np.full(n, -1)  # each series' row in its round, -1 while none is kept
+        which = np.zeros(n, dtype=int)  # its round
+        kept = tilt_keep(self._over_scale(first), tilt, np.random.default_rng(None if seed is None else [seed, 0]))
+        where[kept] = np.flatnonzero(kept)
+        per = max(1, math.ceil(TILT_SPARE / max(tilt["kept"], 1e-3)))  # candidates a series in each later round
+        for r in range(1, TILT_ROUNDS + 1):
+            pending = np.flatnonzero(where < 0)
+            if not len(pending):
+                break
+            conds = None if conditions is None else [conditions[i] for i in pending for _ in range(per)]
+            round_seed = None if seed is None else int(np.random.SeedSequence([seed, r]).generate_state(1)[0])
+            more = draw(len(pending) * per, conds, round_seed, False)
+            hits = tilt_keep(self._over_scale(more), tilt, np.random.default_rng(None if seed is None else [seed, r]))
+            hits = hits.reshape(len(pending), per)
+            got = hits.any(axis=1)
+            where[pending[got]] = (np.arange(len(pending)) * per + hits.argmax(axis=1))[got]
+            which[pending[got]] = len(rounds)
+            rounds.append(more)
+        else:
+            pending = np.flatnonzero(where < 0)
+            if len(pending):
+                log.warning("DP tilt: %d of %d series were not kept in %d rounds and stay as first drawn",
+                            len(pending), n, TILT_ROUNDS)
+                where[pending] = pending
+        parts = [(idx, part) for k, part in enumerate(rounds) if len(idx := np.flatnonzero(which == k))]
+        merged = SeriesSet.concat([part.subset(where[idx]) for idx, part in parts])
+        order = np.argsort(np.concatenate([idx for idx, _ in parts]), kind="stable")
+        out = merged.subset(order)
+        return SeriesSet(out.values, out.lengths, first.item_id, out.channels, start=out.start, freq=out.freq,
+                         attributes=out.attributes)
 
     def _learnt_channels(self) -> list[str]:
         """The channels the model learns where some repeat others (``channel_copies``): every one but the copies."""
@@ -634,7 +701,8 @@ class LocalBackend:
         return {"options": opts, "codec": self.codec.to_dict() if self.codec else None,
                 "training": self.training, "schema": self.schema, "members": len(self.models),
                 "privacy": self.privacy, "prior": self.prior, **({"corpus": self.corpus} if self.corpus else {}),
-                **({"channel_copies": self.channel_copies} if self.channel_copies else {})}
+                **({"channel_copies": self.channel_copies} if self.channel_copies else {}),
+                **({"tilt": self.tilt} if self.tilt else {})}
 
     def save(self, directory: Path) -> None:
         """Write each member as a Hugging Face model directory with the codec's tokenizer."""
@@ -668,6 +736,7 @@ class LocalBackend:
         self.training, self.schema = state.get("training", {}), state.get("schema", {})
         self.privacy, self.prior, self.corpus = state.get("privacy"), state.get("prior"), state.get("corpus")
         self.channel_copies = state.get("channel_copies")
+        self.tilt = state.get("tilt")
         self.models = []
         device = train_device()  # where a fit leaves them
         for k in range(int(state.get("members", 1))):
