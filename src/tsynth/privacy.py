@@ -59,6 +59,7 @@ EPSILON_TOLERANCE = 0.01
 # A DP token model's draws are tilted toward the released per-step mean (fit_tilt): series drawn to fit the tilt,
 # its ridge (in units of the codec's scale) and the quantile of the fit's draws at which the weights are capped
 TILT_DRAWS, TILT_RIDGE, TILT_CAP_QUANTILE = 2000, 0.01, 0.99
+TILT_MIN_GAP = 2.0  # the draws' mean gap to the release, in multiples of the release's error, that a tilt needs
 MIA_MAX_BEYOND = 0.25  # the likelihood audit leaves out holdout series with more values beyond the training range
 
 
@@ -331,19 +332,25 @@ def dp_profile(scaled: np.ndarray, item_index: np.ndarray, sigma: float,
                      "noise_sd": noise_sd, "clipped_items": int((norms > clip).sum())}
 
 
-def fit_tilt(draws: np.ndarray, target: np.ndarray) -> dict:
+def fit_tilt(draws: np.ndarray, target: np.ndarray, release: dict) -> dict:
     """The exponential tilt that moves a DP model's draws onto the released per-step mean: weights
     exp(lambda . x) over the flattened draws x (``draws``: (n, steps, channels), values over the codec's scale)
     whose weighted mean is ``target`` (steps, channels), with a ridge of ``TILT_RIDGE`` on lambda (where no weights
     reach the target, e.g. a standardised series' mean, it comes as near as the ridge lets it). Drawing from the
     model and keeping a series with probability exp(min(0, lambda . x - cap)) (:func:`tilt_keep`) draws from the
     tilted distribution, its weights capped at the ``TILT_CAP_QUANTILE`` quantile of the fit's draws. Everything
-    here post-processes the model and the release, so it costs no budget. Returns the tilt as ``tsynth.json``
-    keeps it: lambda, the cap, the share of draws kept, and the draws' mean gap to the target before and after."""
+    here post-processes the model and the release, so it costs no budget. The tilt is taken only where the draws'
+    mean gap to the target passes ``TILT_MIN_GAP`` times the release's own error (:func:`release_error`, from
+    ``release``, :func:`dp_profile`'s figures): nearer than that, moving the draws onto the release trades the
+    model's error for the release's noise. Returns the tilt as ``tsynth.json`` keeps it: lambda (None where it is
+    not taken), the cap, the share of draws kept, and the draws' mean gap to the target before and after."""
     from scipy.optimize import minimize
 
     x = np.nan_to_num(np.asarray(draws, dtype=np.float64)).reshape(len(draws), -1)
     goal = np.asarray(target, dtype=np.float64).ravel()
+    gap, noise = float(np.abs(x.mean(0) - goal).mean()), release_error(release)
+    if gap <= TILT_MIN_GAP * noise:
+        return {"lambda": None, "draws": len(x), "gap_before": gap, "release_error": noise}
 
     def dual(lam: np.ndarray) -> tuple[float, np.ndarray]:
         a = x @ lam
@@ -357,8 +364,14 @@ def fit_tilt(draws: np.ndarray, target: np.ndarray) -> dict:
     cap = float(np.quantile(a, TILT_CAP_QUANTILE))
     keep = np.exp(np.minimum(0.0, a - cap))
     return {"lambda": lam.reshape(np.shape(target)).tolist(), "cap": cap, "kept": float(keep.mean()),
-            "draws": len(x), "gap_before": float(np.abs(x.mean(0) - goal).mean()),
+            "draws": len(x), "gap_before": gap, "release_error": noise,
             "gap_after": float(np.abs((keep @ x) / keep.sum() - goal).mean())}
+
+
+def release_error(release: dict) -> float:
+    """The typical error a step of a :func:`dp_profile` release carries from its noise: the noise's standard
+    deviation per coefficient, over the share of the basis the garrote kept (the basis is orthonormal)."""
+    return float(release["noise_sd"] * math.sqrt(release["kept"] / release["basis_size"]))
 
 
 def tilt_keep(draws: np.ndarray, tilt: dict, rng: np.random.Generator) -> np.ndarray:

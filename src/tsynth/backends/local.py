@@ -37,7 +37,7 @@ from ..distributed import check_options as check_distributed_options
 from ..distributed import world_size
 from ..errors import ArtifactError, ConfigError, DataError, TsynthError, check_min_prob
 from ..prior import CORPUS_FILE, DEFAULT_PRIOR, DOMAIN_PRIORS, Prior, auto_prior, resolve_prior
-from ..privacy import PROFILE_SHARE, TILT_DRAWS, DPEngine, DPSettings, fit_tilt, tilt_keep
+from ..privacy import PROFILE_SHARE, TILT_DRAWS, TILT_MIN_GAP, DPEngine, DPSettings, fit_tilt, tilt_keep
 from ..sample import generate
 from ..stepgen import GAPS, generate_steps, parse_start
 from ..stepmodel import StepModel, StepModelConfig, bin_values, input_noise, window_loss
@@ -393,12 +393,19 @@ class LocalBackend:
         self.schema = data_schema(full)
         self.tilt = None
         if dp is not None and kind != "step" and codec.profile is not None:
+            release = next(r for r in dp.releases if r["what"] == "per-step mean profile")
             self.tilt = fit_tilt(self._over_scale(generate(
                 self.models, codec, TILT_DRAWS, None, None, opts.temperature, 1.0, opts.train.seed,
-                min_prob=opts.min_prob)), np.asarray(codec.profile))
-            log.info("DP: samples are tilted toward the released per-step mean: the draws' mean %.3f off it, "
-                     "tilted %.3f; %.0f%% of the draws are kept", self.tilt["gap_before"], self.tilt["gap_after"],
-                     100 * self.tilt["kept"])
+                min_prob=opts.min_prob)), np.asarray(codec.profile), release)
+            if self.tilt["lambda"] is None:
+                log.info("DP: the draws' mean is %.3f off the released per-step mean, within %g times the "
+                         "release's own error (%.3f): no tilt", self.tilt["gap_before"], TILT_MIN_GAP,
+                         self.tilt["release_error"])
+            else:
+                log.info("DP: samples are tilted toward the released per-step mean: the draws' mean %.3f off it "
+                         "(the release's error %.3f), tilted %.3f; %.0f%% of the draws are kept",
+                         self.tilt["gap_before"], self.tilt["release_error"], self.tilt["gap_after"],
+                         100 * self.tilt["kept"])
 
     def _prior_choice(self, train: SeriesSet) -> str | None:
         """The prior to start from: the one asked for, or under ``prior="auto"`` what :func:`auto_prior` takes
@@ -602,7 +609,7 @@ class LocalBackend:
                             progress=bar, min_prob=floor)
 
         out = draw(n, conditions, seed, progress)
-        if self.tilt is not None and tilt and n > 0:
+        if self.tilt is not None and self.tilt["lambda"] is not None and tilt and n > 0:
             out = self._tilted(out, conditions, draw, seed)
         first = parse_start(start) if start is not None else (
             np.datetime64(self.schema["start"], "ns") if self.schema.get("start") is not None else None)
@@ -624,7 +631,7 @@ class LocalBackend:
         in rounds of as many candidates as make a keep likely, until one is kept (after ``TILT_ROUNDS`` rounds the
         first draw stays). Every round has its own seed derived from ``seed``, so the result is reproducible."""
         tilt = self.tilt
-        assert tilt is not None
+        assert tilt is not None and tilt["lambda"] is not None
         n = len(first)
         rounds = [first]
         where = np.full(n, -1)  # each series' row in its round, -1 while none is kept
