@@ -22,6 +22,8 @@ scaler; the bins are the public prior's (or uniform without a prior); values out
 counted. The per-step mean profile (the step model's: the mean of each position of the day or week) is released
 with the Gaussian mechanism (:func:`dp_profile`) and composed with DP-SGD by the same accountant, as is whether the
 series are standardised each on its own (:meth:`DPEngine.release_standardised`: noisy counts of the items by kind).
+A token model whose draws stray from the released profile draws from its exponential tilt toward it
+(:func:`fit_tilt`, :func:`tilt_keep`): post-processing of the model and the release, at no cost in budget.
 Conditions are off by default and item-id conditioning is refused (an id token per item would let the model
 memorise it). Noise and sampling use a secret seed from the OS, never the recorded training seed.
 
@@ -310,8 +312,8 @@ def dp_profile(scaled: np.ndarray, item_index: np.ndarray, sigma: float,
     coefficient and divided by the number of items (taken as public, as DP-SGD's sampling rate does). Then,
     post-processing only, each coefficient c is shrunk by the non-negative garrote, c * max(0, 1 - s^2 / c^2) with s
     the noise's standard deviation: the strong harmonics of a daily curve stay nearly whole, a coefficient at the
-    noise's size goes to zero. A fixed low-pass basis instead cut the sharp features of a mean day (italy24's
-    morning ramp), and keeping every noisy coefficient as released left their noise on every step.
+    noise's size goes to zero. A low-pass basis would cut the sharp features of a mean day (a morning ramp), and
+    keeping every noisy coefficient as released would leave their noise on every step (docs/privacy.md).
     """
     x = np.nan_to_num(np.asarray(scaled, dtype=np.float64))
     n_steps, n_ch = x.shape[1], x.shape[2]
