@@ -155,6 +155,13 @@ def test_dp_token_model_samples_from_its_tilt(tmp_path, monkeypatch):
     assert gap[0] < gap[1]
     again = Synthesizer.load(syn.save(tmp_path / "m"))
     assert again.info["tilt"] == tilt and np.array_equal(again.sample(50, seed=2).values, syn.sample(50, seed=2).values)
+    from tsynth.cli import main
+
+    for k, (flags, kwargs) in enumerate((([], {}), (["--no-tilt"], {"tilt": False}))):
+        out = tmp_path / f"s{k}.csv"
+        assert main(["sample", str(tmp_path / "m"), "-n", "50", "--seed", "2", *flags, "-o", str(out)]) == 0
+        written = SeriesSet.read(out).values
+        assert np.allclose(written, syn.sample(50, seed=2, **kwargs).values, atol=1e-5)
 
 
 def test_set_profile_remaps_the_range_onto_fixed_edges():

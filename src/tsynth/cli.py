@@ -334,6 +334,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         syn = Synthesizer.load(args.model_dir)
         check_condition_fields(syn, parse_conditions(args.condition), args.model_dir)
+        if args.tilt is False and syn.backend_name != "local":
+            raise TsynthError(f"--no-tilt: the model in {args.model_dir} is a {syn.backend_name} model; only a local "
+                              "model trained under DP draws from a tilt")
         if args.engine:
             return sample_partitioned(syn, args)
         if args.n > STREAM_FROM and not args.guard:
@@ -354,8 +357,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def series_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The --length, --start and --gaps of `tsynth sample` that were given."""
-    return {k: getattr(args, k) for k in ("length", "start", "gaps") if getattr(args, k, None) is not None}
+    """The --length, --start, --gaps and --no-tilt of `tsynth sample` that were given."""
+    return {k: getattr(args, k) for k in ("length", "start", "gaps", "tilt") if getattr(args, k, None) is not None}
 
 
 def check_condition_fields(syn, conditions: dict[str, str] | None, model_dir: str) -> None:
@@ -501,7 +504,7 @@ def guarded_sample(syn, synthetic: "SeriesSet", args: argparse.Namespace) -> "Se
         if missing <= 0:
             break
         more = syn.sample(missing, conditions=parse_conditions(args.condition), temperature=args.temperature,
-                          top_p=args.top_p, seed=args.seed + 1000 * k)
+                          top_p=args.top_p, seed=args.seed + 1000 * k, **series_options(args))
         more, r = memorization_guard(more, train, holdout, args.guard_percentile)
         parts.append(more)
         dropped += r["dropped"]
@@ -807,6 +810,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaps", choices=["keep", "none"],
                    help="step model: reproduce missing readings as the data has them (keep, the default) or draw none")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-tilt", dest="tilt", action="store_false", default=None,
+                   help="a model trained under DP: draw plainly, not from its tilt toward the released per-step mean "
+                        "(docs/privacy.md)")
     p.add_argument("--backend", choices=["model", "fewshot"], default="model",
                    help="fewshot: prompt MODEL with example rows from the DATA file instead of a fine-tuned model")
     g = p.add_argument_group("large samples: a folder of Parquet partitions, one per batch (docs/scale-out.md)")
