@@ -362,9 +362,8 @@ def fit_tilt(draws: np.ndarray, target: np.ndarray, release: dict) -> dict:
         return value, (w @ x) / total - goal + TILT_RIDGE * lam
 
     lam = minimize(dual, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B").x
-    a = x @ lam
-    cap = float(np.quantile(a, TILT_CAP_QUANTILE))
-    keep = np.exp(np.minimum(0.0, a - cap))
+    cap = float(np.quantile(x @ lam, TILT_CAP_QUANTILE))
+    keep = _keep_probability(x, lam, cap)
     return {"lambda": lam.reshape(np.shape(target)).tolist(), "cap": cap, "kept": float(keep.mean()),
             "draws": len(x), "gap_before": gap, "release_error": noise,
             "gap_after": float(np.abs((keep @ x) / keep.sum() - goal).mean())}
@@ -381,8 +380,12 @@ def tilt_keep(draws: np.ndarray, tilt: dict, rng: np.random.Generator) -> np.nda
     under ``tilt`` (:func:`fit_tilt`): each with probability exp(min(0, lambda . x - cap))."""
     x = np.nan_to_num(np.asarray(draws, dtype=np.float64))
     lam = np.asarray(tilt["lambda"])[: x.shape[1]]
-    a = np.einsum("nsc,sc->n", x, lam)
-    return rng.random(len(x)) < np.exp(np.minimum(0.0, a - tilt["cap"]))
+    return rng.random(len(x)) < _keep_probability(x.reshape(len(x), -1), lam.ravel(), tilt["cap"])
+
+
+def _keep_probability(x: np.ndarray, lam: np.ndarray, cap: float) -> np.ndarray:
+    """Each flattened draw's (rows of ``x``) probability of being kept under a tilt: exp(min(0, lambda . x - cap))."""
+    return np.exp(np.minimum(0.0, x @ lam - cap))
 
 
 def fourier_basis(n_steps: int) -> np.ndarray:

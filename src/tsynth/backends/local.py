@@ -319,6 +319,7 @@ class LocalBackend:
             step_row_items = pd.factorize(train.item_id)[0][step_rows[:, 0]]
         dp = (DPEngine(dp_settings, pd.factorize(train.item_id)[0] if step_row_items is None else step_row_items,
                        cpu=train_device() == "cpu") if dp_settings is not None else None)
+        profile_release = None  # a token model's released per-step profile: its figures, which the tilt reads
         if dp is not None and dp_settings.profile_share > 0 and kind == "step":
             # the mean of each position of the day (week) over the items: series may start anywhere in it
             codec.set_cycle_profile(dp.release_profile(codec.cycle_means(train), pd.factorize(train.item_id)[0],
@@ -328,6 +329,7 @@ class LocalBackend:
             if train.is_regular:
                 release = dp.release_profile(codec.to_units(train.values.astype(np.float64)))
                 codec.set_profile(release, centred=prior is not None)  # a prior's bins expect centred values
+                profile_release = dp.releases[-1]
             else:
                 log.warning("DP: series of different lengths, so no per-step profile is released")
         values = codec.values if kind == "step" else codec
@@ -392,11 +394,10 @@ class LocalBackend:
         }
         self.schema = data_schema(full)
         self.tilt = None
-        if dp is not None and kind != "step" and codec.profile is not None:
-            release = next(r for r in dp.releases if r["what"] == "per-step mean profile")
+        if profile_release is not None:
             self.tilt = fit_tilt(self._over_scale(generate(
                 self.models, codec, TILT_DRAWS, None, None, opts.temperature, 1.0, opts.train.seed,
-                min_prob=opts.min_prob)), np.asarray(codec.profile), release)
+                min_prob=opts.min_prob)), np.asarray(codec.profile), profile_release)
             if self.tilt["lambda"] is None:
                 log.info("DP: the draws' mean is %.3f off the released per-step mean, within %g times the "
                          "release's own error (%.3f): no tilt", self.tilt["gap_before"], TILT_MIN_GAP,
