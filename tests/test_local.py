@@ -477,7 +477,7 @@ def test_cached_sampling_follows_the_model_token_by_token(fitted):
     device = next(model.parameters()).device  # cuda after a fit where there is one
     ranges = codec.prefix_slots() + [(codec.value_offset, codec.value_offset + codec.n_value_tokens)] * 24
     for decoder in (_OneByOne([model]), stack_members([model])):
-        prefix, values, _ = _generate_batch(decoder, codec, [{}] * 4, 24, 1.0, 1e-9,
+        prefix, values, _ = _generate_batch(decoder, codec, [{}] * 4, 4, 24, 1.0, 1e-9,
                                             torch.Generator().manual_seed(0), device)
         tokens = torch.from_numpy(np.concatenate([prefix, values], axis=1))
         with torch.no_grad():
@@ -802,31 +802,61 @@ def test_stacked_members_compute_what_each_members_own_forward_does():
     with torch.no_grad():
         own = torch.stack([m(input_ids=tokens).logits for m in models])
     assert steps.shape == own.shape and torch.allclose(steps, own, atol=1e-5), (steps - own).abs().max()
+    rows = torch.randint(0, 23, (3, 2, 12), generator=torch.Generator().manual_seed(1))  # each member its own rows
+    cache = stacked.start(2, 12)
+    steps = torch.stack([stacked.step(rows[:, :, pos], pos, cache) for pos in range(12)], dim=2)  # (M, 2, T, V)
+    with torch.no_grad():
+        own = torch.stack([m(input_ids=r).logits for m, r in zip(models, rows)])
+    assert steps.shape == own.shape and torch.allclose(steps, own, atol=1e-5), (steps - own).abs().max()
     assert stack_members(models + [build_model(23, 24, "tiny", 0.0)]) is None  # another context length
     assert stack_members([torch.nn.Linear(2, 2)]) is None
 
 
-def test_a_large_ensemble_lends_each_batch_a_random_pool_of_members(fitted):
-    """Each batch pools at most POOL members, drawn by the batch's seed without replacement, and over the batches
-    every member serves; an ensemble no larger than POOL is pooled whole. Sampling through an ensemble larger than
-    POOL is seeded like any other."""
-    from tsynth.sample import POOL, generate, pool_members
+def test_an_ensemble_draws_each_series_from_one_member(fitted):
+    """Beside a fitted member, one that puts nearly all its mass on the top value bin: each series comes from one
+    of them (the members take even shares of the series, in random order), so a series is at the top bin
+    throughout or hardly at all, through the stacked members and one by one alike. The draw is reproducible,
+    whatever the workers, and an ensemble of many members draws series in shares as even as their count allows."""
+    import copy
 
-    assert pool_members(5, 0) == list(range(5))
-    pools = [pool_members(2 * POOL, s) for s in range(20)]
-    assert all(len(p) == len(set(p)) == POOL and p == sorted(p) and p[0] >= 0 and p[-1] < 2 * POOL for p in pools)
-    assert pool_members(2 * POOL, 3) == pools[3] and len({tuple(p) for p in pools}) > 1
-    assert set().union(*pools) == set(range(2 * POOL))
+    import tsynth.sample as sample
+
     _, syn = fitted
-    models, codec = syn.backend.models * (POOL + 2), syn.backend.codec
-    one, again = (generate(models, codec, 40, seed=4, batch_size=16) for _ in range(2))
+    good, codec = syn.backend.models[0], syn.backend.codec
+    top = copy.deepcopy(good)
+    with torch.no_grad():  # the last layer norm gives one vector e, and the output layer (untied) scores e for one token
+        e = torch.ones_like(top.transformer.ln_f.bias) / top.config.n_embd ** 0.5
+        top.transformer.ln_f.weight.zero_()
+        top.transformer.ln_f.bias.copy_(e)
+        head = torch.zeros_like(top.lm_head.weight)
+        head[codec.value_offset + codec.n_value_tokens - 1] = 30 * e
+        top.lm_head.weight = torch.nn.Parameter(head)
+    ceiling = sample.generate([top], codec, 40, seed=0).values.min()
+    assert (sample.generate([good], codec, 40, seed=0).values < ceiling).mean() > 0.9
+    series = sample.generate([good, top], codec, 40, seed=3)
+    at_top = (series.values >= ceiling).mean(axis=(1, 2))
+    assert sorted(np.round(at_top).tolist()) == [0.0] * 20 + [1.0] * 20 and ((at_top < 0.3) | (at_top > 0.9)).all()
+    two_workers = sample.generate([good, top], codec, 40, seed=3, batch_size=16, workers=2)
+    one_worker = sample.generate([good, top], codec, 40, seed=3, batch_size=16, workers=1)
+    np.testing.assert_array_equal(two_workers.values, one_worker.values)
+    good.config.scale_attn_weights = False  # members that do not stack are decoded one by one, each its own rows
+    try:
+        assert sample.stack_members([good, top]) is None
+        plain = (sample.generate([good, top], codec, 40, seed=3).values >= ceiling).mean(axis=(1, 2))
+    finally:
+        good.config.scale_attn_weights = True
+    assert sorted(np.round(plain).tolist()) == [0.0] * 20 + [1.0] * 20
+    many = [good] * 13 + [top] * 2  # 15 members, 40 series: each member draws 2 or 3 of them
+    at_top = (sample.generate(many, codec, 40, seed=5, batch_size=16).values >= ceiling).mean(axis=(1, 2))
+    assert 4 <= np.round(at_top).sum() <= 6
+    one, again = (sample.generate(many, codec, 40, seed=4, batch_size=16) for _ in range(2))
     assert one.values.shape == (40, codec.length, codec.n_channels) and not np.isnan(one.values).any()
     np.testing.assert_array_equal(one.values, again.values)
 
 
-def test_an_ensemble_averages_its_members_distributions():
-    """Two members that disagree on their favourite token: the pooled distribution is the mean of theirs at the
-    temperature (a mixture), so each member's favourite keeps at least half the mass that member gives it."""
+def test_a_step_ensemble_averages_its_members_distributions():
+    """Two step-model members that disagree on their favourite bin: the pooled distribution is the mean of theirs
+    at the temperature (a mixture), so each member's favourite keeps at least half the mass that member gives it."""
     from tsynth.sample import pooled_probs
 
     a, b = torch.tensor([[3.0, 0.0, 2.0]]), torch.tensor([[0.0, 3.0, 2.0]])

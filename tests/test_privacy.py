@@ -136,9 +136,13 @@ def test_tilt_moves_draws_onto_a_target_mean():
 
 def test_dp_token_model_samples_from_its_tilt(tmp_path, monkeypatch):
     """A DP token model with a released profile keeps a tilt toward it (tsynth.json), draws from it by default,
-    reproducibly and with the series' names in order, and plainly with tilt=False. (The tilt is taken here whatever
-    the draws' gap: a DP fit's noise is not seeded, and the gate has its own test.)"""
+    reproducibly and with the series' names in order, nearer the release than plain draws (tilt=False). (The tilt
+    is taken here whatever the draws' gap, which the gate has its own test for. This one-epoch model's draws spread
+    about 3 a step, so the tilt is fitted on many draws and judged on many, or the mean of the draws is mostly
+    their own noise; the DP noise's seed is fixed.)"""
     monkeypatch.setattr("tsynth.privacy.TILT_MIN_GAP", 0.0)
+    monkeypatch.setattr("tsynth.backends.local.TILT_DRAWS", 20000)
+    monkeypatch.setattr("tsynth.privacy.secrets.randbits", lambda bits: 20261208)
     torch.set_num_threads(1)
     data = items(n=200)
     syn = Synthesizer("local", dp_epsilon=8.0, prior="none", epochs=1, n_bins=32, batch_size=32).fit(
@@ -147,12 +151,12 @@ def test_dp_token_model_samples_from_its_tilt(tmp_path, monkeypatch):
     assert np.shape(tilt["lambda"]) == (16, 1) and tilt["gap_after"] < tilt["gap_before"]
     assert 0.0 < tilt["kept"] <= 1.0
     target = np.asarray(syn.backend.codec.profile)[:, 0] * syn.backend.codec.scale[0]  # the release, data units
-    tilted, plain = syn.sample(600, seed=0), syn.sample(600, seed=0, tilt=False)
-    assert tilted.values.shape == plain.values.shape == (600, 16, 1)
+    tilted, plain = syn.sample(5000, seed=0), syn.sample(5000, seed=0, tilt=False)
+    assert tilted.values.shape == plain.values.shape == (5000, 16, 1)
     assert list(tilted.item_id[:3]) == ["synthetic_0", "synthetic_1", "synthetic_2"]
-    assert np.array_equal(tilted.values, syn.sample(600, seed=0).values)
+    assert np.array_equal(tilted.values[:600], syn.sample(5000, seed=0).values[:600])
     gap = [np.abs(s.values[:, :, 0].mean(axis=0) - target).mean() for s in (tilted, plain)]
-    assert gap[0] < gap[1]
+    assert gap[0] < 0.8 * gap[1], gap
     again = Synthesizer.load(syn.save(tmp_path / "m"))
     assert again.info["tilt"] == tilt and np.array_equal(again.sample(50, seed=2).values, syn.sample(50, seed=2).values)
     from tsynth.cli import main

@@ -3,10 +3,10 @@
 At every position only the tokens that may stand there can be drawn: a field's values at its condition
 slot (or the given condition, forced), level tokens at level slots, value tokens where values belong.
 A fixed-length codec therefore always yields exactly the asked length; a variable-length one may end a
-series with <eos> at a time-step boundary. An ensemble averages the members' next-token distributions
-(:func:`pooled_probs`): each batch of series pools at most ``POOL`` members, drawn at random per batch from a
-larger ensemble (:func:`pool_members`); members of one GPT-2 shape decode together as one stacked model
-(:mod:`tsynth.stacked`).
+series with <eos> at a time-step boundary. An ensemble draws each series from one of its members (the members
+take even shares of the series, in random order: a mixture of the members' series; docs/model-and-training.md,
+"Ensemble", has why). Members of one GPT-2 shape decode together as one stacked model (:mod:`tsynth.stacked`),
+each member its own rows of a batch.
 
 Each batch has its own generator, seeded from ``seed`` and the batch's index, so batches can run on several
 threads at once with the same result; the key/value cache is preallocated (a growing cache copies itself at
@@ -32,10 +32,9 @@ T = TypeVar("T")
 
 
 def pooled_probs(logits: Sequence[torch.Tensor] | torch.Tensor, temperature: float) -> torch.Tensor:
-    """The ensemble's next-token distribution from its members' logits (a list, or one tensor with the members
-    first; rows: series): the mean of their distributions at ``temperature`` (a mixture). The normalised geometric
-    mean (log-linear pooling) is sharper where the members disagree; it helped on one data set and hurt on another
-    (docs/model-and-training.md, "Ensemble"), so the mixture stays."""
+    """A step ensemble's distribution of a channel from its members' logits (a list, or one tensor with the members
+    first; rows: series): the mean of their distributions at ``temperature`` (a mixture at every channel of every
+    step; docs/model-and-training.md, "Ensemble", has why step models mix there and token models by series)."""
     stacked = logits if isinstance(logits, torch.Tensor) else torch.stack(list(logits))
     return torch.softmax(stacked / temperature, dim=-1).mean(0)
 
@@ -72,32 +71,19 @@ def draw_tokens(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torc
 
 
 CACHE_BUDGET_BYTES = 1 << 30  # key/value cache of one batch, all members together
-ROWS_PER_STEP = 768  # member x series rows one decoding step computes on a CPU
-POOL = 12  # members one batch of series pools at most
+ROWS_PER_STEP = 768  # series one decoding step computes on a CPU (over all members)
+GPU_ROWS_PER_STEP = 4096  # and on a GPU
 
 
-def pool_members(count: int, seed: int) -> list[int]:
-    """The members (indices) one batch pools: all ``count`` up to ``POOL``, else ``POOL`` of them drawn without
-    replacement by the batch's ``seed``, so every member serves some batches and each batch costs ``POOL``
-    members' work. Each position of a batch reads every pooled member's key/value cache, which makes the
-    members' count the cost of sampling; pooling 12 of 24 load-prior members scored as all 24 did
-    (docs/model-and-training.md#ensemble)."""
-    if count <= POOL:
-        return list(range(count))
-    return sorted(int(i) for i in np.random.default_rng(seed).choice(count, POOL, replace=False))
+def batch_size_for(models: Sequence[Any], positions: int) -> int:
+    """Series per batch (over all ``models``, each drawing its own share): about ``ROWS_PER_STEP`` on a CPU,
+    ``GPU_ROWS_PER_STEP`` on a GPU; fewer where the batch's preallocated cache would pass the budget.
 
-
-def batch_size_for(models: Sequence[Any], positions: int, most: int = 512) -> int:
-    """Series per batch of the ``models`` one batch pools: at most ``most``; for an ensemble on a CPU, about
-    ``ROWS_PER_STEP`` rows of members x series per step (at least 32 series); fewer where the batch's preallocated
-    cache would pass the budget.
-
-    Each position of a batch reads its whole key/value cache (every member's): on a CPU a batch whose cache and
-    activations stay nearer the cores' caches decodes faster than one large batch, and the per-call overhead of
-    smaller batches stays small (docs/model-and-training.md#sampling)."""
-    per_series = sum(2 * m.config.n_layer * m.config.n_embd * positions * 4 for m in models)
-    if next(models[0].parameters()).device.type == "cpu":
-        most = min(most, max(32, ROWS_PER_STEP // len(models)))
+    Each position of a batch reads its whole key/value cache: on a CPU a batch whose cache and activations stay
+    nearer the cores' caches decodes faster than one large batch, and the per-call overhead of smaller batches
+    stays small (docs/model-and-training.md#sampling)."""
+    per_series = max(2 * m.config.n_layer * m.config.n_embd * positions * 4 for m in models)
+    most = ROWS_PER_STEP if next(models[0].parameters()).device.type == "cpu" else GPU_ROWS_PER_STEP
     return int(max(1, min(most, CACHE_BUDGET_BYTES // per_series)))
 
 
@@ -133,8 +119,10 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
              batch_size: int | None = None, workers: int | None = None, progress: bool = False,
              min_prob: float = 0.0) -> SeriesSet:
     """Draw ``n`` series. ``conditions`` is one dict per series (missing fields are sampled); value tokens below
-    ``min_prob`` of their position's distribution are not drawn (:func:`floor_values`). Batches run ``workers``
-    at a time (default :func:`default_workers`); the result does not depend on how many."""
+    ``min_prob`` of their position's distribution are not drawn (:func:`floor_values`). An ensemble draws each
+    series from one member: the members take even shares of the series, in random order. Batches of about
+    ``batch_size`` series run ``workers`` at a time (default :func:`default_workers`); the result does not depend
+    on how many."""
     check_sample_request(n, temperature, top_p)
     check_min_prob(min_prob)
     steps = int(length or codec.length or 0)
@@ -153,34 +141,45 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
     rng = np.random.default_rng(seed)
     conds = codec.draw_profiles(conds, rng)
     device = next(models[0].parameters()).device
+    member = rng.permutation(np.arange(n) % len(models))
+    shares = [np.flatnonzero(member == m) for m in range(len(models))]  # each member's series
     before = rng.bit_generator.state
 
-    def draw(size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def draw(size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         rng.bit_generator.state = before  # a draw again at a smaller batch size is the one that size gives
-        starts = range(0, n, size)
+        rows = max(1, size // len(models))  # series of each member in one batch
+        starts = range(0, max(len(share) for share in shares), rows)
         seeds = rng.integers(2**31, size=len(starts))
+        decoder = stack_members(models) or _OneByOne(models)
 
-        def run(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def run(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            # the batch's series, member after member, each member's padded to as many as the most (-1: padding)
+            parts = [share[starts[k]: starts[k] + rows] for share in shares]
+            index = np.full((len(models), max(map(len, parts))), -1)
+            for j, part in enumerate(parts):
+                index[j, : len(part)] = part
+            batch_conds = [conds[i] if i >= 0 else {} for i in index.ravel()]
             gen = torch.Generator().manual_seed(int(seeds[k]))
-            pooled = [models[i] for i in pool_members(len(models), int(seeds[k]))]
-            decoder = stack_members(pooled) or _OneByOne(pooled)
-            return _generate_batch(decoder, codec, conds[starts[k]: starts[k] + size], steps, temperature, top_p,
-                                   gen, device, min_prob)
+            return (index.ravel(), *_generate_batch(decoder, codec, batch_conds, index.shape[1], steps, temperature,
+                                                    top_p, gen, device, min_prob))
 
         return run_batches(run, len(starts), workers, progress)
 
-    batches = draw_within_memory(draw, min(n, batch_size or batch_size_for(models[: POOL], positions)),
+    batches = draw_within_memory(draw, min(n, batch_size or batch_size_for(models, positions)),
                                  f"drawing series of {steps} steps")
-    prefixes, values, lengths = (np.concatenate(parts) for parts in zip(*batches))
+    index, prefixes, values, lengths = (np.concatenate(parts) for parts in zip(*batches))
+    order = np.argsort(np.where(index < 0, n, index), kind="stable")[:n]  # the series in order, padding left out
     item_ids = [str(c.get("item_id", f"synthetic_{i}")) for i, c in enumerate(conds)]
-    return codec.decode(prefixes, values, lengths, rng, item_id=item_ids, start=_starts(conds, n))
+    return codec.decode(prefixes[order], values[order], lengths[order], rng, item_id=item_ids,
+                        start=_starts(conds, n))
 
 
 @torch.no_grad()  # per call: no_grad is per thread
-def _generate_batch(decoder: "StackedGPT2 | _OneByOne", codec: ValueCodec, conds: list[dict], steps: int,
-                    temperature: float, top_p: float, gen: torch.Generator,
+def _generate_batch(decoder: "StackedGPT2 | _OneByOne", codec: ValueCodec, conds: list[dict], rows: int,
+                    steps: int, temperature: float, top_p: float, gen: torch.Generator,
                     device, min_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One batch of series, decoded through ``decoder``'s members (stacked, or one by one)."""
+    """One batch of series, decoded through ``decoder``'s members (stacked, or one by one): the first ``rows``
+    series are the first member's, the next ``rows`` the second's, and so on."""
     b = len(conds)
     forced = torch.tensor([codec.condition_ids(c) for c in conds], dtype=torch.long).reshape(b, len(codec.fields))
     given = torch.tensor([[f.name in c for f in codec.fields] for c in conds], dtype=torch.bool).reshape(b, len(codec.fields))
@@ -188,11 +187,12 @@ def _generate_batch(decoder: "StackedGPT2 | _OneByOne", codec: ValueCodec, conds
     n_values = steps * codec.n_channels
     total = 1 + len(ranges) + n_values
     tokens = torch.full((b, total), BOS, dtype=torch.long)
-    cache = decoder.start(b, total)
+    cache = decoder.start(rows, total)
     ended = torch.zeros(b, dtype=torch.bool)
     lengths = torch.full((b,), steps, dtype=torch.long)
     for pos in range(1, total):
-        probs = pooled_probs(decoder.step(tokens[:, pos - 1].to(device), pos - 1, cache).float().cpu(), temperature)
+        logits = decoder.step(tokens[:, pos - 1].to(device).view(-1, rows), pos - 1, cache)  # (members, rows, V)
+        probs = torch.softmax(logits.float().cpu().reshape(b, -1) / temperature, dim=-1)
         slot = pos - 1
         if slot < len(ranges):
             lo, hi = ranges[slot]
@@ -233,8 +233,8 @@ class _OneByOne:
 
     def step(self, tokens: torch.Tensor, pos: int, caches: list) -> torch.Tensor:
         logits = []
-        for model, cache in zip(self.models, caches):
-            out = model(input_ids=tokens[:, None], cache=cache, use_cache=True)
+        for j, (model, cache) in enumerate(zip(self.models, caches)):
+            out = model(input_ids=(tokens if tokens.dim() == 1 else tokens[j])[:, None], cache=cache, use_cache=True)
             if pos == 0 and cache.get_seq_length() != 1:  # transformers < 5.24 accepts cache= and ignores it
                 raise RuntimeError("this transformers version ignored the key/value cache; tsynth needs transformers>=5.24")
             logits.append(out.logits[:, -1])

@@ -4,7 +4,8 @@ A batch first draws its prefix (condition fields, forced where given, and the se
 step after another: the step's input (the previous step's values and the step's calendar position) goes
 through the transformer with a key/value cache, and its channels are drawn one after another from the
 channel head, each given the ones drawn before it. An ensemble averages the members' probabilities of each
-channel (:func:`tsynth.sample.pooled_probs`, as the token model's; docs/model-and-training.md).
+channel (:func:`tsynth.sample.pooled_probs`), where a token model's ensemble draws each series from one member
+(docs/model-and-training.md, "Ensemble", has why).
 When the context is full, the cache is rebuilt from the prefix and the most recent three quarters of the
 context, so positions stay within what the model was trained on, memory is bounded by the context whatever
 the length, and time grows linearly with it.
