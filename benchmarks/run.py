@@ -687,6 +687,15 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "default DP rows (the load prior: no profile, no tilt) do not change; stocks24's DP rows (1,550-1,978 s "
              "a fit) were not rerun: its release changes little (the profile's error on its training items, ten "
              "noise draws: 0.0039 denoised against 0.0035 low-pass) and its draws were not checked for a tilt.",
+             "  - 592ebac: a token model's ensemble draws each series from one member (even shares, random order) "
+             "instead of every token from the mean of 12 pooled members (docs/model-and-training.md#ensemble; step "
+             "models keep the mean at every channel). electricity100 `tsynth` rerun (seeds 0, 1, 2, one job at a time, "
+             "idle machine): disc_gbm 0.046 / 0.025 / 0.013, mean 0.028 (2883996: 0.053 / 0.014 / 0.058, mean 0.042), "
+             "shape disc 0.070 / 0.048 / 0.032 (0.083-0.091), cycle autocorrelation error 0.017 / 0.003 / 0.003, "
+             "mean_err 0.041 / 0.041 / 0.032 (0.026-0.031; the holdout's 0.053), pct_err 0.060-0.064 (0.047-0.056; "
+             "0.094), dcr_ratio 1.20-1.25, fits 120-123 s, 1,000 samples 1.62 / 1.68 / 1.63 s (11.1-12.1 s). Other "
+             "sets' token-ensemble rows predate it; on the same fits (seed 0, several draws each) it scored as well or "
+             "better on suite-elec-h100, suite-elec-100c, electricity-raw and italy24 (the table in the doc).",
              "- suite-elec-h100 (hours 100-200: Friday 05:00 to Tuesday 09:00, across the clock change of 2014-03-30, "
              "its step 45, where 95 % of the training clients read their minimum, about 0 kW). Three default fits at "
              "0ffd891 (one-off checks): disc_gbm on all steps 0.271 / 0.255 / 0.253, without steps 44-46 0.139 / 0.115 "
