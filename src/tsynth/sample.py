@@ -233,8 +233,8 @@ class _OneByOne:
 
     def step(self, tokens: torch.Tensor, pos: int, caches: list) -> torch.Tensor:
         logits = []
-        for j, (model, cache) in enumerate(zip(self.models, caches)):
-            out = model(input_ids=(tokens if tokens.dim() == 1 else tokens[j])[:, None], cache=cache, use_cache=True)
+        for model, cache, rows in zip(self.models, caches, tokens):
+            out = model(input_ids=rows[:, None], cache=cache, use_cache=True)
             if pos == 0 and cache.get_seq_length() != 1:  # transformers < 5.24 accepts cache= and ignores it
                 raise RuntimeError("this transformers version ignored the key/value cache; tsynth needs transformers>=5.24")
             logits.append(out.logits[:, -1])

@@ -36,8 +36,8 @@ def stack_members(models: Sequence[Any]) -> "StackedGPT2 | None":
 
 
 class StackedGPT2:
-    """See the module docstring. ``start(batch, length)`` makes an empty cache; ``step(tokens, pos, cache)`` gives
-    every member's next-token logits, shape (members, batch, vocabulary)."""
+    """See the module docstring. ``start(batch, length)`` makes an empty cache for ``batch`` series a member;
+    ``step(tokens, pos, cache)`` gives every member's next-token logits, shape (members, batch, vocabulary)."""
 
     def __init__(self, models: Sequence[Any]) -> None:
         cfg = models[0].config
@@ -76,13 +76,11 @@ class StackedGPT2:
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, pos: int, cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Every member's logits for the next token, given this position's ``tokens`` and the cache of the
-        positions before (which this fills at ``pos``). ``tokens`` of shape (batch,): every member reads every
-        series; of shape (members, batch): each member reads its own row of series."""
-        m, b = self.members, tokens.shape[-1]
+        """Every member's logits for the next token of its own series, given this position's ``tokens``, shape
+        (members, batch): a row per member, and the cache of the positions before (which this fills at ``pos``)."""
+        m, b = self.members, tokens.shape[1]
         hd = self.dim // self.heads
-        embed = self.wte[:, tokens] if tokens.dim() == 1 else self.wte[torch.arange(m, device=tokens.device)[:, None], tokens]
-        x = embed + self.wpe[:, pos][:, None]  # (M, B, D)
+        x = self.wte[torch.arange(m, device=tokens.device)[:, None], tokens] + self.wpe[:, pos][:, None]  # (M, B, D)
         for layer, (keys, values) in zip(self.layers, cache):
             h = self._norm(x, layer["ln_1"])
             q, k, v = torch.baddbmm(layer["qkv"][1], h, layer["qkv"][0]).split(self.dim, dim=-1)
