@@ -154,7 +154,7 @@ def test_dp_token_model_samples_from_its_tilt(tmp_path, monkeypatch):
     tilted, plain = syn.sample(5000, seed=0), syn.sample(5000, seed=0, tilt=False)
     assert tilted.values.shape == plain.values.shape == (5000, 16, 1)
     assert list(tilted.item_id[:3]) == ["synthetic_0", "synthetic_1", "synthetic_2"]
-    assert np.array_equal(tilted.values[:600], syn.sample(5000, seed=0).values[:600])
+    assert np.array_equal(tilted.values, syn.sample(5000, seed=0).values)
     gap = [np.abs(s.values[:, :, 0].mean(axis=0) - target).mean() for s in (tilted, plain)]
     assert gap[0] < 0.8 * gap[1], gap
     again = Synthesizer.load(syn.save(tmp_path / "m"))
