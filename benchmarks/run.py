@@ -696,6 +696,13 @@ def render_markdown(out_dir: Path = RESULTS) -> str:
              "0.094), dcr_ratio 1.20-1.25, fits 120-123 s, 1,000 samples 1.62 / 1.68 / 1.63 s (11.1-12.1 s). Other "
              "sets' token-ensemble rows predate it; on the same fits (seed 0, several draws each) it scored as well or "
              "better on suite-elec-h100, suite-elec-100c, electricity-raw and italy24 (the table in the doc).",
+             "  - 35ab662: electricity-raw `tsynth` rerun with the series mixture (seeds 0, 1, 2, one job at a time): "
+             "disc_gbm 0.044 / 0.078 / "
+             "0.063, mean 0.062 (9a280ac: 0.043 / 0.038 / 0.044; the holdout's 0.055), shape disc 0.093 / 0.073 / 0.068, "
+             "mean 0.078 (0.054 / 0.084 / 0.147, mean 0.095; the holdout's 0.033), cycle autocorrelation error 0.015-"
+             "0.022 (0.025-0.027), dcr_ratio 0.82 / 0.92 / 0.82 (1.07 / 0.97 / 0.88), 1,000 samples 1.7-2.0 s (12.9-14.1 "
+             "s). On one fit's draws the two mixtures' dcr_ratio were alike (0.85 / 0.84, eight draws each), so the fits "
+             "and draws move it as much.",
              "- suite-elec-h100 (hours 100-200: Friday 05:00 to Tuesday 09:00, across the clock change of 2014-03-30, "
              "its step 45, where 95 % of the training clients read their minimum, about 0 kW). Three default fits at "
              "0ffd891 (one-off checks): disc_gbm on all steps 0.271 / 0.255 / 0.253, without steps 44-46 0.139 / 0.115 "
