@@ -150,14 +150,23 @@ def generate(models: Sequence[Any], codec: ValueCodec, n: int, conditions: Seque
         rows = max(1, size // len(models))  # series of each member in one batch
         starts = range(0, max(len(share) for share in shares), rows)
         seeds = rng.integers(2**31, size=len(starts))
-        decoder = stack_members(models) or _OneByOne(models)
+        decoders: dict[tuple[int, ...], StackedGPT2 | _OneByOne] = {}  # by the members a batch decodes
+
+        def decoder_of(active: list[int]) -> "StackedGPT2 | _OneByOne":
+            if tuple(active) not in decoders:  # two threads may both build one: the same decoder either way
+                members = [models[j] for j in active]
+                decoders[tuple(active)] = stack_members(members) or _OneByOne(members)
+            return decoders[tuple(active)]
 
         def run(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            # the batch's series, member after member, each member's padded to as many as the most (-1: padding)
+            # the batch's series, member after member, each member's padded to as many as the most (-1: padding);
+            # members with no series left in it (fewer series than members) are not decoded
             parts = [share[starts[k]: starts[k] + rows] for share in shares]
-            index = np.full((len(models), max(map(len, parts))), -1)
-            for j, part in enumerate(parts):
-                index[j, : len(part)] = part
+            active = [j for j, part in enumerate(parts) if len(part)]
+            decoder = decoder_of(active)
+            index = np.full((len(active), max(map(len, parts))), -1)
+            for row, j in enumerate(active):
+                index[row, : len(parts[j])] = parts[j]
             batch_conds = [conds[i] if i >= 0 else {} for i in index.ravel()]
             gen = torch.Generator().manual_seed(int(seeds[k]))
             return (index.ravel(), *_generate_batch(decoder, codec, batch_conds, index.shape[1], steps, temperature,
